@@ -1,0 +1,80 @@
+"""midori-hf-nb: run local Hugging Face language models in Jupyter, behind the Midori AI agent protocol.
+
+The core (this package) never imports IPython; the notebook layer lives in
+:mod:`midori_hf_nb.notebook`. ``%load_ext midori_hf_nb`` registers the ``%midori`` magics.
+Importing this package is cheap: torch and transformers load with the first model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .agent import AgentStream, HuggingFaceLocalAgent, StreamEvent
+from .config import ConfigError, HuggingFaceConfig
+from .factory import get_agent, get_agent_from_config
+from .parsing import extract_reasoning, parse_tool_calls
+from .prompting import ContextWindowError
+from .protocol import (
+    AgentPayload,
+    AgentResponse,
+    MemoryEntryData,
+    MidoriAiAgentProtocol,
+    ReasoningEffort,
+)
+from .sources import DEFAULT_MODEL, ModelSourceError
+from .tools import ToolSchemaError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "AgentPayload",
+    "AgentResponse",
+    "AgentStream",
+    "ConfigError",
+    "ContextWindowError",
+    "HuggingFaceConfig",
+    "HuggingFaceLocalAgent",
+    "MemoryEntryData",
+    "MidoriAiAgentProtocol",
+    "ModelSourceError",
+    "ReasoningEffort",
+    "StreamEvent",
+    "ToolSchemaError",
+    "extract_reasoning",
+    "get_agent",
+    "get_agent_from_config",
+    "load_ipython_extension",
+    "make_payload",
+    "parse_tool_calls",
+    "unload_ipython_extension",
+]
+
+
+def make_payload(user_message: str, system_context: str = "", *, memory: list | None = None,
+                 session_id: str = "default", **fields: Any) -> AgentPayload:
+    """An :class:`AgentPayload` with sensible defaults for the fields a quick call does not need."""
+    return AgentPayload(
+        user_message=user_message,
+        thinking_blob=fields.pop("thinking_blob", ""),
+        system_context=system_context,
+        user_profile=fields.pop("user_profile", {}),
+        tools_available=fields.pop("tools_available", []),
+        session_id=session_id,
+        memory=memory,
+        **fields,
+    )
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext midori_hf_nb``: register the ``%midori`` / ``%%midori`` magics."""
+    from .notebook.magics import load_ipython_extension as _load
+
+    _load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext midori_hf_nb``."""
+    from .notebook.magics import unload_ipython_extension as _unload
+
+    _unload(ipython)

@@ -1,0 +1,546 @@
+"""``HuggingFaceLocalAgent``: the Midori AI agent protocol on a local transformers model.
+
+Creating an agent is instant: torch and transformers are imported and the model loaded on
+first use (the first ``invoke``, ``stream`` or ``invoke_with_tools``). Generation runs in a
+worker thread, so the event loop keeps serving other coroutines; abandoning a stream stops
+its generation within a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+from .config import HuggingFaceConfig
+from .parsing import (
+    StreamSplitter,
+    normalise_call,
+    extract_reasoning_blocks,
+    parse_tool_calls_detailed,
+    prompt_opens_thinking,
+)
+from .prompting import (
+    Prompt,
+    assistant_tool_call_message,
+    build_prompt,
+    template_supports_tools,
+    tool_result_message,
+)
+from .protocol import AgentPayload, AgentResponse, MidoriAiAgentProtocol, ReasoningEffort
+from .tools import callables_by_name, execute_call, tool_instructions, tool_names, tool_schemas
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import GenerationResult, GenerationSettings, LoadedModel
+
+#: Per-call overrides that map onto configuration fields (validated like the constructor's).
+CONFIG_OVERRIDES = ("max_new_tokens", "temperature", "top_p", "top_k", "do_sample")
+
+
+@dataclass
+class StreamEvent:
+    """A typed piece of a stream: ``kind`` is ``"text"``, ``"thinking"``, ``"tool_call"`` or ``"done"``.
+
+    ``text`` carries the piece; ``data`` the parsed call (``tool_call``) or the final
+    :class:`AgentResponse` (``done``).
+    """
+
+    kind: str
+    text: str = ""
+    data: Any = None
+
+
+def native_parse(tokenizer: Any, text: str, prefix: str, schemas: list[dict] | None) -> dict[str, Any] | None:
+    """The tokenizer's own ``parse_response`` where the model ships a response template, else None.
+
+    Any failure (no template, a template that does not match) returns None so the tag parser runs.
+    """
+    if getattr(tokenizer, "response_template", None) is None or not hasattr(tokenizer, "parse_response"):
+        return None
+    try:
+        message = tokenizer.parse_response(text, prefix=prefix, tools=schemas or None)
+    except Exception:
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def _reasoning_kwargs(effort: Any) -> dict[str, Any]:
+    """Chat-template variables for a reasoning effort (ignored by templates that do not use them)."""
+    if effort is None:
+        return {}
+    level = effort.effort if hasattr(effort, "effort") else effort.get("effort", "low")
+    return {"reasoning_effort": level, "enable_thinking": level != "none"}
+
+
+class _LiveGeneration:
+    """One generation in its own thread, feeding text pieces into an asyncio queue."""
+
+    def __init__(self, lm: "LoadedModel", input_ids: list[int], settings: "GenerationSettings",
+                 stop_event: threading.Event) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.stop_event = stop_event
+        self.thread = threading.Thread(
+            target=self._run, args=(lm, input_ids, settings), name="midori-generate", daemon=True
+        )
+
+    def _post(self, item: tuple[str, Any]) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the loop is gone: nobody is listening any more
+            self.stop_event.set()
+
+    def _run(self, lm: "LoadedModel", input_ids: list[int], settings: "GenerationSettings") -> None:
+        from . import engine
+
+        try:
+            result = engine.generate(lm, input_ids, settings, on_text=lambda t: self._post(("text", t)),
+                                     stop_event=self.stop_event)
+            self._post(("done", result))
+        except BaseException as exc:  # delivered to the consumer, raised there
+            self._post(("error", exc))
+
+    def start(self) -> None:
+        self.thread.start()
+
+
+class AgentStream:
+    """An async iterator over one generation.
+
+    Iterating yields text pieces of the answer (or :class:`StreamEvent` objects with
+    ``events=True``). After the iteration ends, :attr:`response` holds the final
+    :class:`AgentResponse`. Breaking out of the loop, calling :meth:`cancel` or
+    :meth:`aclose`, or cancelling the consuming task stops the generation within a token.
+    """
+
+    def __init__(self, agent: "HuggingFaceLocalAgent", payload: AgentPayload, *, events: bool,
+                 overrides: dict[str, Any], schemas: list[dict] | None = None,
+                 continuation: list[dict] | None = None) -> None:
+        self._agent = agent
+        self._payload = payload
+        self._events_mode = events
+        self._overrides = overrides
+        self._schemas = schemas
+        self._continuation = continuation
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.response: AgentResponse | None = None
+        self._iterator = self._run()
+
+    def __aiter__(self) -> "AgentStream":
+        return self
+
+    async def __anext__(self) -> Any:
+        while True:
+            event = await self._iterator.__anext__()
+            if self._events_mode:
+                return event
+            if event.kind == "text":
+                return event.text
+
+    def cancel(self) -> None:
+        """Ask the generation to stop; it ends within a token with ``finish_reason="cancelled"``."""
+        self._stop.set()
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The generation thread (None before the model is loaded)."""
+        return self._thread
+
+    async def aclose(self) -> None:
+        """Stop the generation and wait until its thread has ended."""
+        self._stop.set()
+        await self._iterator.aclose()
+        if self._thread is not None and self._thread.is_alive():
+            await asyncio.to_thread(self._thread.join)
+
+    async def __aenter__(self) -> "AgentStream":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        self._stop.set()
+
+    async def collect(self) -> AgentResponse:
+        """Run the stream to its end and return the final response."""
+        async for _ in self:
+            pass
+        assert self.response is not None
+        return self.response
+
+    async def _run(self) -> AsyncIterator[StreamEvent]:
+        agent = self._agent
+        call_config, settings = agent._call_settings(self._overrides)
+        lm = await agent._ensure_loaded()
+        from . import engine
+
+        engine.check_generation_kwargs(settings.extra)
+        prompt = agent._prompt(lm, self._payload, call_config, self._schemas, self._continuation)
+        live = _LiveGeneration(lm, prompt.input_ids, settings, self._stop)
+        self._thread = live.thread
+        splitter = StreamSplitter(start_in_thinking=prompt_opens_thinking(prompt.text))
+        wall_start = time.perf_counter()
+        live.start()
+        try:
+            while True:
+                kind, value = await live.queue.get()
+                if kind == "text":
+                    for piece in splitter.feed(value):
+                        if piece.kind != "tool":
+                            yield StreamEvent(piece.kind, piece.text)
+                elif kind == "error":
+                    raise value
+                else:
+                    result = value
+                    break
+            for piece in splitter.finish():
+                if piece.kind != "tool":
+                    yield StreamEvent(piece.kind, piece.text)
+            self.response = agent._response(lm, prompt, result, settings, self._payload, self._schemas,
+                                            time.perf_counter() - wall_start)
+            for call in self.response.tool_calls or []:
+                yield StreamEvent("tool_call", call["name"], call)
+            yield StreamEvent("done", self.response.response, self.response)
+        finally:
+            self._stop.set()  # no-op after a normal end; stops an abandoned generation
+
+
+class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
+    """A local Hugging Face model behind the Midori AI agent protocol.
+
+    Args:
+        model: a hub id, a local model directory, a ``.gguf`` file, or
+            :data:`midori_hf_nb.DEFAULT_MODEL` (offline SmolLM2-135M-Instruct).
+        device, torch_dtype, max_new_tokens, temperature, top_p, top_k, do_sample,
+        context_window, trust_remote_code, load_in_8bit, load_in_4bit: see
+            :class:`HuggingFaceConfig`; invalid values raise ``ValueError`` naming the field.
+        reasoning_effort: default :class:`ReasoningEffort` for payloads that carry none.
+        **kwargs: further ``generate()`` options (e.g. ``repetition_penalty``).
+
+    Nothing is loaded until first use; agents with the same model, device, dtype and
+    quantization share one loaded copy, freed when the last of them calls :meth:`unload_model`.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        device: str = "auto",
+        torch_dtype: str = "auto",
+        max_new_tokens: int = 512,
+        temperature: float = 0.7,
+        top_p: float = 0.9,
+        top_k: int = 50,
+        do_sample: bool = True,
+        context_window: int = 4096,
+        trust_remote_code: bool = False,
+        load_in_8bit: bool = False,
+        load_in_4bit: bool = False,
+        *,
+        reasoning_effort: ReasoningEffort | dict | None = None,
+        **kwargs: Any,
+    ) -> None:
+        config = HuggingFaceConfig.from_kwargs(
+            model=model, device=device, torch_dtype=torch_dtype, max_new_tokens=max_new_tokens,
+            temperature=temperature, top_p=top_p, top_k=top_k, do_sample=do_sample,
+            context_window=context_window, trust_remote_code=trust_remote_code,
+            load_in_8bit=load_in_8bit, load_in_4bit=load_in_4bit, **kwargs,
+        )
+        self._init(config, reasoning_effort)
+
+    def _init(self, config: HuggingFaceConfig, reasoning_effort: Any) -> None:
+        self._config = config
+        self._reasoning_effort = reasoning_effort
+        self._lm: LoadedModel | None = None
+        self._key: tuple | None = None
+        self._load_lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: HuggingFaceConfig, reasoning_effort: ReasoningEffort | None = None) -> "HuggingFaceLocalAgent":
+        """An agent for an existing :class:`HuggingFaceConfig`."""
+        agent = cls.__new__(cls)
+        agent._init(config, reasoning_effort)
+        return agent
+
+    def __repr__(self) -> str:
+        state = "loaded" if self.is_loaded else "not loaded"
+        return f"HuggingFaceLocalAgent(model={self._config.model!r}, device={self._config.device!r}, {state})"
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def config(self) -> HuggingFaceConfig:
+        """The agent's :class:`HuggingFaceConfig`."""
+        return self._config
+
+    @property
+    def is_loaded(self) -> bool:
+        """True while this agent holds a reference to a loaded model."""
+        return self._lm is not None
+
+    @property
+    def loaded_model(self) -> "LoadedModel | None":
+        """The shared :class:`~midori_hf_nb.engine.LoadedModel` (model, tokenizer, spec), if loaded."""
+        return self._lm
+
+    @property
+    def reference_count(self) -> int:
+        """References held on this agent's model by all agents (0 when not loaded)."""
+        if self._key is None:
+            return 0
+        from .engine import REGISTRY
+
+        return REGISTRY.refcount(self._key)
+
+    # ------------------------------------------------------------------ loading
+
+    def _acquire_sync(self) -> "LoadedModel":
+        with self._load_lock:
+            if self._lm is None:
+                from . import engine
+
+                self._lm = engine.acquire(self._config)
+                self._key = self._lm.spec.key
+            return self._lm
+
+    async def _ensure_loaded(self) -> "LoadedModel":
+        lm = self._lm
+        if lm is not None:
+            return lm
+        return await asyncio.to_thread(self._acquire_sync)
+
+    async def load(self) -> "HuggingFaceLocalAgent":
+        """Load the model now rather than on first use. Returns the agent."""
+        await self._ensure_loaded()
+        return self
+
+    async def unload_model(self) -> None:
+        """Release this agent's reference; the model is freed when no agent holds it any more.
+
+        Waits for a running generation on the model to finish first. The agent loads the model
+        again on its next use.
+        """
+        with self._load_lock:
+            lm, self._lm = self._lm, None
+        if lm is not None:
+            from . import engine
+
+            await asyncio.to_thread(engine.release, lm)
+
+    # ------------------------------------------------------------------ protocol
+
+    async def get_context_window(self) -> int:
+        """The configured context window (prompt plus answer tokens)."""
+        return self._config.context_window
+
+    async def supports_streaming(self) -> bool:
+        """Always True: :meth:`stream` yields text as it is generated."""
+        return True
+
+    async def invoke(self, payload: AgentPayload, **overrides: Any) -> AgentResponse:
+        """Answer ``payload``.
+
+        Per-call ``overrides``: ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``,
+        ``do_sample``, ``greedy`` (True means ``do_sample=False``), ``seed``, and any
+        ``generate()`` option (e.g. ``logits_processor``, ``stop_strings``).
+        """
+        return await AgentStream(self, payload, events=True, overrides=overrides).collect()
+
+    def stream(self, payload: AgentPayload, *, events: bool = False, **overrides: Any) -> AgentStream:
+        """Stream the answer to ``payload``.
+
+        Yields answer text pieces (reasoning and ``<tool_call>`` blocks are left out; their
+        concatenation equals ``invoke(...).response`` for the same greedy request). With
+        ``events=True`` yields :class:`StreamEvent` objects: ``thinking`` and ``text`` pieces as
+        they arrive, then ``tool_call`` events and a final ``done`` event with the response.
+        Overrides are those of :meth:`invoke`.
+        """
+        return AgentStream(self, payload, events=events, overrides=overrides)
+
+    async def invoke_with_tools(self, payload: AgentPayload, tools: list[Any], **overrides: Any) -> AgentResponse:
+        """Answer ``payload`` with ``tools`` offered to the model; calls are parsed, never executed.
+
+        ``tools``: typed, documented callables, OpenAI-format function dicts, or dicts with
+        ``name`` and ``description``. Templates that support ``tools=`` receive the schemas;
+        others get a tool description in the system message. Parsed calls are in
+        ``response.tool_calls``; calls to names not offered carry ``"unknown": True``.
+        """
+        schemas = tool_schemas(tools)
+        return await AgentStream(self, payload, events=True, overrides=overrides, schemas=schemas).collect()
+
+    def stream_with_tools(self, payload: AgentPayload, tools: list[Any], *, events: bool = True,
+                          **overrides: Any) -> AgentStream:
+        """Like :meth:`invoke_with_tools`, streamed (typed events by default)."""
+        return AgentStream(self, payload, events=events, overrides=overrides, schemas=tool_schemas(tools))
+
+    async def run_tools(self, payload: AgentPayload, tools: list[Any], max_steps: int = 5,
+                        **overrides: Any) -> AgentResponse:
+        """Opt-in tool execution loop.
+
+        Each step generates with the tools offered; the parsed calls of callable tools are run
+        (sync ones in a worker thread, async ones awaited), their results (or errors, for a tool
+        that raises or a name not offered) are appended to the conversation as tool messages, and
+        the model continues. The loop ends when the model answers without a call, or after
+        ``max_steps`` generations (the last step's calls are then left unexecuted and
+        ``metadata["max_steps_reached"]`` is True). ``metadata["tool_steps"]`` records every
+        executed call: step, name, arguments, id, result, error, seconds.
+        """
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+            raise ValueError(f"run_tools: max_steps={max_steps!r} is not allowed: expected a positive integer")
+        schemas = tool_schemas(tools)
+        functions = callables_by_name(tools)
+        lm = await self._ensure_loaded()
+        structured = template_supports_tools(lm.tokenizer)
+        continuation: list[dict] = []
+        steps: list[dict] = []
+        thinking: list[str] = []
+        totals = {"prompt_tokens": 0, "completion_tokens": 0, "total_seconds": 0.0}
+        response: AgentResponse | None = None
+        for step in range(1, max_steps + 1):
+            response = await AgentStream(self, payload, events=True, overrides=overrides, schemas=schemas,
+                                         continuation=list(continuation)).collect()
+            meta = response.metadata or {}
+            for key in totals:
+                totals[key] += meta.get(key, 0) or 0
+            if response.thinking:
+                thinking.append(response.thinking)
+            calls = response.tool_calls or []
+            if not calls or step == max_steps:
+                break
+            records = [await execute_call(step, call, functions) for call in calls]
+            steps.extend(r.as_dict() for r in records)
+            continuation.append(assistant_tool_call_message(response.response, calls, structured))
+            for record in records:
+                content = record.result if record.error is None else f"Error: {record.error}"
+                continuation.append(tool_result_message(content, record.name, record.call_id, structured))
+        assert response is not None
+        meta = dict(response.metadata or {})
+        meta.update(totals)
+        meta["tool_steps"] = steps
+        meta["steps"] = step
+        meta["max_steps_reached"] = bool(response.tool_calls) and step == max_steps
+        response.metadata = meta
+        response.thinking = "\n\n".join(thinking)
+        return response
+
+    # ------------------------------------------------------------------ internals
+
+    def _call_settings(self, overrides: dict[str, Any]) -> tuple[HuggingFaceConfig, "GenerationSettings"]:
+        from .engine import GenerationSettings  # noqa: F401  (imported lazily with torch)
+
+        overrides = dict(overrides)
+        seed = overrides.pop("seed", None)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed={seed!r} is not allowed: expected an integer")
+        greedy = overrides.pop("greedy", None)
+        if greedy is not None:
+            if not isinstance(greedy, bool):
+                raise ValueError(f"greedy={greedy!r} is not allowed: expected true or false")
+            overrides["do_sample"] = not greedy
+        fields = {k: overrides.pop(k) for k in CONFIG_OVERRIDES if k in overrides}
+        config = self._config.replace(**fields) if fields else self._config
+        from .engine import GenerationSettings
+
+        settings = GenerationSettings(
+            max_new_tokens=config.max_new_tokens,
+            do_sample=config.do_sample,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            top_k=config.top_k,
+            seed=seed,
+            extra={**config.generation_kwargs, **overrides},
+        )
+        return config, settings
+
+    def _prompt(self, lm: "LoadedModel", payload: AgentPayload, config: HuggingFaceConfig,
+                schemas: list[dict] | None, continuation: list[dict] | None) -> Prompt:
+        template_tools = instructions = None
+        if schemas:
+            if template_supports_tools(lm.tokenizer):
+                template_tools = schemas
+            else:
+                instructions = tool_instructions(schemas)
+        effort = payload.reasoning_effort or self._reasoning_effort
+        return build_prompt(
+            lm.tokenizer,
+            payload,
+            context_window=config.context_window,
+            max_new_tokens=config.max_new_tokens,
+            tools=template_tools,
+            tool_instructions=instructions,
+            template_kwargs=_reasoning_kwargs(effort),
+            continuation=continuation,
+        )
+
+    def _response(self, lm: "LoadedModel", prompt: Prompt, result: "GenerationResult",
+                  settings: "GenerationSettings", payload: AgentPayload, schemas: list[dict] | None,
+                  wall_seconds: float) -> AgentResponse:
+        native = native_parse(lm.tokenizer, result.text, prompt.text, schemas)
+        native_calls: list[dict] = []
+        if native is not None:
+            thought = native.get("thinking") or native.get("reasoning_content") or ""
+            blocks, answer = ([thought.strip()] if thought.strip() else []), str(native.get("content") or "").strip()
+            for item in native.get("tool_calls") or []:
+                call, _ = normalise_call(item)
+                if call:
+                    native_calls.append(call)
+        else:
+            blocks, answer = extract_reasoning_blocks(result.text)
+        metadata: dict[str, Any] = {
+            "model": self._config.model,
+            "backend": "huggingface",
+            "session_id": payload.session_id,
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "time_to_first_token": result.time_to_first_token,
+            "total_seconds": result.seconds,
+            "wall_seconds": wall_seconds,
+            "tokens_per_second": result.tokens_per_second,
+            "decode_tokens_per_second": result.decode_tokens_per_second,
+            "finish_reason": result.finish_reason,
+            "memory_dropped": prompt.dropped_memory,
+            "used_chat_template": prompt.used_chat_template,
+            "device": lm.spec.device,
+            "dtype": lm.spec.dtype,
+            "quantization": lm.spec.quantization,
+            "seed": settings.seed,
+            "do_sample": not settings.greedy,
+            "temperature": settings.temperature,
+            "max_new_tokens": settings.max_new_tokens,
+            "thinking_blocks": blocks,
+            "raw_text": result.text,
+            "parser": "tokenizer" if native is not None else "tags",
+        }
+        calls = None
+        if schemas is not None:
+            parsed = parse_tool_calls_detailed(answer)
+            parsed.calls = native_calls + parsed.calls
+            offered = set(tool_names(schemas))
+            unknown = [c["name"] for c in parsed.calls if c["name"] not in offered]
+            for call in parsed.calls:
+                if call["name"] not in offered:
+                    call["unknown"] = True
+            if parsed.calls and parsed.prose_before_calls:
+                blocks = [*blocks, parsed.prose_before_calls]
+                answer = parsed.text[len(parsed.prose_before_calls):].strip() \
+                    if parsed.text.startswith(parsed.prose_before_calls) else parsed.text
+            else:
+                answer = parsed.text
+            calls = parsed.calls or None
+            metadata.update(
+                tools_offered=sorted(offered),
+                tools_in_template=prompt.tools_in_template,
+                tool_parse_errors=parsed.errors,
+                unknown_tool_calls=unknown,
+                thinking_blocks=blocks,
+            )
+        return AgentResponse(
+            thinking="\n\n".join(blocks),
+            response=answer,
+            code=None,
+            tool_calls=calls,
+            metadata=metadata,
+        )

@@ -1,0 +1,248 @@
+"""Configuration of the Hugging Face agent, validated at construction, and TOML loading.
+
+Nothing here imports torch or transformers: building a configuration (and so an
+agent) is instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float16", "float32", "bfloat16")
+_CUDA_INDEXED = re.compile(r"^cuda:\d+$")
+
+CONFIG_SECTION = "midori_ai_agent_base"
+CONFIG_FILENAME = "config.toml"
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is not acceptable; the message names the field or file."""
+
+
+def _fail(name: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"HuggingFaceConfig.{name}={value!r} is not allowed: {allowed}")
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        _fail(name, value, "expected true or false")
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        _fail(name, value, "expected a positive integer (> 0)")
+
+
+def _check_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(name, value, "expected a number")
+    return float(value)
+
+
+@dataclass
+class HuggingFaceConfig:
+    """Settings of a :class:`~midori_hf_nb.HuggingFaceLocalAgent`.
+
+    Args:
+        model: a hub id (``"org/name"``), a local model directory, a ``.gguf`` file, or
+            :data:`midori_hf_nb.DEFAULT_MODEL` for the offline SmolLM2-135M-Instruct.
+        device: ``"auto"`` (cuda, then mps, then cpu), ``"cpu"``, ``"cuda"`` (or ``"cuda:N"``), ``"mps"``.
+        torch_dtype: ``"auto"``, ``"float16"``, ``"float32"`` or ``"bfloat16"``. ``"auto"`` is
+            float32 on CPU and the checkpoint's own dtype on an accelerator.
+        max_new_tokens: upper bound on generated tokens per call (> 0).
+        temperature: sampling temperature, 0.0-2.0; 0 means greedy decoding.
+        top_p: nucleus sampling mass, in (0, 1].
+        top_k: top-k sampling (> 0).
+        do_sample: sample (True) or decode greedily (False).
+        context_window: maximum tokens of prompt plus answer (> 0); the oldest memory is
+            dropped to fit.
+        trust_remote_code: allow model repositories to run their own Python code. Off by default.
+        load_in_8bit / load_in_4bit: bitsandbytes quantization (at most one of them).
+        generation_kwargs: further keyword arguments for ``model.generate`` (checked against
+            ``transformers.GenerationConfig`` when the model loads).
+        progress: show progress bars while a model converts or loads.
+    """
+
+    model: str
+    device: str = "auto"
+    torch_dtype: str = "auto"
+    max_new_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 50
+    do_sample: bool = True
+    context_window: int = 4096
+    trust_remote_code: bool = False
+    load_in_8bit: bool = False
+    load_in_4bit: bool = False
+    generation_kwargs: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, os.PathLike):
+            self.model = os.fspath(self.model)
+        if not isinstance(self.model, str) or not self.model.strip():
+            _fail("model", self.model, "expected a hub id, a local directory, a .gguf file or DEFAULT_MODEL")
+        if not isinstance(self.device, str) or not (self.device in DEVICES or _CUDA_INDEXED.match(self.device)):
+            _fail("device", self.device, "expected one of " + ", ".join(repr(d) for d in DEVICES) + " or 'cuda:N'")
+        if self.torch_dtype not in DTYPES:
+            _fail("torch_dtype", self.torch_dtype, "expected one of " + ", ".join(repr(d) for d in DTYPES))
+        _check_positive_int("max_new_tokens", self.max_new_tokens)
+        temperature = _check_number("temperature", self.temperature)
+        if not 0.0 <= temperature <= 2.0:
+            _fail("temperature", self.temperature, "expected a number from 0.0 to 2.0")
+        top_p = _check_number("top_p", self.top_p)
+        if not 0.0 < top_p <= 1.0:
+            _fail("top_p", self.top_p, "expected a number in (0, 1]")
+        _check_positive_int("top_k", self.top_k)
+        _check_positive_int("context_window", self.context_window)
+        for name in ("do_sample", "trust_remote_code", "load_in_8bit", "load_in_4bit", "progress"):
+            _check_bool(name, getattr(self, name))
+        if self.load_in_8bit and self.load_in_4bit:
+            raise ConfigError(
+                "HuggingFaceConfig.load_in_8bit=True and load_in_4bit=True are both set: choose at most one quantization"
+            )
+        if not isinstance(self.generation_kwargs, dict):
+            _fail("generation_kwargs", self.generation_kwargs, "expected a dict of generate() keyword arguments")
+
+    @property
+    def quantization(self) -> str | None:
+        """``"8bit"``, ``"4bit"`` or ``None``."""
+        if self.load_in_8bit:
+            return "8bit"
+        if self.load_in_4bit:
+            return "4bit"
+        return None
+
+    @property
+    def greedy(self) -> bool:
+        """True when this configuration decodes greedily (``do_sample=False`` or temperature 0)."""
+        return not self.do_sample or self.temperature == 0
+
+    def replace(self, **changes: Any) -> "HuggingFaceConfig":
+        """A validated copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """The names of the constructor options."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_kwargs(cls, model: str, **kwargs: Any) -> "HuggingFaceConfig":
+        """Build a configuration: known options set fields, the rest become generation kwargs."""
+        known = set(cls.field_names())
+        options = {k: v for k, v in kwargs.items() if k in known}
+        extra = {k: v for k, v in kwargs.items() if k not in known}
+        generation_kwargs = dict(options.pop("generation_kwargs", None) or {})
+        generation_kwargs.update(extra)
+        return cls(model=model, generation_kwargs=generation_kwargs, **options)
+
+
+# --------------------------------------------------------------------------- TOML files
+
+
+def find_config_file(start: str | os.PathLike | None = None) -> Path | None:
+    """The nearest ``config.toml`` in ``start`` (default: the current directory) or its parents."""
+    here = Path(start or os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / CONFIG_FILENAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read the ``[midori_ai_agent_base]`` section of a TOML file.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ConfigError: the file is not valid TOML or has no ``[midori_ai_agent_base]`` table.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"configuration file {str(path)!r} does not exist")
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {str(path)!r} is not valid TOML: {exc}") from exc
+    section = data.get(CONFIG_SECTION)
+    if not isinstance(section, dict):
+        raise ConfigError(
+            f"configuration file {str(path)!r} has no [{CONFIG_SECTION}] table; "
+            f"put backend, model and options under [{CONFIG_SECTION}]"
+        )
+    return section
+
+
+@dataclass
+class ResolvedAgentSettings:
+    """The outcome of merging explicit arguments, a config file and defaults."""
+
+    backend: str
+    model: str | None
+    api_key: str | None
+    base_url: str | None
+    reasoning_effort: dict[str, Any] | None
+    kwargs: dict[str, Any]
+    source: Path | None
+
+
+def resolve_agent_settings(
+    config_path: str | os.PathLike | None = None,
+    backend: str | None = None,
+    model: str | None = None,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    **kwargs: Any,
+) -> ResolvedAgentSettings:
+    """Merge explicit arguments over the TOML file over defaults.
+
+    The base section ``[midori_ai_agent_base]`` gives ``backend``, ``model``, ``api_key``,
+    ``base_url``, an optional ``reasoning_effort`` table and further scalar options; the
+    sub-table named after the backend (``[midori_ai_agent_base.huggingface]``) overrides the
+    base section for that backend. Without ``config_path`` the nearest ``config.toml`` in the
+    current directory or its parents is used, if any.
+    """
+    source = Path(config_path) if config_path is not None else find_config_file()
+    section = read_config_file(source) if source is not None else {}
+
+    chosen_backend = backend or section.get("backend") or "huggingface"
+    merged: dict[str, Any] = {}
+    reasoning: dict[str, Any] | None = None
+    for key, value in section.items():
+        if key == "reasoning_effort" and isinstance(value, dict):
+            reasoning = dict(value)
+        elif not isinstance(value, dict):
+            merged[key] = value
+    backend_table = section.get(chosen_backend)
+    if isinstance(backend_table, dict):
+        for key, value in backend_table.items():
+            if key == "reasoning_effort" and isinstance(value, dict):
+                reasoning = {**(reasoning or {}), **value}
+            elif not isinstance(value, dict):
+                merged[key] = value
+    merged.pop("backend", None)
+    file_model = merged.pop("model", None)
+    file_api_key = merged.pop("api_key", None)
+    file_base_url = merged.pop("base_url", None)
+    merged.update(kwargs)
+    if "reasoning_effort" in merged and not isinstance(merged["reasoning_effort"], dict):
+        reasoning = merged.pop("reasoning_effort")
+    return ResolvedAgentSettings(
+        backend=str(chosen_backend),
+        model=model if model is not None else file_model,
+        api_key=api_key if api_key is not None else file_api_key,
+        base_url=base_url if base_url is not None else file_base_url,
+        reasoning_effort=reasoning,
+        kwargs=merged,
+        source=source,
+    )

@@ -1,0 +1,570 @@
+"""The one module that touches torch and transformers.
+
+It resolves devices and dtypes, converts GGUF files once into a cached safetensors
+directory, loads models (shared and reference-counted through :mod:`midori_hf_nb.registry`),
+quantizes through ``BitsAndBytesConfig``, and generates: one sequence with live text
+callbacks, or a left-padded batch. Every generation can be cancelled through a
+``threading.Event`` and stops within one token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import transformers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextStreamer,
+)
+
+from .config import HuggingFaceConfig
+from .registry import ModelRegistry
+from .sources import ModelSource, ModelSourceError, gguf_cache_dir, hub_offline, resolve_source
+
+try:  # POSIX advisory locks keep two processes from converting the same file at once
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+#: ``generate()`` keyword arguments that are not ``GenerationConfig`` attributes.
+CALL_KWARGS = frozenset(
+    {"logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn", "negative_prompt_ids",
+     "negative_prompt_attention_mask", "assistant_model"}
+)
+
+
+class DeviceError(RuntimeError):
+    """The requested device is not available on this machine."""
+
+
+class QuantizationError(RuntimeError):
+    """Quantization was asked for but cannot be done here."""
+
+
+# --------------------------------------------------------------------------- devices and dtypes
+
+
+def mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend and backend.is_available())
+
+
+def resolve_device(requested: str) -> str:
+    """``"auto"`` picks cuda, then mps, then cpu; an unavailable device raises :class:`DeviceError`."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if mps_available() else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device={requested!r} was asked for but CUDA is not available here "
+                f"(torch {torch.__version__} {'has no CUDA support' if torch.version.cuda is None else 'finds no GPU'}); "
+                "use device='cpu' or device='auto'"
+            )
+        if ":" in requested and int(requested.split(":")[1]) >= torch.cuda.device_count():
+            raise DeviceError(f"device={requested!r}: only {torch.cuda.device_count()} CUDA device(s) are present")
+        return requested
+    if requested == "mps" and not mps_available():
+        raise DeviceError("device='mps' was asked for but Apple MPS is not available here; use device='cpu' or 'auto'")
+    return requested
+
+
+def resolve_dtype(requested: str, device: str) -> str:
+    """Map the dtype option to a concrete dtype name; ``"auto"`` is float32 on CPU, float16 elsewhere."""
+    if requested != "auto":
+        return requested
+    if device == "cpu":
+        return "float32"
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return "bfloat16"
+    return "float16"
+
+
+# --------------------------------------------------------------------------- GGUF conversion
+
+
+def _gguf_complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "midori-source.json").is_file()
+
+
+def convert_gguf(gguf_path: str | os.PathLike, progress: bool = True) -> Path:
+    """Convert a ``.gguf`` file once into a safetensors directory in the user cache.
+
+    The conversion is written to a temporary folder beside the target and renamed into place,
+    so an interrupted conversion never leaves a half cache; a file lock keeps two processes
+    from converting the same file at once. Returns the cached directory.
+    """
+    gguf_path = Path(gguf_path).resolve()
+    target = gguf_cache_dir(gguf_path)
+    if _gguf_complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f"{target.name}.lock", "w") as lock_file:
+        if fcntl is not None:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+        if _gguf_complete(target):
+            return target
+        if target.exists():  # a stale incomplete folder from an older version
+            shutil.rmtree(target, ignore_errors=True)
+        partial = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
+        partial.chmod(0o755)
+        try:
+            started = time.perf_counter()
+            with _progress_bars(progress):
+                tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+                model = AutoModelForCausalLM.from_pretrained(
+                    gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+                )
+            # A GGUF-loaded model refuses to save while it still names its gguf quantizer.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(partial)
+            tokenizer.save_pretrained(partial)
+            stat = gguf_path.stat()
+            (partial / "midori-source.json").write_text(
+                json.dumps(
+                    {"gguf_file": str(gguf_path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                     "transformers": transformers.__version__,
+                     "convert_seconds": round(time.perf_counter() - started, 3)},
+                    indent=2,
+                )
+            )
+            del model, tokenizer
+            os.replace(partial, target)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    return target
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool):
+    """Show or hide transformers' own progress bars for the duration."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if was_enabled else hf_logging.disable_progress_bar)()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What identifies a loaded model: agents with equal specs share one copy."""
+
+    source: ModelSource
+    device: str
+    dtype: str
+    quantization: str | None
+    trust_remote_code: bool
+
+    @property
+    def key(self) -> tuple:
+        return (self.source.key, self.device, self.dtype, self.quantization, self.trust_remote_code)
+
+
+@dataclass
+class LoadedModel:
+    """A model and tokenizer in memory, with what generation needs."""
+
+    spec: LoadSpec
+    model: Any
+    tokenizer: Any
+    load_seconds: float
+    path: str  #: the folder or hub id actually loaded
+    generation_lock: threading.Lock = field(default_factory=threading.Lock)
+    base_generation_config: Any = None
+    eos_token_ids: frozenset[int] = frozenset()
+    pad_token_id: int | None = None
+
+    @property
+    def input_device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def max_position_embeddings(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def footprint(self) -> dict[str, Any]:
+        """Parameters, bytes, dtype, quantization and device of the loaded weights."""
+        if self.model is None:
+            return {"model": self.spec.source.name, "loaded": False}
+        params = sum(p.numel() for p in self.model.parameters())
+        weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        weight_bytes += sum(b.numel() * b.element_size() for b in self.model.buffers())
+        return {
+            "model": self.spec.source.name,
+            "loaded": True,
+            "parameters": int(params),
+            "bytes": int(weight_bytes),
+            "dtype": self.spec.dtype,
+            "quantization": self.spec.quantization or "none",
+            "device": str(self.input_device),
+            "load_seconds": round(self.load_seconds, 3),
+        }
+
+    def close(self) -> None:
+        """Drop the model and tokenizer so their memory can return."""
+        self.model = None
+        self.tokenizer = None
+        self.base_generation_config = None
+
+
+def _quantization_config(spec: LoadSpec):
+    from transformers import BitsAndBytesConfig
+
+    if spec.device == "mps":
+        raise QuantizationError(
+            f"load_in_{spec.quantization}=True is not supported on device='mps' by bitsandbytes; "
+            "use device='cpu' or 'cuda', or turn quantization off"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise QuantizationError(
+            f"load_in_{spec.quantization}=True needs bitsandbytes: pip install 'midori-hf-nb[quantization]' "
+            f"(or pip install bitsandbytes); import failed with: {exc}"
+        ) from exc
+    warnings.filterwarnings("ignore", message=r".*inputs will be cast from.*")  # 8-bit CPU matmul chatter
+    if spec.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = TORCH_DTYPES[spec.dtype] if spec.dtype != "float16" or spec.device != "cpu" else torch.float32
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute)
+
+
+def _hub_error(source: ModelSource, exc: BaseException) -> ModelSourceError:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    where = f"the local hub cache ({HF_HUB_CACHE})"
+    if hub_offline():
+        reason = "HF_HUB_OFFLINE is set, so the hub was not contacted"
+    else:
+        reason = "the hub could not be reached or has no such model"
+    return ModelSourceError(
+        f"model {source.name!r}: not found in {where} and {reason} ({type(exc).__name__}: {exc}). "
+        "Pass a local model directory or .gguf file, or use midori_hf_nb.DEFAULT_MODEL to run offline."
+    )
+
+
+def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
+    """Load the model and tokenizer of ``spec`` (converting a GGUF file on first use)."""
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    bar = tqdm(total=3, desc=f"Loading {spec.source.name}", unit="step", disable=not progress, leave=False)
+    try:
+        bar.set_postfix_str("converting GGUF (first use only)" if spec.source.kind == "gguf" else "resolving source")
+        path = str(convert_gguf(spec.source.location, progress) if spec.source.kind == "gguf" else spec.source.location)
+        bar.update(1)
+        common = {"trust_remote_code": spec.trust_remote_code}
+        bar.set_postfix_str("tokenizer")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, **common)
+        except OSError as exc:
+            if spec.source.kind == "hub":
+                raise _hub_error(spec.source, exc) from exc
+            raise
+        bar.update(1)
+        bar.set_postfix_str("weights")
+        kwargs: dict[str, Any] = {"dtype": TORCH_DTYPES[spec.dtype], **common}
+        if spec.quantization:
+            kwargs["quantization_config"] = _quantization_config(spec)
+            kwargs["device_map"] = {"": spec.device if spec.device != "cuda" else 0}
+        elif spec.device == "cuda":
+            kwargs["device_map"] = "auto"  # accelerate spreads a large model over the GPUs (and CPU)
+        elif spec.device != "cpu":
+            kwargs["device_map"] = {"": spec.device}
+        try:
+            with _progress_bars(progress):
+                model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except OSError as exc:
+            if spec.source.kind == "hub":
+                raise _hub_error(spec.source, exc) from exc
+            raise
+        model.eval()
+        bar.update(1)
+    finally:
+        bar.close()
+    lm = LoadedModel(spec=spec, model=model, tokenizer=tokenizer, load_seconds=time.perf_counter() - started, path=path)
+    lm.base_generation_config = model.generation_config
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        eos_ids.add(tokenizer.eos_token_id)
+    lm.eos_token_ids = frozenset(eos_ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.generation_config.pad_token_id
+    lm.pad_token_id = pad if pad is not None else (min(eos_ids) if eos_ids else 0)
+    return lm
+
+
+def _trim_heap() -> None:
+    """Ask glibc to hand freed heap pages back to the OS (no-op elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _free(lm: LoadedModel) -> None:
+    lm.close()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if mps_available():
+        with contextlib.suppress(Exception):
+            torch.mps.empty_cache()
+    _trim_heap()
+
+
+#: The process-wide registry of loaded models.
+REGISTRY = ModelRegistry(on_free=_free)
+
+
+def spec_for(config: HuggingFaceConfig) -> LoadSpec:
+    """Resolve a configuration to a :class:`LoadSpec` (source, device, dtype)."""
+    source = resolve_source(config.model)
+    device = resolve_device(config.device)
+    return LoadSpec(
+        source=source,
+        device=device,
+        dtype=resolve_dtype(config.torch_dtype, device),
+        quantization=config.quantization,
+        trust_remote_code=config.trust_remote_code,
+    )
+
+
+def acquire(config: HuggingFaceConfig) -> LoadedModel:
+    """Load (or share) the model of ``config`` and add a reference to it."""
+    spec = spec_for(config)
+    return REGISTRY.acquire(spec.key, lambda: load(spec, progress=config.progress))
+
+
+def release(lm: LoadedModel) -> bool:
+    """Drop one reference to ``lm``; True when this freed it."""
+    return REGISTRY.release(lm.spec.key)
+
+
+# --------------------------------------------------------------------------- generation
+
+
+@dataclass
+class GenerationSettings:
+    """Per-call generation settings (already validated by :class:`HuggingFaceConfig`)."""
+
+    max_new_tokens: int
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+    seed: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature == 0
+
+
+@dataclass
+class GenerationResult:
+    """What one sequence's generation produced."""
+
+    token_ids: list[int]
+    text: str
+    finish_reason: str  #: "stop", "length" or "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+    time_to_first_token: float | None
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float | None:
+        """Tokens per second after the first token (the decode phase)."""
+        if self.time_to_first_token is None or self.completion_tokens < 2:
+            return None
+        decode = self.seconds - self.time_to_first_token
+        return (self.completion_tokens - 1) / decode if decode > 0 else None
+
+
+class _StopAndTime(StoppingCriteria):
+    """Stops every sequence when ``stop_event`` is set, and records when the first token came."""
+
+    def __init__(self, stop_event: threading.Event | None, started: float) -> None:
+        self.stop_event = stop_event
+        self.started = started
+        self.first_token_at: float | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        stop = bool(self.stop_event is not None and self.stop_event.is_set())
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+class _CallbackStreamer(TextStreamer):
+    """TextStreamer that hands each finalised piece of text to a callback instead of printing."""
+
+    def __init__(self, tokenizer: Any, on_text: Callable[[str], None]) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self._on_text = on_text
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self._on_text(text)
+
+
+def check_generation_kwargs(kwargs: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming any key that ``generate()`` would not understand."""
+    reference = GenerationConfig()
+    unknown = sorted(k for k in kwargs if k not in CALL_KWARGS and not hasattr(reference, k))
+    if unknown:
+        raise ValueError(
+            f"unknown generation option(s) {', '.join(map(repr, unknown))}: expected attributes of "
+            "transformers.GenerationConfig (e.g. repetition_penalty, stop_strings) or one of "
+            + ", ".join(sorted(CALL_KWARGS))
+        )
+
+
+def _generation_config(lm: LoadedModel, settings: GenerationSettings) -> tuple[Any, dict[str, Any]]:
+    config_kwargs = {k: v for k, v in settings.extra.items() if k not in CALL_KWARGS}
+    call_kwargs = {k: v for k, v in settings.extra.items() if k in CALL_KWARGS}
+    cfg = GenerationConfig.from_dict(lm.base_generation_config.to_dict())
+    cfg.max_new_tokens = settings.max_new_tokens
+    cfg.max_length = None
+    cfg.pad_token_id = lm.pad_token_id
+    if settings.greedy:
+        cfg.do_sample, cfg.temperature, cfg.top_p, cfg.top_k = False, 1.0, 1.0, 50
+    else:
+        cfg.do_sample, cfg.temperature, cfg.top_p, cfg.top_k = True, settings.temperature, settings.top_p, settings.top_k
+    cfg.update(**config_kwargs)
+    return cfg, call_kwargs
+
+
+def _finish_reason(tokens: list[int], eos: frozenset[int], max_new_tokens: int, cancelled: bool) -> str:
+    if tokens and tokens[-1] in eos:
+        return "stop"
+    if cancelled:
+        return "cancelled"
+    return "length" if len(tokens) >= max_new_tokens else "stop"
+
+
+def _run_generate(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  settings: GenerationSettings, stop_event: threading.Event | None,
+                  streamer: Any = None) -> tuple[torch.Tensor, _StopAndTime, float]:
+    cfg, call_kwargs = _generation_config(lm, settings)
+    started = time.perf_counter()
+    timer = _StopAndTime(stop_event, started)
+    criteria = StoppingCriteriaList([timer, *call_kwargs.pop("stopping_criteria", [])])
+    if settings.seed is not None:
+        torch.manual_seed(settings.seed)
+    with torch.inference_mode():
+        output = lm.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=cfg,
+            stopping_criteria=criteria,
+            streamer=streamer,
+            tokenizer=lm.tokenizer,
+            **call_kwargs,
+        )
+    return output, timer, started
+
+
+def generate(
+    lm: LoadedModel,
+    input_ids: list[int],
+    settings: GenerationSettings,
+    on_text: Callable[[str], None] | None = None,
+    stop_event: threading.Event | None = None,
+) -> GenerationResult:
+    """Generate one sequence (blocking). ``on_text`` receives text pieces as they are decoded.
+
+    Generations on one model run one at a time (``lm.generation_lock``); a request cancelled
+    while it waits returns at once with ``finish_reason="cancelled"``.
+    """
+    with lm.generation_lock:
+        if lm.model is None:
+            raise RuntimeError(f"model {lm.spec.source.name!r} was unloaded")
+        if stop_event is not None and stop_event.is_set():
+            return GenerationResult([], "", "cancelled", len(input_ids), 0, None, 0.0)
+        ids = torch.tensor([input_ids], dtype=torch.long, device=lm.input_device)
+        streamer = _CallbackStreamer(lm.tokenizer, on_text) if on_text is not None else None
+        output, timer, started = _run_generate(lm, ids, torch.ones_like(ids), settings, stop_event, streamer)
+        seconds = time.perf_counter() - started
+        tokens = output[0, ids.shape[1]:].tolist()
+        cancelled = bool(stop_event is not None and stop_event.is_set())
+        finish = _finish_reason(tokens, lm.eos_token_ids, settings.max_new_tokens, cancelled)
+        text_tokens = tokens[:-1] if finish == "stop" and tokens and tokens[-1] in lm.eos_token_ids else tokens
+        text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
+    ttft = timer.first_token_at - started if timer.first_token_at is not None else None
+    return GenerationResult(tokens, text, finish, len(input_ids), len(tokens), ttft, seconds)
+
+
+def generate_batch(
+    lm: LoadedModel,
+    batch: list[list[int]],
+    settings: GenerationSettings,
+    stop_event: threading.Event | None = None,
+) -> list[GenerationResult]:
+    """Generate for several prompts in one left-padded ``generate`` call.
+
+    Each result's ``seconds`` and ``time_to_first_token`` are those of the whole batch.
+    """
+    if not batch:
+        return []
+    with lm.generation_lock:
+        if lm.model is None:
+            raise RuntimeError(f"model {lm.spec.source.name!r} was unloaded")
+        width = max(len(ids) for ids in batch)
+        pad = lm.pad_token_id
+        rows = [[pad] * (width - len(ids)) + list(ids) for ids in batch]
+        mask = [[0] * (width - len(ids)) + [1] * len(ids) for ids in batch]
+        input_ids = torch.tensor(rows, dtype=torch.long, device=lm.input_device)
+        attention_mask = torch.tensor(mask, dtype=torch.long, device=lm.input_device)
+        output, timer, started = _run_generate(lm, input_ids, attention_mask, settings, stop_event)
+        seconds = time.perf_counter() - started
+        cancelled = bool(stop_event is not None and stop_event.is_set())
+        generated = output[:, width:].tolist()
+        results = []
+        for prompt, row in zip(batch, generated):
+            tokens = []
+            for token in row:  # everything after a sequence's first eos is padding
+                tokens.append(token)
+                if token in lm.eos_token_ids:
+                    break
+            finish = _finish_reason(tokens, lm.eos_token_ids, settings.max_new_tokens, cancelled)
+            text_tokens = tokens[:-1] if finish == "stop" and tokens and tokens[-1] in lm.eos_token_ids else tokens
+            text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
+            ttft = timer.first_token_at - started if timer.first_token_at is not None else None
+            results.append(GenerationResult(tokens, text, finish, len(prompt), len(tokens), ttft, seconds))
+    return results

@@ -1,0 +1,76 @@
+"""``get_agent`` and ``get_agent_from_config``: the protocol's factory, for the Hugging Face backend."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .agent import HuggingFaceLocalAgent
+from .config import ConfigError, resolve_agent_settings
+from .protocol import ReasoningEffort
+
+BACKENDS = ("huggingface",)
+
+
+def _reasoning(value: Any) -> ReasoningEffort | None:
+    if value is None or isinstance(value, ReasoningEffort):
+        return value
+    if isinstance(value, dict):
+        return ReasoningEffort(**value)
+    if isinstance(value, str):
+        return ReasoningEffort(effort=value)  # type: ignore[arg-type]
+    raise ConfigError(f"reasoning_effort={value!r} is not allowed: expected a table, a ReasoningEffort or a level name")
+
+
+async def _other_backend(backend: str, model: str, api_key: str | None, base_url: str | None, **kwargs: Any) -> Any:
+    try:
+        from midori_ai_agent_base import get_agent as base_get_agent  # type: ignore[import-not-found]
+    except ImportError:
+        raise ValueError(
+            f"backend {backend!r} is not available: valid backends here are {', '.join(map(repr, BACKENDS))} "
+            "(other backends need the midori-ai-agent-base package and their own backend package)"
+        ) from None
+    return await base_get_agent(backend=backend, model=model, api_key=api_key, base_url=base_url, **kwargs)
+
+
+async def get_agent(backend: str, model: str, api_key: str | None = None, base_url: str | None = None,
+                    **kwargs: Any) -> HuggingFaceLocalAgent:
+    """Create an agent. For ``backend="huggingface"`` the ``api_key`` and ``base_url`` are ignored and
+    ``kwargs`` go to :class:`HuggingFaceLocalAgent` (nothing is loaded yet)."""
+    if backend not in BACKENDS:
+        return await _other_backend(backend, model, api_key, base_url, **kwargs)
+    if model is None:
+        raise ValueError("get_agent(backend='huggingface'): 'model' is required (a hub id, a local directory, "
+                         "a .gguf file or midori_hf_nb.DEFAULT_MODEL)")
+    if "reasoning_effort" in kwargs:
+        kwargs["reasoning_effort"] = _reasoning(kwargs["reasoning_effort"])
+    return HuggingFaceLocalAgent(model=model, **kwargs)
+
+
+async def get_agent_from_config(
+    config_path: str | os.PathLike | None = None,
+    backend: str | None = None,
+    model: str | None = None,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    **kwargs: Any,
+) -> HuggingFaceLocalAgent:
+    """Create an agent from a TOML file; explicit arguments win over the file, the file over defaults.
+
+    Without ``config_path`` the nearest ``config.toml`` in the current directory or its parents
+    is read (if there is none, only the explicit arguments are used). A missing file, invalid
+    TOML or no ``model`` anywhere raise errors naming the file.
+    """
+    settings = resolve_agent_settings(config_path, backend, model, api_key, base_url, **kwargs)
+    where = f"configuration file {str(settings.source)!r}" if settings.source else "the arguments (no config.toml found)"
+    if not settings.model:
+        raise ConfigError(
+            f"no model given: set 'model' under [midori_ai_agent_base] in {where} or pass model=..."
+        )
+    extra = dict(settings.kwargs)
+    if settings.reasoning_effort is not None:
+        extra["reasoning_effort"] = settings.reasoning_effort
+    try:
+        return await get_agent(settings.backend, settings.model, settings.api_key, settings.base_url, **extra)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (from {where})") from exc
