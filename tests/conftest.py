@@ -1,0 +1,85 @@
+"""Shared fixtures: the offline default model, tiny random models built in a temp dir, payloads."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run(coro):
+    """Run a coroutine to completion in a fresh event loop."""
+    return asyncio.run(coro)
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    """The converted offline default model (converted on first use, then cached)."""
+    from midori_hf_nb import engine
+    from midori_hf_nb.sources import default_model_path
+
+    return engine.convert_gguf(default_model_path(), progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, default_model_dir) -> Path:
+    """A 2-layer random Llama with the default model's tokenizer and ChatML template (no tools support)."""
+    from midori_hf_nb.testing import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", default_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_tools_model(tmp_path_factory, default_model_dir) -> Path:
+    """A tiny model whose chat template renders ``tools=`` (Hermes/Qwen style)."""
+    from midori_hf_nb.testing import TOOLS_CHAT_TEMPLATE, build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-tools") / "model", default_model_dir,
+                            chat_template=TOOLS_CHAT_TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def tiny_plain_model(tmp_path_factory, default_model_dir) -> Path:
+    """A tiny model whose tokenizer has no chat template (plain fallback format)."""
+    from midori_hf_nb.testing import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-plain") / "model", default_model_dir, chat_template="")
+
+
+@pytest.fixture(scope="session")
+def default_agent():
+    """A greedy agent on the offline default model, shared by the tests of this session."""
+    from midori_hf_nb import DEFAULT_MODEL, HuggingFaceLocalAgent
+
+    agent = HuggingFaceLocalAgent(model=DEFAULT_MODEL, do_sample=False, max_new_tokens=48, progress=False)
+    yield agent
+    run(agent.unload_model())
+
+
+@pytest.fixture
+def payload():
+    """Factory for payloads: ``payload("question", system="...", memory=[...])``."""
+    from midori_hf_nb import make_payload
+
+    def make(message: str, system: str = "You are a helpful assistant.", **fields):
+        return make_payload(message, system, **fields)
+
+    return make
+
+
+@pytest.fixture
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+def python_exe() -> str:
+    return sys.executable
