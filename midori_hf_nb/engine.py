@@ -129,6 +129,8 @@ def convert_gguf(gguf_path: str | os.PathLike, progress: bool = True) -> Path:
             return target
         if target.exists():  # a stale incomplete folder from an older version
             shutil.rmtree(target, ignore_errors=True)
+        for stale in target.parent.glob(f"{target.name}.partial-*"):  # left by an interrupted conversion
+            shutil.rmtree(stale, ignore_errors=True)
         partial = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
         partial.chmod(0o755)
         try:
@@ -142,8 +144,9 @@ def convert_gguf(gguf_path: str | os.PathLike, progress: bool = True) -> Path:
             model.hf_quantizer = None
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
-            model.save_pretrained(partial)
-            tokenizer.save_pretrained(partial)
+            with _progress_bars(progress):
+                model.save_pretrained(partial)
+                tokenizer.save_pretrained(partial)
             stat = gguf_path.stat()
             (partial / "midori-source.json").write_text(
                 json.dumps(

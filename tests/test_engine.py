@@ -1,0 +1,104 @@
+"""Devices, dtypes, quantization through BitsAndBytesConfig, and shared reference-counted loading."""
+
+from __future__ import annotations
+
+import sys
+import weakref
+
+import pytest
+import torch
+
+from midori_hf_nb import HuggingFaceConfig, HuggingFaceLocalAgent, make_payload
+from midori_hf_nb import engine
+from midori_hf_nb.engine import DeviceError, QuantizationError
+from midori_hf_nb.sources import resolve_source
+
+from .conftest import run
+
+
+def test_auto_device_and_dtype_on_cpu_machine():
+    if torch.cuda.is_available() or engine.mps_available():
+        pytest.skip("this test describes a CPU-only machine")
+    assert engine.resolve_device("auto") == "cpu"
+    assert engine.resolve_dtype("auto", "cpu") == "float32"
+    assert engine.resolve_dtype("bfloat16", "cpu") == "bfloat16"
+
+
+def test_unavailable_devices_are_clear_errors():
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="device='cuda'.*not available.*device='cpu'"):
+            engine.resolve_device("cuda")
+    if not engine.mps_available():
+        with pytest.raises(DeviceError, match="device='mps'.*not available"):
+            engine.resolve_device("mps")
+
+
+def test_unavailable_device_surfaces_on_first_use(tiny_model):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    agent = HuggingFaceLocalAgent(model=str(tiny_model), device="cuda", progress=False)
+    with pytest.raises(DeviceError):
+        run(agent.invoke(make_payload("hi")))
+    assert not agent.is_loaded
+
+
+@pytest.mark.parametrize("dtype, expected", [("float32", torch.float32), ("bfloat16", torch.bfloat16),
+                                             ("float16", torch.float16)])
+def test_dtype_strings_map_to_torch_dtypes(tiny_model, dtype, expected):
+    config = HuggingFaceConfig(model=str(tiny_model), device="cpu", torch_dtype=dtype, progress=False)
+    lm = engine.acquire(config)
+    try:
+        assert lm.model.dtype == expected
+        assert lm.footprint()["dtype"] == dtype
+    finally:
+        engine.release(lm)
+
+
+def test_same_spec_shares_one_model_and_frees_on_last_release(tiny_model):
+    a = HuggingFaceLocalAgent(model=str(tiny_model), device="cpu", do_sample=False, max_new_tokens=2, progress=False)
+    b = HuggingFaceLocalAgent(model=str(tiny_model), device="auto", do_sample=False, max_new_tokens=2, progress=False)
+    c = HuggingFaceLocalAgent(model=str(tiny_model), device="cpu", torch_dtype="bfloat16", progress=False)
+    run(a.load()), run(b.load()), run(c.load())
+    assert a.loaded_model is b.loaded_model            # "auto" resolves to cpu: same spec
+    assert c.loaded_model is not a.loaded_model        # another dtype is another copy
+    assert a.reference_count == 2 and c.reference_count == 1
+    model_ref = weakref.ref(a.loaded_model.model)
+    run(a.unload_model())
+    assert b.is_loaded and b.reference_count == 1 and model_ref() is not None
+    run(b.unload_model())
+    assert b.reference_count == 0 and model_ref() is None
+    run(c.unload_model())
+
+
+def test_unknown_generation_option_is_named(tiny_model):
+    agent = HuggingFaceLocalAgent(model=str(tiny_model), device="cpu", progress=False, temprature=0.5)
+    with pytest.raises(ValueError, match="'temprature'"):
+        run(agent.invoke(make_payload("hi")))
+    run(agent.unload_model())
+
+
+def test_quantization_without_bitsandbytes_says_how_to_install(tiny_model, monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # makes `import bitsandbytes` fail
+    config = HuggingFaceConfig(model=str(tiny_model), device="cpu", load_in_8bit=True, progress=False)
+    with pytest.raises(QuantizationError, match=r"pip install 'midori-hf-nb\[quantization\]'"):
+        engine.load(engine.spec_for(config), progress=False)
+
+
+def test_quantization_on_mps_is_refused_with_advice(tiny_model):
+    spec = engine.LoadSpec(resolve_source(str(tiny_model)), "mps", "float16", "4bit", False)
+    with pytest.raises(QuantizationError, match="device='mps'.*device='cpu' or 'cuda'"):
+        engine.load(spec, progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits, layer", [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")])
+def test_bitsandbytes_quantization_on_cpu(tiny_model, bits, layer):
+    pytest.importorskip("bitsandbytes")
+    agent = HuggingFaceLocalAgent(model=str(tiny_model), device="cpu", do_sample=False, max_new_tokens=4,
+                                  progress=False, **{f"load_in_{bits}": True})
+    response = run(agent.invoke(make_payload("hello")))
+    layers = {type(m).__name__ for m in agent.loaded_model.model.modules()}
+    assert layer in layers
+    assert agent.loaded_model.footprint()["quantization"] == bits
+    assert response.metadata["quantization"] == bits and response.metadata["completion_tokens"] >= 1
+    run(agent.unload_model())
