@@ -9,7 +9,43 @@ import importlib
 from typing import Any
 
 #: public name -> module (relative to this package) that defines it
-_EXPORTS: dict[str, str] = {}
+_EXPORTS: dict[str, str] = {
+    # aio: running the async API from synchronous code
+    "run": "aio",
+    "iterate": "aio",
+    "loop_running": "aio",
+    "SyncAgent": "aio",
+    # streaming into a cell
+    "stream_to_cell": "streaming",
+    "display_stream": "streaming",
+    "LiveView": "streaming",
+    "StreamState": "streaming",
+    "RecordingSink": "streaming",
+    "render_stream_html": "streaming",
+    # rich display of responses
+    "ResponseView": "display",
+    "render_response_html": "display",
+    "render_response_markdown": "display",
+    "show_response": "display",
+    # DataFrames
+    "tool_calls_frame": "frames",
+    "thinking_frame": "frames",
+    "conversation_frame": "frames",
+    "TOOL_CALL_COLUMNS": "frames",
+    "THINKING_COLUMNS": "frames",
+    "TURN_COLUMNS": "frames",
+    # conversation memory
+    "Conversation": "conversation",
+    # memory readout
+    "memory_readout": "memory",
+    "show_memory": "memory",
+    "MemoryReadout": "memory",
+    # magics
+    "MidoriMagics": "magics",
+    "current_session": "magics",
+    "load_ipython_extension": "magics",
+    "unload_ipython_extension": "magics",
+}
 
 
 def __getattr__(name: str) -> Any:

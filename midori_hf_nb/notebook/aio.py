@@ -1,0 +1,267 @@
+"""Run the agent's async API from synchronous code, also inside a running kernel loop.
+
+In a notebook cell, prefer top-level ``await``::
+
+    response = await agent.invoke(payload)
+
+Plain functions cannot ``await``, and ``asyncio.run`` fails while the kernel's event loop is
+running in the same thread. :func:`run` covers both cases:
+
+* no loop is running in this thread: the coroutine runs with :func:`asyncio.run`;
+* a loop is running (a Jupyter kernel, an async caller): the coroutine runs with
+  :func:`asyncio.run` in a fresh worker thread and the caller blocks until it is done.
+  This needs no patching of asyncio, and the agent is built for it: generation already runs
+  in its own thread and touches no loop-bound state of the caller.
+
+Choice about nest-asyncio: it is used only by ``run(coro, mode="nest")``, for the one case
+the worker thread cannot serve, a coroutine that awaits objects bound to the *running* loop
+(a future, queue or task created on the kernel's loop, e.g. by a widget). That mode calls
+``nest_asyncio2.apply()``, which patches asyncio for the whole process (re-entrant
+``run_until_complete``); it is therefore never applied implicitly.
+
+Interrupting (``KeyboardInterrupt`` in the waiting thread) cancels the coroutine in the
+worker and waits for it to finish its clean-up (a cancelled generation stops within a
+token), then re-raises.
+
+:class:`SyncAgent` wraps an agent with blocking methods built on :func:`run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from typing import Any, Awaitable, Coroutine, Iterator, TypeVar
+
+T = TypeVar("T")
+
+RUN_MODES = ("auto", "thread", "nest")
+
+
+def loop_running() -> bool:
+    """True when an asyncio event loop is running in the calling thread (e.g. inside a kernel)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class _ThreadRunner:
+    """Runs one coroutine with ``asyncio.run`` in its own thread and can cancel it."""
+
+    def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
+        self._coro = coro
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+        self._started = threading.Event()
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self.thread = threading.Thread(target=self._main, name="midori-run", daemon=True)
+
+    async def _wrapper(self) -> Any:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._started.set()
+        return await self._coro
+
+    def _main(self) -> None:
+        try:
+            self._result = asyncio.run(self._wrapper())
+        except BaseException as exc:  # delivered to the waiting thread
+            self._error = exc
+        finally:
+            self._started.set()
+
+    def cancel(self) -> None:
+        self._started.wait()
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None:
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # the loop already closed: nothing left to cancel
+                pass
+
+    def result(self, timeout: float | None) -> Any:
+        self.thread.start()
+        try:
+            self.thread.join(timeout)
+        except KeyboardInterrupt:
+            self.cancel()
+            self.thread.join()
+            raise
+        if self.thread.is_alive():
+            self.cancel()
+            self.thread.join()
+            raise TimeoutError(f"run(): the coroutine did not finish within {timeout} s and was cancelled")
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+def run(coro: Awaitable[T], *, timeout: float | None = None, mode: str = "auto") -> T:
+    """Run ``coro`` to completion from synchronous code and return its result.
+
+    Args:
+        coro: a coroutine (or other awaitable).
+        timeout: seconds to wait before cancelling the coroutine and raising ``TimeoutError``
+            (``mode="thread"``/``"auto"`` only); None waits as long as it takes.
+        mode: ``"auto"`` (default) uses :func:`asyncio.run` when no loop is running in this
+            thread and a worker thread when one is; ``"thread"`` always uses a worker thread;
+            ``"nest"`` runs on the running loop re-entrantly through ``nest_asyncio2`` (patches
+            asyncio process-wide; only for coroutines bound to that loop).
+
+    Exceptions of the coroutine propagate unchanged.
+    """
+    if mode not in RUN_MODES:
+        raise ValueError(f"run(mode={mode!r}) is not allowed: expected one of {', '.join(map(repr, RUN_MODES))}")
+    if not asyncio.iscoroutine(coro):
+        if not hasattr(coro, "__await__"):
+            raise TypeError(f"run() expects a coroutine or awaitable, got {type(coro).__name__}")
+        awaitable = coro
+
+        async def _await() -> Any:
+            return await awaitable
+
+        coro = _await()
+    if mode == "nest":
+        return _run_nested(coro)
+    if mode == "auto" and not loop_running() and timeout is None:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    return _ThreadRunner(coro).result(timeout)  # type: ignore[arg-type]
+
+
+def _run_nested(coro: Coroutine[Any, Any, T]) -> T:
+    import nest_asyncio2
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    nest_asyncio2.apply(loop)
+    return loop.run_until_complete(coro)
+
+
+class _AsyncIterPump:
+    """Iterates an async iterator in a worker thread, handing its items over a thread-safe queue."""
+
+    _END = object()
+
+    def __init__(self, iterator: Any, on_cancel: Any = None) -> None:
+        self._iterator = iterator
+        self._on_cancel = on_cancel
+        self.items: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._main, name="midori-stream", daemon=True)
+
+    def _main(self) -> None:
+        async def consume() -> None:
+            try:
+                async for item in self._iterator:
+                    self.items.put(("item", item))
+            finally:
+                close = getattr(self._iterator, "aclose", None)
+                if close is not None:
+                    await close()
+
+        try:
+            asyncio.run(consume())
+            self.items.put(("end", None))
+        except BaseException as exc:
+            self.items.put(("error", exc))
+
+    def start(self) -> "_AsyncIterPump":
+        self.thread.start()
+        return self
+
+    def get(self, timeout: float | None = None) -> tuple[str, Any]:
+        """The next ``(kind, value)``: ``("item", x)``, ``("end", None)``, ``("error", exc)``; raises ``queue.Empty``."""
+        return self.items.get(timeout=timeout)
+
+    def cancel(self) -> None:
+        if self._on_cancel is not None:
+            self._on_cancel()
+
+
+def iterate(aiterator: Any, *, on_cancel: Any = None) -> Iterator[Any]:
+    """Iterate an async iterator from synchronous code (a worker thread drives it).
+
+    Closing the generator early (``break``) or an exception in the consumer calls
+    ``on_cancel`` (e.g. ``stream.cancel``) and waits for the worker to finish.
+    """
+    pump = _AsyncIterPump(aiterator, on_cancel).start()
+    finished = False
+    try:
+        while True:
+            kind, value = pump.get()
+            if kind == "item":
+                yield value
+            elif kind == "error":
+                finished = True
+                raise value
+            else:
+                finished = True
+                return
+    finally:
+        if not finished:
+            pump.cancel()
+            while pump.thread.is_alive():
+                try:
+                    pump.thread.join()
+                except KeyboardInterrupt:  # a second interrupt: keep waiting for clean-up
+                    continue
+
+
+class SyncAgent:
+    """Blocking versions of an agent's methods, usable in plain functions inside a notebook.
+
+    ``agent_sync = SyncAgent(agent)``; then ``agent_sync.invoke(payload)`` returns the
+    :class:`~midori_hf_nb.AgentResponse`. Every method accepts the keyword overrides of the
+    async method it wraps. Attributes not defined here are those of the wrapped agent.
+    """
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+
+    def __repr__(self) -> str:
+        return f"SyncAgent({self.agent!r})"
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.agent, name)
+
+    def invoke(self, payload: Any, **overrides: Any) -> Any:
+        """``agent.invoke(payload, **overrides)``, blocking."""
+        return run(self.agent.invoke(payload, **overrides))
+
+    def invoke_with_tools(self, payload: Any, tools: list[Any], **overrides: Any) -> Any:
+        """``agent.invoke_with_tools(payload, tools, **overrides)``, blocking."""
+        return run(self.agent.invoke_with_tools(payload, tools, **overrides))
+
+    def run_tools(self, payload: Any, tools: list[Any], max_steps: int = 5, **overrides: Any) -> Any:
+        """``agent.run_tools(payload, tools, max_steps, **overrides)``, blocking."""
+        return run(self.agent.run_tools(payload, tools, max_steps=max_steps, **overrides))
+
+    def load(self) -> Any:
+        """Load the model now; returns the wrapped agent."""
+        return run(self.agent.load())
+
+    def unload_model(self) -> None:
+        """Release the agent's model reference."""
+        run(self.agent.unload_model())
+
+    def get_context_window(self) -> int:
+        """The configured context window."""
+        return run(self.agent.get_context_window())
+
+    def stream(self, payload: Any, *, events: bool = False, **overrides: Any) -> Iterator[Any]:
+        """A synchronous iterator over ``agent.stream(...)``; breaking out stops the generation."""
+        stream = self.agent.stream(payload, events=events, **overrides)
+        return iterate(stream, on_cancel=stream.cancel)
+
+    def display_stream(self, payload: Any, **options: Any) -> Any:
+        """Stream into the current output cell (see :func:`~midori_hf_nb.notebook.display_stream`)."""
+        from .streaming import display_stream
+
+        return display_stream(self.agent, payload, **options)
+
+
+__all__ = ["SyncAgent", "iterate", "loop_running", "run"]

@@ -1,0 +1,111 @@
+"""Conversation memory across cells: a list of turns sent with each payload.
+
+``Conversation`` records user and assistant turns as :class:`~midori_hf_nb.MemoryEntryData`
+(with tokens, seconds and finish reason in each turn's ``metadata``), builds payloads that
+carry them as ``memory``, and turns them into a DataFrame. The agent's prompt builder drops
+the oldest turns first when they do not fit the context window.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..protocol import AgentPayload, AgentResponse, MemoryEntryData
+
+ROLES = ("user", "assistant", "system", "tool")
+
+
+class Conversation:
+    """Turns of one conversation, oldest first.
+
+    Args:
+        session_id: the ``session_id`` of the payloads it builds.
+        max_turns: keep at most this many turns (oldest dropped first); None keeps all.
+    """
+
+    def __init__(self, session_id: str = "notebook", max_turns: int | None = None) -> None:
+        if max_turns is not None and (isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1):
+            raise ValueError(f"Conversation(max_turns={max_turns!r}) is not allowed: expected a positive integer or None")
+        self.session_id = session_id
+        self.max_turns = max_turns
+        self.entries: list[MemoryEntryData] = []
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __repr__(self) -> str:
+        return f"Conversation({len(self.entries)} turns, session_id={self.session_id!r})"
+
+    def add(self, role: str, content: str, *, tokens: int | None = None, seconds: float | None = None,
+            finish_reason: str | None = None, tool_calls: list[dict] | None = None) -> MemoryEntryData:
+        """Append one turn and return it."""
+        if role not in ROLES:
+            raise ValueError(f"Conversation.add(role={role!r}) is not allowed: expected one of {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise ValueError(f"Conversation.add(content=...) expects a string, got {type(content).__name__}")
+        meta = {k: v for k, v in (("tokens", tokens), ("seconds", seconds), ("finish_reason", finish_reason))
+                if v is not None}
+        entry = MemoryEntryData(role=role, content=content, timestamp=time.time(), tool_calls=tool_calls,
+                                metadata=meta or None)
+        self.entries.append(entry)
+        if self.max_turns is not None and len(self.entries) > self.max_turns:
+            del self.entries[: len(self.entries) - self.max_turns]
+        return entry
+
+    def add_exchange(self, user_message: str, response: AgentResponse, *, user_tokens: int | None = None) -> None:
+        """Record a user message and the agent's answer (a partial answer is recorded as it is)."""
+        meta = response.metadata or {}
+        self.add("user", user_message, tokens=user_tokens)
+        self.add("assistant", response.response or "", tokens=meta.get("completion_tokens"),
+                 seconds=meta.get("total_seconds"), finish_reason=meta.get("finish_reason"),
+                 tool_calls=response.tool_calls)
+
+    def memory(self) -> list[MemoryEntryData]:
+        """A copy of the turns, for ``AgentPayload.memory``."""
+        return list(self.entries)
+
+    def payload(self, user_message: str, system_context: str = "", **fields: Any) -> AgentPayload:
+        """A payload for ``user_message`` that carries this conversation as memory."""
+        from .. import make_payload
+
+        fields.setdefault("session_id", self.session_id)
+        return make_payload(user_message, system_context, memory=self.memory() or None, **fields)
+
+    def reset(self) -> int:
+        """Forget every turn; returns how many there were."""
+        count = len(self.entries)
+        self.entries.clear()
+        return count
+
+    def frame(self, tokenizer: Any = None):
+        """The turns as a DataFrame (see :func:`~midori_hf_nb.notebook.conversation_frame`)."""
+        from .frames import conversation_frame
+
+        return conversation_frame(self, tokenizer=tokenizer)
+
+    async def ask(self, agent: Any, user_message: str, system_context: str = "", **overrides: Any) -> AgentResponse:
+        """``agent.invoke`` with this conversation as memory; records the exchange and returns the response."""
+        response = await agent.invoke(self.payload(user_message, system_context), **overrides)
+        self.add_exchange(user_message, response, user_tokens=count_tokens(agent, user_message))
+        return response
+
+    async def stream(self, agent: Any, user_message: str, system_context: str = "", **options: Any) -> AgentResponse:
+        """Like :meth:`ask`, streamed into the current cell with :func:`~midori_hf_nb.notebook.stream_to_cell`."""
+        from .streaming import stream_to_cell
+
+        response = await stream_to_cell(agent, self.payload(user_message, system_context), **options)
+        self.add_exchange(user_message, response, user_tokens=count_tokens(agent, user_message))
+        return response
+
+
+def count_tokens(agent: Any, text: str) -> int | None:
+    """Tokens of ``text`` under the agent's loaded tokenizer (None when no model is loaded)."""
+    lm = getattr(agent, "loaded_model", None)
+    tokenizer = getattr(lm, "tokenizer", None)
+    if tokenizer is None:
+        return None
+    return len(tokenizer.encode(text, add_special_tokens=False))
+
+
+__all__ = ["Conversation", "count_tokens"]

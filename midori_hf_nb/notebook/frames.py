@@ -1,0 +1,196 @@
+"""pandas DataFrames of tool calls, thinking blocks and conversation turns.
+
+Every function accepts one item or a list, and returns a frame with fixed columns and
+dtypes; empty input gives an empty frame with the same columns and dtypes.
+
+Tool calls (:func:`tool_calls_frame`), one row per call, executed steps first:
+
+=============  =============  ==========================================================
+column         dtype          meaning
+=============  =============  ==========================================================
+response       Int64          position of the response in the input list
+step           Int64          generation step of the tool loop (1 for invoke_with_tools)
+name           string         tool name
+arguments      object         dict of arguments
+id             string         call id (may be empty)
+result         object         the tool's return value (None when not executed)
+error          string         error text, or <NA>
+seconds        Float64        seconds the tool ran, or <NA> when not executed
+executed       boolean        True for calls run by ``run_tools``
+=============  =============  ==========================================================
+
+Thinking blocks (:func:`thinking_frame`), one row per block:
+
+=============  =============  ==========================================================
+response       Int64          position of the response in the input list
+block          Int64          position of the block within the response (from 0)
+text           string         the reasoning text
+chars          Int64          its length in characters
+=============  =============  ==========================================================
+
+Conversation turns (:func:`conversation_frame`), one row per turn:
+
+=============  ===================  ====================================================
+turn           Int64                position in the conversation (from 0)
+role           string               user, assistant, system or tool
+content        string               the text of the turn
+tokens         Int64                tokens of the turn (completion tokens for answers,
+                                    the message's token count for user turns), or <NA>
+seconds        Float64              generation seconds of an answer, or <NA>
+finish_reason  string               stop, length or cancelled for answers, else <NA>
+timestamp      datetime64[ns, UTC]  when the turn was recorded, or NaT
+=============  ===================  ====================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+TOOL_CALL_COLUMNS: dict[str, str] = {
+    "response": "Int64",
+    "step": "Int64",
+    "name": "string",
+    "arguments": "object",
+    "id": "string",
+    "result": "object",
+    "error": "string",
+    "seconds": "Float64",
+    "executed": "boolean",
+}
+
+THINKING_COLUMNS: dict[str, str] = {
+    "response": "Int64",
+    "block": "Int64",
+    "text": "string",
+    "chars": "Int64",
+}
+
+TURN_COLUMNS: dict[str, str] = {
+    "turn": "Int64",
+    "role": "string",
+    "content": "string",
+    "tokens": "Int64",
+    "seconds": "Float64",
+    "finish_reason": "string",
+    "timestamp": "datetime64[ns, UTC]",
+}
+
+
+def _frame(rows: list[dict[str, Any]], columns: dict[str, str]) -> pd.DataFrame:
+    data = {}
+    for name, dtype in columns.items():
+        values = [row.get(name) for row in rows]
+        if dtype == "object":
+            series = pd.Series(values, dtype="object")
+        elif dtype.startswith("datetime64"):
+            series = pd.to_datetime(pd.Series([None if v is None else float(v) for v in values], dtype="float64"),
+                                    unit="s", utc=True).astype(dtype)
+        else:
+            series = pd.Series([pd.NA if v is None else v for v in values], dtype="object").astype(dtype)
+        data[name] = series
+    return pd.DataFrame(data, columns=list(columns))
+
+
+def _as_list(items: Any) -> list[Any]:
+    if items is None:
+        return []
+    if isinstance(items, (list, tuple)):
+        return list(items)
+    if hasattr(items, "response") and hasattr(items, "thinking"):  # one response
+        return [items]
+    return list(items)
+
+
+def tool_calls_frame(responses: Any) -> pd.DataFrame:
+    """One row per tool call of one response or a list of responses (columns: :data:`TOOL_CALL_COLUMNS`).
+
+    Calls executed by ``run_tools`` (``metadata["tool_steps"]``) come first with their results;
+    calls parsed but not executed (``invoke_with_tools``, or the last step of a loop that hit
+    ``max_steps``) follow with ``executed=False``.
+    """
+    from .display import tool_call_rows
+
+    rows = []
+    for index, response in enumerate(_as_list(responses)):
+        for row in tool_call_rows(response):
+            row["response"] = index
+            row["id"] = row.get("id") or ""
+            rows.append(row)
+    return _frame(rows, TOOL_CALL_COLUMNS)
+
+
+def thinking_blocks(response: Any) -> list[str]:
+    """The reasoning blocks of a response (``metadata["thinking_blocks"]``, else its ``thinking``)."""
+    meta = getattr(response, "metadata", None) or {}
+    blocks = meta.get("thinking_blocks")
+    if blocks is None:
+        thinking = getattr(response, "thinking", "") or ""
+        blocks = [thinking] if thinking.strip() else []
+    return [str(b) for b in blocks]
+
+
+def thinking_frame(responses: Any) -> pd.DataFrame:
+    """One row per thinking block of one response or a list of responses (columns: :data:`THINKING_COLUMNS`)."""
+    rows = []
+    for index, response in enumerate(_as_list(responses)):
+        for block_index, text in enumerate(thinking_blocks(response)):
+            rows.append({"response": index, "block": block_index, "text": text, "chars": len(text)})
+    return _frame(rows, THINKING_COLUMNS)
+
+
+def _turn_fields(entry: Any) -> dict[str, Any]:
+    if isinstance(entry, dict):
+        get = entry.get
+    else:
+        def get(key: str, default: Any = None) -> Any:
+            return getattr(entry, key, default)
+    meta = get("metadata") or {}
+    return {
+        "role": get("role"),
+        "content": get("content", "") or "",
+        "tokens": meta.get("tokens"),
+        "seconds": meta.get("seconds"),
+        "finish_reason": meta.get("finish_reason"),
+        "timestamp": get("timestamp"),
+    }
+
+
+def conversation_frame(turns: Any, tokenizer: Any = None) -> pd.DataFrame:
+    """One row per conversation turn (columns: :data:`TURN_COLUMNS`).
+
+    ``turns``: a :class:`~midori_hf_nb.notebook.Conversation`, or a list of
+    :class:`~midori_hf_nb.MemoryEntryData` or dicts with ``role``, ``content``, optional
+    ``timestamp`` and ``metadata`` (``tokens``, ``seconds``, ``finish_reason``). With a
+    ``tokenizer``, turns without a token count are counted with it.
+    """
+    entries = turns.entries if hasattr(turns, "entries") else _as_list(turns)
+    rows = []
+    for index, entry in enumerate(entries):
+        row = _turn_fields(entry)
+        if row["role"] is None:
+            raise ValueError(f"conversation_frame: turn {index} has no 'role': expected MemoryEntryData or a dict "
+                             "with 'role' and 'content'")
+        if row["tokens"] is None and tokenizer is not None:
+            row["tokens"] = len(tokenizer.encode(row["content"], add_special_tokens=False))
+        row["turn"] = index
+        rows.append(row)
+    return _frame(rows, TURN_COLUMNS)
+
+
+def frame_schema(columns: dict[str, str]) -> pd.Series:
+    """The dtypes of a frame built from ``columns`` (what ``frame.dtypes`` returns)."""
+    return _frame([], columns).dtypes
+
+
+__all__ = [
+    "THINKING_COLUMNS",
+    "TOOL_CALL_COLUMNS",
+    "TURN_COLUMNS",
+    "conversation_frame",
+    "frame_schema",
+    "thinking_blocks",
+    "thinking_frame",
+    "tool_calls_frame",
+]

@@ -1,0 +1,225 @@
+"""Memory readout: process and system memory, accelerator memory, and each loaded model.
+
+``memory_readout()`` returns a :class:`MemoryReadout` (``_repr_html_`` shows a small table
+with bars); ``.as_dict()`` gives plain values:
+
+* ``process``: ``rss_bytes`` (resident now), ``peak_rss_bytes`` (high-water mark), ``vms_bytes``;
+* ``system``: ``total_bytes``, ``available_bytes``, ``used_bytes``, ``percent``;
+* ``cuda``: one dict per device (``device``, ``name``, ``allocated_bytes``, ``reserved_bytes``,
+  ``total_bytes``), empty without CUDA;
+* ``mps``: ``allocated_bytes`` and ``driver_allocated_bytes``, or None without Apple MPS;
+* ``models``: the footprint of each model in the shared registry (``model``, ``parameters``,
+  ``bytes``, ``dtype``, ``quantization``, ``device``, ``load_seconds``, ``references``).
+
+It works on CPU-only machines. torch and the engine are *not* imported for a readout: if
+they are not loaded yet, no model can be loaded and no accelerator memory is in use.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from .display import STYLE_BOX, STYLE_CELL, STYLE_FOOTER, STYLE_TABLE, escape
+
+
+def format_bytes(count: float | int | None) -> str:
+    """``1536`` -> ``'1.5 KiB'`` (binary units); None -> ``''``."""
+    if count is None:
+        return ""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # pragma: no cover
+
+
+def _peak_rss_bytes(info: Any) -> int:
+    try:
+        import resource
+    except ImportError:  # Windows: psutil reports the peak working set
+        return int(getattr(info, "peak_wset", info.rss))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
+
+
+def process_memory() -> dict[str, int]:
+    """Resident, peak resident and virtual memory of this process, in bytes."""
+    info = psutil.Process(os.getpid()).memory_info()
+    return {"rss_bytes": int(info.rss), "peak_rss_bytes": max(_peak_rss_bytes(info), int(info.rss)),
+            "vms_bytes": int(info.vms)}
+
+
+def system_memory() -> dict[str, Any]:
+    """Total, available and used memory of the machine."""
+    vm = psutil.virtual_memory()
+    return {"total_bytes": int(vm.total), "available_bytes": int(vm.available),
+            "used_bytes": int(vm.total - vm.available), "percent": float(vm.percent)}
+
+
+def cuda_memory() -> list[dict[str, Any]]:
+    """Allocated, reserved and total memory per CUDA device ([] without CUDA or before torch is imported)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return []
+    devices = []
+    for index in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(index)
+        devices.append({
+            "device": f"cuda:{index}",
+            "name": props.name,
+            "allocated_bytes": int(torch.cuda.memory_allocated(index)),
+            "reserved_bytes": int(torch.cuda.memory_reserved(index)),
+            "total_bytes": int(props.total_memory),
+        })
+    return devices
+
+
+def mps_memory() -> dict[str, int] | None:
+    """Apple MPS allocated and driver memory, or None where MPS is absent."""
+    torch = sys.modules.get("torch")
+    backend = getattr(getattr(torch, "backends", None), "mps", None)
+    if torch is None or backend is None or not backend.is_available():
+        return None
+    try:
+        return {"allocated_bytes": int(torch.mps.current_allocated_memory()),
+                "driver_allocated_bytes": int(torch.mps.driver_allocated_memory())}
+    except (AttributeError, RuntimeError):  # pragma: no cover - older torch builds
+        return None
+
+
+def model_footprints() -> list[dict[str, Any]]:
+    """The footprint of each model loaded in the shared registry ([] before the engine is imported)."""
+    engine = sys.modules.get("midori_hf_nb.engine")
+    if engine is None:
+        return []
+    models = []
+    for lm in engine.REGISTRY.loaded():
+        footprint = dict(lm.footprint())
+        footprint["references"] = engine.REGISTRY.refcount(lm.spec.key)
+        models.append(footprint)
+    return models
+
+
+@dataclass
+class MemoryReadout:
+    """A snapshot of memory use (see the module docstring for the keys)."""
+
+    process: dict[str, int]
+    system: dict[str, Any]
+    cuda: list[dict[str, Any]] = field(default_factory=list)
+    mps: dict[str, int] | None = None
+    models: list[dict[str, Any]] = field(default_factory=list)
+    taken_at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values: process, system, cuda, mps, models, taken_at."""
+        return {"process": dict(self.process), "system": dict(self.system), "cuda": [dict(d) for d in self.cuda],
+                "mps": dict(self.mps) if self.mps is not None else None,
+                "models": [dict(m) for m in self.models], "taken_at": self.taken_at}
+
+    @property
+    def rss_bytes(self) -> int:
+        """Resident memory of the process."""
+        return self.process["rss_bytes"]
+
+    @property
+    def model_bytes(self) -> int:
+        """Bytes of the weights of every loaded model."""
+        return sum(int(m.get("bytes") or 0) for m in self.models)
+
+    def to_frame(self):
+        """One row per measured quantity: ``section``, ``item``, ``bytes``, ``total_bytes``."""
+        import pandas as pd
+
+        rows = self._rows()
+        frame = pd.DataFrame(rows, columns=["section", "item", "bytes", "total_bytes", "detail"])
+        return frame.astype({"section": "string", "item": "string", "bytes": "Int64", "total_bytes": "Int64",
+                             "detail": "string"})
+
+    def _rows(self) -> list[dict[str, Any]]:
+        rows = [
+            {"section": "process", "item": "resident (RSS)", "bytes": self.process["rss_bytes"],
+             "total_bytes": self.system["total_bytes"], "detail": ""},
+            {"section": "process", "item": "peak resident", "bytes": self.process["peak_rss_bytes"],
+             "total_bytes": self.system["total_bytes"], "detail": ""},
+            {"section": "system", "item": "used", "bytes": self.system["used_bytes"],
+             "total_bytes": self.system["total_bytes"], "detail": f"{self.system['percent']:.0f}% used"},
+        ]
+        for dev in self.cuda:
+            rows.append({"section": dev["device"], "item": "allocated", "bytes": dev["allocated_bytes"],
+                         "total_bytes": dev["total_bytes"], "detail": dev["name"]})
+            rows.append({"section": dev["device"], "item": "reserved", "bytes": dev["reserved_bytes"],
+                         "total_bytes": dev["total_bytes"], "detail": dev["name"]})
+        if self.mps is not None:
+            rows.append({"section": "mps", "item": "allocated", "bytes": self.mps["allocated_bytes"],
+                         "total_bytes": None, "detail": ""})
+            rows.append({"section": "mps", "item": "driver allocated", "bytes": self.mps["driver_allocated_bytes"],
+                         "total_bytes": None, "detail": ""})
+        for model in self.models:
+            detail = (f"{model.get('parameters', 0):,} parameters · {model.get('dtype')} · "
+                      f"quantization {model.get('quantization')} · {model.get('device')} · "
+                      f"{model.get('references', 1)} reference(s)")
+            rows.append({"section": "model", "item": str(model.get("model")), "bytes": model.get("bytes"),
+                         "total_bytes": self.process["rss_bytes"], "detail": detail})
+        return rows
+
+    def _repr_html_(self) -> str:
+        head = "".join(f'<th style="{STYLE_CELL}">{h}</th>' for h in ("", "", "size", "share", "details"))
+        body = []
+        for row in self._rows():
+            total = row["total_bytes"]
+            share = (row["bytes"] or 0) / total if total else None
+            bar = ""
+            if share is not None:
+                width = max(0.0, min(1.0, share)) * 100
+                bar = (f'<div style="width:8em;height:0.7em;background:rgba(128,128,128,0.2);display:inline-block">'
+                       f'<div style="width:{width:.1f}%;height:100%;background:rgba(70,130,180,0.85)"></div></div>'
+                       f" {share * 100:.1f}%")
+            cells = [escape(row["section"]), escape(row["item"]), escape(format_bytes(row["bytes"])), bar,
+                     escape(row["detail"])]
+            body.append("<tr>" + "".join(f'<td style="{STYLE_CELL}">{c}</td>' for c in cells) + "</tr>")
+        note = "" if self.models else f'<div style="{STYLE_FOOTER}">no model loaded</div>'
+        return (f'<div class="midori-memory" style="{STYLE_BOX}"><table style="{STYLE_TABLE}">'
+                f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}</div>")
+
+    def __repr__(self) -> str:
+        lines = [f"{row['section']:>8}  {row['item']:<20} {format_bytes(row['bytes']):>10}  {row['detail']}".rstrip()
+                 for row in self._rows()]
+        if not self.models:
+            lines.append("no model loaded")
+        return "\n".join(lines)
+
+
+def memory_readout() -> MemoryReadout:
+    """Take a :class:`MemoryReadout` now."""
+    return MemoryReadout(process=process_memory(), system=system_memory(), cuda=cuda_memory(), mps=mps_memory(),
+                         models=model_footprints())
+
+
+def show_memory() -> MemoryReadout:
+    """Display a readout in the current cell and return it."""
+    from IPython.display import display
+
+    readout = memory_readout()
+    display(readout)
+    return readout
+
+
+__all__ = [
+    "MemoryReadout",
+    "cuda_memory",
+    "format_bytes",
+    "memory_readout",
+    "model_footprints",
+    "mps_memory",
+    "process_memory",
+    "show_memory",
+    "system_memory",
+]

@@ -1,0 +1,406 @@
+"""Live streaming of an answer into one notebook output area.
+
+``response = await stream_to_cell(agent, payload)`` (top-level ``await`` in a cell) or
+``response = display_stream(agent, payload)`` (blocking, from plain code or a magic) shows
+the answer as it is generated:
+
+* one output area: a single display handle (``display(..., display_id=True)``) that is
+  updated in place;
+* updates are throttled by time (``throttle`` seconds, 0.1 by default) plus one final
+  update, so rendering stays off the generation's critical path: generation runs in its
+  own thread and the display is refreshed at most ten times a second;
+* reasoning is shown apart from the answer, dimmed in a ``<details>`` block (open while the
+  model is thinking, collapsed once the answer starts);
+* interrupting the kernel (``KeyboardInterrupt`` in :func:`display_stream`, the task
+  cancellation ipykernel uses for ``await`` cells in :func:`stream_to_cell`) stops the
+  generation within a token and keeps the partial text; the response then has
+  ``finish_reason == "cancelled"``;
+* a one-line footer: tokens, seconds, tokens/s, finish reason.
+
+All model text is HTML-escaped. The rendering is a pure function of a
+:class:`StreamState` (:func:`render_stream_html`), usable outside IPython. Output goes to
+a *sink* with an ``update(bundle)`` method: the IPython display handle inside a kernel, or
+a :class:`RecordingSink` anywhere else (it keeps the updates, for tests and benchmarks).
+:attr:`LiveView.stats` (also stored in ``response.metadata["display"]``) counts updates and
+the seconds spent rendering, to measure the display's overhead against raw generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .display import (
+    STYLE_ANSWER,
+    STYLE_BOX,
+    STYLE_CELL,
+    STYLE_FOOTER,
+    STYLE_TABLE,
+    escape,
+    format_footer,
+    thinking_html,
+)
+
+#: Default seconds between two display updates.
+DEFAULT_THROTTLE = 0.1
+
+INTERRUPT_MODES = ("return", "raise")
+
+
+@dataclass
+class StreamState:
+    """What has arrived so far in one streamed answer."""
+
+    answer: str = ""
+    thinking: str = ""
+    tool_calls: list[dict] = field(default_factory=list)
+    response: Any = None  #: the final AgentResponse, once done
+    elapsed: float = 0.0  #: seconds since the stream started
+    pieces: int = 0  #: text and thinking pieces received
+    interrupted: bool = False
+    error: str | None = None
+    title: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.response is not None or self.error is not None
+
+
+def render_stream_html(state: StreamState, *, show_thinking: bool = True) -> str:
+    """The HTML of a stream's current state (pure: no IPython needed). Model text is escaped."""
+    parts = [f'<div class="midori-stream" style="{STYLE_BOX}">']
+    if state.title:
+        parts.append(f'<div style="opacity:0.7;font-size:0.92em">{escape(state.title)}</div>')
+    response = state.response
+    thinking = (response.thinking if response is not None else state.thinking) or ""
+    answer = (response.response if response is not None else state.answer) or ""
+    if show_thinking and thinking:
+        parts.append(thinking_html(thinking, open_=not state.done and not answer, live=not state.done))
+    cursor = "" if state.done else "▌"
+    parts.append(f'<div class="midori-answer" style="{STYLE_ANSWER}">{escape(answer)}{cursor}</div>')
+    calls = (response.tool_calls if response is not None else state.tool_calls) or []
+    if calls:
+        rows = "".join(
+            f'<tr><td style="{STYLE_CELL}">{escape(c.get("name"))}</td>'
+            f'<td style="{STYLE_CELL}">{escape(_arguments(c.get("arguments")))}</td></tr>' for c in calls
+        )
+        parts.append(f'<table class="midori-tool-calls" style="{STYLE_TABLE}"><thead><tr>'
+                     f'<th style="{STYLE_CELL}">tool call</th><th style="{STYLE_CELL}">arguments</th>'
+                     f'</tr></thead><tbody>{rows}</tbody></table>')
+    parts.append(f'<div class="midori-footer" style="{STYLE_FOOTER}">{escape(stream_footer(state))}</div>')
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def render_stream_text(state: StreamState) -> str:
+    """Plain-text form of a stream's state (answer, then the footer in brackets)."""
+    answer = (state.response.response if state.response is not None else state.answer) or ""
+    return f"{answer}\n[{stream_footer(state)}]"
+
+
+def stream_footer(state: StreamState) -> str:
+    """The footer line: live progress while streaming, then tokens, seconds, tokens/s, finish."""
+    if state.error is not None:
+        return f"error: {state.error}"
+    if state.response is not None:
+        return format_footer(state.response.metadata, interrupted=state.interrupted)
+    if state.interrupted:
+        return f"stopping… {state.elapsed:.1f} s"
+    if state.pieces == 0:
+        return f"waiting for the first token… {state.elapsed:.1f} s"
+    return f"streaming… {state.elapsed:.1f} s"
+
+
+def _arguments(arguments: Any) -> str:
+    from .display import compact_json
+
+    return compact_json(arguments)
+
+
+# --------------------------------------------------------------------------- sinks
+
+
+class RecordingSink:
+    """A display sink that records what it is given instead of showing it.
+
+    ``bundles`` holds every mime bundle (the first is the initial display) when
+    ``keep=True``, else only the last; ``updates`` counts calls to :meth:`update`.
+    """
+
+    def __init__(self, keep: bool = False) -> None:
+        self.keep = keep
+        self.bundles: list[dict[str, str]] = []
+        self.updates = 0
+
+    def display(self, bundle: dict[str, str]) -> None:
+        self.bundles = [bundle]
+
+    def update(self, bundle: dict[str, str]) -> None:
+        self.updates += 1
+        if self.keep:
+            self.bundles.append(bundle)
+        else:
+            self.bundles = [bundle]
+
+    @property
+    def last(self) -> dict[str, str] | None:
+        return self.bundles[-1] if self.bundles else None
+
+
+class IPythonSink:
+    """Shows bundles in the current cell through one IPython display handle."""
+
+    def __init__(self) -> None:
+        self.handle: Any = None
+
+    def display(self, bundle: dict[str, str]) -> None:
+        from IPython.display import display
+
+        self.handle = display(bundle, raw=True, display_id=True)
+
+    def update(self, bundle: dict[str, str]) -> None:
+        self.handle.update(bundle, raw=True)
+
+
+def in_ipython() -> bool:
+    """True when an IPython shell is active in this process."""
+    try:
+        from IPython.core.interactiveshell import InteractiveShell
+    except ImportError:  # pragma: no cover - IPython is a dependency
+        return False
+    return InteractiveShell.initialized()
+
+
+def default_sink() -> Any:
+    """An :class:`IPythonSink` inside IPython, else a :class:`RecordingSink`."""
+    return IPythonSink() if in_ipython() else RecordingSink()
+
+
+# --------------------------------------------------------------------------- the live view
+
+
+class LiveView:
+    """Accumulates stream events and refreshes one display, at most every ``throttle`` seconds.
+
+    Args:
+        sink: where bundles go (default: :func:`default_sink`).
+        throttle: minimum seconds between updates while streaming (0 updates on every
+            piece); the final state is always shown.
+        show_thinking: show reasoning (dimmed, collapsible) above the answer.
+        title: an optional heading line (escaped).
+        clock: the time source (``time.perf_counter``).
+
+    ``stats``: ``updates`` (display updates after the initial display), ``render_seconds``
+    (time spent rendering and updating), ``events``, ``throttle``.
+    """
+
+    def __init__(self, sink: Any = None, *, throttle: float = DEFAULT_THROTTLE, show_thinking: bool = True,
+                 title: str | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
+        if isinstance(throttle, bool) or not isinstance(throttle, (int, float)) or throttle < 0:
+            raise ValueError(f"throttle={throttle!r} is not allowed: expected seconds >= 0")
+        self.sink = sink if sink is not None else default_sink()
+        self.throttle = float(throttle)
+        self.show_thinking = show_thinking
+        self.clock = clock
+        self.state = StreamState(title=title)
+        self.updates = 0
+        self.events = 0
+        self.render_seconds = 0.0
+        self._started = 0.0
+        self._last = float("-inf")
+        self._dirty = False
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Display statistics: updates, render_seconds, events, throttle."""
+        return {"updates": self.updates, "render_seconds": self.render_seconds, "events": self.events,
+                "throttle": self.throttle}
+
+    def bundle(self) -> dict[str, str]:
+        """The current mime bundle (``text/html`` and ``text/plain``)."""
+        return {"text/html": render_stream_html(self.state, show_thinking=self.show_thinking),
+                "text/plain": render_stream_text(self.state)}
+
+    def start(self) -> "LiveView":
+        """Show the initial (empty) state."""
+        self._started = self.clock()
+        began = time.perf_counter()
+        self.sink.display(self.bundle())
+        self.render_seconds += time.perf_counter() - began
+        self._last = self._started
+        return self
+
+    def feed(self, event: Any) -> None:
+        """Take one :class:`~midori_hf_nb.StreamEvent` and refresh if the throttle allows."""
+        self.events += 1
+        kind = event.kind
+        if kind == "text":
+            self.state.answer += event.text
+            self.state.pieces += 1
+        elif kind == "thinking":
+            self.state.thinking += event.text
+            self.state.pieces += 1
+        elif kind == "tool_call":
+            self.state.tool_calls.append(event.data)
+        elif kind == "done":
+            self.state.response = event.data
+            return  # shown by finish()
+        self._dirty = True
+        self.refresh()
+
+    def refresh(self, force: bool = False) -> bool:
+        """Update the display if forced or if ``throttle`` seconds passed since the last update."""
+        now = self.clock()
+        if not force and (not self._dirty or now - self._last < self.throttle):
+            return False
+        self.state.elapsed = now - self._started
+        began = time.perf_counter()
+        self.sink.update(self.bundle())
+        self.render_seconds += time.perf_counter() - began
+        self.updates += 1
+        self._last = now
+        self._dirty = False
+        return True
+
+    def mark_interrupted(self) -> None:
+        """Note that the user interrupted; the next refresh says so."""
+        self.state.interrupted = True
+        self._dirty = True
+
+    def finish(self, response: Any = None, error: BaseException | None = None) -> None:
+        """Show the final state (always one update)."""
+        if response is not None:
+            self.state.response = response
+        if error is not None:
+            self.state.error = f"{type(error).__name__}: {error}"
+        self.refresh(force=True)
+        if self.state.response is not None:
+            meta = self.state.response.metadata
+            if isinstance(meta, dict):
+                meta["display"] = self.stats
+
+
+def _check_interrupt_mode(on_interrupt: str) -> None:
+    if on_interrupt not in INTERRUPT_MODES:
+        raise ValueError(f"on_interrupt={on_interrupt!r} is not allowed: expected 'return' or 'raise'")
+
+
+async def stream_to_cell(agent: Any, payload: Any, *, throttle: float = DEFAULT_THROTTLE,
+                         show_thinking: bool = True, title: str | None = None, sink: Any = None,
+                         on_interrupt: str = "return", tools: list | None = None,
+                         view: LiveView | None = None, **overrides: Any) -> Any:
+    """Stream the answer to ``payload`` into the current output cell; return the final response.
+
+    Use with top-level ``await`` in a cell. Args:
+        agent: a :class:`~midori_hf_nb.HuggingFaceLocalAgent`.
+        payload: the :class:`~midori_hf_nb.AgentPayload`.
+        throttle: minimum seconds between display updates (0: every piece).
+        show_thinking: show reasoning, dimmed and collapsible.
+        title: an optional heading line.
+        sink: where to render (default: a display handle in IPython, a :class:`RecordingSink` elsewhere).
+        on_interrupt: when the cell is interrupted (the task is cancelled), ``"return"`` (default)
+            stops the generation and returns the partial response (``finish_reason="cancelled"``);
+            ``"raise"`` does the same clean-up, then re-raises ``CancelledError``.
+        tools: offer these tools (calls are parsed and shown, not executed).
+        view: a prepared :class:`LiveView` (overrides ``throttle``/``sink``/...).
+        **overrides: per-call generation overrides of ``agent.invoke``.
+    """
+    _check_interrupt_mode(on_interrupt)
+    view = view or LiveView(sink, throttle=throttle, show_thinking=show_thinking, title=title)
+    if tools is not None:
+        stream = agent.stream_with_tools(payload, tools, events=True, **overrides)
+    else:
+        stream = agent.stream(payload, events=True, **overrides)
+    view.start()
+
+    async def consume() -> Any:
+        async for event in stream:
+            view.feed(event)
+        return stream.response
+
+    consumer = asyncio.ensure_future(consume())
+    try:
+        response = await asyncio.shield(consumer)
+    except asyncio.CancelledError:
+        stream.cancel()
+        view.mark_interrupted()
+        view.refresh(force=True)
+        try:
+            response = await consumer
+        except BaseException as exc:
+            view.finish(error=exc)
+            raise
+        view.finish(response)
+        if on_interrupt == "raise":
+            raise
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return response
+    except BaseException as exc:
+        view.finish(error=exc)
+        raise
+    view.finish(response)
+    return response
+
+
+def display_stream(agent: Any, payload: Any, *, throttle: float = DEFAULT_THROTTLE, show_thinking: bool = True,
+                   title: str | None = None, sink: Any = None, on_interrupt: str = "return",
+                   tools: list | None = None, view: LiveView | None = None, **overrides: Any) -> Any:
+    """Blocking form of :func:`stream_to_cell`, for plain functions and magics.
+
+    The stream runs in a worker thread; this thread renders. ``KeyboardInterrupt`` (interrupting
+    the kernel) stops the generation and keeps the partial text: with ``on_interrupt="return"``
+    (default) the partial response is returned, with ``"raise"`` the interrupt is re-raised
+    after the display shows it. Arguments are those of :func:`stream_to_cell`.
+    """
+    from .aio import _AsyncIterPump
+
+    _check_interrupt_mode(on_interrupt)
+    view = view or LiveView(sink, throttle=throttle, show_thinking=show_thinking, title=title)
+    if tools is not None:
+        stream = agent.stream_with_tools(payload, tools, events=True, **overrides)
+    else:
+        stream = agent.stream(payload, events=True, **overrides)
+    view.start()
+    pump = _AsyncIterPump(stream, on_cancel=stream.cancel).start()
+    interrupt: KeyboardInterrupt | None = None
+    while True:
+        try:
+            kind, value = pump.get()
+            if kind == "item":
+                view.feed(value)
+                continue
+            if kind == "error":
+                view.finish(error=value)
+                raise value
+            break
+        except KeyboardInterrupt as exc:  # may arrive while waiting or while rendering
+            if interrupt is None:
+                interrupt = exc
+                stream.cancel()
+                view.mark_interrupted()
+            continue  # keep draining: the generation stops within a token, then "done" arrives
+        except queue.Empty:  # pragma: no cover - get() blocks without a timeout
+            continue
+    view.finish(stream.response)
+    if interrupt is not None and on_interrupt == "raise":
+        raise interrupt
+    return stream.response
+
+
+__all__ = [
+    "DEFAULT_THROTTLE",
+    "IPythonSink",
+    "LiveView",
+    "RecordingSink",
+    "StreamState",
+    "display_stream",
+    "render_stream_html",
+    "render_stream_text",
+    "stream_footer",
+    "stream_to_cell",
+]
