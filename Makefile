@@ -22,7 +22,7 @@ setup:
 browser:
 	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(chromium --version)"; \
 	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+		apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium chromium-driver; \
 	else echo "chromium is not installed and cannot be installed here: the browser test will be skipped"; fi
 
 test:
