@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .agent import AgentStream, HuggingFaceLocalAgent, StreamEvent
+from .compare import compare
 from .config import ConfigError, HuggingFaceConfig
 from .factory import get_agent, get_agent_from_config
 from .parsing import extract_reasoning, parse_tool_calls
@@ -41,6 +42,7 @@ __all__ = [
     "ReasoningEffort",
     "StreamEvent",
     "ToolSchemaError",
+    "compare",
     "extract_reasoning",
     "get_agent",
     "get_agent_from_config",

@@ -330,6 +330,46 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
 
             await asyncio.to_thread(engine.release, lm)
 
+    def load_sync(self) -> "HuggingFaceLocalAgent":
+        """:meth:`load` for synchronous code (blocks while the model loads). Returns the agent."""
+        self._acquire_sync()
+        return self
+
+    def unload_model_sync(self) -> None:
+        """:meth:`unload_model` for synchronous code: release this agent's reference now."""
+        with self._load_lock:
+            lm, self._lm = self._lm, None
+        if lm is not None:
+            from . import engine
+
+            engine.release(lm)
+
+    def generate_batch(self, payloads: list[AgentPayload], *, tools: list[Any] | None = None,
+                       stop_event: threading.Event | None = None, **overrides: Any) -> list[AgentResponse]:
+        """Answer several payloads with one left-padded ``generate`` call (blocking, in the calling thread).
+
+        Loads the model on first use. ``overrides`` are those of :meth:`invoke` and apply to every
+        payload; a ``seed`` seeds the whole call once, so a sampled answer depends on the batch it
+        ran in (its companions and its position). ``tools`` are offered as in
+        :meth:`invoke_with_tools` (parsed, never executed). Timing metadata (``total_seconds``,
+        ``time_to_first_token``) is that of the whole batch. Setting ``stop_event`` stops every
+        sequence within a token (``finish_reason="cancelled"``).
+        """
+        if not payloads:
+            return []
+        schemas = tool_schemas(tools) if tools else None
+        call_config, settings = self._call_settings(overrides)
+        from . import engine
+
+        engine.check_generation_kwargs(settings.extra)
+        lm = self._acquire_sync()
+        prompts = [self._prompt(lm, payload, call_config, schemas, None) for payload in payloads]
+        started = time.perf_counter()
+        results = engine.generate_batch(lm, [p.input_ids for p in prompts], settings, stop_event)
+        wall = time.perf_counter() - started
+        return [self._response(lm, prompt, result, settings, payload, schemas, wall)
+                for prompt, result, payload in zip(prompts, results, payloads)]
+
     # ------------------------------------------------------------------ protocol
 
     async def get_context_window(self) -> int:

@@ -40,6 +40,10 @@ _EXPORTS: dict[str, str] = {
     "memory_readout": "memory",
     "show_memory": "memory",
     "MemoryReadout": "memory",
+    # prompt comparison views
+    "comparison_view": "compare_view",
+    "results_view": "compare_view",
+    "plot_comparison": "compare_view",
     # magics
     "MidoriMagics": "magics",
     "current_session": "magics",
