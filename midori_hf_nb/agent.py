@@ -21,6 +21,7 @@ from .parsing import (
     extract_reasoning_blocks,
     parse_tool_calls_detailed,
     prompt_opens_thinking,
+    unique_ids,
 )
 from .prompting import (
     Prompt,
@@ -172,6 +173,20 @@ class AgentStream:
         assert self.response is not None
         return self.response
 
+    def _piece_events(self, piece: Any, live_calls: list[dict]) -> list[StreamEvent]:
+        """Events for one piece of the splitter: thinking/text as they are, a tool piece as its calls."""
+        if piece.kind != "tool":
+            return [StreamEvent(piece.kind, piece.text)]
+        offered = set(tool_names(self._schemas or []))
+        events = []
+        for call in piece.parse.calls if piece.parse is not None else []:
+            call = dict(call)
+            if call["name"] not in offered:
+                call["unknown"] = True
+            live_calls.append(call)
+            events.append(StreamEvent("tool_call", call["name"], call))
+        return events
+
     async def _run(self) -> AsyncIterator[StreamEvent]:
         agent = self._agent
         call_config, settings = agent._call_settings(self._overrides)
@@ -182,7 +197,9 @@ class AgentStream:
         prompt = agent._prompt(lm, self._payload, call_config, self._schemas, self._continuation)
         live = _LiveGeneration(lm, prompt.input_ids, settings, self._stop)
         self._thread = live.thread
-        splitter = StreamSplitter(start_in_thinking=prompt_opens_thinking(prompt.text))
+        splitter = StreamSplitter(start_in_thinking=prompt_opens_thinking(prompt.text),
+                                  tools=self._schemas is not None)
+        live_calls: list[dict] = []  # tool calls announced while generating
         wall_start = time.perf_counter()
         live.start()
         try:
@@ -190,23 +207,38 @@ class AgentStream:
                 kind, value = await live.queue.get()
                 if kind == "text":
                     for piece in splitter.feed(value):
-                        if piece.kind != "tool":
-                            yield StreamEvent(piece.kind, piece.text)
+                        for event in self._piece_events(piece, live_calls):
+                            yield event
                 elif kind == "error":
                     raise value
                 else:
                     result = value
                     break
             for piece in splitter.finish():
-                if piece.kind != "tool":
-                    yield StreamEvent(piece.kind, piece.text)
+                for event in self._piece_events(piece, live_calls):
+                    yield event
             self.response = agent._response(lm, prompt, result, settings, self._payload, self._schemas,
                                             time.perf_counter() - wall_start)
-            for call in self.response.tool_calls or []:
+            for call in _adopt_live_ids(self.response.tool_calls or [], live_calls):
                 yield StreamEvent("tool_call", call["name"], call)
             yield StreamEvent("done", self.response.response, self.response)
         finally:
             self._stop.set()  # no-op after a normal end; stops an abandoned generation
+
+
+def _adopt_live_ids(calls: list[dict], live_calls: list[dict]) -> list[dict]:
+    """Give the final calls the ids of the matching calls announced live; return those not announced."""
+    unmatched = list(live_calls)
+    missing = []
+    for call in calls:
+        match = next((c for c in unmatched if c["name"] == call["name"] and c["arguments"] == call["arguments"]), None)
+        if match is None:
+            missing.append(call)
+        else:
+            unmatched.remove(match)
+            call["id"] = match["id"]
+    unique_ids(calls)
+    return missing
 
 
 class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
@@ -392,11 +424,10 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
     def stream(self, payload: AgentPayload, *, events: bool = False, **overrides: Any) -> AgentStream:
         """Stream the answer to ``payload``.
 
-        Yields answer text pieces (reasoning and ``<tool_call>`` blocks are left out; their
-        concatenation equals ``invoke(...).response`` for the same greedy request). With
-        ``events=True`` yields :class:`StreamEvent` objects: ``thinking`` and ``text`` pieces as
-        they arrive, then ``tool_call`` events and a final ``done`` event with the response.
-        Overrides are those of :meth:`invoke`.
+        Yields answer text pieces (reasoning is left out; their concatenation equals
+        ``invoke(...).response`` for the same greedy request). With ``events=True`` yields
+        :class:`StreamEvent` objects: ``thinking`` and ``text`` pieces as they arrive, and a
+        final ``done`` event with the response. Overrides are those of :meth:`invoke`.
         """
         return AgentStream(self, payload, events=events, overrides=overrides)
 
@@ -413,7 +444,14 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
 
     def stream_with_tools(self, payload: AgentPayload, tools: list[Any], *, events: bool = True,
                           **overrides: Any) -> AgentStream:
-        """Like :meth:`invoke_with_tools`, streamed (typed events by default)."""
+        """Like :meth:`invoke_with_tools`, streamed (typed events by default); nothing is executed.
+
+        Events arrive live: ``thinking`` and ``text`` pieces, and a ``tool_call`` event (``data``
+        is the parsed call, flagged ``"unknown"`` when not offered) as soon as a call's text is
+        complete; tool-call text never appears as ``text``. The ``done`` event carries the final
+        response, whose ``tool_calls`` have the same ids. It is authoritative: prose streamed as
+        ``text`` before a call counts as reasoning there (``response.thinking``).
+        """
         return AgentStream(self, payload, events=events, overrides=overrides, schemas=tool_schemas(tools))
 
     async def run_tools(self, payload: AgentPayload, tools: list[Any], max_steps: int = 5,
@@ -432,6 +470,7 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
             raise ValueError(f"run_tools: max_steps={max_steps!r} is not allowed: expected a positive integer")
         schemas = tool_schemas(tools)
         functions = callables_by_name(tools)
+        offered = set(tool_names(schemas))
         lm = await self._ensure_loaded()
         structured = template_supports_tools(lm.tokenizer)
         continuation: list[dict] = []
@@ -450,7 +489,7 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
             calls = response.tool_calls or []
             if not calls or step == max_steps:
                 break
-            records = [await execute_call(step, call, functions) for call in calls]
+            records = [await execute_call(step, call, functions, offered) for call in calls]
             steps.extend(r.as_dict() for r in records)
             continuation.append(assistant_tool_call_message(response.response, calls, structured))
             for record in records:
@@ -504,16 +543,17 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
             else:
                 instructions = tool_instructions(schemas)
         effort = payload.reasoning_effort or self._reasoning_effort
-        return build_prompt(
-            lm.tokenizer,
-            payload,
-            context_window=config.context_window,
-            max_new_tokens=config.max_new_tokens,
-            tools=template_tools,
-            tool_instructions=instructions,
-            template_kwargs=_reasoning_kwargs(effort),
-            continuation=continuation,
-        )
+        with lm.tokenizer_lock:
+            return build_prompt(
+                lm.tokenizer,
+                payload,
+                context_window=config.context_window,
+                max_new_tokens=config.max_new_tokens,
+                tools=template_tools,
+                tool_instructions=instructions,
+                template_kwargs=_reasoning_kwargs(effort),
+                continuation=continuation,
+            )
 
     def _response(self, lm: "LoadedModel", prompt: Prompt, result: "GenerationResult",
                   settings: "GenerationSettings", payload: AgentPayload, schemas: list[dict] | None,
@@ -557,16 +597,15 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         calls = None
         if schemas is not None:
             parsed = parse_tool_calls_detailed(answer)
-            parsed.calls = native_calls + parsed.calls
+            parsed.calls = unique_ids(native_calls + parsed.calls)
             offered = set(tool_names(schemas))
             unknown = [c["name"] for c in parsed.calls if c["name"] not in offered]
             for call in parsed.calls:
                 if call["name"] not in offered:
                     call["unknown"] = True
-            if parsed.calls and parsed.prose_before_calls:
+            if parsed.calls and parsed.prose_before_calls:  # reasoning written ahead of the calls
                 blocks = [*blocks, parsed.prose_before_calls]
-                answer = parsed.text[len(parsed.prose_before_calls):].strip() \
-                    if parsed.text.startswith(parsed.prose_before_calls) else parsed.text
+                answer = parsed.answer
             else:
                 answer = parsed.text
             calls = parsed.calls or None

@@ -205,6 +205,8 @@ class LoadedModel:
     load_seconds: float
     path: str  #: the folder or hub id actually loaded
     generation_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: serialises use of the (Rust) tokenizer across threads: prompt encoding and streamed decoding
+    tokenizer_lock: threading.RLock = field(default_factory=threading.RLock)
     base_generation_config: Any = None
     eos_token_ids: frozenset[int] = frozenset()
     pad_token_id: int | None = None
@@ -437,9 +439,18 @@ class _StopAndTime(StoppingCriteria):
 class _CallbackStreamer(TextStreamer):
     """TextStreamer that hands each finalised piece of text to a callback instead of printing."""
 
-    def __init__(self, tokenizer: Any, on_text: Callable[[str], None]) -> None:
+    def __init__(self, tokenizer: Any, on_text: Callable[[str], None], lock: threading.RLock) -> None:
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
         self._on_text = on_text
+        self._lock = lock
+
+    def put(self, value: Any) -> None:
+        with self._lock:
+            super().put(value)
+
+    def end(self) -> None:
+        with self._lock:
+            super().end()
 
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
         if text:
@@ -521,14 +532,15 @@ def generate(
         if stop_event is not None and stop_event.is_set():
             return GenerationResult([], "", "cancelled", len(input_ids), 0, None, 0.0)
         ids = torch.tensor([input_ids], dtype=torch.long, device=lm.input_device)
-        streamer = _CallbackStreamer(lm.tokenizer, on_text) if on_text is not None else None
+        streamer = _CallbackStreamer(lm.tokenizer, on_text, lm.tokenizer_lock) if on_text is not None else None
         output, timer, started = _run_generate(lm, ids, torch.ones_like(ids), settings, stop_event, streamer)
         seconds = time.perf_counter() - started
         tokens = output[0, ids.shape[1]:].tolist()
         cancelled = bool(stop_event is not None and stop_event.is_set())
         finish = _finish_reason(tokens, lm.eos_token_ids, settings.max_new_tokens, cancelled)
         text_tokens = tokens[:-1] if finish == "stop" and tokens and tokens[-1] in lm.eos_token_ids else tokens
-        text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
+        with lm.tokenizer_lock:
+            text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
     ttft = timer.first_token_at - started if timer.first_token_at is not None else None
     return GenerationResult(tokens, text, finish, len(input_ids), len(tokens), ttft, seconds)
 
@@ -567,7 +579,8 @@ def generate_batch(
                     break
             finish = _finish_reason(tokens, lm.eos_token_ids, settings.max_new_tokens, cancelled)
             text_tokens = tokens[:-1] if finish == "stop" and tokens and tokens[-1] in lm.eos_token_ids else tokens
-            text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
+            with lm.tokenizer_lock:
+                text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
             ttft = timer.first_token_at - started if timer.first_token_at is not None else None
             results.append(GenerationResult(tokens, text, finish, len(prompt), len(tokens), ttft, seconds))
     return results
