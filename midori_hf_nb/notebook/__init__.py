@@ -14,6 +14,7 @@ _EXPORTS: dict[str, str] = {
     "run": "aio",
     "iterate": "aio",
     "loop_running": "aio",
+    "enable_nesting": "aio",
     "SyncAgent": "aio",
     # streaming into a cell
     "stream_to_cell": "streaming",
@@ -40,6 +41,8 @@ _EXPORTS: dict[str, str] = {
     "memory_readout": "memory",
     "show_memory": "memory",
     "MemoryReadout": "memory",
+    # chat panel widget
+    "ChatPanel": "chat_panel",
     # prompt comparison views
     "comparison_view": "compare_view",
     "results_view": "compare_view",

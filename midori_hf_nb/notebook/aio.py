@@ -13,11 +13,13 @@ running in the same thread. :func:`run` covers both cases:
   This needs no patching of asyncio, and the agent is built for it: generation already runs
   in its own thread and touches no loop-bound state of the caller.
 
-Choice about nest-asyncio: it is used only by ``run(coro, mode="nest")``, for the one case
-the worker thread cannot serve, a coroutine that awaits objects bound to the *running* loop
-(a future, queue or task created on the kernel's loop, e.g. by a widget). That mode calls
-``nest_asyncio2.apply()``, which patches asyncio for the whole process (re-entrant
-``run_until_complete``); it is therefore never applied implicitly.
+Choice about nest-asyncio: it is used only by ``run(coro, mode="nest")`` and
+:func:`enable_nesting`, for the one case the worker thread cannot serve, a coroutine that
+awaits objects bound to the *running* loop (a future, queue or task created on the
+kernel's loop, e.g. by a widget). ``nest_asyncio2.apply()`` patches asyncio for the whole
+process (pure-Python tasks and futures, re-entrant ``run_until_complete``), so it is never
+applied implicitly. Futures created on the loop *before* the patch cannot be awaited
+re-entrantly: call :func:`enable_nesting` first, then create the loop-bound objects.
 
 Interrupting (``KeyboardInterrupt`` in the waiting thread) cancels the coroutine in the
 worker and waits for it to finish its clean-up (a cancelled generation stops within a
@@ -131,15 +133,26 @@ def run(coro: Awaitable[T], *, timeout: float | None = None, mode: str = "auto")
     return _ThreadRunner(coro).result(timeout)  # type: ignore[arg-type]
 
 
-def _run_nested(coro: Coroutine[Any, Any, T]) -> T:
-    import nest_asyncio2
+def enable_nesting() -> bool:
+    """Make the running loop re-entrant with ``nest_asyncio2`` (process-wide patch of asyncio).
 
+    Needed only for ``run(coro, mode="nest")``; call it before creating the loop-bound futures
+    or queues that such a coroutine awaits. Returns False when no loop is running (nothing to do).
+    """
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
+        return False
+    import nest_asyncio2
+
     nest_asyncio2.apply(loop)
-    return loop.run_until_complete(coro)
+    return True
+
+
+def _run_nested(coro: Coroutine[Any, Any, T]) -> T:
+    if not enable_nesting():
+        return asyncio.run(coro)
+    return asyncio.get_running_loop().run_until_complete(coro)
 
 
 class _AsyncIterPump:
@@ -264,4 +277,4 @@ class SyncAgent:
         return display_stream(self.agent, payload, **options)
 
 
-__all__ = ["SyncAgent", "iterate", "loop_running", "run"]
+__all__ = ["SyncAgent", "enable_nesting", "iterate", "loop_running", "run"]

@@ -114,7 +114,8 @@ def _build_parsers() -> tuple[_Parser, _Parser, dict[str, _Parser]]:
     commands["load"] = load
 
     ask = sub.add_parser("ask", help="send a one-line message (same options as the cell magic)",
-                         description="Send the rest of the line as the user message.")
+                         description="Send the rest of the line as the user message. IPython reads a line "
+                                     "that ends with ? as a help request: use the cell magic for such questions.")
     _add_generation_options(ask)
     ask.add_argument("message", nargs=argparse.REMAINDER, help="the message")
     commands["ask"] = ask

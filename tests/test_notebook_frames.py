@@ -1,0 +1,139 @@
+"""DataFrames of tool calls, thinking blocks and conversation turns: documented columns and dtypes."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from midori_hf_nb import AgentResponse, HuggingFaceLocalAgent, MemoryEntryData, make_payload
+from midori_hf_nb.notebook import (
+    THINKING_COLUMNS,
+    TOOL_CALL_COLUMNS,
+    TURN_COLUMNS,
+    Conversation,
+    conversation_frame,
+    thinking_frame,
+    tool_calls_frame,
+)
+from midori_hf_nb.testing import ScriptedOutput
+
+from .conftest import run
+
+
+def assert_schema(frame: pd.DataFrame, columns: dict[str, str]) -> None:
+    assert list(frame.columns) == list(columns)
+    assert {name: str(dtype) for name, dtype in frame.dtypes.items()} == columns
+
+
+@pytest.fixture(scope="module")
+def tools_agent(tiny_tools_model):
+    agent = HuggingFaceLocalAgent(model=str(tiny_tools_model), do_sample=False, max_new_tokens=80, progress=False)
+    run(agent.load())
+    yield agent
+    run(agent.unload_model())
+
+
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def broken(x: str) -> str:
+    """Always fails."""
+    raise RuntimeError("tool exploded")
+
+
+def test_tool_calls_frame_from_a_tool_loop(tools_agent):
+    scripts = ['<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>'
+               '<tool_call>{"name": "broken", "arguments": {"x": "y"}}</tool_call>',
+               "The sum is 3."]
+    response = run(tools_agent.run_tools(make_payload("1+2?"), [add, broken],
+                                         logits_processor=[ScriptedOutput(tools_agent.loaded_model.tokenizer, scripts)]))
+    frame = tool_calls_frame(response)
+    assert_schema(frame, TOOL_CALL_COLUMNS)
+    assert frame["name"].tolist() == ["add", "broken"]
+    assert frame["arguments"].tolist() == [{"a": 1, "b": 2}, {"x": "y"}]
+    assert frame.loc[0, "result"] == 3 and pd.isna(frame.loc[0, "error"])
+    assert frame.loc[1, "result"] is None and "tool exploded" in frame.loc[1, "error"]
+    assert frame["executed"].tolist() == [True, True]
+    assert frame["step"].tolist() == [1, 1] and frame["response"].tolist() == [0, 0]
+    assert (frame["seconds"] >= 0).all()
+
+
+def test_tool_calls_frame_parsed_but_not_executed(tools_agent):
+    call = '<tool_call>{"name": "add", "arguments": {"a": 5, "b": 6}}</tool_call>'
+    first = run(tools_agent.invoke_with_tools(make_payload("5+6?"), [add],
+                                              logits_processor=[ScriptedOutput(tools_agent.loaded_model.tokenizer, call)]))
+    plain = AgentResponse(thinking="", response="no tools here", metadata={})
+    frame = tool_calls_frame([plain, first])
+    assert_schema(frame, TOOL_CALL_COLUMNS)
+    assert len(frame) == 1
+    row = frame.iloc[0]
+    assert row["response"] == 1 and row["name"] == "add" and row["arguments"] == {"a": 5, "b": 6}
+    assert not row["executed"] and pd.isna(row["seconds"]) and row["result"] is None
+
+
+def test_thinking_frame_one_row_per_block(tools_agent):
+    text = "<think>first thought</think><think>second, longer thought</think>Answer."
+    response = run(tools_agent.invoke(make_payload("q"),
+                                      logits_processor=[ScriptedOutput(tools_agent.loaded_model.tokenizer, text)]))
+    frame = thinking_frame([response, AgentResponse(thinking="", response="x", metadata={})])
+    assert_schema(frame, THINKING_COLUMNS)
+    assert frame["text"].tolist() == ["first thought", "second, longer thought"]
+    assert frame["block"].tolist() == [0, 1] and frame["response"].tolist() == [0, 0]
+    assert frame["chars"].tolist() == [len("first thought"), len("second, longer thought")]
+
+
+def test_thinking_frame_without_metadata_uses_the_thinking_field():
+    frame = thinking_frame(AgentResponse(thinking="only field", response="x"))
+    assert frame["text"].tolist() == ["only field"]
+
+
+def test_conversation_frame_from_real_exchanges(tools_agent):
+    conversation = Conversation()
+    tokenizer = tools_agent.loaded_model.tokenizer
+    first = run(conversation.ask(tools_agent, "Say hi.", logits_processor=[ScriptedOutput(tokenizer, "Hi there.")]))
+    second = run(conversation.ask(tools_agent, "Again?", logits_processor=[ScriptedOutput(tokenizer, "Hi again.")]))
+    # the second request carried the first exchange as memory
+    assert second.metadata["prompt_tokens"] > first.metadata["prompt_tokens"]
+    frame = conversation.frame()
+    assert_schema(frame, TURN_COLUMNS)
+    assert frame["role"].tolist() == ["user", "assistant", "user", "assistant"]
+    assert frame["content"].tolist() == ["Say hi.", "Hi there.", "Again?", "Hi again."]
+    assert frame.loc[0, "tokens"] == len(tokenizer.encode("Say hi.", add_special_tokens=False))
+    assert frame.loc[1, "tokens"] == first.metadata["completion_tokens"]
+    assert frame.loc[1, "seconds"] == pytest.approx(first.metadata["total_seconds"])
+    assert frame.loc[1, "finish_reason"] == "stop" and pd.isna(frame.loc[0, "seconds"])
+    assert frame["timestamp"].notna().all() and frame["turn"].tolist() == [0, 1, 2, 3]
+
+
+def test_conversation_frame_from_memory_entries_and_dicts_with_a_tokenizer(tools_agent):
+    tokenizer = tools_agent.loaded_model.tokenizer
+    turns = [MemoryEntryData(role="user", content="hello world"),
+             {"role": "assistant", "content": "hi", "metadata": {"tokens": 7, "seconds": 0.5}}]
+    frame = conversation_frame(turns, tokenizer=tokenizer)
+    assert_schema(frame, TURN_COLUMNS)
+    assert frame["tokens"].tolist() == [len(tokenizer.encode("hello world", add_special_tokens=False)), 7]
+    assert pd.isna(frame.loc[0, "timestamp"])
+
+
+@pytest.mark.parametrize("build, columns", [
+    (lambda: tool_calls_frame([]), TOOL_CALL_COLUMNS),
+    (lambda: tool_calls_frame(None), TOOL_CALL_COLUMNS),
+    (lambda: tool_calls_frame(AgentResponse(thinking="", response="no calls")), TOOL_CALL_COLUMNS),
+    (lambda: thinking_frame([]), THINKING_COLUMNS),
+    (lambda: thinking_frame(AgentResponse(thinking="", response="no thinking")), THINKING_COLUMNS),
+    (lambda: conversation_frame([]), TURN_COLUMNS),
+    (lambda: Conversation().frame(), TURN_COLUMNS),
+])
+def test_empty_input_gives_empty_frame_with_same_columns(build, columns):
+    frame = build()
+    assert frame.empty
+    assert_schema(frame, columns)
+
+
+def test_bad_turn_is_a_clear_error():
+    with pytest.raises(ValueError, match="turn 0 has no 'role'"):
+        conversation_frame([{"content": "x"}])
+    with pytest.raises(ValueError, match="role='robot'"):
+        Conversation().add("robot", "x")

@@ -1,0 +1,70 @@
+"""Memory readout: works on CPU-only machines, lists loaded models, renders as escaped HTML."""
+
+from __future__ import annotations
+
+import psutil
+
+from midori_hf_nb import HuggingFaceLocalAgent
+from midori_hf_nb.notebook import MemoryReadout, memory_readout
+from midori_hf_nb.notebook.memory import format_bytes
+
+from .conftest import run
+
+
+def test_readout_keys_on_cpu():
+    readout = memory_readout()
+    data = readout.as_dict()
+    assert set(data) == {"process", "system", "cuda", "mps", "models", "taken_at"}
+    assert set(data["process"]) == {"rss_bytes", "peak_rss_bytes", "vms_bytes"}
+    assert set(data["system"]) == {"total_bytes", "available_bytes", "used_bytes", "percent"}
+    assert 0 < data["process"]["rss_bytes"] <= data["process"]["peak_rss_bytes"]
+    assert data["system"]["total_bytes"] == psutil.virtual_memory().total
+    import torch
+
+    if not torch.cuda.is_available():
+        assert data["cuda"] == []
+    if not torch.backends.mps.is_available():
+        assert data["mps"] is None
+    assert isinstance(readout._repr_html_(), str) and "resident" in readout._repr_html_()
+
+
+def test_loaded_model_footprint_appears_and_goes(tiny_model):
+    agent = HuggingFaceLocalAgent(model=str(tiny_model), device="cpu", progress=False)
+    run(agent.load())
+    try:
+        key_name = agent.loaded_model.spec.source.name
+        readout = memory_readout()
+        mine = [m for m in readout.models if m["model"] == key_name]
+        assert len(mine) == 1
+        footprint = mine[0]
+        model = agent.loaded_model.model
+        assert footprint["parameters"] == sum(p.numel() for p in model.parameters())
+        assert footprint["bytes"] >= footprint["parameters"] * 4  # float32 weights
+        assert footprint["dtype"] == "float32" and footprint["quantization"] == "none"
+        assert footprint["device"] == "cpu" and footprint["references"] == 1
+        assert readout.model_bytes >= footprint["bytes"]
+        html = readout._repr_html_()
+        assert "model" in html and format_bytes(footprint["bytes"]) in html
+        frame = readout.to_frame()
+        assert (frame["section"] == "model").sum() == len(readout.models)
+    finally:
+        run(agent.unload_model())
+    after = memory_readout()
+    assert not [m for m in after.models if m["model"] == key_name]
+
+
+def test_html_escapes_model_names():
+    readout = MemoryReadout(process={"rss_bytes": 10, "peak_rss_bytes": 10, "vms_bytes": 10},
+                            system={"total_bytes": 100, "available_bytes": 50, "used_bytes": 50, "percent": 50.0},
+                            models=[{"model": "<img src=x onerror=alert(1)>", "parameters": 1, "bytes": 4,
+                                     "dtype": "float32", "quantization": "none", "device": "cpu"}])
+    html = readout._repr_html_()
+    assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "no model loaded" in repr(MemoryReadout(process=readout.process, system=readout.system))
+
+
+def test_format_bytes():
+    assert format_bytes(512) == "512 B"
+    assert format_bytes(1536) == "1.5 KiB"
+    assert format_bytes(3 * 2**30) == "3.0 GiB"
+    assert format_bytes(None) == ""
