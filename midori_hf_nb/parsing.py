@@ -29,12 +29,6 @@ _BLOCK_RE = re.compile(rf"<({_TAG_ALT})>(.*?)</\1>", re.IGNORECASE | re.DOTALL)
 _OPEN_RE = re.compile(rf"<({_TAG_ALT})>", re.IGNORECASE)
 _CLOSE_RE = re.compile(rf"</({_TAG_ALT})>", re.IGNORECASE)
 
-_TOOL_TAG_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.IGNORECASE | re.DOTALL)
-_TOOL_CALL_LINE_RE = re.compile(r"TOOL_CALL:\s*([A-Za-z_][\w.\-]*)\s*\(")
-_FENCE_RE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)```", re.DOTALL)
-_OPEN_FENCE_TAIL_RE = re.compile(r"```[A-Za-z0-9_-]*\s*$")
-_CALL_HINT_RE = re.compile(r"""^\{\s*["']?(tool_calls|name|function)["']?\s*:""")
-
 
 # --------------------------------------------------------------------------- reasoning
 
@@ -78,6 +72,27 @@ def extract_reasoning(text: str) -> tuple[str, str]:
 
 # --------------------------------------------------------------------------- tool calls
 
+_TOOL_TAG_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.IGNORECASE | re.DOTALL)
+#: ``TOOL_CALL: name(`` not glued to a word or a quote (so ``print("TOOL_CALL: ...")`` is code, not a call).
+_TOOL_CALL_LINE_RE = re.compile(r"(?<![\w\"'])TOOL_CALL:\s*([A-Za-z_][\w.\-]*)\s*\(")
+_FENCE_BLOCK_RE = re.compile(r"```([\w+.#-]*)(.*?)(?:```|\Z)", re.DOTALL)
+_JSON_START_RE = re.compile(r"\{|\[(?=\s*\{)")
+_MISTRAL_MARKER = "[TOOL_CALLS]"
+
+#: Fence languages whose content may be a tool call; other fences (python, js, ...) are code.
+CALL_FENCE_LANGUAGES = frozenset({"", "json", "json5", "jsonc", "tool_call", "tool_calls", "tool", "tools"})
+
+#: Keys a bare call object may have (anything else makes it ordinary JSON, not a call).
+_CALL_KEYS = frozenset({"name", "arguments", "parameters", "id", "type", "function", "index"})
+
+_HINT_START_RE = re.compile(
+    r"""\[?\s*\{\s*["'](?:tool_calls|name|function|type|id|arguments|parameters)["']\s*:"""
+)
+_HINT_TOOL_CALLS_RE = re.compile(r"""["']tool_calls["']\s*:""")
+_HINT_NAME_RE = re.compile(r"""["']name["']\s*:""")
+_HINT_ARGS_RE = re.compile(r"""["'](?:arguments|parameters)["']\s*:""")
+_HINT_FUNCTION_RE = re.compile(r"""["']function["']\s*:\s*\{""")
+
 
 @dataclass
 class ToolCallParse:
@@ -85,12 +100,25 @@ class ToolCallParse:
 
     calls: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    text: str = ""  #: the input with recognised tool-call text removed
-    prose_before_calls: str = ""  #: text before the first call (reasoning ahead of the calls)
+    text: str = ""  #: the input with recognised (and malformed) tool-call text removed
+    prose_before_calls: str = ""  #: cleaned text before the first call (reasoning ahead of the calls)
+    answer: str = ""  #: cleaned text from the first call on (all of ``text`` when there is no call)
 
 
 def _new_id() -> str:
     return "call_" + uuid.uuid4().hex[:12]
+
+
+def unique_ids(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give every call an id, replacing missing and repeated ones (in place); returns ``calls``."""
+    seen: set[str] = set()
+    for call in calls:
+        call_id = call.get("id")
+        if not isinstance(call_id, str) or not call_id or call_id in seen:
+            call_id = _new_id()
+            call["id"] = call_id
+        seen.add(call_id)
+    return calls
 
 
 def _load_object(raw: str) -> Any:
@@ -100,12 +128,15 @@ def _load_object(raw: str) -> Any:
     except json.JSONDecodeError as exc:
         try:
             return ast.literal_eval(raw)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             raise exc from None
 
 
 def normalise_call(obj: Any) -> tuple[dict[str, Any] | None, str | None]:
-    """Turn one parsed object (``{"name", "arguments"|"parameters"}`` or the OpenAI ``function`` form) into ``{"name", "arguments", "id"}`` or give a reason it is not one."""
+    """Turn one parsed object (``{"name", "arguments"|"parameters"}`` or the OpenAI ``function`` form) into ``{"name", "arguments", "id"}`` or give a reason it is not one.
+
+    ``arguments`` may also be a JSON string (the OpenAI wire format).
+    """
     if not isinstance(obj, dict):
         return None, f"tool call is not an object: {obj!r:.80}"
     if isinstance(obj.get("function"), dict):  # OpenAI: {"type": "function", "function": {...}}
@@ -115,18 +146,38 @@ def normalise_call(obj: Any) -> tuple[dict[str, Any] | None, str | None]:
     name = obj.get("name")
     if not isinstance(name, str) or not name.strip():
         return None, f"tool call without a name: {json.dumps(obj, default=str)[:80]}"
-    args: Any = obj.get("arguments", obj.get("parameters", {}))
+    args: Any = obj["arguments"] if "arguments" in obj else obj.get("parameters", {})
     if args is None:
         args = {}
     if isinstance(args, str):
         try:
-            args = json.loads(args) if args.strip() else {}
-        except json.JSONDecodeError as exc:
-            return None, f"tool call {name!r}: arguments are not valid JSON ({exc.msg})"
+            args = _load_object(args) if args.strip() else {}
+        except (json.JSONDecodeError, ValueError) as exc:
+            return None, f"tool call {name.strip()!r}: arguments are not valid JSON ({getattr(exc, 'msg', exc)}): {args[:80]!r}"
     if not isinstance(args, dict):
-        return None, f"tool call {name!r}: arguments must be an object, got {type(args).__name__}"
+        return None, f"tool call {name.strip()!r}: arguments must be an object, got {type(args).__name__}"
     call_id = obj.get("id") if isinstance(obj.get("id"), str) and obj.get("id") else _new_id()
     return {"name": name.strip(), "arguments": args, "id": call_id}, None
+
+
+def _is_call_object(obj: Any) -> bool:
+    """A bare object meant as a call: only call keys, and a ``function`` object or name plus arguments."""
+    if not isinstance(obj, dict) or not obj or not set(obj) <= _CALL_KEYS:
+        return False
+    if isinstance(obj.get("function"), dict):
+        return True
+    return "name" in obj and ("arguments" in obj or "parameters" in obj)
+
+
+def _calls_from_items(items: list[Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    calls, errors = [], []
+    for item in items:
+        call, error = normalise_call(item)
+        if call:
+            calls.append(call)
+        else:
+            errors.append(error or "unreadable tool call")
+    return calls, errors
 
 
 def _calls_from_object(obj: Any) -> tuple[list[dict[str, Any]], list[str], bool]:
@@ -134,34 +185,46 @@ def _calls_from_object(obj: Any) -> tuple[list[dict[str, Any]], list[str], bool]
     if isinstance(obj, dict) and "tool_calls" in obj:
         items = obj["tool_calls"]
         if not isinstance(items, list):
-            return [], ["'tool_calls' is not a list"], True
-        calls, errors = [], []
-        for item in items:
-            call, error = normalise_call(item)
-            if call:
-                calls.append(call)
-            else:
-                errors.append(error or "unreadable tool call")
+            return [], [f"'tool_calls' is not a list but {type(items).__name__}"], True
+        calls, errors = _calls_from_items(items)
         return calls, errors, True
-    if isinstance(obj, dict) and (
-        ("name" in obj and ("arguments" in obj or "parameters" in obj)) or isinstance(obj.get("function"), dict)
-    ):
+    if _is_call_object(obj):
         call, error = normalise_call(obj)
         return ([call] if call else []), ([error] if error else []), True
-    if isinstance(obj, list) and obj and all(isinstance(i, dict) and "name" in i for i in obj):
-        calls, errors = [], []
-        for item in obj:
-            call, error = normalise_call(item)
-            if call:
-                calls.append(call)
-            else:
-                errors.append(error or "unreadable tool call")
+    if isinstance(obj, list) and obj and all(_is_call_object(item) for item in obj):
+        calls, errors = _calls_from_items(obj)
         return calls, errors, True
     return [], [], False
 
 
+def _looks_like_call(raw: str) -> bool:
+    """Whether unparseable JSON text was meant as a call (so its failure is worth reporting).
+
+    It must open like a call object (a call key first) and carry call keys.
+    """
+    return bool(_HINT_START_RE.match(raw)) and bool(
+        _HINT_TOOL_CALLS_RE.search(raw)
+        or _HINT_FUNCTION_RE.search(raw)
+        or (_HINT_NAME_RE.search(raw) and _HINT_ARGS_RE.search(raw))
+    )
+
+
+def _prev_significant(text: str, index: int) -> str:
+    j = index - 1
+    while j >= 0 and text[j] in " \t\r\n":
+        j -= 1
+    return text[j] if j >= 0 else ""
+
+
+def _opens_string(text: str, index: int, in_json: bool) -> bool:
+    """Whether the quote at ``index`` starts a string literal (an apostrophe in prose does not)."""
+    if text[index] == '"' and in_json:
+        return True
+    return _prev_significant(text, index) in ("", "(", "[", "{", ",", "=", ":")
+
+
 def _balanced_end(text: str, start: int) -> int:
-    """Index just past the bracket closing the one at ``start``; ``len(text)`` if it never closes."""
+    """Index just past the bracket closing the one at ``start``; -1 if it never closes."""
     pairs = {"{": "}", "[": "]", "(": ")"}
     stack = [pairs[text[start]]]
     quote: str | None = None
@@ -174,7 +237,7 @@ def _balanced_end(text: str, start: int) -> int:
                 continue
             if ch == quote:
                 quote = None
-        elif ch in "\"'" and (ch == '"' or stack[-1] == ")"):
+        elif ch in "\"'" and _opens_string(text, i, stack[-1] != ")"):
             quote = ch
         elif ch in pairs:
             stack.append(pairs[ch])
@@ -183,19 +246,7 @@ def _balanced_end(text: str, start: int) -> int:
             if not stack:
                 return i + 1
         i += 1
-    return len(text)
-
-
-def _json_spans(text: str) -> list[tuple[int, int]]:
-    """Top-level ``{...}`` spans of ``text`` (string-aware brace matching)."""
-    spans, i = [], 0
-    while True:
-        i = text.find("{", i)
-        if i < 0:
-            return spans
-        end = _balanced_end(text, i)
-        spans.append((i, end))
-        i = end
+    return -1
 
 
 # ---- TOOL_CALL: name(arg=value, ...)
@@ -238,7 +289,7 @@ def _split_arguments(body: str) -> list[str]:
                 continue
             if ch == quote:
                 quote = None
-        elif ch in "\"'":
+        elif ch in "\"'" and _opens_string(body, i, depth > 0):
             quote = ch
             current.append(ch)
         elif ch in "([{":
@@ -272,18 +323,77 @@ def _parse_tool_call_line(name: str, body: str) -> tuple[dict[str, Any] | None, 
 # ---- the parser
 
 
+def _reasoning_spans(text: str) -> list[tuple[int, int]]:
+    """Where the reasoning is (as :func:`extract_reasoning_blocks` sees it): calls there are drafts."""
+    spans = []
+    first_close = _CLOSE_RE.search(text)
+    first_open = _OPEN_RE.search(text)
+    if first_close and (first_open is None or first_close.start() < first_open.start()):
+        spans.append((0, first_close.end()))
+    spans += [m.span() for m in _BLOCK_RE.finditer(text) if not _inside(m.start(), spans)]
+    for m in _OPEN_RE.finditer(text):
+        if not _inside(m.start(), spans):  # unclosed tag: reasoning runs to the end
+            spans.append((m.start(), len(text)))
+            break
+    return spans
+
+
+def _inside(pos: int, spans: list[tuple[int, int]]) -> bool:
+    return any(a <= pos < b for a, b in spans)
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def _keep(text: str, spans: list[tuple[int, int]], lo: int, hi: int) -> str:
+    """``text[lo:hi]`` without the (merged, sorted) ``spans``, tidied."""
+    out, last = "", lo
+    for a, b in spans:
+        if b <= lo or a >= hi:
+            continue
+        out = _join(out, text[last:max(a, lo)])
+        last = min(b, hi)
+    out = _join(out, text[last:hi])
+    return re.sub(r"\n{3,}", "\n\n", out).strip()
+
+
+def _join(left: str, right: str) -> str:
+    """Concatenate two kept pieces without doubling the spaces around a removed span."""
+    if left and right and left[-1] in " \t" and right[0] in " \t":
+        right = right.lstrip(" \t")
+    return left + right
+
+
 def parse_tool_calls_detailed(text: str) -> ToolCallParse:
     """Parse every tool call in ``text``; never raises.
 
-    Returns the calls in order of appearance, the reasons for skipped calls, and ``text``
-    with the recognised tool-call text removed.
+    Returns the calls in order of appearance (ids unique), the reasons for skipped calls,
+    ``text`` with the tool-call text removed (also that of malformed calls; empty fences that
+    held calls go too), and that text split at the first call into the prose before it and
+    the rest. JSON and ``TOOL_CALL`` text inside code fences of a programming language
+    (```` ```python ````) is code, not a call; calls inside reasoning blocks (``<think>``...)
+    are drafts, not calls (the blocks stay in the text: see :func:`extract_reasoning`).
     """
+    if not isinstance(text, str):
+        text = "" if text is None else str(text)
     found: list[tuple[int, dict[str, Any]]] = []
     errors: list[str] = []
     remove: list[tuple[int, int]] = []
+    fences = [(m.start(), m.end(), m.group(1).lower(), m.start(2), m.end(2)) for m in _FENCE_BLOCK_RE.finditer(text)]
+    thinking = _reasoning_spans(text)
+    code = [(a, b) for a, b, lang, _, _ in fences if lang not in CALL_FENCE_LANGUAGES] + thinking
 
     # 1. <tool_call>...</tool_call> blocks (an unclosed last block runs to the end).
     for match in _TOOL_TAG_RE.finditer(text):
+        if _inside(match.start(), thinking):
+            continue
         inner = match.group(1).strip()
         remove.append(match.span())
         if not inner:
@@ -294,68 +404,91 @@ def parse_tool_calls_detailed(text: str) -> ToolCallParse:
         except (json.JSONDecodeError, ValueError) as exc:
             errors.append(f"<tool_call> block is not valid JSON ({getattr(exc, 'msg', exc)}): {inner[:80]!r}")
             continue
-        calls, errs, _ = _calls_from_object(obj)
+        calls, errs, meant = _calls_from_object(obj)
+        if not meant and not errs:
+            call, error = normalise_call(obj)  # inside the tag it can only be a call: say what is wrong
+            calls, errs = ([call] if call else []), ([error] if error else [])
         errors.extend(errs)
         found.extend((match.start(), c) for c in calls)
 
-    def covered(pos: int) -> bool:
-        return any(a <= pos < b for a, b in remove)
-
     # 2. TOOL_CALL: name(...) lines.
     for match in _TOOL_CALL_LINE_RE.finditer(text):
-        if covered(match.start()):
+        if _inside(match.start(), remove) or _inside(match.start(), code):
             continue
-        open_paren = match.end() - 1
+        name, open_paren = match.group(1), match.end() - 1
         end = _balanced_end(text, open_paren)
-        if end >= len(text) and not text.rstrip().endswith(")"):
-            errors.append(f"TOOL_CALL {match.group(1)}: unclosed parenthesis")
+        if end < 0:
+            line_end = text.find("\n", match.start())
+            line_end = len(text) if line_end < 0 else line_end
+            errors.append(f"TOOL_CALL {name}: unclosed parenthesis: {text[match.start():line_end][:80]!r}")
+            remove.append((match.start(), line_end))
             continue
-        call, error = _parse_tool_call_line(match.group(1), text[open_paren + 1 : end - 1])
+        call, error = _parse_tool_call_line(name, text[open_paren + 1 : end - 1])
         remove.append((match.start(), end))
         if call:
             found.append((match.start(), call))
         else:
             errors.append(error or "unreadable TOOL_CALL")
 
-    # 3. JSON objects in prose or fences: {"tool_calls": [...]} or a bare call object.
-    for start, end in _json_spans(text):
-        if covered(start):
+    # 3. JSON in prose or fences: {"tool_calls": [...]}, a bare call object, or a list of call objects.
+    i = 0
+    while True:
+        match = _JSON_START_RE.search(text, i)
+        if match is None:
+            break
+        start = match.start()
+        if _inside(start, remove) or _inside(start, code):
+            i = start + 1
             continue
-        raw = text[start:end]
+        end = _balanced_end(text, start)
+        raw = text[start:] if end < 0 else text[start:end]
+        if end < 0:
+            if _looks_like_call(raw):
+                errors.append(f"malformed tool-call JSON (brackets never balance): {raw[:80]!r}")
+                remove.append((start, len(text)))
+                break
+            i = start + 1
+            continue
         try:
             obj = _load_object(raw)
         except (json.JSONDecodeError, ValueError) as exc:
-            if _CALL_HINT_RE.match(raw):
+            if _looks_like_call(raw):
                 errors.append(f"malformed tool-call JSON ({getattr(exc, 'msg', exc)}): {raw[:80]!r}")
+                remove.append((start, end))
+                i = end
+            else:
+                i = start + 1  # maybe a stray brace before a real object
             continue
         calls, errs, meant = _calls_from_object(obj)
-        if not meant:
-            continue
-        errors.extend(errs)
-        remove.append((start, end))
-        found.extend((start, c) for c in calls)
+        if meant:
+            marker = text.rfind(_MISTRAL_MARKER, 0, start)
+            if marker >= 0 and not text[marker + len(_MISTRAL_MARKER):start].strip():
+                start = marker
+            errors.extend(errs)
+            remove.append((start, end))
+            found.extend((start, c) for c in calls)
+        i = end  # ordinary JSON: its nested objects are data, not calls
 
-    cleaned = _remove_spans(text, remove)
+    # Fences that held nothing but calls go with them.
+    for a, b, lang, inner_a, inner_b in fences:
+        if lang in CALL_FENCE_LANGUAGES and any(inner_a <= s < inner_b for s, _ in remove):
+            if not _keep(text, _merge(remove), inner_a, inner_b):
+                remove.append((a, b))
+
+    merged = _merge(remove)
     found.sort(key=lambda item: item[0])
-    before = _remove_spans(text[: found[0][0]], [(a, b) for a, b in remove if b <= found[0][0]]) if found else ""
-    before = _OPEN_FENCE_TAIL_RE.sub("", before).strip()
-    return ToolCallParse(calls=[c for _, c in found], errors=errors, text=cleaned, prose_before_calls=before)
-
-
-def _remove_spans(text: str, spans: list[tuple[int, int]]) -> str:
-    if not spans:
-        return text.strip()
-    out, last = [], 0
-    for a, b in sorted(spans):
-        if a < last:
-            continue
-        out.append(text[last:a])
-        last = b
-    out.append(text[last:])
-    cleaned = "".join(out)
-    cleaned = _FENCE_RE.sub(lambda m: "" if not m.group(1).strip() else m.group(0), cleaned)
-    cleaned = re.sub(r"\n{3,}", "\n\n", cleaned)
-    return cleaned.strip()
+    calls = unique_ids([c for _, c in found])
+    cleaned = _keep(text, merged, 0, len(text))
+    if not found:
+        return ToolCallParse(calls=calls, errors=errors, text=cleaned, prose_before_calls="", answer=cleaned)
+    first = next(a for a, b in merged if a <= found[0][0] < b)
+    return ToolCallParse(
+        calls=calls,
+        errors=errors,
+        text=cleaned,
+        prose_before_calls=_keep(text, merged, 0, first),
+        answer=_keep(text, merged, first, len(text)),
+    )
 
 
 def parse_tool_calls(text: str) -> list[dict[str, Any]]:
@@ -372,15 +505,25 @@ def parse_tool_calls(text: str) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------- live splitting
 
-_STREAM_OPEN = {f"<{t}>": "thinking" for t in REASONING_TAGS} | {"<tool_call>": "tool"}
+_TOOL_CALL_WORD = "TOOL_CALL:"
+_TOOL_CALL_HEAD_RE = re.compile(r"TOOL_CALL:\s*([A-Za-z_][\w.\-]*)?\s*(\()?")
+_FENCE_HEAD_RE = re.compile(r"```([\w+.#-]*)")
+_MARKER_PREFIXES = "|".join(re.escape(_MISTRAL_MARKER[1:i]) + r"\Z" for i in range(2, len(_MISTRAL_MARKER)))
+_JSON_CANDIDATE_RE = re.compile(
+    rf"\{{(?=\s*[\"']|\s*\Z)|\[(?=\s*\{{|\s*\Z|{re.escape(_MISTRAL_MARKER[1:])}|{_MARKER_PREFIXES})"
+)
 
 
 @dataclass
 class StreamPiece:
-    """A piece of streamed text with its kind: ``"text"``, ``"thinking"`` or ``"tool"`` (tool-call text)."""
+    """A piece of streamed text with its kind: ``"text"``, ``"thinking"`` or ``"tool"`` (tool-call text).
+
+    A ``"tool"`` piece carries its :class:`ToolCallParse` in ``parse``.
+    """
 
     kind: str
     text: str
+    parse: ToolCallParse | None = None
 
 
 class StreamSplitter:
@@ -389,17 +532,31 @@ class StreamSplitter:
     Tags split across pieces are handled by holding back a possible tag prefix. Answer text
     is emitted without leading whitespace and with trailing whitespace held until more text
     follows, so the concatenated answer pieces equal the stripped answer of
-    :func:`extract_reasoning`. Tool-call blocks are withheld until closed and then emitted whole.
+    :func:`extract_reasoning`.
+
+    With ``tools=True`` (tools were offered), tool-call text is withheld until it is complete
+    and then emitted whole as one ``"tool"`` piece with its parse: ``<tool_call>`` blocks,
+    ``TOOL_CALL: name(...)`` calls, JSON objects that start with a key (and lists of objects),
+    and fences of JSON (or no language). Held text that turns out not to be a call is
+    emitted as text. Fences of a programming language stream through as text.
     """
 
-    def __init__(self, start_in_thinking: bool = False) -> None:
+    def __init__(self, start_in_thinking: bool = False, tools: bool = False) -> None:
         self._mode = "thinking" if start_in_thinking else "text"
         self._close = None if not start_in_thinking else "</"  # any reasoning close tag
+        self._tools = tools
+        self._open_tags = {f"<{t}>": "thinking" for t in REASONING_TAGS}
+        if tools:
+            self._open_tags["<tool_call>"] = "tool"
         self._buffer = ""
         self._answer_started = False
         self._held_space = ""
+        self._in_code = False  # inside a code fence: no tool-call detection until it closes
+        self._prev = ""  # the last character passed on (word boundary of TOOL_CALL)
 
     def _emit_text(self, text: str, out: list[StreamPiece]) -> None:
+        if text:
+            self._prev = text[-1]
         if not self._answer_started:
             text = text.lstrip()
             if not text:
@@ -418,6 +575,17 @@ class StreamSplitter:
         elif text:
             out.append(StreamPiece(kind, text))
 
+    def _emit_candidate(self, text: str, out: list[StreamPiece]) -> None:
+        """Emit held text as a tool piece when it holds a call (or a malformed one), else as text."""
+        parse = parse_tool_calls_detailed(text)
+        if parse.calls or parse.errors:
+            out.append(StreamPiece("tool", text, parse))
+            self._prev = text[-1:]
+            if parse.text:  # e.g. the rest of the line after an unclosed TOOL_CALL
+                self._emit_text(parse.text, out)
+        else:
+            self._emit_text(text, out)
+
     @staticmethod
     def _partial_tag_start(buffer: str, tags: list[str]) -> int:
         """Index where a possible (incomplete) tag starts at the end of ``buffer``, else ``len``."""
@@ -427,30 +595,132 @@ class StreamSplitter:
         tail = buffer[start:].lower()
         return start if any(tag.startswith(tail) for tag in tags) else len(buffer)
 
+    def _boundary(self, buffer: str, index: int) -> bool:
+        before = buffer[index - 1] if index > 0 else self._prev
+        return not before or not (before.isalnum() or before in "_\"'")
+
+    def _safe_cut(self, buffer: str) -> int:
+        """How much of ``buffer`` (with no complete marker) can go out now."""
+        cut = self._partial_tag_start(buffer, list(self._open_tags))
+        if self._tools:
+            ticks = len(buffer) - len(buffer.rstrip("`"))
+            if 0 < ticks < 3:
+                cut = min(cut, len(buffer) - ticks)
+            for size in range(min(len(buffer), len(_TOOL_CALL_WORD) - 1), 0, -1):
+                index = len(buffer) - size
+                if _TOOL_CALL_WORD.startswith(buffer[index:]) and self._boundary(buffer, index):
+                    cut = min(cut, index)
+                    break
+        return cut
+
+    def _next_marker(self, buffer: str) -> tuple[int, str] | None:
+        """The earliest complete marker: a tag, or (with tools) the start of a possible call."""
+        lower = buffer.lower()
+        hits = [(lower.find(tag), tag) for tag in self._open_tags if tag in lower]
+        if self._tools:
+            for match in re.finditer(re.escape(_TOOL_CALL_WORD), buffer):
+                if self._boundary(buffer, match.start()):
+                    hits.append((match.start(), "toolcall"))
+                    break
+            fence = buffer.find("```")
+            if fence >= 0:
+                hits.append((fence, "fence"))
+            json_start = _JSON_CANDIDATE_RE.search(buffer)
+            if json_start:
+                hits.append((json_start.start(), "json"))
+        return min(hits) if hits else None
+
+    def _candidate(self, kind: str, buffer: str, out: list[StreamPiece]) -> int | None:
+        """Handle the candidate at the start of ``buffer``; return how much was used (None: wait)."""
+        if kind == "toolcall":
+            head = _TOOL_CALL_HEAD_RE.match(buffer)
+            if head and head.group(2):
+                end = _balanced_end(buffer, head.end() - 1)
+                if end < 0:
+                    return None
+                self._emit_candidate(buffer[:end], out)
+                return end
+            if head is None or head.end() == len(buffer):
+                return None
+            self._emit_text(buffer[: len(_TOOL_CALL_WORD)], out)
+            return len(_TOOL_CALL_WORD)
+        if kind == "fence":
+            head = _FENCE_HEAD_RE.match(buffer)
+            if head is None or head.end() == len(buffer):
+                return None
+            if head.group(1).lower() not in CALL_FENCE_LANGUAGES:
+                self._emit_text(buffer[: head.end()], out)
+                self._in_code = True
+                return head.end()
+            close = buffer.find("```", head.end())
+            if close < 0:
+                return None
+            self._emit_candidate(buffer[: close + 3], out)
+            return close + 3
+        # json: "{" before a key, "[" before "{", or Mistral's "[TOOL_CALLS]" before either
+        start = 0
+        if buffer[:len(_MISTRAL_MARKER)] == _MISTRAL_MARKER[:len(buffer)] and buffer[1:2] != "{":
+            if len(buffer) <= len(_MISTRAL_MARKER):
+                return None
+            rest = buffer[len(_MISTRAL_MARKER):]
+            if not rest.strip():
+                return None
+            start = len(buffer) - len(rest.lstrip())
+            if buffer[start] not in "[{":
+                self._emit_text(_MISTRAL_MARKER, out)
+                return len(_MISTRAL_MARKER)
+        end = _balanced_end(buffer, start)
+        if end < 0:
+            return None
+        self._emit_candidate(buffer[:end], out)
+        return end
+
     def feed(self, piece: str) -> list[StreamPiece]:
         """Add streamed text; return the pieces that are now certain."""
         out: list[StreamPiece] = []
         self._buffer += piece
         while self._buffer:
             lower = self._buffer.lower()
+            if self._mode == "text" and self._in_code:
+                close = self._buffer.find("```")
+                if close < 0:
+                    ticks = len(self._buffer) - len(self._buffer.rstrip("`"))
+                    cut = len(self._buffer) - (ticks if ticks < 3 else 0)
+                    self._emit_text(self._buffer[:cut], out)
+                    self._buffer = self._buffer[cut:]
+                    return out
+                self._emit_text(self._buffer[: close + 3], out)
+                self._buffer = self._buffer[close + 3:]
+                self._in_code = False
+                continue
             if self._mode == "text":
-                hits = [(lower.find(tag), tag) for tag in _STREAM_OPEN if tag in lower]
-                if hits:
-                    index, tag = min(hits)
-                    self._emit("text", self._buffer[:index], out)
-                    self._mode = _STREAM_OPEN[tag]
+                marker = self._next_marker(self._buffer)
+                if marker is None:
+                    cut = self._safe_cut(self._buffer)
+                    self._emit("text", self._buffer[:cut], out)
+                    self._buffer = self._buffer[cut:]
+                    return out
+                index, tag = marker
+                self._emit("text", self._buffer[:index], out)
+                self._buffer = self._buffer[index:]
+                if tag in self._open_tags:
+                    self._mode = self._open_tags[tag]
                     self._close = "</" + tag[1:]
-                    self._buffer = self._buffer[index + len(tag):]
+                    self._buffer = self._buffer[len(tag):]
                     continue
-                cut = self._partial_tag_start(self._buffer, list(_STREAM_OPEN))
-                self._emit("text", self._buffer[:cut], out)
-                self._buffer = self._buffer[cut:]
-                return out
+                used = self._candidate(tag, self._buffer, out)
+                if used is None:
+                    return out  # wait for the rest of the candidate
+                self._buffer = self._buffer[used:]
+                continue
             closes = [f"</{t}>" for t in REASONING_TAGS] if self._close == "</" else [self._close]
             hits = [(lower.find(tag), tag) for tag in closes if tag in lower]
             if hits:
                 index, tag = min(hits)
-                self._emit(self._mode, self._buffer[:index], out)
+                if self._mode == "tool":
+                    self._emit_candidate(f"<tool_call>{self._buffer[: index + len(tag)]}", out)
+                else:
+                    self._emit(self._mode, self._buffer[:index], out)
                 self._mode, self._close = "text", None
                 self._buffer = self._buffer[index + len(tag):]
                 continue
@@ -465,7 +735,11 @@ class StreamSplitter:
     def finish(self) -> list[StreamPiece]:
         """Flush what is left at the end of the stream (trailing answer whitespace is dropped)."""
         out: list[StreamPiece] = []
-        if self._buffer:
+        if self._mode == "tool":
+            self._emit_candidate(f"<tool_call>{self._buffer}", out)
+        elif self._buffer and self._mode == "text" and self._tools and not self._in_code:
+            self._emit_candidate(self._buffer, out)
+        elif self._buffer:
             self._emit(self._mode, self._buffer, out)
         self._buffer = ""
         self._held_space = ""

@@ -41,7 +41,7 @@ class ScriptedOutput(LogitsProcessor):
     """Force each generation to produce the next text of ``texts`` followed by end of sequence.
 
     One instance can serve several consecutive generations (a tool loop): a new generation is
-    recognised when the sequence length does not grow by exactly one. After the last script
+    recognised when the input is not the previous input plus one token. After the last script
     the last text repeats. Every row of a batch gets the same text.
     """
 
@@ -54,13 +54,17 @@ class ScriptedOutput(LogitsProcessor):
         self.generation = -1
         self._start = 0
         self._last_len = -2
+        self._last_ids: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         length = input_ids.shape[1]
-        if length != self._last_len + 1:
+        previous = self._last_ids
+        continues = length == self._last_len + 1 and previous is not None and torch.equal(input_ids[0, :-1], previous)
+        if not continues:  # a new prompt (not the last one plus one token): the next script starts
             self.generation += 1
             self._start = length
         self._last_len = length
+        self._last_ids = input_ids[0].detach().clone()
         script = self.token_ids[min(self.generation, len(self.token_ids) - 1)]
         step = length - self._start
         target = script[step] if step < len(script) else self.eos

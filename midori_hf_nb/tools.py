@@ -9,6 +9,7 @@ opt-in loop of :meth:`HuggingFaceLocalAgent.run_tools` does.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import time
@@ -21,18 +22,77 @@ class ToolSchemaError(ValueError):
     """A tool cannot be described as a JSON schema; the message names the tool and what is missing."""
 
 
+_NO_DESCRIPTION = "\x00no description\x00"
+
+
+def _callable_name(fn: Any) -> str:
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
 def _describe_callable(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The JSON schema of a typed callable with a docstring, through ``get_json_schema``.
+
+    Arguments the docstring does not describe (no Google-style ``Args:`` entry) are still
+    listed with their types, just without a description; a missing docstring or type hint
+    is an error naming the function and what is missing.
+    """
     from transformers.utils import get_json_schema  # pure utility; loads no model
 
-    name = getattr(fn, "__name__", repr(fn))
-    try:
-        return get_json_schema(fn)
-    except Exception as exc:  # DocstringParsingException, TypeHintParsingException
+    name = _callable_name(fn)
+    doc = inspect.getdoc(fn)
+    if not doc or not doc.strip():
         raise ToolSchemaError(
-            f"tool function {name!r} cannot be described as a JSON schema: {exc}. "
-            "Give every argument a type hint and the function a docstring with a description "
-            "and an 'Args:' section naming each argument."
-        ) from exc
+            f"tool function {name!r} has no docstring: add one that says what the tool does "
+            "(the model reads it); describe the arguments in a Google-style 'Args:' section"
+        )
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError) as exc:
+        raise ToolSchemaError(f"tool {name!r}: its signature cannot be read ({exc})") from exc
+    if parameters and parameters[0].name in ("self", "cls") and parameters[0].annotation is inspect.Parameter.empty:
+        parameters = parameters[1:]
+    missing = [p.name for p in parameters if p.annotation is inspect.Parameter.empty]
+    if missing:
+        listed = ", ".join(repr(m) for m in missing)
+        raise ToolSchemaError(
+            f"tool function {name!r}: argument{'s' if len(missing) > 1 else ''} {listed} "
+            f"{'have' if len(missing) > 1 else 'has'} no type hint; annotate every argument "
+            "(e.g. 'query: str') so the model is told its type"
+        )
+    try:
+        try:
+            return get_json_schema(fn)
+        except Exception as exc:
+            if "has no description for the argument" not in str(exc):
+                raise
+        return _schema_without_argument_docs(fn, doc, [p.name for p in parameters], get_json_schema)
+    except ToolSchemaError:
+        raise
+    except Exception as exc:  # DocstringParsingException, TypeHintParsingException (unsupported types)
+        raise ToolSchemaError(f"tool function {name!r} cannot be described as a JSON schema: {exc}") from exc
+
+
+def _schema_without_argument_docs(fn: Callable[..., Any], doc: str, names: list[str],
+                                  get_json_schema: Callable[..., dict]) -> dict[str, Any]:
+    """``get_json_schema`` for a docstring that does not describe every argument."""
+    from transformers.utils.chat_template_utils import parse_google_format_docstring
+
+    description, described, returns = parse_google_format_docstring(doc)
+    lines = [description or "", "", "Args:"]
+    lines += [f"    {arg}: {(described or {}).get(arg) or _NO_DESCRIPTION}" for arg in names]
+    if returns:
+        lines += ["", "Returns:", f"    {returns}"]
+
+    @functools.wraps(fn)
+    def proxy(*args: Any, **kwargs: Any) -> Any:  # pragma: no cover - never called
+        return fn(*args, **kwargs)
+
+    proxy.__doc__ = "\n".join(lines)
+    schema = get_json_schema(proxy)
+    for spec in schema["function"]["parameters"].get("properties", {}).values():
+        if spec.get("description") == _NO_DESCRIPTION:
+            del spec["description"]
+    return schema
 
 
 def tool_schema(tool: Any) -> dict[str, Any]:
@@ -59,7 +119,13 @@ def tool_schema(tool: Any) -> dict[str, Any]:
 
 def tool_schemas(tools: list[Any] | None) -> list[dict[str, Any]]:
     """Schemas of every tool; raises :class:`ToolSchemaError` for the first that cannot be described."""
-    schemas = [tool_schema(t) for t in tools or []]
+    if tools is None:
+        return []
+    if isinstance(tools, (dict, str, bytes)) or callable(tools) or not hasattr(tools, "__iter__"):
+        raise ToolSchemaError(
+            f"tools must be a list of callables or dicts, got {type(tools).__name__}: wrap a single tool in a list"
+        )
+    schemas = [tool_schema(t) for t in tools]
     names = [s["function"]["name"] for s in schemas]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -129,16 +195,22 @@ class ToolStep:
         }
 
 
-async def execute_call(step: int, call: dict[str, Any], functions: dict[str, Callable[..., Any]]) -> ToolStep:
+async def execute_call(step: int, call: dict[str, Any], functions: dict[str, Callable[..., Any]],
+                       offered: set[str] | None = None) -> ToolStep:
     """Run one parsed call of an allowed tool (sync in a worker thread, async awaited).
 
-    A tool that raises, or a call to a name that is not allowed, gives a :class:`ToolStep` with
-    ``error`` set instead of raising.
+    A tool that raises, a call to a name that was not offered, or to a tool offered only as a
+    description (a dict, nothing to run), gives a :class:`ToolStep` with ``error`` set instead
+    of raising.
     """
     record = ToolStep(step=step, name=call["name"], arguments=dict(call.get("arguments") or {}), call_id=call.get("id", ""))
     fn = functions.get(call["name"])
     if fn is None:
-        record.error = f"unknown tool {call['name']!r}; available: {', '.join(sorted(functions)) or 'none'}"
+        if offered and call["name"] in offered:
+            record.error = (f"tool {call['name']!r} was offered only as a description (a dict), so there is "
+                            "nothing to run; pass a Python callable to let it run")
+        else:
+            record.error = f"unknown tool {call['name']!r}; available: {', '.join(sorted(functions)) or 'none'}"
         return record
     started = time.perf_counter()
     try:
