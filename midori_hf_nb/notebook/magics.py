@@ -446,6 +446,8 @@ class MidoriMagics(Magics):
         if throttle < 0:
             raise UsageError(f"%%midori: --throttle {throttle} is not allowed: expected seconds >= 0")
         agent = session.ensure_agent()
+        if not agent.is_loaded:  # load first, so progress bars come before the answer
+            run(agent.load())
         agent.config.replace(**{k: overrides[k] for k in ("max_new_tokens", "temperature") if k in overrides})
         system = session.system if args.system is None else args.system
         use_memory = not args.no_memory
