@@ -706,7 +706,9 @@ MARKDOWN_COLUMNS = ("model", "prompt", "system", "repeat", "response", "status",
 
 def _md_escape(text: str) -> str:
     text = html.escape(text, quote=False).replace("\r", "&#13;")
-    return _MD_ESCAPE.sub(r"\\\1", text).replace("\n", "<br>")
+    text = _MD_ESCAPE.sub(r"\\\1", text).replace("\n", "<br>")
+    # spaces at the ends of a cell would be trimmed by Markdown: keep them as character references
+    return re.sub(r"^[ \t]+|[ \t]+$", lambda m: "".join(f"&#{ord(c)};" for c in m.group()), text)
 
 
 def _md_unescape(text: str) -> str:
