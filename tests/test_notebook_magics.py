@@ -100,6 +100,7 @@ def test_bad_options_print_a_usage_error_not_a_traceback(shell, code, message):
     assert captured.stderr.startswith("UsageError:"), captured.stderr
     assert message in captured.stderr
     assert "Traceback" not in captured.stdout + captured.stderr
+    assert current_session().agent is None  # rejected before any model was created or loaded
 
 
 # --------------------------------------------------------------------------- sending cells

@@ -251,6 +251,13 @@ class MidoriSession:
         self.throttle = DEFAULT_THROTTLE
         self.last_response: Any = None
 
+    def base_config(self) -> Any:
+        """The agent's configuration, or the one the first message would use."""
+        from .. import DEFAULT_MODEL
+        from ..config import HuggingFaceConfig
+
+        return self.agent.config if self.agent is not None else HuggingFaceConfig(model=DEFAULT_MODEL)
+
     def ensure_agent(self) -> Any:
         """The session's agent, creating one on the offline default model on first use."""
         if self.agent is None:
@@ -321,13 +328,12 @@ class MidoriMagics(Magics):
             raise UsageError(f"%midori help: no topic {topic!r}: expected cell or one of {', '.join(COMMAND_PARSERS)}")
 
     def _cmd_load(self, args: argparse.Namespace) -> None:
-        from .. import DEFAULT_MODEL, HuggingFaceLocalAgent
-        from ..config import HuggingFaceConfig
+        from .. import HuggingFaceLocalAgent
         from .aio import run
 
         session = self.session
         old = session.agent
-        base = old.config if old is not None else HuggingFaceConfig(model=DEFAULT_MODEL)
+        base = session.base_config()
         changes: dict[str, Any] = {}
         for field, value in (("model", args.model), ("device", args.device), ("torch_dtype", args.dtype),
                              ("max_new_tokens", args.max_new_tokens), ("temperature", args.temperature),
@@ -445,10 +451,12 @@ class MidoriMagics(Magics):
         throttle = session.throttle if args.throttle is None else args.throttle
         if throttle < 0:
             raise UsageError(f"%%midori: --throttle {throttle} is not allowed: expected seconds >= 0")
+        checked = {k: overrides[k] for k in ("max_new_tokens", "temperature") if k in overrides}
+        if checked:  # bad values are usage errors, reported before anything loads
+            session.base_config().replace(**checked)
         agent = session.ensure_agent()
         if not agent.is_loaded:  # load first, so progress bars come before the answer
             run(agent.load())
-        agent.config.replace(**{k: overrides[k] for k in ("max_new_tokens", "temperature") if k in overrides})
         system = session.system if args.system is None else args.system
         use_memory = not args.no_memory
         if use_memory:
