@@ -42,7 +42,8 @@ class ScriptedOutput(LogitsProcessor):
 
     One instance can serve several consecutive generations (a tool loop): a new generation is
     recognised when the input is not the previous input plus one token. After the last script
-    the last text repeats. Every row of a batch gets the same text.
+    the last text repeats. Every row of a batch gets the same text. ``prompts`` keeps the
+    prompt token ids (first row) of each generation seen, to check what reached the model.
     """
 
     def __init__(self, tokenizer: Any, texts: str | Sequence[str], eos_token_id: int | None = None) -> None:
@@ -55,6 +56,7 @@ class ScriptedOutput(LogitsProcessor):
         self._start = 0
         self._last_len = -2
         self._last_ids: torch.Tensor | None = None
+        self.prompts: list[list[int]] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         length = input_ids.shape[1]
@@ -63,6 +65,7 @@ class ScriptedOutput(LogitsProcessor):
         if not continues:  # a new prompt (not the last one plus one token): the next script starts
             self.generation += 1
             self._start = length
+            self.prompts.append(input_ids[0].tolist())
         self._last_len = length
         self._last_ids = input_ids[0].detach().clone()
         script = self.token_ids[min(self.generation, len(self.token_ids) - 1)]
