@@ -50,14 +50,19 @@ class _Parser(argparse.ArgumentParser):
         raise _HelpShown()
 
 
+def _add_decoding_options(parser: argparse.ArgumentParser, prefix: str) -> None:
+    """--max-new-tokens, and --temperature or --greedy (one of them)."""
+    parser.add_argument("-n", "--max-new-tokens", type=int, metavar="N", help=f"{prefix}upper bound on generated tokens")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("-t", "--temperature", type=float, metavar="T",
+                      help=f"{prefix}sampling temperature 0.0-2.0 (a value above 0 turns sampling on)")
+    mode.add_argument("-g", "--greedy", action="store_true", help=f"{prefix}greedy decoding (deterministic)")
+
+
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-s", "--system", metavar="TEXT",
                         help="system prompt for this message (default: the session's, set with `load --system`)")
-    parser.add_argument("-n", "--max-new-tokens", type=int, metavar="N", help="upper bound on generated tokens")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("-t", "--temperature", type=float, metavar="T",
-                      help="sampling temperature 0.0-2.0 (a value above 0 turns sampling on)")
-    mode.add_argument("-g", "--greedy", action="store_true", help="greedy decoding (deterministic)")
+    _add_decoding_options(parser, "")
     parser.add_argument("--seed", type=int, metavar="N", help="random seed for sampling")
     parser.add_argument("--name", metavar="VAR", help="store the AgentResponse in this notebook variable")
     parser.add_argument("--no-memory", action="store_true",
@@ -95,14 +100,12 @@ def _build_parsers() -> tuple[_Parser, _Parser, dict[str, _Parser]]:
     load.add_argument("--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps")
     load.add_argument("--dtype", choices=DTYPE_CHOICES, help="weights dtype (auto: float32 on CPU)")
     quant = load.add_mutually_exclusive_group()
-    quant.add_argument("--8bit", dest="load_in_8bit", action="store_true", help="bitsandbytes 8-bit weights")
-    quant.add_argument("--4bit", dest="load_in_4bit", action="store_true", help="bitsandbytes 4-bit weights")
+    quant.add_argument("--8bit", dest="load_in_8bit", action="store_true",
+                       help="bitsandbytes 8-bit weights (saves memory; on CPU generation is slower)")
+    quant.add_argument("--4bit", dest="load_in_4bit", action="store_true",
+                       help="bitsandbytes 4-bit weights (saves memory; on CPU generation is slower)")
     quant.add_argument("--no-quantization", action="store_true", help="full-precision weights")
-    load.add_argument("-n", "--max-new-tokens", type=int, metavar="N", help="default upper bound on generated tokens")
-    mode = load.add_mutually_exclusive_group()
-    mode.add_argument("-t", "--temperature", type=float, metavar="T",
-                      help="default sampling temperature 0.0-2.0 (a value above 0 turns sampling on)")
-    mode.add_argument("-g", "--greedy", action="store_true", help="greedy decoding by default")
+    _add_decoding_options(load, "default ")
     load.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling mass, in (0, 1]")
     load.add_argument("--top-k", type=int, metavar="K", help="top-k sampling")
     load.add_argument("--context-window", type=int, metavar="N", help="prompt plus answer tokens")

@@ -22,7 +22,10 @@ All model text is HTML-escaped. The rendering is a pure function of a
 a *sink* with an ``update(bundle)`` method: the IPython display handle inside a kernel, or
 a :class:`RecordingSink` anywhere else (it keeps the updates, for tests and benchmarks).
 :attr:`LiveView.stats` (also stored in ``response.metadata["display"]``) counts updates and
-the seconds spent rendering, to measure the display's overhead against raw generation.
+the seconds spent rendering, to measure the display's overhead against raw generation:
+compare ``metadata["decode_tokens_per_second"]`` of ``stream_to_cell(..., throttle=0)`` (a
+display update per piece) or the default throttle with that of ``agent.invoke`` on the same
+greedy request, run alternately in one process.
 """
 
 from __future__ import annotations
@@ -283,9 +286,18 @@ class LiveView:
                 meta["display"] = self.stats
 
 
-def _check_interrupt_mode(on_interrupt: str) -> None:
+def _start(agent: Any, payload: Any, on_interrupt: str, view: LiveView | None, tools: list | None,
+           overrides: dict[str, Any], **view_options: Any) -> tuple[LiveView, Any]:
+    """Check the options, open the event stream and show the initial display."""
     if on_interrupt not in INTERRUPT_MODES:
         raise ValueError(f"on_interrupt={on_interrupt!r} is not allowed: expected 'return' or 'raise'")
+    view = view or LiveView(view_options.pop("sink"), **view_options)
+    if tools is not None:
+        stream = agent.stream_with_tools(payload, tools, events=True, **overrides)
+    else:
+        stream = agent.stream(payload, events=True, **overrides)
+    view.start()
+    return view, stream
 
 
 async def stream_to_cell(agent: Any, payload: Any, *, throttle: float = DEFAULT_THROTTLE,
@@ -308,13 +320,8 @@ async def stream_to_cell(agent: Any, payload: Any, *, throttle: float = DEFAULT_
         view: a prepared :class:`LiveView` (overrides ``throttle``/``sink``/...).
         **overrides: per-call generation overrides of ``agent.invoke``.
     """
-    _check_interrupt_mode(on_interrupt)
-    view = view or LiveView(sink, throttle=throttle, show_thinking=show_thinking, title=title)
-    if tools is not None:
-        stream = agent.stream_with_tools(payload, tools, events=True, **overrides)
-    else:
-        stream = agent.stream(payload, events=True, **overrides)
-    view.start()
+    view, stream = _start(agent, payload, on_interrupt, view, tools, overrides,
+                          sink=sink, throttle=throttle, show_thinking=show_thinking, title=title)
 
     async def consume() -> Any:
         async for event in stream:
@@ -359,13 +366,8 @@ def display_stream(agent: Any, payload: Any, *, throttle: float = DEFAULT_THROTT
     """
     from .aio import _AsyncIterPump
 
-    _check_interrupt_mode(on_interrupt)
-    view = view or LiveView(sink, throttle=throttle, show_thinking=show_thinking, title=title)
-    if tools is not None:
-        stream = agent.stream_with_tools(payload, tools, events=True, **overrides)
-    else:
-        stream = agent.stream(payload, events=True, **overrides)
-    view.start()
+    view, stream = _start(agent, payload, on_interrupt, view, tools, overrides,
+                          sink=sink, throttle=throttle, show_thinking=show_thinking, title=title)
     pump = _AsyncIterPump(stream, on_cancel=stream.cancel).start()
     interrupt: KeyboardInterrupt | None = None
     while True:
