@@ -239,6 +239,8 @@ class SyncAgent:
         return f"SyncAgent({self.agent!r})"
 
     def __getattr__(self, name: str) -> Any:
+        if name == "agent":  # not set yet (e.g. while copying): no recursion
+            raise AttributeError(name)
         return getattr(self.agent, name)
 
     def invoke(self, payload: Any, **overrides: Any) -> Any:
