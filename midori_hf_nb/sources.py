@@ -128,16 +128,24 @@ def cache_root() -> Path:
     return base / "midori-hf-nb"
 
 
+_FINGERPRINT_BYTES = 1 << 20
+
+
 def gguf_cache_dir(gguf_path: str | os.PathLike) -> Path:
     """Where the safetensors conversion of ``gguf_path`` lives.
 
-    The folder name carries the file's stem and a digest of its absolute path, size and
-    modification time, so a changed file gets a fresh conversion.
+    The folder name carries the file's stem and a digest of its content (size, first and last
+    MiB), so the same file installed in several environments shares one conversion and a
+    changed file gets a fresh one.
     """
     path = Path(gguf_path).resolve()
-    stat = path.stat()
-    digest = hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_root() / "gguf" / f"{path.stem}-{digest}"
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as fh:
+        digest.update(fh.read(_FINGERPRINT_BYTES))
+        fh.seek(max(0, size - _FINGERPRINT_BYTES))
+        digest.update(fh.read(_FINGERPRINT_BYTES))
+    return cache_root() / "gguf" / f"{path.stem}-{digest.hexdigest()[:16]}"
 
 
 def hub_offline() -> bool:

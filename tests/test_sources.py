@@ -143,3 +143,15 @@ def test_fake_hub_cache_loads_hub_id_offline(tmp_path, monkeypatch, tiny_model):
     assert Path(agent.loaded_model.path) == Path("acme/tiny-chat")
     assert response.metadata["completion_tokens"] >= 1
     run(agent.unload_model())
+
+
+def test_cache_key_follows_content_not_location(tmp_path):
+    original = default_model_path()
+    copy = tmp_path / "elsewhere" / original.name
+    copy.parent.mkdir()
+    shutil.copyfile(original, copy)
+    assert gguf_cache_dir(copy) == gguf_cache_dir(original)
+    with copy.open("r+b") as fh:  # a changed file gets its own conversion
+        fh.seek(-4, os.SEEK_END)
+        fh.write(b"\0\0\0\1")
+    assert gguf_cache_dir(copy) != gguf_cache_dir(original)
