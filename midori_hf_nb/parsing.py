@@ -223,30 +223,73 @@ def _opens_string(text: str, index: int, in_json: bool) -> bool:
     return _prev_significant(text, index) in ("", "(", "[", "{", ",", "=", ":")
 
 
-def _balanced_end(text: str, start: int) -> int:
-    """Index just past the bracket closing the one at ``start``; -1 if it never closes."""
-    pairs = {"{": "}", "[": "]", "(": ")"}
-    stack = [pairs[text[start]]]
-    quote: str | None = None
-    i = start + 1
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            if ch == "\\":
-                i += 2
-                continue
-            if ch == quote:
-                quote = None
-        elif ch in "\"'" and _opens_string(text, i, stack[-1] != ")"):
-            quote = ch
-        elif ch in pairs:
-            stack.append(pairs[ch])
-        elif ch == stack[-1]:
-            stack.pop()
-            if not stack:
-                return i + 1
-        i += 1
-    return -1
+_PAIRS = {"{": "}", "[": "]", "(": ")"}
+
+
+class _BracketScan:
+    """String-aware matching of the bracket at ``origin``, resumable as ``text`` grows.
+
+    Every bracket opened inside is matched on the way; :attr:`ends` maps each opening
+    position to the index just past its closer (-1 for those still open).
+    """
+
+    def __init__(self, origin: int) -> None:
+        self.origin = origin
+        self.pos = origin + 1
+        self.stack: list[tuple[str, int]] = []
+        self.quote: str | None = None
+        self.ends: dict[int, int] = {}
+
+    def end(self, text: str) -> int:
+        """Index just past the closer of the bracket at ``origin``; -1 while it is open."""
+        if not self.stack and self.pos == self.origin + 1:
+            self.stack.append((_PAIRS[text[self.origin]], self.origin))
+        if not self.stack:
+            return self.ends[self.origin]
+        stack, quote, i = self.stack, self.quote, self.pos
+        while i < len(text):
+            ch = text[i]
+            if quote:
+                if ch == "\\":
+                    if i + 1 >= len(text):
+                        break  # the escaped character has not arrived yet
+                    i += 2
+                    continue
+                if ch == quote:
+                    quote = None
+            elif ch in "\"'" and _opens_string(text, i, stack[-1][0] != ")"):
+                quote = ch
+            elif ch in _PAIRS:
+                stack.append((_PAIRS[ch], i))
+            elif ch == stack[-1][0]:
+                self.ends[stack.pop()[1]] = i + 1
+                if not stack:
+                    self.pos, self.quote = i + 1, None
+                    return i + 1
+            i += 1
+        self.pos, self.quote = i, quote
+        return -1
+
+    def finish(self) -> dict[int, int]:
+        """:attr:`ends`, with the brackets still open at the end of the text marked -1."""
+        for _, opened in self.stack:
+            self.ends.setdefault(opened, -1)
+        return self.ends
+
+
+def _balanced_end(text: str, start: int, cache: dict[int, int] | None = None) -> int:
+    """Index just past the bracket closing the one at ``start``; -1 if it never closes.
+
+    With ``cache``, the ends of all brackets met on the way are kept there, so scanning many
+    nested or unclosed brackets of one text stays linear.
+    """
+    if cache is not None and start in cache:
+        return cache[start]
+    scan = _BracketScan(start)
+    end = scan.end(text)
+    if cache is not None:
+        cache.update(scan.finish())
+    return end
 
 
 # ---- TOOL_CALL: name(arg=value, ...)
@@ -431,6 +474,7 @@ def parse_tool_calls_detailed(text: str) -> ToolCallParse:
             errors.append(error or "unreadable TOOL_CALL")
 
     # 3. JSON in prose or fences: {"tool_calls": [...]}, a bare call object, or a list of call objects.
+    ends: dict[int, int] = {}
     i = 0
     while True:
         match = _JSON_START_RE.search(text, i)
@@ -440,7 +484,7 @@ def parse_tool_calls_detailed(text: str) -> ToolCallParse:
         if _inside(start, remove) or _inside(start, code):
             i = start + 1
             continue
-        end = _balanced_end(text, start)
+        end = _balanced_end(text, start, ends)
         raw = text[start:] if end < 0 else text[start:end]
         if end < 0:
             if _looks_like_call(raw):
@@ -553,10 +597,18 @@ class StreamSplitter:
         self._held_space = ""
         self._in_code = False  # inside a code fence: no tool-call detection until it closes
         self._prev = ""  # the last character passed on (word boundary of TOOL_CALL)
+        self._scan: _BracketScan | None = None  # the held candidate's bracket scan
+        self._waiting: str | None = None  # the kind of candidate held at the start of the buffer
+        self._after_tool = False  # a tool piece went out since the last answer text
+        self._find_from = 0  # where to resume looking for a closing fence or tag in the held buffer
 
     def _emit_text(self, text: str, out: list[StreamPiece]) -> None:
         if text:
             self._prev = text[-1]
+        if self._after_tool and self._held_space and text[:1] in (" ", "\t"):
+            text = text.lstrip(" \t")  # no doubled space where a call was taken out
+        if text.strip():
+            self._after_tool = False
         if not self._answer_started:
             text = text.lstrip()
             if not text:
@@ -581,6 +633,7 @@ class StreamSplitter:
         if parse.calls or parse.errors:
             out.append(StreamPiece("tool", text, parse))
             self._prev = text[-1:]
+            self._after_tool = True
             if parse.text:  # e.g. the rest of the line after an unclosed TOOL_CALL
                 self._emit_text(parse.text, out)
         else:
@@ -635,7 +688,7 @@ class StreamSplitter:
         if kind == "toolcall":
             head = _TOOL_CALL_HEAD_RE.match(buffer)
             if head and head.group(2):
-                end = _balanced_end(buffer, head.end() - 1)
+                end = self._scan_end(head.end() - 1)
                 if end < 0:
                     return None
                 self._emit_candidate(buffer[:end], out)
@@ -652,12 +705,16 @@ class StreamSplitter:
                 self._emit_text(buffer[: head.end()], out)
                 self._in_code = True
                 return head.end()
-            close = buffer.find("```", head.end())
+            close = buffer.find("```", max(head.end(), self._find_from))
             if close < 0:
+                self._find_from = max(head.end(), len(buffer) - 2)
                 return None
             self._emit_candidate(buffer[: close + 3], out)
             return close + 3
         # json: "{" before a key, "[" before "{", or Mistral's "[TOOL_CALLS]" before either
+        if not _JSON_CANDIDATE_RE.match(buffer):  # what followed the bracket rules it out
+            self._emit_text(buffer[0], out)
+            return 1
         start = 0
         if buffer[:len(_MISTRAL_MARKER)] == _MISTRAL_MARKER[:len(buffer)] and buffer[1:2] != "{":
             if len(buffer) <= len(_MISTRAL_MARKER):
@@ -669,28 +726,47 @@ class StreamSplitter:
             if buffer[start] not in "[{":
                 self._emit_text(_MISTRAL_MARKER, out)
                 return len(_MISTRAL_MARKER)
-        end = _balanced_end(buffer, start)
+        end = self._scan_end(start)
         if end < 0:
             return None
         self._emit_candidate(buffer[:end], out)
         return end
+
+    def _consume(self, count: int) -> None:
+        """Drop the first ``count`` characters of the buffer (they have been emitted)."""
+        if count:
+            self._buffer = self._buffer[count:]
+            self._scan = None  # positions were relative to the old buffer
+            self._waiting = None
+            self._find_from = 0
+
+    def _scan_end(self, origin: int) -> int:
+        """Where the bracket at ``origin`` of the buffer closes (-1: not yet), resuming earlier scans."""
+        if self._scan is None or self._scan.origin != origin:
+            self._scan = _BracketScan(origin)
+        return self._scan.end(self._buffer)
 
     def feed(self, piece: str) -> list[StreamPiece]:
         """Add streamed text; return the pieces that are now certain."""
         out: list[StreamPiece] = []
         self._buffer += piece
         while self._buffer:
-            lower = self._buffer.lower()
+            if self._mode == "text" and self._waiting:  # a held candidate: only it can change
+                used = self._candidate(self._waiting, self._buffer, out)
+                if used is None:
+                    return out
+                self._consume(used)
+                continue
             if self._mode == "text" and self._in_code:
                 close = self._buffer.find("```")
                 if close < 0:
                     ticks = len(self._buffer) - len(self._buffer.rstrip("`"))
                     cut = len(self._buffer) - (ticks if ticks < 3 else 0)
                     self._emit_text(self._buffer[:cut], out)
-                    self._buffer = self._buffer[cut:]
+                    self._consume(cut)
                     return out
                 self._emit_text(self._buffer[: close + 3], out)
-                self._buffer = self._buffer[close + 3:]
+                self._consume(close + 3)
                 self._in_code = False
                 continue
             if self._mode == "text":
@@ -698,37 +774,42 @@ class StreamSplitter:
                 if marker is None:
                     cut = self._safe_cut(self._buffer)
                     self._emit("text", self._buffer[:cut], out)
-                    self._buffer = self._buffer[cut:]
+                    self._consume(cut)
                     return out
                 index, tag = marker
                 self._emit("text", self._buffer[:index], out)
-                self._buffer = self._buffer[index:]
+                self._consume(index)
                 if tag in self._open_tags:
                     self._mode = self._open_tags[tag]
                     self._close = "</" + tag[1:]
-                    self._buffer = self._buffer[len(tag):]
+                    self._consume(len(tag))
                     continue
                 used = self._candidate(tag, self._buffer, out)
                 if used is None:
-                    return out  # wait for the rest of the candidate
-                self._buffer = self._buffer[used:]
+                    self._waiting = tag  # wait for the rest of the candidate
+                    return out
+                self._consume(used)
                 continue
             closes = [f"</{t}>" for t in REASONING_TAGS] if self._close == "</" else [self._close]
-            hits = [(lower.find(tag), tag) for tag in closes if tag in lower]
+            start = self._find_from
+            lower = self._buffer[start:].lower()
+            hits = [(lower.find(tag) + start, tag) for tag in closes if tag in lower]
             if hits:
                 index, tag = min(hits)
+                self._find_from = 0
                 if self._mode == "tool":
                     self._emit_candidate(f"<tool_call>{self._buffer[: index + len(tag)]}", out)
                 else:
                     self._emit(self._mode, self._buffer[:index], out)
                 self._mode, self._close = "text", None
-                self._buffer = self._buffer[index + len(tag):]
+                self._consume(index + len(tag))
                 continue
             if self._mode == "tool":
+                self._find_from = max(0, len(self._buffer) - len(self._close) + 1)
                 return out  # withheld until the block closes
             cut = self._partial_tag_start(self._buffer, closes)
             self._emit(self._mode, self._buffer[:cut], out)
-            self._buffer = self._buffer[cut:]
+            self._consume(cut)
             return out
         return out
 

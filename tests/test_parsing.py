@@ -286,3 +286,14 @@ def test_stream_splitter_starting_inside_thinking():
     splitter = StreamSplitter(start_in_thinking=True)
     pieces = splitter.feed("still thinking</th") + splitter.feed("ink>answer") + splitter.finish()
     assert [(p.kind, p.text) for p in pieces] == [("thinking", "still thinking"), ("text", "answer")]
+
+
+def test_stream_splitter_holds_a_brace_only_while_it_may_open_a_call():
+    splitter = StreamSplitter(tools=True)
+    assert "".join(p.text for p in splitter.feed("Use {")) == "Use"
+    assert "".join(p.text for p in splitter.feed(" to open")) == " { to open"  # not JSON: released at once
+    held = splitter.feed(' {"name": "a", "arguments": ')
+    assert "".join(p.text for p in held) == ""  # may be a call: held until it closes
+    pieces = splitter.feed("{}} done") + splitter.finish()
+    assert [(p.kind, p.text) for p in pieces][1:] == [("text", " done")]
+    assert pieces[0].kind == "tool" and pieces[0].parse.calls[0]["name"] == "a"
