@@ -187,6 +187,20 @@ class AgentStream:
             events.append(StreamEvent("tool_call", call["name"], call))
         return events
 
+    @staticmethod
+    async def _drain(queue: "asyncio.Queue[tuple[str, Any]]") -> "GenerationResult | None":
+        """After a stop request: wait (briefly) for the generation's final result."""
+        try:
+            async with asyncio.timeout(60):
+                while True:
+                    kind, value = await queue.get()
+                    if kind == "done":
+                        return value
+                    if kind == "error":
+                        return None
+        except (TimeoutError, asyncio.CancelledError):
+            return None
+
     async def _run(self) -> AsyncIterator[StreamEvent]:
         agent = self._agent
         call_config, settings = agent._call_settings(self._overrides)
@@ -204,7 +218,16 @@ class AgentStream:
         live.start()
         try:
             while True:
-                kind, value = await live.queue.get()
+                try:
+                    kind, value = await live.queue.get()
+                except asyncio.CancelledError:
+                    # The consuming task was cancelled: stop, keep the partial answer, re-raise.
+                    self._stop.set()
+                    result = await self._drain(live.queue)
+                    if result is not None:
+                        self.response = agent._response(lm, prompt, result, settings, self._payload,
+                                                        self._schemas, time.perf_counter() - wall_start)
+                    raise
                 if kind == "text":
                     for piece in splitter.feed(value):
                         for event in self._piece_events(piece, live_calls):
@@ -417,7 +440,9 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
 
         Per-call ``overrides``: ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``,
         ``do_sample``, ``greedy`` (True means ``do_sample=False``), ``seed``, and any
-        ``generate()`` option (e.g. ``logits_processor``, ``stop_strings``).
+        ``generate()`` option (e.g. ``logits_processor``, ``stop_strings``). A ``temperature``
+        above 0 given without ``do_sample`` or ``greedy`` turns sampling on for the call.
+        Cancelling the calling task stops the generation within a token.
         """
         return await AgentStream(self, payload, events=True, overrides=overrides).collect()
 
@@ -520,6 +545,8 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
                 raise ValueError(f"greedy={greedy!r} is not allowed: expected true or false")
             overrides["do_sample"] = not greedy
         fields = {k: overrides.pop(k) for k in CONFIG_OVERRIDES if k in overrides}
+        if fields.get("temperature") and "do_sample" not in fields:
+            fields["do_sample"] = True  # asking for a temperature > 0 asks for sampling
         config = self._config.replace(**fields) if fields else self._config
         from .engine import GenerationSettings
 

@@ -197,6 +197,41 @@ def test_cancelling_the_task_stops_generation(default_agent, payload):
     assert wait_for_no_generation_threads() == []
 
 
+def test_cancelled_consumer_keeps_the_partial_response(default_agent, payload):
+    async def scenario():
+        await default_agent.load()
+        stream = default_agent.stream(payload("Write a very long essay about the history of Rome."),
+                                      max_new_tokens=400)
+
+        async def consume():
+            async for _ in stream:
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(1.0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return stream.response
+
+    response = run(scenario())
+    assert response is not None
+    assert response.metadata["finish_reason"] == "cancelled"
+    assert 0 < response.metadata["completion_tokens"] < 400 and response.response
+    assert wait_for_no_generation_threads() == []
+
+
+def test_temperature_override_turns_sampling_on(tiny_model, payload):
+    agent = HuggingFaceLocalAgent(model=str(tiny_model), do_sample=False, max_new_tokens=3, progress=False)
+    greedy = run(agent.invoke(payload("q")))
+    sampled = run(agent.invoke(payload("q"), temperature=1.5, seed=1))
+    forced_greedy = run(agent.invoke(payload("q"), temperature=1.5, greedy=True))
+    assert greedy.metadata["do_sample"] is False
+    assert sampled.metadata["do_sample"] is True and sampled.metadata["temperature"] == 1.5
+    assert forced_greedy.metadata["do_sample"] is False
+    run(agent.unload_model())
+
+
 def test_reasoning_tags_extracted_including_unclosed(tiny_model, payload):
     agent = HuggingFaceLocalAgent(model=str(tiny_model), do_sample=False, max_new_tokens=40, progress=False)
 
