@@ -1,0 +1,215 @@
+"""The chat panel in a real browser: JupyterLab on 127.0.0.1, driven by headless Chromium through playwright.
+
+The test writes a notebook into a temporary folder, starts JupyterLab on a free port with a
+token (temporary config, runtime and data folders; the news pop-up disabled), opens the
+notebook in Debian's ``/usr/bin/chromium`` (never a downloaded browser), runs the cell that
+shows a :class:`~midori_hf_nb.notebook.ChatPanel` on the offline default model, types a
+question, presses Send and checks that the answer streams into the page; then presses Clear,
+sends a long request with Enter, presses Stop and checks that the panel shows the answer as stopped.
+Screenshots go to ``tests/artifacts/chat_panel_answer.png`` (the streamed answer) and
+``tests/artifacts/chat_panel.png`` (the stopped answer). The server and its kernels are stopped
+at the end, whatever happened.
+
+Skipped (with a message) only where Chromium is not installed: ``make browser`` installs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TOKEN = "midori-browser-test-token"
+QUESTION = "What is the capital of France?"
+LONG_REQUEST = "Count from 1 to 500, one number per line."
+
+SETUP_CELL = """\
+from midori_hf_nb import DEFAULT_MODEL, HuggingFaceLocalAgent
+from midori_hf_nb.notebook import ChatPanel
+
+agent = HuggingFaceLocalAgent(model=DEFAULT_MODEL, progress=False)
+panel = ChatPanel(agent, system_prompt="You are a helpful assistant.", greedy=True, max_new_tokens=600)
+panel
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_notebook(folder: Path) -> Path:
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook(metadata={
+        "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}})
+    notebook.cells = [nbformat.v4.new_code_cell(SETUP_CELL)]
+    path = folder / "chat.ipynb"
+    nbformat.write(notebook, path)
+    return path
+
+
+def stop_process_tree(proc: subprocess.Popen) -> None:
+    """Stop the server, its process group and every child it started (kernels run in their own sessions)."""
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    for child in children:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(children, timeout=10)
+
+
+@pytest.fixture
+def jupyter_lab(tmp_path):
+    """A JupyterLab server serving a fresh notebook; yields ``(base_url, notebook_name)``."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"Chromium is not installed at {CHROMIUM}: run `make browser` (Debian packages chromium "
+                    "and chromium-driver) to run the real-browser test")
+    root = tmp_path / "root"
+    root.mkdir()
+    notebook = write_notebook(root)
+    env = dict(os.environ)
+    for name, folder in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_RUNTIME_DIR", "runtime"),
+                         ("JUPYTER_DATA_DIR", "data"), ("IPYTHONDIR", "ipython")):
+        env[name] = str(tmp_path / folder)
+        (tmp_path / folder).mkdir()
+    settings = tmp_path / "config" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    log = open(tmp_path / "jupyter.log", "wb")
+    proc = None
+    try:
+        for _attempt in range(3):  # a port taken between choosing and binding: choose another
+            port = free_port()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--ip", "127.0.0.1",
+                 "--port", str(port), "--ServerApp.port_retries=0", f"--ServerApp.token={TOKEN}",
+                 f"--ServerApp.root_dir={root}", "--LabApp.news_url=None"],
+                cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 180
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(f"{base}/api/status?token={TOKEN}", timeout=5) as reply:
+                        if reply.status == 200:
+                            break
+                except OSError:
+                    time.sleep(0.5)
+            if proc.poll() is None and time.monotonic() < deadline:
+                break
+            stop_process_tree(proc)
+        else:
+            pytest.fail("JupyterLab did not start: " + (tmp_path / "jupyter.log").read_text(errors="replace")[-3000:])
+        yield base, notebook.name
+    finally:
+        if proc is not None:
+            stop_process_tree(proc)
+        log.close()
+
+
+def test_chat_panel_in_jupyterlab(jupyter_lab, artifacts_dir):
+    from playwright.sync_api import expect, sync_playwright
+
+    base, name = jupyter_lab
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            page.set_default_timeout(120_000)
+            page.goto(f"{base}/lab/tree/{name}?token={TOKEN}&reset")
+            page.wait_for_selector(".jp-NotebookPanel .jp-Cell .cm-content")
+            expect(page.get_by_role("button", name=re.compile(r"Python 3 \(ipykernel\) \| Idle"))).to_be_visible()
+            page.locator(".jp-NotebookPanel .jp-Cell .cm-content").first.click()
+            page.keyboard.press("Shift+Enter")
+
+            output = page.locator(".jp-NotebookPanel .jp-OutputArea").first
+            box = output.locator('textarea[placeholder^="Message"]')
+            expect(box).to_be_visible()
+
+            def button(label: str):
+                return output.locator("button.jupyter-button", has_text=label)
+
+            # 1. a question, sent with the Send button; the answer streams into the page
+            box.fill(QUESTION)
+            button("Send").click()
+            live = output.locator(".midori-stream .midori-answer")
+            answers = output.locator(".midori-chat-assistant .midori-answer")
+            partial_views: list[str] = []
+            deadline = time.monotonic() + 300
+            while answers.count() < 1 and time.monotonic() < deadline:
+                if live.count():
+                    try:
+                        text = live.first.inner_text(timeout=1000)
+                    except Exception:  # the live view was replaced by the finished message meanwhile
+                        text = ""
+                    if text.endswith("▌") and text[:-1].strip():
+                        partial_views.append(text[:-1])
+                page.wait_for_timeout(50)
+            expect(answers.first).to_be_visible()
+            final = answers.first.inner_text()
+            assert "Paris" in final
+            assert partial_views, "no partial answer was seen while the answer streamed"
+            assert all(final.startswith(p.rstrip()) for p in partial_views)
+            expect(output.locator(".midori-chat-status")).to_contain_text("done")
+            assert QUESTION in output.locator(".midori-chat-user").first.inner_text()
+            output.scroll_into_view_if_needed()
+            page.screenshot(path=str(artifacts_dir / "chat_panel_answer.png"))
+
+            # 2. Clear, then a long request sent with Enter; Stop ends it and the panel shows it as stopped
+            button("Clear").click()
+            expect(output.locator(".midori-chat-empty")).to_be_visible()
+            box.fill(LONG_REQUEST)
+            box.press("End")
+            box.press("Enter")
+            expect(button("Stop")).to_be_enabled()
+            expect(live).to_contain_text("3", timeout=300_000)
+            started_stop = time.monotonic()
+            button("Stop").click()
+            expect(output.locator(".midori-chat-stopped")).to_be_visible(timeout=60_000)
+            stop_seconds = time.monotonic() - started_stop
+            expect(output.locator(".midori-chat-status")).to_contain_text("stopped")
+            expect(button("Send")).to_be_enabled()
+            expect(button("Stop")).to_be_disabled()
+            assert box.input_value() == ""
+            stopped = answers.first.inner_text()
+            assert stopped.startswith("1") and "cancelled" in output.locator(".midori-chat-assistant").first.inner_text()
+            page.wait_for_timeout(1500)
+            assert answers.first.inner_text() == stopped  # nothing more arrives after Stop
+            assert stop_seconds < 60
+
+            output.scroll_into_view_if_needed()
+            page.screenshot(path=str(artifacts_dir / "chat_panel.png"))
+        finally:
+            browser.close()
