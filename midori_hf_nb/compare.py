@@ -459,6 +459,16 @@ def compare(
     interrupted = False
     bar = tqdm(total=total, desc="compare", unit="row", disable=not progress)
 
+    def record(job: tuple, response: Any, exc: BaseException | None, size: int, number: int,
+               batch_seed: int | None) -> dict[str, Any]:
+        row = rows[job[0]]
+        if exc is None:
+            row.update(_row_from_response(response))
+        else:
+            row.update(status=STATUS_ERROR, error=f"{type(exc).__name__}: {exc}")
+        row.update(seed=batch_seed, batch=number, batch_size=size)
+        return row
+
     def run_batch(agent: "HuggingFaceLocalAgent", batch: list[tuple[int, int, int, AgentPayload]],
                   setting: dict[str, Any], batch_seed: int | None) -> list[dict[str, Any]]:
         overrides = dict(setting)
@@ -466,31 +476,19 @@ def compare(
             overrides["seed"] = batch_seed
         try:
             responses = agent.generate_batch([job[3] for job in batch], tools=tools, **overrides)
-            outcomes = [(resp, None) for resp in responses]
-            sizes = [len(batch)] * len(batch)
-            numbers = [next(batch_counter)] * len(batch)
         except Exception as exc:
             if len(batch) == 1:
-                outcomes, sizes, numbers = [(None, exc)], [1], [next(batch_counter)]
-            else:  # isolate the failing rows
-                outcomes, sizes, numbers = [], [], []
-                for job in batch:
-                    try:
-                        outcomes.append((agent.generate_batch([job[3]], tools=tools, **overrides)[0], None))
-                    except Exception as single_exc:
-                        outcomes.append((None, single_exc))
-                    sizes.append(1)
-                    numbers.append(next(batch_counter))
-        finished = []
-        for job, (resp, exc), size, number in zip(batch, outcomes, sizes, numbers):
-            row = rows[job[0]]
-            if resp is not None:
-                row.update(_row_from_response(resp))
-            else:
-                row.update(status=STATUS_ERROR, error=f"{type(exc).__name__}: {exc}")
-            row.update(seed=batch_seed, batch=number, batch_size=size)
-            finished.append(row)
-        return finished
+                return [record(batch[0], None, exc, 1, next(batch_counter), batch_seed)]
+            finished = []
+            for job in batch:  # isolate the failing rows; each finished row is kept at once
+                try:
+                    response, error = agent.generate_batch([job[3]], tools=tools, **overrides)[0], None
+                except Exception as single_exc:
+                    response, error = None, single_exc
+                finished.append(record(job, response, error, 1, next(batch_counter), batch_seed))
+            return finished
+        number = next(batch_counter)
+        return [record(job, response, None, len(batch), number, batch_seed) for job, response in zip(batch, responses)]
 
     try:
         for m, (label, agent) in enumerate(agents):
@@ -534,7 +532,8 @@ def compare(
     finally:
         bar.close()
     if interrupted:
-        warnings.warn(f"compare was interrupted: {total - done} of {total} rows were not run",
+        not_run = sum(row["status"] == STATUS_NOT_RUN for row in rows)
+        warnings.warn(f"compare was interrupted: {not_run} of {total} rows were not run",
                       RuntimeWarning, stacklevel=2)
     frame = _frame(rows, names, [c.name for c in check_list])
     frame.attrs.update(interrupted=interrupted, seed=seed)

@@ -369,3 +369,27 @@ def test_export_round_trip(tiny_model, tmp_path):
     for col in ["model", "prompt", "system", "response", "status", "check: contains 'Line'", "passed"]:
         pd.testing.assert_series_equal(back[col], df[col], obj=col)
     assert back.attrs["settings_columns"] == df.attrs["settings_columns"]
+
+
+def test_thinking_and_tool_call_columns(tiny_tools_model):
+    from transformers import AutoTokenizer
+
+    def get_weather(city: str) -> str:
+        """Weather report for a city.
+
+        Args:
+            city: the city's name.
+        """
+        return f"sunny in {city}"
+
+    text = '<think>The user wants weather.</think><tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+    scripted = ScriptedOutput(AutoTokenizer.from_pretrained(tiny_tools_model), text)
+    agent = HuggingFaceLocalAgent(str(tiny_tools_model), progress=False, logits_processor=[scripted])
+    df = compare(["Weather in Paris?", "And now?"], settings={"max_new_tokens": [60]}, models=agent,
+                 tools=[get_weather], progress=False)
+    assert (df["status"] == "ok").all()
+    assert df["thinking"].tolist() == ["The user wants weather."] * 2
+    for calls in df["tool_calls"]:
+        assert [(c["name"], c["arguments"]) for c in calls] == [("get_weather", {"city": "Paris"})]
+    no_tools = compare(["Weather in Paris?"], settings={"max_new_tokens": [60]}, models=agent, progress=False)
+    assert no_tools["tool_calls"].isna().all()  # calls are parsed only when tools are offered

@@ -213,7 +213,16 @@ def results_view(df: "pd.DataFrame", *, width: str = "30em", columns: list[str] 
         return ["" if v == STATUS_OK else (FAIL_STYLE if v == "error" else MUTED_STYLE) for v in column]
 
     styler = view.style.format(escape="html", precision=2, na_rep="").format_index(escape="html", axis=1) \
-        .hide(axis="index").set_table_styles(_cell_css(width))
+        .hide(axis="index").set_table_styles([
+            {"selector": "td", "props": "vertical-align: top; text-align: left; padding: 4px 8px;"},
+            {"selector": "th", "props": "vertical-align: bottom; text-align: left; padding: 4px 8px;"},
+        ])
+    text = [c for c in columns if c in ("model", "prompt", "system", "response", "thinking", "error")]
+    if text:
+        styler = styler.set_properties(subset=text, **{"white-space": "pre-wrap", "word-break": "break-word",
+                                                       "max-width": width, "min-width": "8em"})
+    if "response" in columns:
+        styler = styler.set_properties(subset=["response"], **{"min-width": "18em"})
     if verdict_columns:
         styler = styler.apply(verdict_css, subset=verdict_columns)
     if "status" in columns:
