@@ -48,6 +48,16 @@ panel
 """
 
 
+#: Installed on the output area: records the text of the live answer view at every DOM change.
+RECORD_LIVE_TEXT = """(root) => {
+    window.midoriLiveTexts = [];
+    new MutationObserver(() => {
+        root.querySelectorAll('.midori-stream .midori-answer').forEach(
+            (el) => window.midoriLiveTexts.push(el.textContent));
+    }).observe(root, {subtree: true, childList: true, characterData: true});
+}"""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -161,27 +171,20 @@ def test_chat_panel_in_jupyterlab(jupyter_lab, artifacts_dir):
             def button(label: str):
                 return output.locator("button.jupyter-button", has_text=label)
 
-            # 1. a question, sent with the Send button; the answer streams into the page
+            # 1. a question, sent with the Send button; the answer streams into the page.
+            # A MutationObserver records every text the live (streaming) view shows, so no state is missed.
+            output.evaluate(RECORD_LIVE_TEXT)
             box.fill(QUESTION)
             button("Send").click()
             live = output.locator(".midori-stream .midori-answer")
             answers = output.locator(".midori-chat-assistant .midori-answer")
-            partial_views: list[str] = []
-            deadline = time.monotonic() + 300
-            while answers.count() < 1 and time.monotonic() < deadline:
-                if live.count():
-                    try:
-                        text = live.first.inner_text(timeout=1000)
-                    except Exception:  # the live view was replaced by the finished message meanwhile
-                        text = ""
-                    if text.endswith("▌") and text[:-1].strip():
-                        partial_views.append(text[:-1])
-                page.wait_for_timeout(50)
-            expect(answers.first).to_be_visible()
+            expect(answers.first).to_be_visible(timeout=300_000)
             final = answers.first.inner_text()
             assert "Paris" in final
-            assert partial_views, "no partial answer was seen while the answer streamed"
-            assert all(final.startswith(p.rstrip()) for p in partial_views)
+            seen = page.evaluate("window.midoriLiveTexts")
+            partial_views = [t[:-1] for t in seen if t.endswith("▌") and t[:-1].strip()]
+            assert partial_views, f"no partial answer was shown while the answer streamed: {seen!r}"
+            assert all(final.startswith(p.rstrip()) for p in partial_views), (partial_views, final)
             expect(output.locator(".midori-chat-status")).to_contain_text("done")
             assert QUESTION in output.locator(".midori-chat-user").first.inner_text()
             output.scroll_into_view_if_needed()
