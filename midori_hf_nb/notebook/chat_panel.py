@@ -330,7 +330,8 @@ class ChatPanel:
         if execute_tools and not tools:
             raise ValueError("ChatPanel(execute_tools=True) needs tools=[...]: the tools that may run")
         if isinstance(max_tool_steps, bool) or not isinstance(max_tool_steps, int) or max_tool_steps < 1:
-            raise ValueError(f"ChatPanel(max_tool_steps={max_tool_steps!r}) is not allowed: expected a positive integer")
+            raise ValueError(f"ChatPanel(max_tool_steps={max_tool_steps!r}) is not allowed: "
+                             "expected a positive integer")
         if isinstance(throttle, bool) or not isinstance(throttle, (int, float)) or throttle < 0:
             raise ValueError(f"ChatPanel(throttle={throttle!r}) is not allowed: expected seconds >= 0")
         if not isinstance(system_prompt, str):
