@@ -127,3 +127,9 @@ def test_formatter_registered_by_the_extension(hostile_response):
         unregister_formatters(shell)
     data, _ = shell.display_formatter.format(hostile_response)
     assert "text/html" not in data
+
+
+def test_markdown_escaping_keeps_quotes_readable():
+    from midori_hf_nb.notebook.display import escape_markdown
+
+    assert escape_markdown("I'm \"here\" <b>") == "I'm \"here\" &lt;b&gt;"

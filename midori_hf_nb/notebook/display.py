@@ -39,8 +39,12 @@ def escape(text: Any) -> str:
 
 
 def escape_markdown(text: Any) -> str:
-    """Escape text for Markdown: HTML-escape it, then backslash-escape Markdown punctuation."""
-    return _MD_SPECIAL.sub(r"\\\1", escape(text))
+    """Escape text for Markdown: HTML-escape ``<``, ``>`` and ``&`` (quotes need nothing outside
+    attributes), then backslash-escape Markdown punctuation."""
+    if text is None:
+        return ""
+    plain = html.escape(text if isinstance(text, str) else str(text), quote=False)
+    return _MD_SPECIAL.sub(r"\\\1", plain)
 
 
 def compact_json(value: Any, limit: int = 400) -> str:
