@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .agent import AgentStream, HuggingFaceLocalAgent, StreamEvent
+from .agent import AgentStream, HuggingFaceLocalAgent, StreamEvent, ToolLoopStream
 from .compare import compare
 from .config import ConfigError, HuggingFaceConfig
 from .factory import get_agent, get_agent_from_config
@@ -41,6 +41,7 @@ __all__ = [
     "ModelSourceError",
     "ReasoningEffort",
     "StreamEvent",
+    "ToolLoopStream",
     "ToolSchemaError",
     "compare",
     "extract_reasoning",

@@ -42,10 +42,11 @@ CONFIG_OVERRIDES = ("max_new_tokens", "temperature", "top_p", "top_k", "do_sampl
 
 @dataclass
 class StreamEvent:
-    """A typed piece of a stream: ``kind`` is ``"text"``, ``"thinking"``, ``"tool_call"`` or ``"done"``.
+    """A typed piece of a stream: ``kind`` is ``"text"``, ``"thinking"``, ``"tool_call"``,
+    ``"tool_result"`` (tool loops only) or ``"done"``.
 
-    ``text`` carries the piece; ``data`` the parsed call (``tool_call``) or the final
-    :class:`AgentResponse` (``done``).
+    ``text`` carries the piece; ``data`` the parsed call (``tool_call``), the executed step's
+    record (``tool_result``) or the final :class:`AgentResponse` (``done``).
     """
 
     kind: str
@@ -262,6 +263,103 @@ def _adopt_live_ids(calls: list[dict], live_calls: list[dict]) -> list[dict]:
             call["id"] = match["id"]
     unique_ids(calls)
     return missing
+
+
+class ToolLoopStream:
+    """An async iterator over an opt-in tool loop (see :meth:`HuggingFaceLocalAgent.stream_tools`).
+
+    :attr:`steps` lists the executed calls so far, also when the loop is stopped or its task
+    cancelled; :attr:`response` holds the final response once the loop has ended.
+    :meth:`cancel` stops the current generation and ends the loop without running further calls.
+    """
+
+    def __init__(self, agent: "HuggingFaceLocalAgent", payload: AgentPayload, tools: list[Any], max_steps: int,
+                 overrides: dict[str, Any]) -> None:
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+            raise ValueError(f"run_tools: max_steps={max_steps!r} is not allowed: expected a positive integer")
+        self._agent = agent
+        self._payload = payload
+        self._schemas = tool_schemas(tools)
+        self._functions = callables_by_name(tools)
+        self._max_steps = max_steps
+        self._overrides = overrides
+        self._current: AgentStream | None = None
+        self._cancelled = False
+        self.steps: list[dict[str, Any]] = []
+        self.response: AgentResponse | None = None
+        self._iterator = self._run()
+
+    def __aiter__(self) -> "ToolLoopStream":
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        return await self._iterator.__anext__()
+
+    def cancel(self) -> None:
+        """Stop the running generation; calls not yet run are not run."""
+        self._cancelled = True
+        if self._current is not None:
+            self._current.cancel()
+
+    async def aclose(self) -> None:
+        self.cancel()
+        await self._iterator.aclose()
+
+    async def collect(self) -> AgentResponse:
+        """Run the loop to its end and return the final response."""
+        async for _ in self:
+            pass
+        assert self.response is not None
+        return self.response
+
+    async def _run(self) -> AsyncIterator[StreamEvent]:
+        agent = self._agent
+        offered = set(tool_names(self._schemas))
+        lm = await agent._ensure_loaded()
+        structured = template_supports_tools(lm.tokenizer)
+        continuation: list[dict] = []
+        thinking: list[str] = []
+        totals = {"prompt_tokens": 0, "completion_tokens": 0, "total_seconds": 0.0}
+        response: AgentResponse | None = None
+        step = 0
+        for step in range(1, self._max_steps + 1):
+            self._current = AgentStream(agent, self._payload, events=True, overrides=self._overrides,
+                                        schemas=self._schemas, continuation=list(continuation))
+            if self._cancelled:
+                self._current.cancel()
+            async for event in self._current:
+                if event.kind != "done":
+                    yield event
+            response = self._current.response
+            assert response is not None
+            meta = response.metadata or {}
+            for key in totals:
+                totals[key] += meta.get(key, 0) or 0
+            if response.thinking:
+                thinking.append(response.thinking)
+            calls = response.tool_calls or []
+            if not calls or step == self._max_steps or self._cancelled:
+                break
+            records = []
+            for call in calls:
+                record = await execute_call(step, call, self._functions, offered)
+                records.append(record)
+                self.steps.append(record.as_dict())
+                yield StreamEvent("tool_result", record.name, record.as_dict())
+            continuation.append(assistant_tool_call_message(response.response, calls, structured))
+            for record in records:
+                content = record.result if record.error is None else f"Error: {record.error}"
+                continuation.append(tool_result_message(content, record.name, record.call_id, structured))
+        assert response is not None
+        meta = dict(response.metadata or {})
+        meta.update(totals)
+        meta["tool_steps"] = list(self.steps)
+        meta["steps"] = step
+        meta["max_steps_reached"] = bool(response.tool_calls) and step == self._max_steps and not self._cancelled
+        response.metadata = meta
+        response.thinking = "\n\n".join(thinking)
+        self.response = response
+        yield StreamEvent("done", response.response, response)
 
 
 class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
@@ -489,46 +587,19 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         the model continues. The loop ends when the model answers without a call, or after
         ``max_steps`` generations (the last step's calls are then left unexecuted and
         ``metadata["max_steps_reached"]`` is True). ``metadata["tool_steps"]`` records every
-        executed call: step, name, arguments, id, result, error, seconds.
+        executed call: step, name, arguments, id, result, error, seconds. :meth:`stream_tools`
+        is the same loop as a stream of events.
         """
-        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-            raise ValueError(f"run_tools: max_steps={max_steps!r} is not allowed: expected a positive integer")
-        schemas = tool_schemas(tools)
-        functions = callables_by_name(tools)
-        offered = set(tool_names(schemas))
-        lm = await self._ensure_loaded()
-        structured = template_supports_tools(lm.tokenizer)
-        continuation: list[dict] = []
-        steps: list[dict] = []
-        thinking: list[str] = []
-        totals = {"prompt_tokens": 0, "completion_tokens": 0, "total_seconds": 0.0}
-        response: AgentResponse | None = None
-        for step in range(1, max_steps + 1):
-            response = await AgentStream(self, payload, events=True, overrides=overrides, schemas=schemas,
-                                         continuation=list(continuation)).collect()
-            meta = response.metadata or {}
-            for key in totals:
-                totals[key] += meta.get(key, 0) or 0
-            if response.thinking:
-                thinking.append(response.thinking)
-            calls = response.tool_calls or []
-            if not calls or step == max_steps:
-                break
-            records = [await execute_call(step, call, functions, offered) for call in calls]
-            steps.extend(r.as_dict() for r in records)
-            continuation.append(assistant_tool_call_message(response.response, calls, structured))
-            for record in records:
-                content = record.result if record.error is None else f"Error: {record.error}"
-                continuation.append(tool_result_message(content, record.name, record.call_id, structured))
-        assert response is not None
-        meta = dict(response.metadata or {})
-        meta.update(totals)
-        meta["tool_steps"] = steps
-        meta["steps"] = step
-        meta["max_steps_reached"] = bool(response.tool_calls) and step == max_steps
-        response.metadata = meta
-        response.thinking = "\n\n".join(thinking)
-        return response
+        return await self.stream_tools(payload, tools, max_steps=max_steps, **overrides).collect()
+
+    def stream_tools(self, payload: AgentPayload, tools: list[Any], max_steps: int = 5,
+                     **overrides: Any) -> "ToolLoopStream":
+        """The opt-in tool loop of :meth:`run_tools`, streamed as :class:`StreamEvent` objects.
+
+        Yields each step's ``thinking``, ``text`` and ``tool_call`` events, a ``tool_result`` event
+        per executed call (``data``: the step record), and a final ``done`` event with the response.
+        """
+        return ToolLoopStream(self, payload, tools, max_steps, overrides)
 
     # ------------------------------------------------------------------ internals
 
@@ -587,13 +658,16 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
                   wall_seconds: float) -> AgentResponse:
         native = native_parse(lm.tokenizer, result.text, prompt.text, schemas)
         native_calls: list[dict] = []
+        native_errors: list[str] = []  # calls the tokenizer's parser found but that are not readable calls
         if native is not None:
             thought = native.get("thinking") or native.get("reasoning_content") or ""
             blocks, answer = ([thought.strip()] if thought.strip() else []), str(native.get("content") or "").strip()
             for item in native.get("tool_calls") or []:
-                call, _ = normalise_call(item)
+                call, error = normalise_call(item)
                 if call:
                     native_calls.append(call)
+                else:
+                    native_errors.append(error or "unreadable tool call")
         else:
             blocks, answer = extract_reasoning_blocks(result.text)
         metadata: dict[str, Any] = {
@@ -625,6 +699,7 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         if schemas is not None:
             parsed = parse_tool_calls_detailed(answer)
             parsed.calls = unique_ids(native_calls + parsed.calls)
+            parsed.errors = native_errors + parsed.errors
             offered = set(tool_names(schemas))
             unknown = [c["name"] for c in parsed.calls if c["name"] not in offered]
             for call in parsed.calls:

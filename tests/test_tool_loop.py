@@ -221,3 +221,45 @@ def test_answer_without_calls_ends_after_one_step(agent, payload):
     response = run(agent.run_tools(payload("1+1?"), calc.tools, logits_processor=[forced]))
     assert response.response == "No tool needed: 2." and response.metadata["steps"] == 1
     assert response.metadata["tool_steps"] == [] and calc.calls == []
+
+
+def test_stream_tools_yields_steps_as_events(agent, payload):
+    calc = Calculator()
+    forced = script(agent, [
+        "<think>Multiply first.</think>TOOL_CALL: multiply(a=6, b=7)",
+        "TOOL_CALL: add(a=42, b=1)",
+        "The result is 43.",
+    ])
+
+    async def collect():
+        loop = agent.stream_tools(payload("What is 6 * 7 + 1?"), calc.tools, logits_processor=[forced])
+        return [event async for event in loop], loop
+
+    events, loop = run(collect())
+    kinds = [e.kind for e in events]
+    assert kinds.count("tool_call") == 2 and kinds.count("tool_result") == 2 and kinds[-1] == "done"
+    assert kinds.index("thinking") < kinds.index("tool_call") < kinds.index("tool_result")
+    results = [e.data for e in events if e.kind == "tool_result"]
+    assert [(r["name"], r["result"]) for r in results] == [("multiply", 42), ("add", 43)]
+    assert "".join(e.text for e in events if e.kind == "text").endswith("The result is 43.")
+    assert events[-1].data is loop.response and loop.response.metadata["tool_steps"] == loop.steps == results
+
+
+def test_stopping_the_loop_keeps_the_steps_already_run(agent, payload):
+    calc = Calculator()
+    forced = script(agent, ["TOOL_CALL: multiply(a=6, b=7)",
+                            "TOOL_CALL: add(a=42, b=1) " + "and more words " * 30])
+
+    async def scenario():
+        loop = agent.stream_tools(payload("What is 6 * 7 + 1?"), calc.tools, logits_processor=[forced])
+        async for event in loop:
+            if event.kind == "tool_result":
+                loop.cancel()  # stop while the second step is about to generate
+        return loop
+
+    loop = run(scenario())
+    assert calc.calls == [("multiply", 6, 7)]
+    assert [s["name"] for s in loop.steps] == ["multiply"]
+    assert loop.response.metadata["finish_reason"] == "cancelled"
+    assert loop.response.metadata["tool_steps"] == loop.steps
+    assert loop.response.metadata["max_steps_reached"] is False
