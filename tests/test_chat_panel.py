@@ -458,3 +458,25 @@ def test_default_model_answers_in_the_panel(default_agent):
     assert "Paris" in panel.history_html.value
     assert answer["tokens"] > 0 and answer["tokens_per_second"] > 0
     assert "tokens/s" in panel.status
+
+
+def test_tool_loop_streams_its_steps_and_stop_keeps_them(tiny_tools_agent):
+    add.calls = 0
+    long_answer = "The sum is 5. " + "More words follow here. " * 60
+    panel = ChatPanel(tiny_tools_agent, tools=[add, explode], execute_tools=True, throttle=0,
+                      logits_processor=scripted(tiny_tools_agent, CALLS, long_answer))
+
+    async def scenario():
+        task = panel.send("Add 2 and 3, then explode.")
+        await wait_for(lambda: "the tool broke" in panel.live_html.value)   # results show while it runs
+        await wait_for(lambda: "More words" in panel.live_html.value)
+        assert panel.stop()
+        return await task
+
+    answer = run(scenario())
+    assert add.calls == 1
+    assert answer["stopped"] and answer["finish_reason"] == "cancelled"
+    rows = {r["name"]: r for r in answer["tool_calls"]}
+    assert rows["add"]["executed"] and rows["add"]["result"] == 5
+    assert "ValueError: the tool broke" in rows["explode"]["error"]
+    assert answer["content"].startswith("The sum is 5.") and len(answer["content"]) < len(long_answer)

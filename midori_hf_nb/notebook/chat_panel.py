@@ -35,9 +35,9 @@ in the transcript but are not sent to the model. Export it any time with :meth:`
 
 Tools: with ``tools=[...]`` the model is offered the tools and the calls it makes are shown,
 not executed. Tools run only with ``execute_tools=True`` (the agent's opt-in loop,
-:meth:`~midori_hf_nb.HuggingFaceLocalAgent.run_tools`); that loop is not streamed, so the
-panel shows its progress as elapsed time and Stop cancels it (the answer is then empty,
-marked as stopped).
+:meth:`~midori_hf_nb.HuggingFaceLocalAgent.stream_tools`): each step streams in, and each call
+that ran appears in the table with its result or error as soon as it returns. Stop ends the
+loop within a token or two and keeps the steps already run.
 
 Programmatic use (for notebooks and tests)::
 
@@ -357,7 +357,6 @@ class ChatPanel:
         self.memory: list[MemoryEntryData] = list(memory or [])
         self._task: asyncio.Future | None = None
         self._stream: Any = None
-        self._inner: asyncio.Future | None = None
         self._view: LiveView | None = None
         self._stop_requested = False
         self._epoch = 0
@@ -537,8 +536,6 @@ class ChatPanel:
         self._stop_requested = True
         if self._stream is not None:
             self._stream.cancel()
-        if self._inner is not None:
-            self._inner.cancel()
         if self._view is not None:
             self._view.mark_interrupted()
             self._view.refresh(force=True)
@@ -734,20 +731,9 @@ class ChatPanel:
 
     async def _generate(self, payload: Any, overrides: dict[str, Any], view: LiveView, started: float) -> Any:
         """Run one answer: streamed events into ``view``, or the opt-in tool loop."""
-        if self.execute_tools:
-            inner = asyncio.ensure_future(self.agent.run_tools(payload, self.tools, max_steps=self.max_tool_steps,
-                                                               **overrides))
-            self._inner = inner
-            try:
-                while not inner.done():
-                    await asyncio.wait({inner}, timeout=0.5)
-                    view.refresh(force=True)
-                    self._last_live_update = -1
-                    self._live_status(view, started)
-                return inner.result()
-            finally:
-                self._inner = None
-        if self.tools:
+        if self.execute_tools:  # the opt-in loop: calls run, their results stream in as they come
+            stream = self.agent.stream_tools(payload, self.tools, max_steps=self.max_tool_steps, **overrides)
+        elif self.tools:
             stream = self.agent.stream_with_tools(payload, self.tools, events=True, **overrides)
         else:
             stream = self.agent.stream(payload, events=True, **overrides)

@@ -39,12 +39,12 @@ from typing import Any, Callable
 from .display import (
     STYLE_ANSWER,
     STYLE_BOX,
-    STYLE_CELL,
     STYLE_FOOTER,
-    STYLE_TABLE,
     escape,
     format_footer,
     thinking_html,
+    tool_call_rows,
+    tool_calls_html,
 )
 
 #: Default seconds between two display updates.
@@ -59,7 +59,8 @@ class StreamState:
 
     answer: str = ""
     thinking: str = ""
-    tool_calls: list[dict] = field(default_factory=list)
+    tool_calls: list[dict] = field(default_factory=list)  #: calls announced and not yet run
+    tool_steps: list[dict] = field(default_factory=list)  #: calls run by a tool loop (``tool_result`` events)
     response: Any = None  #: the final AgentResponse, once done
     elapsed: float = 0.0  #: seconds since the stream started
     pieces: int = 0  #: text and thinking pieces received
@@ -84,15 +85,7 @@ def render_stream_html(state: StreamState, *, show_thinking: bool = True) -> str
         parts.append(thinking_html(thinking, open_=not state.done and not answer, live=not state.done))
     cursor = "" if state.done else "▌"
     parts.append(f'<div class="midori-answer" style="{STYLE_ANSWER}">{escape(answer)}{cursor}</div>')
-    calls = (response.tool_calls if response is not None else state.tool_calls) or []
-    if calls:
-        rows = "".join(
-            f'<tr><td style="{STYLE_CELL}">{escape(c.get("name"))}</td>'
-            f'<td style="{STYLE_CELL}">{escape(_arguments(c.get("arguments")))}</td></tr>' for c in calls
-        )
-        parts.append(f'<table class="midori-tool-calls" style="{STYLE_TABLE}"><thead><tr>'
-                     f'<th style="{STYLE_CELL}">tool call</th><th style="{STYLE_CELL}">arguments</th>'
-                     f'</tr></thead><tbody>{rows}</tbody></table>')
+    parts.append(tool_calls_html(tool_call_rows(response) if response is not None else live_tool_rows(state)))
     parts.append(f'<div class="midori-footer" style="{STYLE_FOOTER}">{escape(stream_footer(state))}</div>')
     parts.append("</div>")
     return "".join(parts)
@@ -117,10 +110,14 @@ def stream_footer(state: StreamState) -> str:
     return f"streaming… {state.elapsed:.1f} s"
 
 
-def _arguments(arguments: Any) -> str:
-    from .display import compact_json
-
-    return compact_json(arguments)
+def live_tool_rows(state: StreamState) -> list[dict[str, Any]]:
+    """Tool-call rows while streaming: the calls a loop has run, then those announced and not run."""
+    rows = [{**step, "executed": True} for step in state.tool_steps]
+    step = (state.tool_steps[-1]["step"] + 1) if state.tool_steps else 1
+    rows += [{"step": step, "name": c.get("name"), "arguments": c.get("arguments"), "id": c.get("id"),
+              "result": None, "error": "unknown tool" if c.get("unknown") else None, "seconds": None,
+              "executed": False} for c in state.tool_calls]
+    return rows
 
 
 # --------------------------------------------------------------------------- sinks
@@ -248,6 +245,9 @@ class LiveView:
             self.state.pieces += 1
         elif kind == "tool_call":
             self.state.tool_calls.append(event.data)
+        elif kind == "tool_result":  # a tool loop ran a call: it moves from announced to run
+            self.state.tool_steps.append(event.data)
+            self.state.tool_calls = [c for c in self.state.tool_calls if c.get("id") != event.data.get("id")]
         elif kind == "done":
             self.state.response = event.data
             return  # shown by finish()
