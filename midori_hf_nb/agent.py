@@ -629,6 +629,8 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
             top_k=config.top_k,
             seed=seed,
             extra={**config.generation_kwargs, **overrides},
+            num_threads=config.num_threads,
+            decode_loop=config.decode_loop,
         )
         return config, settings
 

@@ -16,6 +16,7 @@ from typing import Any
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float16", "float32", "bfloat16")
+DECODE_LOOPS = ("auto", "generate")
 _CUDA_INDEXED = re.compile(r"^cuda:\d+$")
 
 CONFIG_SECTION = "midori_ai_agent_base"
@@ -55,7 +56,10 @@ class HuggingFaceConfig:
             :data:`midori_hf_nb.DEFAULT_MODEL` for the offline SmolLM2-135M-Instruct.
         device: ``"auto"`` (cuda, then mps, then cpu), ``"cpu"``, ``"cuda"`` (or ``"cuda:N"``), ``"mps"``.
         torch_dtype: ``"auto"``, ``"float16"``, ``"float32"`` or ``"bfloat16"``. ``"auto"`` is
-            float32 on CPU and the checkpoint's own dtype on an accelerator.
+            bfloat16 on a CPU with AVX2 or better (it decodes about 1.7x faster than float32
+            there; greedy answers can differ in later words), float32 on other CPUs and with
+            bitsandbytes quantization, and half precision on an accelerator.
+            ``"float32"`` gives exact float32 everywhere.
         max_new_tokens: upper bound on generated tokens per call (> 0).
         temperature: sampling temperature, 0.0-2.0; 0 means greedy decoding.
         top_p: nucleus sampling mass, in (0, 1].
@@ -68,6 +72,21 @@ class HuggingFaceConfig:
         generation_kwargs: further keyword arguments for ``model.generate`` (checked against
             ``transformers.GenerationConfig`` when the model loads).
         progress: show progress bars while a model converts or loads.
+        num_threads: torch intra-op threads used while generating on CPU: ``"auto"`` (half
+            of the cores this process may use, at least 1), a positive integer, or ``None``
+            to leave torch's setting alone. The setting is process-wide (torch has one).
+            Decoding is limited by memory bandwidth, which one or two threads saturate, and
+            on a busy machine torch's default of one thread per core can be several times
+            slower, because its threads wait for each other at every operation.
+        decode_loop: ``"auto"`` runs plain greedy or temperature/top-k/top-p decoding in the
+            engine's own loop over the KV cache (same forward passes and the same tokens as
+            ``model.generate``, without its per-token bookkeeping) and everything else
+            through ``model.generate``; ``"generate"`` always uses ``model.generate``.
+        int8_weights: store the weights of every linear layer as int8 with one scale per
+            output channel (weight-only quantization with torch's int8 matrix kernel; CPU
+            only, activations stay in ``torch_dtype``). Faster decoding and a quarter of the
+            float32 bytes; changes the numerics, so answers can differ. Not combinable with
+            ``load_in_8bit`` / ``load_in_4bit``.
     """
 
     model: str
@@ -84,6 +103,9 @@ class HuggingFaceConfig:
     load_in_4bit: bool = False
     generation_kwargs: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
+    num_threads: int | str | None = "auto"
+    decode_loop: str = "auto"
+    int8_weights: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.model, os.PathLike):
@@ -103,22 +125,34 @@ class HuggingFaceConfig:
             _fail("top_p", self.top_p, "expected a number in (0, 1]")
         _check_positive_int("top_k", self.top_k)
         _check_positive_int("context_window", self.context_window)
-        for name in ("do_sample", "trust_remote_code", "load_in_8bit", "load_in_4bit", "progress"):
+        for name in ("do_sample", "trust_remote_code", "load_in_8bit", "load_in_4bit", "progress", "int8_weights"):
             _check_bool(name, getattr(self, name))
         if self.load_in_8bit and self.load_in_4bit:
             raise ConfigError(
                 "HuggingFaceConfig.load_in_8bit=True and load_in_4bit=True are both set: choose at most one quantization"
             )
+        if self.int8_weights and (self.load_in_8bit or self.load_in_4bit):
+            raise ConfigError(
+                "HuggingFaceConfig.int8_weights=True cannot be combined with load_in_8bit/load_in_4bit: "
+                "choose at most one quantization"
+            )
+        if self.num_threads is not None and self.num_threads != "auto":
+            if isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int) or self.num_threads <= 0:
+                _fail("num_threads", self.num_threads, "expected 'auto', a positive integer or None")
+        if self.decode_loop not in DECODE_LOOPS:
+            _fail("decode_loop", self.decode_loop, "expected one of " + ", ".join(repr(d) for d in DECODE_LOOPS))
         if not isinstance(self.generation_kwargs, dict):
             _fail("generation_kwargs", self.generation_kwargs, "expected a dict of generate() keyword arguments")
 
     @property
     def quantization(self) -> str | None:
-        """``"8bit"``, ``"4bit"`` or ``None``."""
+        """``"8bit"`` / ``"4bit"`` (bitsandbytes), ``"int8"`` (``int8_weights``) or ``None``."""
         if self.load_in_8bit:
             return "8bit"
         if self.load_in_4bit:
             return "4bit"
+        if self.int8_weights:
+            return "int8"
         return None
 
     @property

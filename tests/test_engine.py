@@ -20,7 +20,12 @@ def test_auto_device_and_dtype_on_cpu_machine():
     if torch.cuda.is_available() or engine.mps_available():
         pytest.skip("this test describes a CPU-only machine")
     assert engine.resolve_device("auto") == "cpu"
-    assert engine.resolve_dtype("auto", "cpu") == "float32"
+    # "auto" is bfloat16 on an x86 CPU with AVX2 or better, float32 on others (documented in HuggingFaceConfig)
+    capability = torch.backends.cpu.get_cpu_capability()
+    expected = "bfloat16" if capability in ("AVX2", "AVX512") else "float32"
+    assert engine.resolve_dtype("auto", "cpu") == expected
+    assert engine.resolve_dtype("auto", "cpu", "8bit") == "float32"  # bitsandbytes on CPU stays float32
+    assert engine.resolve_dtype("float32", "cpu") == "float32"
     assert engine.resolve_dtype("bfloat16", "cpu") == "bfloat16"
 
 
@@ -57,7 +62,8 @@ def test_dtype_strings_map_to_torch_dtypes(tiny_model, dtype, expected):
 def test_same_spec_shares_one_model_and_frees_on_last_release(tiny_model):
     a = HuggingFaceLocalAgent(model=str(tiny_model), device="cpu", do_sample=False, max_new_tokens=2, progress=False)
     b = HuggingFaceLocalAgent(model=str(tiny_model), device="auto", do_sample=False, max_new_tokens=2, progress=False)
-    c = HuggingFaceLocalAgent(model=str(tiny_model), device="cpu", torch_dtype="bfloat16", progress=False)
+    other = "float32" if engine.resolve_dtype("auto", "cpu") != "float32" else "bfloat16"
+    c = HuggingFaceLocalAgent(model=str(tiny_model), device="cpu", torch_dtype=other, progress=False)
     run(a.load()), run(b.load()), run(c.load())
     assert a.loaded_model is b.loaded_model            # "auto" resolves to cpu: same spec
     assert c.loaded_model is not a.loaded_model        # another dtype is another copy

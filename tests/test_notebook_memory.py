@@ -29,7 +29,7 @@ def test_readout_keys_on_cpu():
 
 
 def test_loaded_model_footprint_appears_and_goes(tiny_model):
-    agent = HuggingFaceLocalAgent(model=str(tiny_model), device="cpu", progress=False)
+    agent = HuggingFaceLocalAgent(model=str(tiny_model), device="cpu", torch_dtype="float32", progress=False)
     run(agent.load())
     try:
         key_name = agent.loaded_model.spec.source.name
