@@ -518,7 +518,10 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         lm = self._acquire_sync()
         prompts = [self._prompt(lm, payload, call_config, schemas, None) for payload in payloads]
         started = time.perf_counter()
-        results = engine.generate_batch(lm, [p.input_ids for p in prompts], settings, stop_event)
+        if len(prompts) == 1:  # no padding: the single-sequence path of invoke
+            results = [engine.generate(lm, prompts[0].input_ids, settings, stop_event=stop_event)]
+        else:
+            results = engine.generate_batch(lm, [p.input_ids for p in prompts], settings, stop_event)
         wall = time.perf_counter() - started
         return [self._response(lm, prompt, result, settings, payload, schemas, wall)
                 for prompt, result, payload in zip(prompts, results, payloads)]

@@ -26,12 +26,18 @@ same software and hardware; and with ``batch_size=1`` every row equals
 ``agent.invoke(payload, seed=row.seed, **setting)``. Settings and models share random numbers
 (batch ``k`` of each group uses the same seed), which makes their differences easier to see.
 
+Batching and numerics: in float32, a greedy row's answer is the same batched or alone (the
+attention mask hides the left padding and position ids follow it). In bfloat16 or float16 the
+padded, wider matrix products round differently, so a batched greedy answer can differ from the
+unbatched one after the first few words; pass ``batch_size=1`` when that matters.
+
 Export: :func:`to_csv`, :func:`to_jsonl`, :func:`to_markdown`; :func:`load_comparison` reads
 any of the three back, restoring the settings columns with their types.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import html
 import itertools
@@ -40,7 +46,7 @@ import math
 import os
 import re
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
@@ -133,6 +139,13 @@ def _payloads(prompts: Any) -> list[AgentPayload]:
         else:
             _fail(f"prompts[{i}]", item, "expected a string or an AgentPayload")
     return payloads
+
+
+def _with_system(payload: AgentPayload, system: str) -> AgentPayload:
+    """A copy of ``payload`` with another system prompt (dataclass or model class alike)."""
+    copied = copy.copy(payload)
+    copied.system_context = system
+    return copied
 
 
 def _systems(systems: Any) -> list[str] | None:
@@ -423,12 +436,12 @@ def compare(
         _fail("seed", seed, "expected an integer or None")
     check_list = _checks(checks)
     agents = _models(DEFAULT_MODEL if models is None else models, model_kwargs, progress)
+    from . import engine
+
     for label, agent in agents:  # validate every setting before any model loads
         for setting in grid:
             try:
                 _, gen = agent._call_settings(dict(setting))
-                from . import engine
-
                 engine.check_generation_kwargs(gen.extra)
             except ValueError as exc:
                 raise ValueError(f"compare: settings {_setting_text(setting)} for model {label!r}: {exc}") from exc
@@ -443,7 +456,7 @@ def compare(
     for m, (label, _agent) in enumerate(agents):
         for p, payload in enumerate(payloads):
             for system in (system_list if system_list is not None else [payload.system_context]):
-                row_payload = payload if system == payload.system_context else replace(payload, system_context=system)
+                row_payload = payload if system == payload.system_context else _with_system(payload, system)
                 for s, setting in enumerate(grid):
                     for r in range(repeats):
                         row = {"model": label, "prompt_id": p, "prompt": payload.user_message, "system": system,
