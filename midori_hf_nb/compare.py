@@ -22,14 +22,17 @@ Seeds: with ``seed=S`` the ``k``-th batch of every (model, setting) group is gen
 ``torch.manual_seed(S + k)`` (the ``seed`` column). One seed drives the whole batch, so a sampled
 row depends on its batch's composition and its position in it. What is guaranteed: the same
 inputs (prompts, systems, grid, models, repeats, seed, batch_size) give the same table on the
-same software and hardware; and with ``batch_size=1`` every row equals
+same software and hardware (with ``batch_size=None`` the size is chosen from the free memory;
+it is in the ``batch_size`` column, and passing it explicitly fixes the batches); and with
+``batch_size=1`` every row equals
 ``agent.invoke(payload, seed=row.seed, **setting)``. Settings and models share random numbers
 (batch ``k`` of each group uses the same seed), which makes their differences easier to see.
 
 Batching and numerics: in float32, a greedy row's answer is the same batched or alone (the
-attention mask hides the left padding and position ids follow it). In bfloat16 or float16 the
-padded, wider matrix products round differently, so a batched greedy answer can differ from the
-unbatched one after the first few words; pass ``batch_size=1`` when that matters.
+attention mask hides the left padding and position ids follow it). In bfloat16 or float16 a
+batch's matrix products round differently from a single sequence's, so a batched greedy answer
+can differ from the unbatched one after the first few words; use ``torch_dtype="float32"`` or
+``batch_size=1`` when that matters.
 
 Export: :func:`to_csv`, :func:`to_jsonl`, :func:`to_markdown`; :func:`load_comparison` reads
 any of the three back, restoring the settings columns with their types.
