@@ -545,7 +545,8 @@ def _trim_heap() -> None:
 
 
 def _free(lm: LoadedModel) -> None:
-    lm.close()
+    with lm.generation_lock:  # a running generation finishes first
+        lm.close()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -108,3 +108,33 @@ def test_bitsandbytes_quantization_on_cpu(tiny_model, bits, layer):
     assert agent.loaded_model.footprint()["quantization"] == bits
     assert response.metadata["quantization"] == bits and response.metadata["completion_tokens"] >= 1
     run(agent.unload_model())
+
+
+def test_unload_during_a_generation_waits_for_it(tiny_model):
+    """Freeing the last reference while another thread generates lets that generation finish."""
+    import threading
+
+    from midori_hf_nb.testing import ScriptedOutput
+
+    config = HuggingFaceConfig(model=str(tiny_model), device="cpu", progress=False)
+    lm = engine.acquire(config)
+    text = " ".join(f"w{i}" for i in range(120))
+    forced = ScriptedOutput(lm.tokenizer, text)
+    started, outcome = threading.Event(), {}
+
+    def generate():
+        try:
+            outcome["result"] = engine.generate(
+                lm, lm.tokenizer.encode("hi"), engine.GenerationSettings(max_new_tokens=400,
+                                                                         extra={"logits_processor": [forced]}),
+                on_text=lambda _: started.set())
+        except Exception as exc:  # pragma: no cover - the failure this test guards against
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=generate)
+    worker.start()
+    assert started.wait(60)
+    assert engine.release(lm)           # the last reference goes while the generation runs
+    worker.join(60)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["result"].text == text and lm.model is None
