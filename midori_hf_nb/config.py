@@ -72,12 +72,12 @@ class HuggingFaceConfig:
         generation_kwargs: further keyword arguments for ``model.generate`` (checked against
             ``transformers.GenerationConfig`` when the model loads).
         progress: show progress bars while a model converts or loads.
-        num_threads: torch intra-op threads used while generating on CPU: ``"auto"`` (half
-            of the cores this process may use, at least 1), a positive integer, or ``None``
-            to leave torch's setting alone. The setting is process-wide (torch has one).
-            Decoding is limited by memory bandwidth, which one or two threads saturate, and
-            on a busy machine torch's default of one thread per core can be several times
-            slower, because its threads wait for each other at every operation.
+        num_threads: torch intra-op threads used while generating on CPU: ``"auto"`` measures
+            step by step whether one thread or every usable core is faster and uses that
+            (:class:`midori_hf_nb.engine.ThreadGovernor`), a positive integer fixes the count,
+            ``None`` leaves torch's setting alone. Torch's setting is process-wide. On an idle
+            machine more threads decode faster; on a busy one torch's threads wait for each
+            other at every operation and one thread can be several times faster.
         decode_loop: ``"auto"`` runs plain greedy or temperature/top-k/top-p decoding in the
             engine's own loop over the KV cache (same forward passes and the same tokens as
             ``model.generate``, without its per-token bookkeeping) and everything else

@@ -403,6 +403,8 @@ class LoadedModel:
     lean_capable: bool = False
     #: effective GenerationConfig per plain settings tuple, so repeated calls do not rebuild it
     generation_configs: dict = field(default_factory=dict)
+    #: thread governors of num_threads="auto", one per batch size
+    governors: dict = field(default_factory=dict)
 
     @property
     def input_device(self) -> torch.device:
@@ -636,14 +638,17 @@ class GenerationResult:
 class _StopAndTime(StoppingCriteria):
     """Stops every sequence when ``stop_event`` is set, and records when the first token came."""
 
-    def __init__(self, stop_event: threading.Event | None, started: float) -> None:
+    def __init__(self, stop_event: threading.Event | None, started: float, governor: Any = None) -> None:
         self.stop_event = stop_event
         self.started = started
         self.first_token_at: float | None = None
+        self.governor = governor
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
+        if self.governor is not None:
+            self.governor.step()
         stop = bool(self.stop_event is not None and self.stop_event.is_set())
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
@@ -719,25 +724,119 @@ def _finish_reason(tokens: list[int], eos: frozenset[int], max_new_tokens: int, 
     return "length" if len(tokens) >= max_new_tokens else "stop"
 
 
-def resolve_threads(requested: int | str | None) -> int | None:
-    """The torch intra-op thread count for ``num_threads``: ``"auto"`` is half of the cores this
-    process may run on (at least 1), an integer is itself, ``None`` leaves torch alone (None)."""
-    if requested is None:
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _others_running() -> int | None:
+    """Runnable tasks on the machine right now besides the caller (from /proc/loadavg), or None."""
+    try:
+        with open("/proc/loadavg") as fh:
+            running = int(fh.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
         return None
+    return max(0, running - 1)
+
+
+class ThreadGovernor:
+    """Chooses torch's intra-op thread count step by step, by measuring: one thread or every
+    usable core, whichever decoded faster lately.
+
+    On an idle machine several threads decode faster. When other processes compete for the
+    cores, torch's threads wait for each other at every operation and one thread can be several
+    times faster. Step times are kept as moving averages per thread count; every ``probe_every``
+    steps the other count runs for ``probe_steps`` steps, so the choice follows the load. Before
+    anything is measured, one thread is used while other tasks are runnable, else every core.
+    The thread count does not change the tokens (torch parallelises these products over output
+    rows); ``steps`` counts the steps run with each count.
+    """
+
+    def __init__(self, cores: int, probe_every: int = 24, probe_steps: int = 2, alpha: float = 0.3) -> None:
+        self.choices = (1, cores)
+        self.average: dict[int, float | None] = {1: None, cores: None}
+        self.steps: dict[int, int] = {1: 0, cores: 0}
+        self.probe_every, self.probe_steps, self.alpha = probe_every, probe_steps, alpha
+        self.active = cores
+        self._last = 0.0
+        self._count = 0
+        self._probing = 0
+
+    def best(self) -> int:
+        """The thread count with the lower average step time (a guess from the load before that)."""
+        known = {k: v for k, v in self.average.items() if v is not None}
+        if len(known) == 2:
+            return min(known, key=known.__getitem__)
+        if known:
+            return next(iter(known))
+        others = _others_running()
+        return 1 if others is not None and others >= 1 else self.choices[1]
+
+    def _set(self, count: int) -> None:
+        self.active = count
+        if torch.get_num_threads() != count:
+            torch.set_num_threads(count)
+
+    def start(self) -> None:
+        """Call before a generation: applies the best thread count (also for the prompt)."""
+        self._set(self.best())
+        self._count = 0
+        self._probing = 0
+        self._last = time.perf_counter()
+
+    def step(self) -> None:
+        """Call after each generated token (or batch step); picks the count for the next step."""
+        now = time.perf_counter()
+        seconds, self._last = now - self._last, now
+        self._count += 1
+        if self._count > 1:  # the first step also processed the prompt
+            previous = self.average[self.active]
+            self.average[self.active] = seconds if previous is None else previous + self.alpha * (seconds - previous)
+            self.steps[self.active] += 1
+        other = self.choices[0] if self.active == self.choices[1] else self.choices[1]
+        if self._probing:
+            self._probing -= 1
+            if self._probing:
+                return
+            self._set(self.best())
+        elif self._count > 1 and (self.average[other] is None or self._count % self.probe_every == 0):
+            self._probing = self.probe_steps
+            self._set(other)
+        else:
+            self._set(self.best())
+
+
+def resolve_threads(requested: int | str | None) -> int | str | None:
+    """The thread setting for ``num_threads``: ``"auto"`` (measured per step by a
+    :class:`ThreadGovernor`; 1 on a single-core machine), a fixed count, or ``None`` (leave torch alone)."""
     if requested == "auto":
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            cores = os.cpu_count() or 1
-        return max(1, cores // 2)
-    return int(requested)
+        return 1 if usable_cores() < 2 else "auto"
+    return None if requested is None else int(requested)
 
 
-def apply_threads(lm: LoadedModel, requested: int | str | None) -> None:
-    """Set torch's (process-wide) intra-op thread count for a generation on CPU."""
-    count = resolve_threads(requested)
-    if count is not None and lm.spec.device == "cpu" and torch.get_num_threads() != count:
-        torch.set_num_threads(count)
+def apply_threads(lm: LoadedModel, requested: int | str | None, rows: int = 1) -> ThreadGovernor | None:
+    """Set torch's (process-wide) intra-op threads for a generation on CPU.
+
+    A fixed count is set at once; ``"auto"`` starts the model's :class:`ThreadGovernor` for
+    ``rows`` sequences (one per batch size, as their step times differ) and returns it.
+    """
+    if lm.spec.device != "cpu":
+        return None
+    setting = resolve_threads(requested)
+    if setting is None:
+        return None
+    if setting != "auto":
+        if torch.get_num_threads() != setting:
+            torch.set_num_threads(setting)
+        return None
+    governor = lm.governors.get(rows)
+    if governor is None:
+        governor = lm.governors[rows] = ThreadGovernor(usable_cores())
+    governor.start()
+    return governor
 
 
 #: ``GenerationConfig`` entries the engine's decode loop honours; any other non-default entry
@@ -752,8 +851,8 @@ LEAN_CONFIG_KEYS = frozenset({
 def lean_decode_supported(model: Any) -> bool:
     """True when the engine's own decode loop can drive ``model``.
 
-    That is a decoder-only model that takes ``past_key_values``, ``cache_position`` and
-    ``logits_to_keep``, works with a ``DynamicCache`` and prepares its inputs the standard way
+    That is a decoder-only model that takes ``past_key_values`` and ``logits_to_keep`` (and
+    places new tokens after the cached ones), works with a ``DynamicCache`` and prepares its inputs the standard way
     (models that override ``prepare_inputs_for_generation``, such as multimodal or recurrent
     ones, always go through ``model.generate``).
     """
@@ -766,7 +865,7 @@ def lean_decode_supported(model: Any) -> bool:
         return False
     try:
         params = inspect.signature(model.forward).parameters
-        if not {"past_key_values", "cache_position", "logits_to_keep"} <= set(params):
+        if not {"input_ids", "past_key_values", "logits_to_keep"} <= set(params):
             return False
         if type(model).prepare_inputs_for_generation is not GenerationMixin.prepare_inputs_for_generation:
             return False
@@ -803,7 +902,8 @@ def _sampling_warpers(cfg: Any) -> Any:
 
 
 def _lean_generate(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings: GenerationSettings,
-                   stop_event: threading.Event | None, streamer: Any = None) -> tuple[list[int], float | None, float]:
+                   stop_event: threading.Event | None, streamer: Any = None,
+                   governor: ThreadGovernor | None = None) -> tuple[list[int], float | None, float]:
     """Greedy or sampled decoding of one sequence over a ``DynamicCache``, one forward per token.
 
     The forward passes and the token choice (argmax, or ``generate``'s warpers then
@@ -827,7 +927,6 @@ def _lean_generate(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings:
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
         out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        position = input_ids.shape[1]
         while True:
             logits = out.logits[:, -1, :].to(dtype=torch.float32)
             if warpers is None:
@@ -839,13 +938,13 @@ def _lean_generate(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings:
             tokens.append(token)
             if first_token_at is None:
                 first_token_at = time.perf_counter()
+            if governor is not None:
+                governor.step()
             if streamer is not None:
                 streamer.put(next_token.cpu())
             if token in eos or len(tokens) >= max_new or (stop_event is not None and stop_event.is_set()):
                 break
-            out = model(input_ids=next_token[:, None], past_key_values=cache, use_cache=True,
-                        cache_position=torch.tensor([position], device=input_ids.device))
-            position += 1
+            out = model(input_ids=next_token[:, None], past_key_values=cache, use_cache=True)
     if streamer is not None:
         streamer.end()
     return tokens, first_token_at, started
@@ -854,11 +953,11 @@ def _lean_generate(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings:
 def _run_generate(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   settings: GenerationSettings, stop_event: threading.Event | None,
                   streamer: Any = None, prepared: tuple[Any, dict[str, Any]] | None = None,
-                  ) -> tuple[torch.Tensor, _StopAndTime, float]:
+                  governor: ThreadGovernor | None = None) -> tuple[torch.Tensor, _StopAndTime, float]:
     cfg, call_kwargs = prepared if prepared is not None else _generation_config(lm, settings)
     call_kwargs = dict(call_kwargs)
     started = time.perf_counter()
-    timer = _StopAndTime(stop_event, started)
+    timer = _StopAndTime(stop_event, started, governor)
     criteria = StoppingCriteriaList([timer, *call_kwargs.pop("stopping_criteria", [])])
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
@@ -892,15 +991,15 @@ def generate(
             raise RuntimeError(f"model {lm.spec.source.name!r} was unloaded")
         if stop_event is not None and stop_event.is_set():
             return GenerationResult([], "", "cancelled", len(input_ids), 0, None, 0.0)
-        apply_threads(lm, settings.num_threads)
+        governor = apply_threads(lm, settings.num_threads)
         ids = torch.tensor([input_ids], dtype=torch.long, device=lm.input_device)
         streamer = _CallbackStreamer(lm.tokenizer, on_text, lm.tokenizer_lock) if on_text is not None else None
         cfg, call_kwargs = _generation_config(lm, settings)
         if _use_lean_loop(lm, settings, cfg, call_kwargs):
-            tokens, first_token_at, started = _lean_generate(lm, ids, cfg, settings, stop_event, streamer)
+            tokens, first_token_at, started = _lean_generate(lm, ids, cfg, settings, stop_event, streamer, governor)
         else:
             output, timer, started = _run_generate(lm, ids, torch.ones_like(ids), settings, stop_event, streamer,
-                                                   (cfg, call_kwargs))
+                                                   (cfg, call_kwargs), governor)
             tokens, first_token_at = output[0, ids.shape[1]:].tolist(), timer.first_token_at
         seconds = time.perf_counter() - started
         cancelled = bool(stop_event is not None and stop_event.is_set())
@@ -927,14 +1026,15 @@ def generate_batch(
     with lm.generation_lock:
         if lm.model is None:
             raise RuntimeError(f"model {lm.spec.source.name!r} was unloaded")
-        apply_threads(lm, settings.num_threads)
+        governor = apply_threads(lm, settings.num_threads, rows=len(batch))
         width = max(len(ids) for ids in batch)
         pad = lm.pad_token_id
         rows = [[pad] * (width - len(ids)) + list(ids) for ids in batch]
         mask = [[0] * (width - len(ids)) + [1] * len(ids) for ids in batch]
         input_ids = torch.tensor(rows, dtype=torch.long, device=lm.input_device)
         attention_mask = torch.tensor(mask, dtype=torch.long, device=lm.input_device)
-        output, timer, started = _run_generate(lm, input_ids, attention_mask, settings, stop_event)
+        output, timer, started = _run_generate(lm, input_ids, attention_mask, settings, stop_event,
+                                               governor=governor)
         seconds = time.perf_counter() - started
         cancelled = bool(stop_event is not None and stop_event.is_set())
         generated = output[:, width:].tolist()

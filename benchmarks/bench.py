@@ -1,0 +1,713 @@
+"""Speed and memory of the agent's default path against the plain-pipeline baseline, in one run.
+
+    python benchmarks/bench.py            # 128 new tokens, 3 rounds, every figure (about 10-25 min)
+    python benchmarks/bench.py --smoke    # 4 new tokens, 1 round, one process, no warm-up, no GGUF
+                                          # cold start: checks that everything runs (about 30 s)
+
+Every configuration runs in its own worker process (so its peak resident memory is its own)
+with its model loaded once and warmed up; the workers take turns, one at a time, round after
+round, the starting configuration rotating each round, so every row sees the same machine.
+Figures (see benchmarks/README.md for what each one means):
+
+* decode tokens/s, time to first token and total latency of the same prompt, greedy, for the
+  agent's default path, the plain ``transformers.pipeline("text-generation")`` baseline (fp32,
+  ``System:/User:/Assistant:`` string prompt, torch's default threads) and reference rows;
+* peak resident memory of each worker (``VmHWM``), against the weights' bytes;
+* cold start: a new process, from interpreter start to the first streamed token, loading the
+  converted cache versus loading the GGUF file into an empty cache (conversion included);
+* streaming into a cell: decode tokens/s of the agent streamed through the notebook helper
+  (``stream_to_cell`` with an IPython display handle, no kernel attached) versus raw generation;
+* the comparison grid: ``compare()`` over 8 prompts batched versus one by one (aggregate tokens/s).
+
+It prints a table of medians, minima and maxima with ratios to the baseline and writes
+``benchmarks/results/bench-<time>.json``. The machine may be shared: only ratios measured in the
+same run mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+SYSTEM = "You are a helpful assistant."
+USER = "Write a detailed essay about the history of the steam engine, its inventors and its impact on industry."
+GRID_PROMPTS = [
+    "What is the capital of France?",
+    "Name three colours.",
+    "Give one tip for writing clear code.",
+    "Explain in one sentence why the sky looks blue.",
+    "Write a short poem about the sea.",
+    "What is 12 times 12?",
+    "Describe a cat to someone who has never seen one, in two sentences.",
+    "Why do leaves change colour in autumn?",
+]
+
+#: name -> (kind, options, description). The first row is the baseline of every ratio.
+ROWS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "pipeline": ("pipeline", {}, "baseline: transformers.pipeline, fp32, plain System/User/Assistant prompt, torch threads"),
+    "agent": ("agent", {}, "the agent's default path (torch_dtype/num_threads/decode_loop 'auto')"),
+    "pipeline-1t": ("pipeline", {"threads": 1}, "reference: the baseline pipeline with 1 torch thread"),
+    "generate-fp32": ("generate", {"dtype": "float32"}, "reference: model.generate, chat template, fp32, torch threads"),
+    "generate-bf16": ("generate", {"dtype": "bfloat16"}, "reference: model.generate, chat template, bf16 weights, torch threads"),
+    "agent-fp32": ("agent", {"torch_dtype": "float32"}, "agent with torch_dtype='float32' (exact fp32)"),
+    "agent-int8": ("agent", {"int8_weights": True}, "agent with int8_weights=True (weight-only int8, bf16 activations)"),
+    "agent-generate": ("agent", {"decode_loop": "generate"}, "agent default, but decode_loop='generate' (model.generate)"),
+    "llama.cpp": ("llama_cpp", {}, "reference: llama-cpp-python on the same GGUF (only if importable)"),
+}
+
+#: The rows of --smoke: one of each kind, so every code path runs.
+SMOKE_ROWS = ("pipeline", "agent", "generate-fp32")
+
+
+# =========================================================================== worker side
+
+
+def _status() -> dict[str, int]:
+    values = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) * 1024
+    return values
+
+
+class _Timestamps:
+    """A generate() streamer that only records when each generated token arrived."""
+
+    def __init__(self) -> None:
+        self.prompt_seen = False
+        self.times: list[float] = []
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def _figures(started: float, times: list[float], ended: float) -> dict[str, Any]:
+    tokens = len(times)
+    decode = (tokens - 1) / (times[-1] - times[0]) if tokens > 1 and times[-1] > times[0] else None
+    return {"tokens": tokens, "ttft": times[0] - started if times else None, "decode_tps": decode,
+            "total": ended - started}
+
+
+class Worker:
+    """Hosts one or more runners in this process and answers the orchestrator's commands."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.torch = torch
+        self.default_threads = torch.get_num_threads()
+        self.loop = asyncio.new_event_loop()
+        self.runners: dict[str, Any] = {}
+        self.info: dict[str, Any] = {}
+
+    def threads(self, count: int | None) -> int:
+        self.torch.set_num_threads(count or self.default_threads)
+        return self.torch.get_num_threads()
+
+    # ------------------------------------------------------------------ setup per kind
+
+    def setup(self, name: str, kind: str, options: dict[str, Any], n: int) -> None:
+        getattr(self, f"_setup_{kind}")(name, options, n)
+
+    def _model_dir(self) -> Path:
+        from midori_hf_nb import engine
+        from midori_hf_nb.sources import default_model_path
+
+        return engine.convert_gguf(default_model_path(), progress=False)
+
+    def _setup_pipeline(self, name: str, options: dict[str, Any], n: int) -> None:
+        import transformers
+
+        folder = self._model_dir()
+        pipe = transformers.pipeline("text-generation", model=str(folder), dtype=self.torch.float32, device="cpu")
+        prompt = f"System: {SYSTEM}\nUser: {USER}\nAssistant:"
+        threads = options.get("threads")
+        weights = sum(p.numel() * p.element_size() for p in pipe.model.parameters())
+
+        def run(max_new: int) -> dict[str, Any]:
+            used = self.threads(threads)
+            stamps = _Timestamps()
+            started = time.perf_counter()
+            out = pipe(prompt, max_new_tokens=max_new, do_sample=False, return_full_text=False, streamer=stamps)
+            result = _figures(started, stamps.times, time.perf_counter())
+            result.update(threads=used, text=out[0]["generated_text"])
+            return result
+
+        self.runners[name] = run
+        self.info[name] = {"weights_bytes": weights, "dtype": "float32"}
+
+    def _setup_generate(self, name: str, options: dict[str, Any], n: int) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder = self._model_dir()
+        dtype = getattr(self.torch, options["dtype"])
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": USER}]
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+
+        def run(max_new: int) -> dict[str, Any]:
+            used = self.threads(options.get("threads"))
+            stamps = _Timestamps()
+            started = time.perf_counter()
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")["input_ids"]
+            with self.torch.inference_mode():
+                out = model.generate(ids, attention_mask=self.torch.ones_like(ids), max_new_tokens=max_new,
+                                     do_sample=False, streamer=stamps)
+            text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+            result = _figures(started, stamps.times, time.perf_counter())
+            result.update(threads=used, text=text)
+            return result
+
+        self.runners[name] = run
+        self.info[name] = {"weights_bytes": weights, "dtype": options["dtype"]}
+
+    def _agent(self, options: dict[str, Any], n: int) -> Any:
+        from midori_hf_nb import DEFAULT_MODEL, HuggingFaceLocalAgent
+
+        agent = HuggingFaceLocalAgent(model=DEFAULT_MODEL, do_sample=False, max_new_tokens=n, progress=False,
+                                      **options)
+        self.loop.run_until_complete(agent.load())
+        return agent
+
+    def _agent_info(self, agent: Any) -> dict[str, Any]:
+        footprint = agent.loaded_model.footprint()
+        return {"weights_bytes": footprint["bytes"], "dtype": footprint["dtype"],
+                "quantization": footprint["quantization"]}
+
+    def _setup_agent(self, name: str, options: dict[str, Any], n: int) -> None:
+        from midori_hf_nb import make_payload
+
+        from midori_hf_nb import engine
+
+        agent = self._agent(options, n)
+        payload = make_payload(USER, SYSTEM)
+        # the engine sets torch's threads in the generating thread; this is the count it uses
+        threads = engine.resolve_threads(agent.config.num_threads) or self.default_threads
+
+        def run(max_new: int) -> dict[str, Any]:
+            started = time.perf_counter()
+            response = self.loop.run_until_complete(agent.invoke(payload, max_new_tokens=max_new))
+            ended = time.perf_counter()
+            meta = response.metadata
+            # time to first token as the engine measured it, plus all of the call's own overhead
+            # (prompt building before, response parsing after): an upper bound
+            overhead = max(0.0, (ended - started) - meta["total_seconds"])
+            ttft = meta["time_to_first_token"] + overhead if meta["time_to_first_token"] is not None else None
+            return {"tokens": meta["completion_tokens"], "ttft": ttft, "decode_tps": meta["decode_tokens_per_second"],
+                    "total": ended - started, "threads": threads, "text": response.response}
+
+        self.runners[name] = run
+        self.info[name] = self._agent_info(agent)
+
+    def _setup_llama_cpp(self, name: str, options: dict[str, Any], n: int) -> None:
+        import llama_cpp  # noqa: F401  (only when installed; never a dependency)
+
+        from midori_hf_nb.sources import default_model_path
+
+        threads = options.get("threads") or self.default_threads
+        llm = llama_cpp.Llama(model_path=str(default_model_path()), n_ctx=2048, n_threads=threads, verbose=False)
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": USER}]
+
+        def run(max_new: int) -> dict[str, Any]:
+            times, pieces = [], []
+            started = time.perf_counter()
+            for chunk in llm.create_chat_completion(messages, max_tokens=max_new, temperature=0.0, stream=True):
+                delta = chunk["choices"][0].get("delta", {}).get("content")
+                if delta:
+                    times.append(time.perf_counter())
+                    pieces.append(delta)
+            result = _figures(started, times, time.perf_counter())
+            result.update(threads=threads, text="".join(pieces))
+            return result
+
+        self.runners[name] = run
+        self.info[name] = {"weights_bytes": default_model_path().stat().st_size, "dtype": "gguf Q4_1"}
+
+    def _setup_stream(self, name: str, options: dict[str, Any], n: int) -> None:
+        """Raw generation versus streaming into a display handle (IPython shell, no kernel)."""
+        from IPython.core.interactiveshell import InteractiveShell
+
+        from midori_hf_nb import make_payload
+
+        InteractiveShell.instance()  # display() publishes through a real shell's display publisher
+        from midori_hf_nb.notebook.streaming import IPythonSink, stream_to_cell
+
+        agent = self._agent(options, n)
+        payload = make_payload(USER, SYSTEM)
+
+        def raw(max_new: int) -> dict[str, Any]:
+            started = time.perf_counter()
+            response = self.loop.run_until_complete(agent.invoke(payload, max_new_tokens=max_new))
+            meta = response.metadata
+            return {"tokens": meta["completion_tokens"], "decode_tps": meta["decode_tokens_per_second"],
+                    "total": time.perf_counter() - started}
+
+        def cell(throttle: float):
+            def run(max_new: int) -> dict[str, Any]:
+                started = time.perf_counter()
+                response = self.loop.run_until_complete(
+                    stream_to_cell(agent, payload, sink=IPythonSink(), throttle=throttle, max_new_tokens=max_new))
+                meta = response.metadata
+                return {"tokens": meta["completion_tokens"], "decode_tps": meta["decode_tokens_per_second"],
+                        "total": time.perf_counter() - started, "updates": meta.get("display", {}).get("updates")}
+            return run
+
+        self.runners[f"{name}:raw"] = raw
+        self.runners[f"{name}:cell"] = cell(0.1)
+        self.runners[f"{name}:cell-every-piece"] = cell(0.0)
+        self.info[name] = self._agent_info(agent)
+
+    def _setup_grid(self, name: str, options: dict[str, Any], n: int) -> None:
+        from midori_hf_nb.compare import compare
+
+        agent = self._agent(options, n)
+
+        def mode(batch_size: int):
+            def run(max_new: int) -> dict[str, Any]:
+                started = time.perf_counter()
+                frame = compare(GRID_PROMPTS, systems=[SYSTEM], models=agent, batch_size=batch_size, seed=None,
+                                settings={"max_new_tokens": [max_new]}, progress=False)
+                total = time.perf_counter() - started
+                tokens = int(frame["completion_tokens"].sum())
+                return {"tokens": tokens, "total": total, "aggregate_tps": tokens / total,
+                        "ok": int((frame["status"] == "ok").sum())}
+            return run
+
+        self.runners[f"{name}:batched"] = mode(len(GRID_PROMPTS))
+        self.runners[f"{name}:one-by-one"] = mode(1)
+        self.info[name] = self._agent_info(agent)
+
+    # ------------------------------------------------------------------ protocol
+
+    def serve(self, spec: dict[str, Any], out: Any) -> None:
+        started = time.perf_counter()
+        for name, (kind, options) in spec["rows"].items():
+            self.setup(name, kind, options, spec["max_new_tokens"])
+        setup_seconds = time.perf_counter() - started
+        if spec.get("warm_up", True):
+            for run in self.runners.values():  # warm-up: first calls initialise kernels and caches
+                run(min(4, spec["max_new_tokens"]))
+        out.write(json.dumps({"ready": True, "setup_seconds": setup_seconds, "info": self.info,
+                              "runners": list(self.runners)}) + "\n")
+        out.flush()
+        for line in sys.stdin:
+            command = json.loads(line)
+            if command["op"] == "run":
+                result = self.runners[command["runner"]](command["max_new_tokens"])
+                out.write(json.dumps({"result": result}) + "\n")
+            elif command["op"] == "memory":
+                out.write(json.dumps({"memory": _status()}) + "\n")
+            elif command["op"] == "exit":
+                break
+            out.flush()
+
+
+def worker_main(spec_text: str) -> int:
+    # The protocol uses the original stdout; anything the libraries print goes to stderr.
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    spec = json.loads(spec_text)
+    try:
+        Worker().serve(spec, out)
+    except Exception as exc:  # reported to the orchestrator, which shows it
+        import traceback
+
+        out.write(json.dumps({"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()}) + "\n")
+        out.flush()
+        return 1
+    return 0
+
+
+# =========================================================================== orchestrator side
+
+
+class WorkerProcess:
+    def __init__(self, rows: dict[str, tuple[str, dict[str, Any]]], max_new_tokens: int, env: dict[str, str],
+                 warm_up: bool = True) -> None:
+        spec = json.dumps({"rows": rows, "max_new_tokens": max_new_tokens, "warm_up": warm_up})
+        self.rows = list(rows)
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", spec], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+                                     cwd=str(ROOT))
+        self.ready: dict[str, Any] | None = None
+        self.error: str | None = None
+
+    def wait_ready(self) -> None:
+        message = self._read()
+        if "error" in message:
+            self.error = message["error"]
+        else:
+            self.ready = message
+
+    def _read(self) -> dict[str, Any]:
+        line = self.proc.stdout.readline()
+        if not line:
+            return {"error": f"worker exited with code {self.proc.wait()}"}
+        return json.loads(line)
+
+    def ask(self, command: dict[str, Any]) -> dict[str, Any]:
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps({"op": "exit"}) + "\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+def stats(values: list[float | None]) -> dict[str, Any] | None:
+    clean = [v for v in values if v is not None]
+    if not clean:
+        return None
+    return {"median": statistics.median(clean), "min": min(clean), "max": max(clean), "n": len(clean),
+            "values": clean}
+
+
+def rotated(items: list[Any], shift: int) -> list[Any]:
+    shift %= len(items)
+    return items[shift:] + items[:shift]
+
+
+COLD_SCRIPT = r"""
+import time
+t0 = time.perf_counter()
+import asyncio
+from midori_hf_nb import DEFAULT_MODEL, HuggingFaceLocalAgent, make_payload
+
+async def main():
+    agent = HuggingFaceLocalAgent(model=DEFAULT_MODEL, do_sample=False, max_new_tokens=1, progress=False)
+    async for piece in agent.stream(make_payload("What is the capital of France?", "You are a helpful assistant.")):
+        break
+    print("FIRST", time.perf_counter() - t0, flush=True)
+
+asyncio.run(main())
+"""
+
+
+def cold_start(env: dict[str, str], fresh_cache: bool) -> dict[str, Any]:
+    """Seconds from spawning a new interpreter to its first streamed token."""
+    env = dict(env)
+    tmp = None
+    if fresh_cache:
+        tmp = tempfile.mkdtemp(prefix="midori-bench-cache-")
+        env["MIDORI_HF_NB_CACHE"] = tmp
+    try:
+        started = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", COLD_SCRIPT], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True, env=env, cwd=str(ROOT))
+        first = None
+        inside = None
+        for line in proc.stdout:
+            if line.startswith("FIRST"):
+                first = time.perf_counter() - started
+                inside = float(line.split()[1])
+        code = proc.wait()
+        return {"seconds": first, "after_interpreter_start": inside, "exit_code": code}
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def fmt(s: dict[str, Any] | None, digits: int = 2) -> str:
+    if not s:
+        return "-"
+    return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}-{s['max']:.{digits}f}]"
+
+
+def ratio_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="a few tokens, one round, no GGUF cold start")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per figure (default 3; 1 with --smoke)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="new tokens (default 128; 4 with --smoke)")
+    parser.add_argument("--rows", default=None, help="comma-separated decode rows (default: all; see ROWS)")
+    parser.add_argument("--cold-rounds", type=int, default=None, help="cold starts of each kind (default 2; 1 with --smoke)")
+    parser.add_argument("--no-cold", action="store_true", help="skip the cold-start figures")
+    parser.add_argument("--no-gguf", action="store_true", help="skip the cold start from the GGUF file")
+    parser.add_argument("--output", default=None, help="JSON path (default benchmarks/results/bench-<time>.json)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker is not None:
+        return worker_main(args.worker)
+
+    rounds = args.rounds or (1 if args.smoke else 3)
+    max_new = args.max_new_tokens or (4 if args.smoke else 128)
+    cold_rounds = args.cold_rounds or (1 if args.smoke else 2)
+    skip_gguf = args.no_gguf or args.smoke
+    names = args.rows.split(",") if args.rows else list(SMOKE_ROWS if args.smoke else ROWS)
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    if "pipeline" not in names:
+        names.insert(0, "pipeline")
+    if "llama.cpp" in names:
+        import importlib.util
+
+        if importlib.util.find_spec("llama_cpp") is None:
+            names.remove("llama.cpp")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+    report: dict[str, Any] = {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "smoke": args.smoke,
+        "rounds": rounds, "max_new_tokens": max_new, "prompt": {"system": SYSTEM, "user": USER},
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "python": platform.python_version()},
+        "load_average_before": load_average(),
+    }
+    try:
+        import torch
+        import transformers
+
+        report["machine"].update(torch=torch.__version__, transformers=transformers.__version__,
+                                 cpu_capability=torch.backends.cpu.get_cpu_capability())
+    except ImportError:
+        pass
+
+    # ---------------------------------------------------------------- start the workers
+    print(f"starting workers ({'smoke' if args.smoke else 'full'} mode: {max_new} new tokens, {rounds} round(s))",
+          file=sys.stderr)
+    decode_rows = {n: (ROWS[n][0], ROWS[n][1]) for n in names}
+    extra_rows = {"stream": ("stream", {}), "grid": ("grid", {})}
+    if args.smoke:  # one process: memory figures are then not per row
+        groups = [{**decode_rows, **extra_rows}]
+    else:
+        groups = [{n: r} for n, r in {**decode_rows, **extra_rows}.items()]
+    workers = []
+    for group in groups:  # one at a time: loading in parallel would only slow each other down
+        worker = WorkerProcess(group, max_new, env, warm_up=not args.smoke)
+        worker.wait_ready()
+        if worker.error:
+            print(f"  worker {list(group)} failed: {worker.error}", file=sys.stderr)
+        else:
+            print(f"  ready: {', '.join(worker.ready['runners'])} ({worker.ready['setup_seconds']:.1f} s)",
+                  file=sys.stderr)
+        workers.append(worker)
+    by_runner = {r: w for w in workers if w.ready for r in w.ready["runners"]}
+    info = {k: v for w in workers if w.ready for k, v in w.ready["info"].items()}
+
+    def run(runner: str) -> dict[str, Any] | None:
+        worker = by_runner.get(runner)
+        if worker is None:
+            return None
+        reply = worker.ask({"op": "run", "runner": runner, "max_new_tokens": max_new})
+        if "error" in reply:
+            print(f"  {runner}: {reply['error']}", file=sys.stderr)
+            return None
+        return reply["result"]
+
+    try:
+        # ------------------------------------------------------------ decode rows, alternating
+        decode_names = [n for n in names if n in by_runner]
+        samples: dict[str, list[dict[str, Any]]] = {n: [] for n in decode_names}
+        for r in range(rounds):
+            for name in rotated(decode_names, r):
+                result = run(name)
+                if result is not None:
+                    samples[name].append(result)
+                    print(f"  round {r + 1}/{rounds} {name}: {result.get('decode_tps') or 0:.2f} tok/s decode, "
+                          f"{result['tokens']} tokens", file=sys.stderr)
+        stream_names = [n for n in ("stream:raw", "stream:cell", "stream:cell-every-piece") if n in by_runner]
+        stream_samples: dict[str, list[dict[str, Any]]] = {n: [] for n in stream_names}
+        grid_names = [n for n in ("grid:batched", "grid:one-by-one") if n in by_runner]
+        grid_samples: dict[str, list[dict[str, Any]]] = {n: [] for n in grid_names}
+        for r in range(rounds):
+            for name in rotated(stream_names, r):
+                result = run(name)
+                if result is not None:
+                    stream_samples[name].append(result)
+            for name in rotated(grid_names, r):
+                result = run(name)
+                if result is not None:
+                    grid_samples[name].append(result)
+                    print(f"  round {r + 1}/{rounds} {name}: {result['aggregate_tps']:.2f} tok/s aggregate",
+                          file=sys.stderr)
+        memory = {}
+        for worker in workers:
+            if worker.ready:
+                reply = worker.ask({"op": "memory"})
+                for name in worker.rows:
+                    memory[name] = {**reply.get("memory", {}), "shared_with": [n for n in worker.rows if n != name]}
+    finally:
+        for worker in workers:
+            worker.close()
+
+    # ---------------------------------------------------------------- cold start, alternating
+    cold: dict[str, list[dict[str, Any]]] = {}
+    if not args.no_cold:
+        kinds = ["cache"] + ([] if skip_gguf else ["gguf"])
+        cold = {k: [] for k in kinds}
+        for r in range(cold_rounds):
+            for kind in rotated(kinds, r):
+                result = cold_start(env, fresh_cache=(kind == "gguf"))
+                cold[kind].append(result)
+                print(f"  cold start {r + 1}/{cold_rounds} from {kind}: {result['seconds']} s", file=sys.stderr)
+    report["load_average_after"] = load_average()
+
+    # ---------------------------------------------------------------- figures and targets
+    rows_out: dict[str, Any] = {}
+    for name in decode_names:
+        s = samples[name]
+        mem = memory.get(name, {})
+        rows_out[name] = {
+            "description": ROWS[name][2], **info.get(name, {}),
+            "decode_tps": stats([x["decode_tps"] for x in s]), "ttft": stats([x["ttft"] for x in s]),
+            "total": stats([x["total"] for x in s]), "tokens": [x["tokens"] for x in s],
+            "threads": sorted({x["threads"] for x in s}), "peak_rss_bytes": mem.get("VmHWM"),
+            "rss_bytes": mem.get("VmRSS"), "memory_shared_with": mem.get("shared_with"),
+            "answer_start": s[0]["text"][:160] if s else None,
+        }
+    base = rows_out.get("pipeline", {})
+
+    def ratio(row: dict[str, Any], key: str, invert: bool = False) -> float | None:
+        a, b = row.get(key), base.get(key)
+        if not a or not b or not a["median"] or not b["median"]:
+            return None
+        return b["median"] / a["median"] if invert else a["median"] / b["median"]
+
+    for row in rows_out.values():
+        row["ratio_decode"] = ratio(row, "decode_tps")
+        row["ratio_ttft"] = ratio(row, "ttft")
+        row["ratio_total_speed"] = ratio(row, "total", invert=True)
+
+    stream_out = {n: {"decode_tps": stats([x["decode_tps"] for x in v]), "total": stats([x["total"] for x in v]),
+                      "updates": [x.get("updates") for x in v]} for n, v in stream_samples.items()}
+    grid_out = {n: {"aggregate_tps": stats([x["aggregate_tps"] for x in v]), "total": stats([x["total"] for x in v]),
+                    "tokens": [x["tokens"] for x in v]} for n, v in grid_samples.items()}
+    cold_out = {k: {"seconds": stats([x["seconds"] for x in v]),
+                    "after_interpreter_start": stats([x["after_interpreter_start"] for x in v])} for k, v in cold.items()}
+
+    def paired(a: list[dict[str, Any]], b: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+        """Per-round ratio a/b (the rounds ran side by side)."""
+        return stats([x[key] / y[key] for x, y in zip(a, b) if x.get(key) and y.get(key)])
+
+    targets: dict[str, Any] = {}
+    agent = rows_out.get("agent")
+    if agent and base:
+        targets["decode >= 2.5x pipeline"] = {"value": agent["ratio_decode"], "goal": 2.5,
+                                              "met": (agent["ratio_decode"] or 0) >= 2.5}
+        ttft_ratio = agent["ratio_ttft"]
+        targets["time to first token <= pipeline"] = {"value": ttft_ratio, "goal": 1.0,
+                                                      "met": ttft_ratio is not None and ttft_ratio <= 1.0}
+        if agent.get("peak_rss_bytes") and agent.get("weights_bytes"):
+            limit = 1.5 * agent["weights_bytes"] + 400 * 2**20
+            shared = bool(agent.get("memory_shared_with"))  # smoke mode: not the agent's own figure
+            targets["peak RSS <= 1.5x weights + 400 MB"] = {
+                "value": agent["peak_rss_bytes"], "goal": limit,
+                "met": None if shared else agent["peak_rss_bytes"] <= limit, "shared_process": shared}
+    if "pipeline-1t" in rows_out and agent:
+        one = rows_out["pipeline-1t"]
+        if one["decode_tps"] and agent["decode_tps"]:
+            targets["(reference) decode vs pipeline at 1 thread"] = {
+                "value": agent["decode_tps"]["median"] / one["decode_tps"]["median"], "goal": None, "met": None}
+    if cold_out.get("cache") and cold_out.get("gguf") and cold_out["cache"]["seconds"] and cold_out["gguf"]["seconds"]:
+        value = cold_out["gguf"]["seconds"]["median"] / cold_out["cache"]["seconds"]["median"]
+        targets["cold start: GGUF / cache >= 6x"] = {"value": value, "goal": 6.0, "met": value >= 6.0}
+    if stream_samples.get("stream:raw") and stream_samples.get("stream:cell"):
+        per_round = paired(stream_samples["stream:cell"], stream_samples["stream:raw"], "decode_tps")
+        cost = 1 - per_round["median"] if per_round else None
+        targets["streaming into a cell costs <= 5%"] = {"value": cost, "goal": 0.05,
+                                                        "met": cost is not None and cost <= 0.05,
+                                                        "per_round_ratio": per_round}
+        every = stream_samples.get("stream:cell-every-piece")
+        if every:
+            per_piece = paired(every, stream_samples["stream:raw"], "decode_tps")
+            targets["(reference) display update on every piece costs"] = {
+                "value": 1 - per_piece["median"] if per_piece else None, "goal": None, "met": None}
+    if grid_samples.get("grid:batched") and grid_samples.get("grid:one-by-one"):
+        per_round = paired(grid_samples["grid:batched"], grid_samples["grid:one-by-one"], "aggregate_tps")
+        value = per_round["median"] if per_round else None
+        targets["grid of 8 prompts: batched >= 6x one by one"] = {"value": value, "goal": 6.0,
+                                                                 "met": value is not None and value >= 6.0,
+                                                                 "per_round_ratio": per_round}
+    if "llama.cpp" in rows_out and agent and rows_out["llama.cpp"]["decode_tps"] and agent["decode_tps"]:
+        targets["(reference) agent decode / llama.cpp decode"] = {
+            "value": agent["decode_tps"]["median"] / rows_out["llama.cpp"]["decode_tps"]["median"],
+            "goal": None, "met": None}
+    report.update(rows=rows_out, streaming=stream_out, grid=grid_out, cold_start=cold_out, targets=targets)
+
+    # ---------------------------------------------------------------- print
+    print()
+    print(f"decode rows: {max_new} new tokens, greedy, {rounds} round(s); median [min-max]; ratios to 'pipeline'")
+    header = ("row", "decode tok/s", "x", "TTFT s", "x", "total s", "x", "tokens", "peak RSS MB", "weights MB", "thr")
+    lines = [header]
+    for name, row in rows_out.items():
+        lines.append((name, fmt(row["decode_tps"]), ratio_text(row["ratio_decode"]), fmt(row["ttft"], 3),
+                      ratio_text(row["ratio_ttft"]), fmt(row["total"]), ratio_text(row["ratio_total_speed"]),
+                      "/".join(map(str, sorted(set(row["tokens"])))),
+                      f"{row['peak_rss_bytes'] / 2**20:.0f}" + ("*" if row["memory_shared_with"] else "")
+                      if row["peak_rss_bytes"] else "-",
+                      f"{row['weights_bytes'] / 2**20:.0f}" if row.get("weights_bytes") else "-",
+                      ",".join(map(str, row["threads"]))))
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print("  ".join(str(v).ljust(w) for v, w in zip(line, widths)))
+    print("(TTFT x: agent / baseline, lower is better; total x: baseline / row, higher is better;"
+          " * = process shared with other rows)")
+    for name, row in stream_out.items():
+        print(f"{name:24s} decode tok/s {fmt(row['decode_tps'])}  updates {row['updates']}")
+    for name, row in grid_out.items():
+        print(f"{name:24s} aggregate tok/s {fmt(row['aggregate_tps'])}  total s {fmt(row['total'])}")
+    for kind, row in cold_out.items():
+        print(f"cold start from {kind:6s} s {fmt(row['seconds'])}")
+    print()
+    print("targets:")
+    for name, t in targets.items():
+        value = t["value"]
+        shown = "-" if value is None else (f"{value / 2**20:.0f} MB (limit {t['goal'] / 2**20:.0f} MB)"
+                                            if "RSS" in name else f"{value:.3f}")
+        verdict = ("(process shared with other rows: not judged)" if t.get("shared_process") else "") \
+            if t["met"] is None else ("met" if t["met"] else "NOT met")
+        print(f"  {name:50s} {shown:28s} {verdict}")
+
+    output = Path(args.output) if args.output else RESULTS / f"bench-{datetime.now():%Y%m%d-%H%M%S}{'-smoke' if args.smoke else ''}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {output.relative_to(ROOT) if output.is_relative_to(ROOT) else output}")
+    failed = [w for w in workers if w.error]
+    return 1 if failed and not rows_out else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
