@@ -607,8 +607,6 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
     # ------------------------------------------------------------------ internals
 
     def _call_settings(self, overrides: dict[str, Any]) -> tuple[HuggingFaceConfig, "GenerationSettings"]:
-        from .engine import GenerationSettings  # noqa: F401  (imported lazily with torch)
-
         overrides = dict(overrides)
         seed = overrides.pop("seed", None)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):

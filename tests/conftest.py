@@ -20,6 +20,28 @@ def run(coro):
     return asyncio.run(coro)
 
 
+def loaded_agent(model_dir, **options):
+    """A greedy agent on ``model_dir``, loaded now and released when the generator is closed.
+
+    Use in a fixture: ``yield from loaded_agent(tiny_model, max_new_tokens=32)``.
+    """
+    from midori_hf_nb import HuggingFaceLocalAgent
+
+    agent = HuggingFaceLocalAgent(model=str(model_dir), **{"do_sample": False, "progress": False, **options})
+    run(agent.load())
+    try:
+        yield agent
+    finally:
+        run(agent.unload_model())
+
+
+def scripted(agent, *texts: str) -> list:
+    """A ``logits_processor`` list forcing ``texts`` (one per generation) on ``agent``'s model."""
+    from midori_hf_nb.testing import ScriptedOutput
+
+    return [ScriptedOutput(agent.loaded_model.tokenizer, texts[0] if len(texts) == 1 else list(texts))]
+
+
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     """The converted offline default model (converted on first use, then cached)."""

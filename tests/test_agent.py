@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from midori_hf_nb import DEFAULT_MODEL, AgentResponse, HuggingFaceLocalAgent, MemoryEntryData, make_payload
+from midori_hf_nb import DEFAULT_MODEL, AgentResponse, HuggingFaceLocalAgent, MemoryEntryData
 from midori_hf_nb import engine
 from midori_hf_nb.testing import ScriptedOutput
 

@@ -15,23 +15,12 @@ import time
 import pytest
 from transformers import LogitsProcessor
 
-from midori_hf_nb import HuggingFaceLocalAgent, MemoryEntryData
+from midori_hf_nb import MemoryEntryData
 from midori_hf_nb.notebook import ChatPanel
-from midori_hf_nb.testing import ScriptedOutput
 
-from .conftest import run
+from .conftest import loaded_agent, run, scripted
 
 LONG_TEXT = " ".join(f"word{i}" for i in range(700))
-
-
-def loaded_agent(model_dir, **options):
-    """A greedy agent on ``model_dir``, loaded now and released when the generator is closed."""
-    agent = HuggingFaceLocalAgent(model=str(model_dir), do_sample=False, progress=False, **options)
-    run(agent.load())
-    try:
-        yield agent
-    finally:
-        run(agent.unload_model())
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +31,6 @@ def tiny_agent(tiny_model):
 @pytest.fixture(scope="module")
 def tiny_tools_agent(tiny_tools_model):
     yield from loaded_agent(tiny_tools_model, max_new_tokens=64)
-
-
-def scripted(agent, *texts: str) -> list:
-    return [ScriptedOutput(agent.loaded_model.tokenizer, list(texts))]
 
 
 async def wait_for(predicate, timeout: float = 60.0) -> None:

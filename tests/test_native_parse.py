@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from midori_hf_nb import HuggingFaceLocalAgent
 from midori_hf_nb.testing import ScriptedOutput, build_tiny_model
@@ -45,15 +44,6 @@ PREFILL_CHAT_TEMPLATE = (
     "{%- for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{%- endfor %}{%- if add_generation_prompt %}<|im_start|>assistant\n<plan>{%- endif %}"
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny models decode far faster on one thread of a busy two-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _with_response_template(folder, template):

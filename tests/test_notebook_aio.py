@@ -10,23 +10,15 @@ import threading
 
 import pytest
 
-from midori_hf_nb import HuggingFaceLocalAgent, make_payload
+from midori_hf_nb import make_payload
 from midori_hf_nb.notebook import SyncAgent, loop_running, run
-from midori_hf_nb.testing import ScriptedOutput
 
-from .conftest import run as asyncio_run
+from .conftest import loaded_agent, scripted
 
 
 @pytest.fixture(scope="module")
 def agent(tiny_model):
-    agent = HuggingFaceLocalAgent(model=str(tiny_model), do_sample=False, max_new_tokens=40, progress=False)
-    asyncio_run(agent.load())
-    yield agent
-    asyncio_run(agent.unload_model())
-
-
-def scripted(agent, text):
-    return [ScriptedOutput(agent.loaded_model.tokenizer, text)]
+    yield from loaded_agent(tiny_model, max_new_tokens=40)
 
 
 def test_run_without_a_loop_returns_the_response(agent):

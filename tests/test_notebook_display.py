@@ -10,7 +10,7 @@ from midori_hf_nb import AgentResponse, HuggingFaceLocalAgent, make_payload
 from midori_hf_nb.notebook import RecordingSink, ResponseView, render_response_html, render_response_markdown, stream_to_cell
 from midori_hf_nb.testing import ScriptedOutput
 
-from .conftest import run
+from .conftest import loaded_agent, run
 
 HOSTILE = ("<think>I will say <b>hello</b> & <style>body{display:none}</style></think>"
            "Hi <script>alert(1)</script> and <img src=x onerror=alert(2)> done")
@@ -19,10 +19,7 @@ ANSWER = "Hi <script>alert(1)</script> and <img src=x onerror=alert(2)> done"
 
 @pytest.fixture(scope="module")
 def agent(tiny_model):
-    agent = HuggingFaceLocalAgent(model=str(tiny_model), do_sample=False, max_new_tokens=80, progress=False)
-    run(agent.load())
-    yield agent
-    run(agent.unload_model())
+    yield from loaded_agent(tiny_model, max_new_tokens=80)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from midori_hf_nb import AgentResponse, HuggingFaceLocalAgent, MemoryEntryData, make_payload
+from midori_hf_nb import AgentResponse, MemoryEntryData, make_payload
 from midori_hf_nb.notebook import (
     THINKING_COLUMNS,
     TOOL_CALL_COLUMNS,
@@ -17,7 +17,7 @@ from midori_hf_nb.notebook import (
 )
 from midori_hf_nb.testing import ScriptedOutput
 
-from .conftest import run
+from .conftest import loaded_agent, run
 
 
 def assert_schema(frame: pd.DataFrame, columns: dict[str, str]) -> None:
@@ -27,10 +27,7 @@ def assert_schema(frame: pd.DataFrame, columns: dict[str, str]) -> None:
 
 @pytest.fixture(scope="module")
 def tools_agent(tiny_tools_model):
-    agent = HuggingFaceLocalAgent(model=str(tiny_tools_model), do_sample=False, max_new_tokens=80, progress=False)
-    run(agent.load())
-    yield agent
-    run(agent.unload_model())
+    yield from loaded_agent(tiny_tools_model, max_new_tokens=80)
 
 
 def add(a: int, b: int) -> int:

@@ -10,23 +10,15 @@ import pytest
 from midori_hf_nb import HuggingFaceLocalAgent, StreamEvent, make_payload
 from midori_hf_nb.notebook.display import STYLE_ANSWER
 from midori_hf_nb.notebook import LiveView, RecordingSink, StreamState, display_stream, render_stream_html, stream_to_cell
-from midori_hf_nb.testing import ScriptedOutput
 
-from .conftest import run
+from .conftest import loaded_agent, run, scripted
 
 LONG_TEXT = " ".join(f"w{i}" for i in range(150))
 
 
 @pytest.fixture(scope="module")
 def agent(tiny_model):
-    agent = HuggingFaceLocalAgent(model=str(tiny_model), do_sample=False, max_new_tokens=400, progress=False)
-    run(agent.load())
-    yield agent
-    run(agent.unload_model())
-
-
-def scripted(agent, text):
-    return [ScriptedOutput(agent.loaded_model.tokenizer, text)]
+    yield from loaded_agent(tiny_model, max_new_tokens=400)
 
 
 def test_every_piece_updates_with_throttle_zero(agent):

@@ -12,21 +12,11 @@ import threading
 
 import pandas as pd
 import pytest
-import torch
 
 from midori_hf_nb import HuggingFaceLocalAgent
 from midori_hf_nb.testing import ScriptedOutput
 
 from .conftest import run
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny models decode far faster on one thread of a busy two-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module", params=["tiny_model", "tiny_tools_model"])

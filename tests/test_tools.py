@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from midori_hf_nb import HuggingFaceLocalAgent, ToolSchemaError
 from midori_hf_nb.parsing import parse_tool_calls
@@ -19,15 +18,6 @@ from midori_hf_nb.testing import ScriptedOutput
 from midori_hf_nb.tools import tool_instructions, tool_schema, tool_schemas
 
 from .conftest import run
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny models decode far faster on one thread of a busy two-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _agent(path) -> HuggingFaceLocalAgent:
