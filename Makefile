@@ -28,6 +28,15 @@ browser:
 test:
 	$(PY) -m pytest tests
 	$(PY) -m pytest --nbmake --nbmake-timeout=180 notebooks
+	$(MAKE) bench-smoke
+
+# Speed and memory of the agent against the plain-pipeline baseline (benchmarks/README.md).
+bench:
+	$(PY) benchmarks/bench.py
+
+# A few tokens of every benchmark figure, so the benchmark cannot rot (about 30 s).
+bench-smoke:
+	$(PY) benchmarks/bench.py --smoke
 
 test-fast:
 	$(PY) -m pytest tests -m "not slow and not browser"

@@ -65,7 +65,8 @@ ROWS: dict[str, tuple[str, dict[str, Any], str]] = {
     "generate-fp32": ("generate", {"dtype": "float32"}, "reference: model.generate, chat template, fp32, torch threads"),
     "generate-bf16": ("generate", {"dtype": "bfloat16"}, "reference: model.generate, chat template, bf16 weights, torch threads"),
     "agent-fp32": ("agent", {"torch_dtype": "float32"}, "agent with torch_dtype='float32' (exact fp32)"),
-    "agent-int8": ("agent", {"int8_weights": True}, "agent with int8_weights=True (weight-only int8, bf16 activations)"),
+    "agent-int8": ("agent", {"quantize_weights": "int8"}, "agent with quantize_weights='int8' (weight-only int8, bf16 activations)"),
+    "agent-int4": ("agent", {"quantize_weights": "int4"}, "agent with quantize_weights='int4' (4-bit groups of 32 as in the GGUF, bf16 head)"),
     "agent-generate": ("agent", {"decode_loop": "generate"}, "agent default, but decode_loop='generate' (model.generate)"),
     "llama.cpp": ("llama_cpp", {}, "reference: llama-cpp-python on the same GGUF (only if importable)"),
 }
@@ -692,7 +693,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind, row in cold_out.items():
         print(f"cold start from {kind:6s} s {fmt(row['seconds'])}")
     print()
-    print("targets:")
+    print("targets:" + (" (smoke mode: a few tokens in one shared process; the figures mean nothing)"
+                        if args.smoke else ""))
     for name, t in targets.items():
         value = t["value"]
         shown = "-" if value is None else (f"{value / 2**20:.0f} MB (limit {t['goal'] / 2**20:.0f} MB)"

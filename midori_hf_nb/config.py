@@ -17,6 +17,7 @@ from typing import Any
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float16", "float32", "bfloat16")
 DECODE_LOOPS = ("auto", "generate")
+WEIGHT_QUANTIZATIONS = ("int8", "int4")
 _CUDA_INDEXED = re.compile(r"^cuda:\d+$")
 
 CONFIG_SECTION = "midori_ai_agent_base"
@@ -82,11 +83,14 @@ class HuggingFaceConfig:
             engine's own loop over the KV cache (same forward passes and the same tokens as
             ``model.generate``, without its per-token bookkeeping) and everything else
             through ``model.generate``; ``"generate"`` always uses ``model.generate``.
-        int8_weights: store the weights of every linear layer as int8 with one scale per
-            output channel (weight-only quantization with torch's int8 matrix kernel; CPU
-            only, activations stay in ``torch_dtype``). Faster decoding and a quarter of the
-            float32 bytes; changes the numerics, so answers can differ. Not combinable with
-            ``load_in_8bit`` / ``load_in_4bit``.
+        quantize_weights: weight-only quantization of the linear layers with torch's own CPU
+            kernels (CPU only; activations stay in ``torch_dtype``, best with bfloat16):
+            ``"int8"`` stores each layer as int8 with one scale per output channel (the output
+            head too); ``"int4"`` stores 4-bit values in groups of 32 with a scale and an offset
+            per group (the head stays in ``torch_dtype``) -- for a Q4_0/Q4_1 GGUF file that
+            reproduces the file's own 4-bit weights. Faster decoding and fewer bytes; changes the
+            numerics, so answers can differ. ``None`` (default) keeps full weights. Not
+            combinable with ``load_in_8bit`` / ``load_in_4bit``.
     """
 
     model: str
@@ -105,7 +109,7 @@ class HuggingFaceConfig:
     progress: bool = True
     num_threads: int | str | None = "auto"
     decode_loop: str = "auto"
-    int8_weights: bool = False
+    quantize_weights: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.model, os.PathLike):
@@ -125,16 +129,19 @@ class HuggingFaceConfig:
             _fail("top_p", self.top_p, "expected a number in (0, 1]")
         _check_positive_int("top_k", self.top_k)
         _check_positive_int("context_window", self.context_window)
-        for name in ("do_sample", "trust_remote_code", "load_in_8bit", "load_in_4bit", "progress", "int8_weights"):
+        for name in ("do_sample", "trust_remote_code", "load_in_8bit", "load_in_4bit", "progress"):
             _check_bool(name, getattr(self, name))
         if self.load_in_8bit and self.load_in_4bit:
             raise ConfigError(
                 "HuggingFaceConfig.load_in_8bit=True and load_in_4bit=True are both set: choose at most one quantization"
             )
-        if self.int8_weights and (self.load_in_8bit or self.load_in_4bit):
+        if self.quantize_weights is not None and self.quantize_weights not in WEIGHT_QUANTIZATIONS:
+            _fail("quantize_weights", self.quantize_weights,
+                  "expected None or one of " + ", ".join(repr(q) for q in WEIGHT_QUANTIZATIONS))
+        if self.quantize_weights and (self.load_in_8bit or self.load_in_4bit):
             raise ConfigError(
-                "HuggingFaceConfig.int8_weights=True cannot be combined with load_in_8bit/load_in_4bit: "
-                "choose at most one quantization"
+                f"HuggingFaceConfig.quantize_weights={self.quantize_weights!r} cannot be combined with "
+                "load_in_8bit/load_in_4bit: choose at most one quantization"
             )
         if self.num_threads is not None and self.num_threads != "auto":
             if isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int) or self.num_threads <= 0:
@@ -146,13 +153,13 @@ class HuggingFaceConfig:
 
     @property
     def quantization(self) -> str | None:
-        """``"8bit"`` / ``"4bit"`` (bitsandbytes), ``"int8"`` (``int8_weights``) or ``None``."""
+        """``"8bit"`` / ``"4bit"`` (bitsandbytes), ``"int8"`` / ``"int4"`` (``quantize_weights``) or ``None``."""
         if self.load_in_8bit:
             return "8bit"
         if self.load_in_4bit:
             return "4bit"
-        if self.int8_weights:
-            return "int8"
+        if self.quantize_weights:
+            return self.quantize_weights
         return None
 
     @property

@@ -309,7 +309,7 @@ def use_bf16_cpu_linears(model: torch.nn.Module) -> int:
     return changed
 
 
-# --------------------------------------------------------------------------- int8 weights
+# --------------------------------------------------------------------------- int8 / int4 weights
 
 
 class Int8WeightLinear(torch.nn.Module):
@@ -343,24 +343,75 @@ class Int8WeightLinear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
 
 
-def quantize_int8_weights(model: torch.nn.Module) -> int:
-    """Replace every ``nn.Linear`` of ``model`` (the output head included) by :class:`Int8WeightLinear`.
+class Int4WeightLinear(torch.nn.Module):
+    """A linear layer whose weight is stored as 4-bit values in groups of ``group_size`` inputs.
 
-    A head tied to the input embeddings gets its own int8 copy; the embeddings stay in the
-    model's dtype. Returns how many layers were replaced.
+    Each group keeps a scale and a minimum (``w = q * scale + minimum``, ``q`` in 0..15, from the
+    group's own minimum and maximum), which is the layout of llama.cpp's Q4_1 blocks: a layer
+    dequantized from a Q4_1 (or Q4_0) GGUF file gets its original 4-bit values back, up to the
+    rounding of scales to the activation dtype. Computed by torch's int4 kernel
+    (``aten._weight_int4pack_mm_for_cpu``).
     """
-    if not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+
+    def __init__(self, linear: torch.nn.Linear, group_size: int = 32) -> None:
+        super().__init__()
+        weight = linear.weight.detach().to(torch.float32)
+        rows, cols = weight.shape
+        groups = weight.view(rows, cols // group_size, group_size)
+        low, high = groups.amin(dim=-1), groups.amax(dim=-1)
+        scale = ((high - low) / 15).clamp(min=1e-12)
+        q = torch.round((groups - low[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32).view(rows, cols)
+        # the kernel computes (q - 8) * scale + zero
+        zero = low + 8 * scale
+        self.in_features, self.out_features, self.group_size = cols, rows, group_size
+        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+        self.register_buffer("scales_and_zeros",
+                             torch.stack([scale.t(), zero.t()], dim=-1).contiguous().to(linear.weight.dtype))
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        if flat.dtype != self.scales_and_zeros.dtype:
+            flat = flat.to(self.scales_and_zeros.dtype)
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group_size, self.scales_and_zeros)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"int4 weights in groups of {self.group_size}")
+
+
+def quantize_weights(model: torch.nn.Module, kind: str) -> int:
+    """Replace the ``nn.Linear`` layers of ``model`` by :class:`Int8WeightLinear` (``"int8"``:
+    every layer, the output head included) or :class:`Int4WeightLinear` (``"int4"``: every layer
+    but the output head, whose inputs are a multiple of 32). Returns how many layers changed.
+
+    An int8 head tied to the input embeddings gets its own copy; the embeddings stay in the
+    model's dtype.
+    """
+    op = "_weight_int8pack_mm" if kind == "int8" else "_weight_int4pack_mm_for_cpu"
+    if not hasattr(torch.ops.aten, op):
         raise QuantizationError(
-            f"int8_weights=True needs torch's int8 weight kernel (aten._weight_int8pack_mm), "
-            f"which torch {torch.__version__} does not have; upgrade torch or turn int8_weights off"
+            f"quantize_weights={kind!r} needs torch's kernel aten.{op}, which torch {torch.__version__} "
+            "does not have; upgrade torch or turn quantize_weights off"
         )
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     replaced = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if isinstance(child, torch.nn.Linear):
+            if not isinstance(child, torch.nn.Linear):
+                continue
+            if kind == "int8":
                 setattr(module, name, Int8WeightLinear(child))
-                replaced += 1
-    if getattr(model.config, "tie_word_embeddings", False):
+            elif child is not head and child.in_features % 32 == 0:
+                setattr(module, name, Int4WeightLinear(child))
+            else:
+                continue
+            replaced += 1
+    if kind == "int8" and getattr(model.config, "tie_word_embeddings", False):
         model.config.tie_word_embeddings = False  # the head is its own (int8) tensor now
     _trim_heap()
     return replaced
@@ -484,7 +535,8 @@ def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
     try:
         bar.set_postfix_str("converting GGUF (first use only)" if spec.source.kind == "gguf" else "resolving source")
         path = str(convert_gguf(spec.source.location, progress) if spec.source.kind == "gguf" else spec.source.location)
-        if spec.source.kind == "gguf" and spec.dtype in ("bfloat16", "float16") and spec.quantization is None:
+        if spec.source.kind == "gguf" and spec.dtype in ("bfloat16", "float16") \
+                and spec.quantization not in ("8bit", "4bit"):
             bar.set_postfix_str(f"saving a {spec.dtype} copy (first use only)")
             path = str(dtype_variant(path, spec.dtype, progress))
         bar.update(1)
@@ -499,10 +551,10 @@ def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
         bar.update(1)
         bar.set_postfix_str("weights")
         kwargs: dict[str, Any] = {"dtype": TORCH_DTYPES[spec.dtype], **common}
-        if spec.quantization == "int8" and spec.device != "cpu":
+        if spec.quantization in ("int8", "int4") and spec.device != "cpu":
             raise QuantizationError(
-                f"int8_weights=True is supported on device='cpu' only (got device={spec.device!r}); "
-                "use device='cpu', or load_in_8bit=True (bitsandbytes) on a GPU"
+                f"quantize_weights={spec.quantization!r} is supported on device='cpu' only (got "
+                f"device={spec.device!r}); use device='cpu', or bitsandbytes (load_in_8bit/load_in_4bit) on a GPU"
             )
         if spec.quantization in ("8bit", "4bit"):
             kwargs["quantization_config"] = _quantization_config(spec)
@@ -519,11 +571,11 @@ def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
                 raise _hub_error(spec.source, exc) from exc
             raise
         model.eval()
-        if spec.quantization == "int8":
-            quantize_int8_weights(model)
-        elif spec.device == "cpu" and spec.dtype == "bfloat16" and not spec.quantization \
+        if spec.quantization in ("int8", "int4"):
+            quantize_weights(model, spec.quantization)
+        if spec.device == "cpu" and spec.dtype == "bfloat16" and spec.quantization not in ("8bit", "4bit") \
                 and not cpu_has_native_bf16_gemm():
-            use_bf16_cpu_linears(model)
+            use_bf16_cpu_linears(model)  # the layers left in bfloat16 (an int4 model's output head)
         bar.update(1)
     finally:
         bar.close()
@@ -950,6 +1002,59 @@ def _lean_generate(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings:
     return tokens, first_token_at, started
 
 
+def _lean_generate_batch(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, cfg: Any,
+                         stop_event: threading.Event | None, governor: ThreadGovernor | None = None,
+                         ) -> tuple[list[list[int]], float | None, float]:
+    """Greedy decoding of a left-padded batch that drops each sequence from the batch once it ends.
+
+    ``model.generate`` keeps computing finished sequences (as padding) until the longest one
+    ends; here the rows of finished sequences leave the KV cache, the mask and the inputs, so
+    each step costs what the unfinished sequences need. Positions follow the attention mask as
+    in ``generate``. Returns (tokens per row, first-step time, start time).
+    """
+    from transformers import DynamicCache
+
+    model = lm.model
+    eos = lm.eos_token_ids
+    max_new = int(cfg.max_new_tokens)
+    count = input_ids.shape[0]
+    tokens: list[list[int]] = [[] for _ in range(count)]
+    alive = list(range(count))  # original row of each row still in the batch
+    first_token_at: float | None = None
+    started = time.perf_counter()
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        mask = attention_mask
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                    use_cache=True, logits_to_keep=1)
+        next_positions = positions[:, -1:] + 1
+        while True:
+            next_tokens = torch.argmax(out.logits[:, -1, :].to(dtype=torch.float32), dim=-1)
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+            if governor is not None:
+                governor.step()
+            keep: list[int] = []
+            for index, token in enumerate(next_tokens.tolist()):
+                row = tokens[alive[index]]
+                row.append(token)
+                if token not in eos and len(row) < max_new:
+                    keep.append(index)
+            if not keep or (stop_event is not None and stop_event.is_set()):
+                break
+            if len(keep) < len(alive):
+                chosen = torch.tensor(keep, dtype=torch.long, device=input_ids.device)
+                cache.batch_select_indices(chosen)
+                mask, next_tokens, next_positions = mask[chosen], next_tokens[chosen], next_positions[chosen]
+                alive = [alive[i] for i in keep]
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+            out = model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=next_positions,
+                        past_key_values=cache, use_cache=True)
+            next_positions = next_positions + 1
+    return tokens, first_token_at, started
+
+
 def _run_generate(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   settings: GenerationSettings, stop_event: threading.Event | None,
                   streamer: Any = None, prepared: tuple[Any, dict[str, Any]] | None = None,
@@ -1017,9 +1122,11 @@ def generate_batch(
     settings: GenerationSettings,
     stop_event: threading.Event | None = None,
 ) -> list[GenerationResult]:
-    """Generate for several prompts in one left-padded ``generate`` call.
+    """Generate for several prompts in one left-padded batch.
 
-    Each result's ``seconds`` and ``time_to_first_token`` are those of the whole batch.
+    Greedy decoding with plain settings runs in the engine's batch loop (finished sequences
+    leave the batch, see :func:`_lean_generate_batch`); anything else in one ``model.generate``
+    call. Each result's ``seconds`` and ``time_to_first_token`` are those of the whole batch.
     """
     if not batch:
         return []
@@ -1033,11 +1140,16 @@ def generate_batch(
         mask = [[0] * (width - len(ids)) + [1] * len(ids) for ids in batch]
         input_ids = torch.tensor(rows, dtype=torch.long, device=lm.input_device)
         attention_mask = torch.tensor(mask, dtype=torch.long, device=lm.input_device)
-        output, timer, started = _run_generate(lm, input_ids, attention_mask, settings, stop_event,
-                                               governor=governor)
+        cfg, call_kwargs = _generation_config(lm, settings)
+        if settings.greedy and _use_lean_loop(lm, settings, cfg, call_kwargs):
+            generated, first_token_at, started = _lean_generate_batch(lm, input_ids, attention_mask, cfg,
+                                                                      stop_event, governor)
+        else:
+            output, timer, started = _run_generate(lm, input_ids, attention_mask, settings, stop_event,
+                                                   prepared=(cfg, call_kwargs), governor=governor)
+            generated, first_token_at = output[:, width:].tolist(), timer.first_token_at
         seconds = time.perf_counter() - started
         cancelled = bool(stop_event is not None and stop_event.is_set())
-        generated = output[:, width:].tolist()
         results = []
         for prompt, row in zip(batch, generated):
             tokens = []
@@ -1049,6 +1161,6 @@ def generate_batch(
             text_tokens = tokens[:-1] if finish == "stop" and tokens and tokens[-1] in lm.eos_token_ids else tokens
             with lm.tokenizer_lock:
                 text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
-            ttft = timer.first_token_at - started if timer.first_token_at is not None else None
+            ttft = first_token_at - started if first_token_at is not None else None
             results.append(GenerationResult(tokens, text, finish, len(prompt), len(tokens), ttft, seconds))
     return results

@@ -54,17 +54,18 @@ def _tokens(agent, question="Tell me a story.", **overrides):
     ("num_threads", 0, "num_threads=0 is not allowed: expected 'auto', a positive integer or None"),
     ("num_threads", "two", "num_threads='two'"),
     ("decode_loop", "fast", "decode_loop='fast' is not allowed: expected one of 'auto', 'generate'"),
-    ("int8_weights", "yes", "int8_weights='yes'"),
+    ("quantize_weights", "int2", "quantize_weights='int2' is not allowed: expected None or one of 'int8', 'int4'"),
 ])
 def test_new_options_are_validated_by_name(field, value, message):
     with pytest.raises(ConfigError, match=message):
         HuggingFaceConfig(model="x", **{field: value})
 
 
-def test_int8_weights_cannot_be_combined_with_bitsandbytes():
-    with pytest.raises(ConfigError, match="int8_weights=True cannot be combined with load_in_8bit"):
-        HuggingFaceConfig(model="x", int8_weights=True, load_in_4bit=True)
-    assert HuggingFaceConfig(model="x", int8_weights=True).quantization == "int8"
+def test_weight_quantization_cannot_be_combined_with_bitsandbytes():
+    with pytest.raises(ConfigError, match="quantize_weights='int8' cannot be combined with load_in_8bit"):
+        HuggingFaceConfig(model="x", quantize_weights="int8", load_in_4bit=True)
+    assert HuggingFaceConfig(model="x", quantize_weights="int8").quantization == "int8"
+    assert HuggingFaceConfig(model="x", quantize_weights="int4").quantization == "int4"
 
 
 def test_thread_resolution():
@@ -119,7 +120,8 @@ def test_float32_is_exact_and_matches_reference_generate(tiny_model):
     agent = _agent(tiny_model, torch_dtype="float32")
     result, prompt_ids, lm = _tokens(agent)
     assert lm.model.dtype == torch.float32
-    assert not any(isinstance(m, (engine.Bf16CpuLinear, engine.Int8WeightLinear)) for m in lm.model.modules())
+    fast_layers = (engine.Bf16CpuLinear, engine.Int8WeightLinear, engine.Int4WeightLinear)
+    assert not any(isinstance(m, fast_layers) for m in lm.model.modules())
     reference = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     ids = torch.tensor([prompt_ids])
     with torch.inference_mode():
@@ -162,6 +164,23 @@ def test_lean_loop_gives_the_tokens_of_generate_greedy_and_seeded(tiny_model, dt
         b, _, _ = _tokens(slow, **sample)
         assert a.token_ids == b.token_ids, f"seed {seed}"
     run(lean.unload_model()), run(slow.unload_model())
+
+
+def test_batched_loop_drops_finished_rows_and_gives_the_tokens_of_generate(default_model_dir):
+    questions = ["What is the capital of France?", "Write a short poem about the sea.", "Name three colours."]
+    payloads = [make_payload(q, "You are a helpful assistant.") for q in questions]
+    answers = []
+    for loop in ("auto", "generate"):
+        agent = HuggingFaceLocalAgent(model=DEFAULT_MODEL, torch_dtype="float32", do_sample=False,
+                                      max_new_tokens=24, progress=False, decode_loop=loop)
+        answers.append([(r.metadata["raw_text"], r.metadata["completion_tokens"], r.metadata["finish_reason"])
+                        for r in agent.generate_batch(payloads)])
+        run(agent.unload_model())
+    lean, slow = answers
+    assert lean == slow
+    lengths = {tokens for _, tokens, _ in lean}
+    assert len(lengths) > 1 and min(lengths) < 24  # rows ended at different steps (one left the batch early)
+    assert {finish for _, _, finish in lean} == {"stop", "length"}
 
 
 def test_lean_loop_is_used_only_for_plain_settings(tiny_model):
@@ -322,7 +341,8 @@ def float32_facts(default_model_dir):
     return _fact_answers(torch_dtype="float32")
 
 
-@pytest.mark.parametrize("options", [{}, {"int8_weights": True}], ids=["auto-dtype", "int8-weights"])
+@pytest.mark.parametrize("options", [{}, {"quantize_weights": "int8"}, {"quantize_weights": "int4"}],
+                         ids=["auto-dtype", "int8-weights", "int4-weights"])
 def test_fast_paths_answer_factual_questions_as_float32_does(float32_facts, options):
     """Greedy answers of the fast paths are the float32 answers or, where they differ, equally correct."""
     exact_answers, exact_spec = float32_facts
@@ -337,11 +357,11 @@ def test_fast_paths_answer_factual_questions_as_float32_does(float32_facts, opti
     assert same >= len(FACTS) // 2  # most answers are unchanged word for word
 
 
-# --------------------------------------------------------------------------- int8 weights
+# --------------------------------------------------------------------------- int8 / int4 weights
 
 
 def test_int8_weights_replace_every_linear_and_quarter_the_bytes(tiny_model):
-    agent = _agent(tiny_model, int8_weights=True, torch_dtype="float32")
+    agent = _agent(tiny_model, quantize_weights="int8", torch_dtype="float32")
     lm = run(agent.load()).loaded_model
     model = lm.model
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
@@ -362,7 +382,35 @@ def test_int8_weights_replace_every_linear_and_quarter_the_bytes(tiny_model):
     run(agent.unload_model())
 
 
-def test_int8_weights_refused_off_cpu(tiny_model):
-    spec = engine.LoadSpec(engine.resolve_source(str(tiny_model)), "mps", "float16", "int8", False)
-    with pytest.raises(QuantizationError, match="int8_weights=True is supported on device='cpu' only"):
+def test_int4_weights_keep_the_head_and_reproduce_4_bit_groups(tiny_model):
+    agent = _agent(tiny_model, quantize_weights="int4", torch_dtype="bfloat16")
+    lm = run(agent.load()).loaded_model
+    model = lm.model
+    layers = [m for m in model.modules() if isinstance(m, engine.Int4WeightLinear)]
+    assert layers and not isinstance(model.lm_head, engine.Int4WeightLinear)
+    assert lm.footprint()["quantization"] == "int4"
+    # a weight made of 4-bit levels per group of 32 (as in a Q4_1 GGUF block) comes back exactly
+    torch.manual_seed(0)
+    rows, cols = 64, 96
+    q = torch.randint(0, 16, (rows, cols))
+    q[:, ::32] = 0
+    q[:, 1::32] = 15  # each group uses its full range, as llama.cpp's quantizer makes it
+    step = (torch.rand(rows, cols // 32) * 0.01 + 0.001).repeat_interleave(32, dim=1)
+    low = (torch.rand(rows, cols // 32) * -0.1).repeat_interleave(32, dim=1)
+    weight = (q * step + low).float()
+    linear = torch.nn.Linear(cols, rows, bias=False)
+    linear.weight.data = weight
+    layer = engine.Int4WeightLinear(linear)
+    x = torch.randn(5, cols)
+    with torch.inference_mode():
+        assert torch.allclose(layer(x), x @ weight.t(), rtol=1e-4, atol=1e-4)
+    response = run(agent.invoke(make_payload("hello")))
+    assert response.metadata["quantization"] == "int4" and response.metadata["completion_tokens"] >= 1
+    run(agent.unload_model())
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_weight_quantization_refused_off_cpu(tiny_model, kind):
+    spec = engine.LoadSpec(engine.resolve_source(str(tiny_model)), "mps", "float16", kind, False)
+    with pytest.raises(QuantizationError, match=f"quantize_weights='{kind}' is supported on device='cpu' only"):
         engine.load(spec, progress=False)
