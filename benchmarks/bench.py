@@ -145,6 +145,7 @@ class Worker:
         folder = self._model_dir()
         pipe = transformers.pipeline("text-generation", model=str(folder), dtype=self.torch.float32, device="cpu")
         prompt = f"System: {SYSTEM}\nUser: {USER}\nAssistant:"
+        prompt_tokens = len(pipe.tokenizer(prompt)["input_ids"])
         threads = options.get("threads")
         weights = sum(p.numel() * p.element_size() for p in pipe.model.parameters())
 
@@ -154,7 +155,7 @@ class Worker:
             started = time.perf_counter()
             out = pipe(prompt, max_new_tokens=max_new, do_sample=False, return_full_text=False, streamer=stamps)
             result = _figures(started, stamps.times, time.perf_counter())
-            result.update(threads=used, text=out[0]["generated_text"])
+            result.update(threads=used, text=out[0]["generated_text"], prompt_tokens=prompt_tokens)
             return result
 
         self.runners[name] = run
@@ -180,7 +181,7 @@ class Worker:
                                      do_sample=False, streamer=stamps)
             text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
             result = _figures(started, stamps.times, time.perf_counter())
-            result.update(threads=used, text=text)
+            result.update(threads=used, text=text, prompt_tokens=ids.shape[1])
             return result
 
         self.runners[name] = run
@@ -206,20 +207,38 @@ class Worker:
 
         agent = self._agent(options, n)
         payload = make_payload(USER, SYSTEM)
-        # the engine sets torch's threads in the generating thread; this is the count it uses
-        threads = engine.resolve_threads(agent.config.num_threads) or self.default_threads
+        # the engine sets torch's threads in the generating thread; "auto" measures per step
+        setting = engine.resolve_threads(agent.config.num_threads)
+        threads = setting if setting is not None else self.default_threads
+
+        def steps_by_threads() -> dict[str, int]:
+            governor = agent.loaded_model.governors.get(1)
+            return {str(k): v for k, v in governor.steps.items()} if governor else {}
+
+        # When the engine starts generating (the agent calls engine.generate by attribute, so this
+        # wrapper sees every call): the time to first token is then measured from the agent call,
+        # prompt building and the hand-over to the generation thread included.
+        engine_started: list[float] = []
+        generate = engine.generate
+
+        def timed_generate(*args: Any, **kwargs: Any) -> Any:
+            engine_started.append(time.perf_counter())
+            return generate(*args, **kwargs)
+
+        engine.generate = timed_generate
 
         def run(max_new: int) -> dict[str, Any]:
+            engine_started.clear()
             started = time.perf_counter()
             response = self.loop.run_until_complete(agent.invoke(payload, max_new_tokens=max_new))
             ended = time.perf_counter()
             meta = response.metadata
-            # time to first token as the engine measured it, plus all of the call's own overhead
-            # (prompt building before, response parsing after): an upper bound
-            overhead = max(0.0, (ended - started) - meta["total_seconds"])
-            ttft = meta["time_to_first_token"] + overhead if meta["time_to_first_token"] is not None else None
-            return {"tokens": meta["completion_tokens"], "ttft": ttft, "decode_tps": meta["decode_tokens_per_second"],
-                    "total": ended - started, "threads": threads, "text": response.response}
+            ttft = None
+            if meta["time_to_first_token"] is not None and engine_started:
+                ttft = engine_started[0] - started + meta["time_to_first_token"]
+            return {"prompt_tokens": meta["prompt_tokens"], "tokens": meta["completion_tokens"], "ttft": ttft,
+                    "decode_tps": meta["decode_tokens_per_second"], "total": ended - started, "threads": threads, "text": response.response,
+                    "steps_by_threads": steps_by_threads()}
 
         self.runners[name] = run
         self.info[name] = self._agent_info(agent)
@@ -595,7 +614,9 @@ def main(argv: list[str] | None = None) -> int:
             "description": ROWS[name][2], **info.get(name, {}),
             "decode_tps": stats([x["decode_tps"] for x in s]), "ttft": stats([x["ttft"] for x in s]),
             "total": stats([x["total"] for x in s]), "tokens": [x["tokens"] for x in s],
-            "threads": sorted({x["threads"] for x in s}), "peak_rss_bytes": mem.get("VmHWM"),
+            "prompt_tokens": s[0].get("prompt_tokens") if s else None,
+            "threads": sorted({str(x["threads"]) for x in s}), "peak_rss_bytes": mem.get("VmHWM"),
+            "steps_by_threads": s[-1].get("steps_by_threads") if s else None,
             "rss_bytes": mem.get("VmRSS"), "memory_shared_with": mem.get("shared_with"),
             "answer_start": s[0]["text"][:160] if s else None,
         }
@@ -671,12 +692,13 @@ def main(argv: list[str] | None = None) -> int:
     # ---------------------------------------------------------------- print
     print()
     print(f"decode rows: {max_new} new tokens, greedy, {rounds} round(s); median [min-max]; ratios to 'pipeline'")
-    header = ("row", "decode tok/s", "x", "TTFT s", "x", "total s", "x", "tokens", "peak RSS MB", "weights MB", "thr")
+    header = ("row", "decode tok/s", "x", "TTFT s", "x", "total s", "x", "prompt", "tokens", "peak RSS MB",
+              "weights MB", "threads")
     lines = [header]
     for name, row in rows_out.items():
         lines.append((name, fmt(row["decode_tps"]), ratio_text(row["ratio_decode"]), fmt(row["ttft"], 3),
                       ratio_text(row["ratio_ttft"]), fmt(row["total"]), ratio_text(row["ratio_total_speed"]),
-                      "/".join(map(str, sorted(set(row["tokens"])))),
+                      str(row.get("prompt_tokens") or "-"), "/".join(map(str, sorted(set(row["tokens"])))),
                       f"{row['peak_rss_bytes'] / 2**20:.0f}" + ("*" if row["memory_shared_with"] else "")
                       if row["peak_rss_bytes"] else "-",
                       f"{row['weights_bytes'] / 2**20:.0f}" if row.get("weights_bytes") else "-",
@@ -686,6 +708,10 @@ def main(argv: list[str] | None = None) -> int:
         print("  ".join(str(v).ljust(w) for v, w in zip(line, widths)))
     print("(TTFT x: agent / baseline, lower is better; total x: baseline / row, higher is better;"
           " * = process shared with other rows)")
+    governed = {n: r["steps_by_threads"] for n, r in rows_out.items() if r.get("steps_by_threads")}
+    if governed:
+        print("num_threads='auto': decode steps run with each thread count (all rounds, warm-up included): "
+              + "; ".join(f"{n} {steps}" for n, steps in governed.items()))
     for name, row in stream_out.items():
         print(f"{name:24s} decode tok/s {fmt(row['decode_tps'])}  updates {row['updates']}")
     for name, row in grid_out.items():

@@ -88,8 +88,8 @@ class HuggingFaceConfig:
             ``"int8"`` stores each layer as int8 with one scale per output channel (the output
             head too); ``"int4"`` stores 4-bit values in groups of 32 with a scale and an offset
             per group (the head stays in ``torch_dtype``) -- for a Q4_0/Q4_1 GGUF file that
-            reproduces the file's own 4-bit weights. Faster decoding and fewer bytes; changes the
-            numerics, so answers can differ. ``None`` (default) keeps full weights. Not
+            reproduces the file's own 4-bit weights. Fewer bytes and faster decoding than float32
+            (on AVX2 about as fast as bfloat16); changes the numerics, so answers can differ. ``None`` (default) keeps full weights. Not
             combinable with ``load_in_8bit`` / ``load_in_4bit``.
     """
 
