@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 
 import pytest
 import torch
@@ -88,7 +89,7 @@ def test_thread_governor_follows_the_faster_count(monkeypatch):
     """Fed step times, the governor settles on the faster count and probes the other now and then."""
     before = torch.get_num_threads()
     clock = _Clock()
-    monkeypatch.setattr(engine.time, "perf_counter", clock)
+    monkeypatch.setattr(time, "perf_counter", clock)
     try:
         governor = engine.ThreadGovernor(cores=2, probe_every=8, probe_steps=2)
         cost = {1: 0.05, 2: 0.03}  # an idle machine: two threads are faster

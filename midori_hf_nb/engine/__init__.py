@@ -1,0 +1,55 @@
+"""The engine: the one part of the package that touches torch and transformers.
+
+One module per concern:
+
+- :mod:`.devices`: devices and weight dtypes;
+- :mod:`.convert`: GGUF files converted once into a cached safetensors directory;
+- :mod:`.layers`: linear layers for fast CPU decoding (bfloat16 storage, int8/int4 weights);
+- :mod:`.loading`: loading models, shared and reference-counted in :data:`REGISTRY`;
+- :mod:`.threads`: torch's thread count while generating on CPU;
+- :mod:`.generation`: generating one sequence (with live text) or a left-padded batch, cancellable.
+
+Everything the rest of the package uses is importable from here.
+"""
+
+from ..sources import resolve_source
+from .convert import convert_gguf, dtype_variant
+from .devices import (
+    TORCH_DTYPES,
+    DeviceError,
+    cpu_prefers_bfloat16,
+    mps_available,
+    resolve_device,
+    resolve_dtype,
+)
+from .generation import (  # noqa: F401  (private names kept for tests and benchmarks)
+    CALL_KWARGS,
+    GenerationResult,
+    GenerationSettings,
+    _generation_config,
+    _use_lean_loop,
+    check_generation_kwargs,
+    generate,
+    generate_batch,
+    lean_decode_supported,
+)
+from .layers import (
+    Bf16CpuLinear,
+    Int4WeightLinear,
+    Int8WeightLinear,
+    QuantizationError,
+    cpu_has_native_bf16_gemm,
+    quantize_weights,
+    use_bf16_cpu_linears,
+)
+from .loading import REGISTRY, LoadedModel, LoadSpec, acquire, load, release, spec_for
+from .threads import ThreadGovernor, apply_threads, resolve_threads, usable_cores
+
+__all__ = [
+    "CALL_KWARGS", "REGISTRY", "TORCH_DTYPES", "Bf16CpuLinear", "DeviceError", "GenerationResult",
+    "GenerationSettings", "Int4WeightLinear", "Int8WeightLinear", "LoadSpec", "LoadedModel", "QuantizationError",
+    "ThreadGovernor", "acquire", "apply_threads", "check_generation_kwargs", "convert_gguf",
+    "cpu_has_native_bf16_gemm", "cpu_prefers_bfloat16", "dtype_variant", "generate", "generate_batch",
+    "lean_decode_supported", "load", "mps_available", "quantize_weights", "release", "resolve_device",
+    "resolve_dtype", "resolve_source", "resolve_threads", "spec_for", "usable_cores", "use_bf16_cpu_linears",
+]

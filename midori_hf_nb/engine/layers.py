@@ -1,0 +1,189 @@
+"""Linear layers for fast CPU decoding: bfloat16 weights with float32 products for many rows,
+and int8 / int4 weight-only quantization.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+
+from .devices import _trim_heap
+
+
+class QuantizationError(RuntimeError):
+    """Quantization was asked for but cannot be done here."""
+
+
+#: Matrix products with at most this many rows use torch's bfloat16 kernel directly.
+BF16_DIRECT_ROWS = 2
+#: Elements of the float32 scratch block a bfloat16 weight is widened into (2 MiB).
+BF16_BLOCK_ELEMENTS = 1 << 19
+
+_scratch = threading.local()
+
+
+def cpu_has_native_bf16_gemm() -> bool:
+    """True when oneDNN multiplies bfloat16 matrices natively here (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # pragma: no cover - builds without oneDNN
+        return False
+
+
+class Bf16CpuLinear(torch.nn.Linear):
+    """``nn.Linear`` with bfloat16 weights on a CPU without native bfloat16 matrix products.
+
+    Decoding one token (one or two rows) uses torch's bfloat16 kernel, which reads half the
+    bytes of float32. Products with more rows (the prompt, a batch) widen the weight block by
+    block (2 MiB at a time, in a per-thread scratch buffer that stays in cache) and multiply
+    in float32, instead of torch's generic bfloat16 matrix product, which on AVX2 is about 5x
+    slower than float32. Both compute in float32 from the same bfloat16 weights and round the
+    result to bfloat16. The module keeps its weight (tied weights stay tied).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        rows = x.numel() // x.shape[-1] if x.dim() else 1
+        if rows <= BF16_DIRECT_ROWS or weight.dtype != torch.bfloat16 or torch.is_grad_enabled():
+            return torch.nn.functional.linear(x, weight, self.bias)
+        out_features, in_features = weight.shape
+        flat = x.reshape(rows, in_features).to(torch.float32)
+        out = torch.empty(rows, out_features, dtype=torch.float32, device=x.device)
+        block = getattr(_scratch, "block", None)
+        if block is None:
+            block = _scratch.block = torch.empty(BF16_BLOCK_ELEMENTS, dtype=torch.float32)
+        step = max(1, BF16_BLOCK_ELEMENTS // in_features)
+        for start in range(0, out_features, step):
+            stop = min(out_features, start + step)
+            if (stop - start) * in_features > block.numel():  # a single row longer than the block
+                block = _scratch.block = torch.empty((stop - start) * in_features, dtype=torch.float32)
+            widened = block[: (stop - start) * in_features].view(stop - start, in_features)
+            widened.copy_(weight[start:stop])
+            out[:, start:stop] = flat @ widened.t()
+        if self.bias is not None:
+            out += self.bias.to(torch.float32)
+        return out.to(x.dtype).reshape(*x.shape[:-1], out_features)
+
+
+def use_bf16_cpu_linears(model: torch.nn.Module) -> int:
+    """Turn the bfloat16 ``nn.Linear`` layers of a CPU model into :class:`Bf16CpuLinear` (in place).
+
+    Only the forward changes (the class of each module); weights, ties and the state dict stay.
+    Returns how many layers changed.
+    """
+    changed = 0
+    for module in model.modules():
+        if type(module) is torch.nn.Linear and module.weight.dtype == torch.bfloat16:
+            module.__class__ = Bf16CpuLinear
+            changed += 1
+    return changed
+
+
+# --------------------------------------------------------------------------- int8 / int4 weights
+
+
+class Int8WeightLinear(torch.nn.Module):
+    """A linear layer whose weight is stored as int8 with one scale per output channel.
+
+    ``y = (x @ q.T) * scale (+ bias)``, computed by torch's weight-only int8 kernel
+    (``aten._weight_int8pack_mm``) in the activation dtype. The scale of a row is its largest
+    absolute weight divided by 127 (symmetric, round to nearest).
+    """
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        weight = linear.weight.detach().to(torch.float32)
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("qweight", torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scale", scale.to(linear.weight.dtype))
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        if flat.dtype != self.scale.dtype:
+            flat = flat.to(self.scale.dtype)
+        out = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scale)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
+
+
+class Int4WeightLinear(torch.nn.Module):
+    """A linear layer whose weight is stored as 4-bit values in groups of ``group_size`` inputs.
+
+    Each group keeps a scale and a minimum (``w = q * scale + minimum``, ``q`` in 0..15, from the
+    group's own minimum and maximum), which is the layout of llama.cpp's Q4_1 blocks: a layer
+    dequantized from a Q4_1 (or Q4_0) GGUF file gets its original 4-bit values back, up to the
+    rounding of scales to the activation dtype. Computed by torch's int4 kernel
+    (``aten._weight_int4pack_mm_for_cpu``).
+    """
+
+    def __init__(self, linear: torch.nn.Linear, group_size: int = 32) -> None:
+        super().__init__()
+        weight = linear.weight.detach().to(torch.float32)
+        rows, cols = weight.shape
+        groups = weight.view(rows, cols // group_size, group_size)
+        low, high = groups.amin(dim=-1), groups.amax(dim=-1)
+        scale = ((high - low) / 15).clamp(min=1e-12)
+        q = torch.round((groups - low[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32).view(rows, cols)
+        # the kernel computes (q - 8) * scale + zero
+        zero = low + 8 * scale
+        self.in_features, self.out_features, self.group_size = cols, rows, group_size
+        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+        self.register_buffer("scales_and_zeros",
+                             torch.stack([scale.t(), zero.t()], dim=-1).contiguous().to(linear.weight.dtype))
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        if flat.dtype != self.scales_and_zeros.dtype:
+            flat = flat.to(self.scales_and_zeros.dtype)
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group_size, self.scales_and_zeros)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"int4 weights in groups of {self.group_size}")
+
+
+def quantize_weights(model: torch.nn.Module, kind: str) -> int:
+    """Replace the ``nn.Linear`` layers of ``model`` by :class:`Int8WeightLinear` (``"int8"``:
+    every layer, the output head included) or :class:`Int4WeightLinear` (``"int4"``: every layer
+    but the output head, whose inputs are a multiple of 32). Returns how many layers changed.
+
+    An int8 head tied to the input embeddings gets its own copy; the embeddings stay in the
+    model's dtype.
+    """
+    op = "_weight_int8pack_mm" if kind == "int8" else "_weight_int4pack_mm_for_cpu"
+    if not hasattr(torch.ops.aten, op):
+        raise QuantizationError(
+            f"quantize_weights={kind!r} needs torch's kernel aten.{op}, which torch {torch.__version__} "
+            "does not have; upgrade torch or turn quantize_weights off"
+        )
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    replaced = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if not isinstance(child, torch.nn.Linear):
+                continue
+            if kind == "int8":
+                setattr(module, name, Int8WeightLinear(child))
+            elif child is not head and child.in_features % 32 == 0:
+                setattr(module, name, Int4WeightLinear(child))
+            else:
+                continue
+            replaced += 1
+    if kind == "int8" and getattr(model.config, "tie_word_embeddings", False):
+        model.config.tie_word_embeddings = False  # the head is its own (int8) tensor now
+    _trim_heap()
+    return replaced

@@ -1,0 +1,237 @@
+"""Loading models: a :class:`LoadSpec` (source, device, dtype, quantization) to a
+:class:`LoadedModel`, shared and reference-counted in :data:`REGISTRY`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ..config import HuggingFaceConfig
+from ..registry import ModelRegistry
+from ..sources import ModelSource, ModelSourceError, hub_offline, resolve_source
+
+from .convert import _progress_bars, convert_gguf, dtype_variant
+from .devices import TORCH_DTYPES, _trim_heap, mps_available, resolve_device, resolve_dtype
+from .generation import lean_decode_supported
+from .layers import QuantizationError, cpu_has_native_bf16_gemm, quantize_weights, use_bf16_cpu_linears
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What identifies a loaded model: agents with equal specs share one copy."""
+
+    source: ModelSource
+    device: str
+    dtype: str
+    quantization: str | None
+    trust_remote_code: bool
+
+    @property
+    def key(self) -> tuple:
+        return (self.source.key, self.device, self.dtype, self.quantization, self.trust_remote_code)
+
+
+@dataclass
+class LoadedModel:
+    """A model and tokenizer in memory, with what generation needs."""
+
+    spec: LoadSpec
+    model: Any
+    tokenizer: Any
+    load_seconds: float
+    path: str  #: the folder or hub id actually loaded
+    generation_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: serialises use of the (Rust) tokenizer across threads: prompt encoding and streamed decoding
+    tokenizer_lock: threading.RLock = field(default_factory=threading.RLock)
+    base_generation_config: Any = None
+    eos_token_ids: frozenset[int] = frozenset()
+    pad_token_id: int | None = None
+    #: True when the engine's own decode loop can drive this model (see :func:`lean_decode_supported`)
+    lean_capable: bool = False
+    #: effective GenerationConfig per plain settings tuple, so repeated calls do not rebuild it
+    generation_configs: dict = field(default_factory=dict)
+    #: thread governors of num_threads="auto", one per batch size
+    governors: dict = field(default_factory=dict)
+
+    @property
+    def input_device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def max_position_embeddings(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def footprint(self) -> dict[str, Any]:
+        """Parameters, bytes, dtype, quantization and device of the loaded weights."""
+        if self.model is None:
+            return {"model": self.spec.source.name, "loaded": False}
+        params = sum(p.numel() for p in self.model.parameters())
+        weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        weight_bytes += sum(b.numel() * b.element_size() for b in self.model.buffers())
+        return {
+            "model": self.spec.source.name,
+            "loaded": True,
+            "parameters": int(params),
+            "bytes": int(weight_bytes),
+            "dtype": self.spec.dtype,
+            "quantization": self.spec.quantization or "none",
+            "device": str(self.input_device),
+            "load_seconds": round(self.load_seconds, 3),
+        }
+
+    def close(self) -> None:
+        """Drop the model and tokenizer so their memory can return."""
+        self.model = None
+        self.tokenizer = None
+        self.base_generation_config = None
+
+
+def _quantization_config(spec: LoadSpec):
+    from transformers import BitsAndBytesConfig
+
+    if spec.device == "mps":
+        raise QuantizationError(
+            f"load_in_{spec.quantization}=True is not supported on device='mps' by bitsandbytes; "
+            "use device='cpu' or 'cuda', or turn quantization off"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise QuantizationError(
+            f"load_in_{spec.quantization}=True needs bitsandbytes: pip install 'midori-hf-nb[quantization]' "
+            f"(or pip install bitsandbytes); import failed with: {exc}"
+        ) from exc
+    warnings.filterwarnings("ignore", message=r".*inputs will be cast from.*")  # 8-bit CPU matmul chatter
+    if spec.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = TORCH_DTYPES[spec.dtype] if spec.dtype != "float16" or spec.device != "cpu" else torch.float32
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute)
+
+
+def _hub_error(source: ModelSource, exc: BaseException) -> ModelSourceError:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    where = f"the local hub cache ({HF_HUB_CACHE})"
+    if hub_offline():
+        reason = "HF_HUB_OFFLINE is set, so the hub was not contacted"
+    else:
+        reason = "the hub could not be reached or has no such model"
+    return ModelSourceError(
+        f"model {source.name!r}: not found in {where} and {reason} ({type(exc).__name__}: {exc}). "
+        "Pass a local model directory or .gguf file, or use midori_hf_nb.DEFAULT_MODEL to run offline."
+    )
+
+
+def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
+    """Load the model and tokenizer of ``spec`` (converting a GGUF file on first use)."""
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    bar = tqdm(total=3, desc=f"Loading {spec.source.name}", unit="step", disable=not progress, leave=False)
+    try:
+        bar.set_postfix_str("converting GGUF (first use only)" if spec.source.kind == "gguf" else "resolving source")
+        path = str(convert_gguf(spec.source.location, progress) if spec.source.kind == "gguf" else spec.source.location)
+        if spec.source.kind == "gguf" and spec.dtype in ("bfloat16", "float16") \
+                and spec.quantization not in ("8bit", "4bit"):
+            bar.set_postfix_str(f"saving a {spec.dtype} copy (first use only)")
+            path = str(dtype_variant(path, spec.dtype, progress))
+        bar.update(1)
+        common = {"trust_remote_code": spec.trust_remote_code}
+        bar.set_postfix_str("tokenizer")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, **common)
+        except OSError as exc:
+            if spec.source.kind == "hub":
+                raise _hub_error(spec.source, exc) from exc
+            raise
+        bar.update(1)
+        bar.set_postfix_str("weights")
+        kwargs: dict[str, Any] = {"dtype": TORCH_DTYPES[spec.dtype], **common}
+        if spec.quantization in ("int8", "int4") and spec.device != "cpu":
+            raise QuantizationError(
+                f"quantize_weights={spec.quantization!r} is supported on device='cpu' only (got "
+                f"device={spec.device!r}); use device='cpu', or bitsandbytes (load_in_8bit/load_in_4bit) on a GPU"
+            )
+        if spec.quantization in ("8bit", "4bit"):
+            kwargs["quantization_config"] = _quantization_config(spec)
+            kwargs["device_map"] = {"": spec.device if spec.device != "cuda" else 0}
+        elif spec.device == "cuda":
+            kwargs["device_map"] = "auto"  # accelerate spreads a large model over the GPUs (and CPU)
+        elif spec.device != "cpu":
+            kwargs["device_map"] = {"": spec.device}
+        try:
+            with _progress_bars(progress):
+                model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except OSError as exc:
+            if spec.source.kind == "hub":
+                raise _hub_error(spec.source, exc) from exc
+            raise
+        model.eval()
+        if spec.quantization in ("int8", "int4"):
+            quantize_weights(model, spec.quantization)
+        if spec.device == "cpu" and spec.dtype == "bfloat16" and spec.quantization not in ("8bit", "4bit") \
+                and not cpu_has_native_bf16_gemm():
+            use_bf16_cpu_linears(model)  # the layers left in bfloat16 (an int4 model's output head)
+        bar.update(1)
+    finally:
+        bar.close()
+    lm = LoadedModel(spec=spec, model=model, tokenizer=tokenizer, load_seconds=time.perf_counter() - started, path=path)
+    lm.base_generation_config = model.generation_config
+    lm.lean_capable = lean_decode_supported(model)
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        eos_ids.add(tokenizer.eos_token_id)
+    lm.eos_token_ids = frozenset(eos_ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.generation_config.pad_token_id
+    lm.pad_token_id = pad if pad is not None else (min(eos_ids) if eos_ids else 0)
+    return lm
+
+
+def _free(lm: LoadedModel) -> None:
+    with lm.generation_lock:  # a running generation finishes first
+        lm.close()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if mps_available():
+        with contextlib.suppress(Exception):
+            torch.mps.empty_cache()
+    _trim_heap()
+
+
+#: The process-wide registry of loaded models.
+REGISTRY = ModelRegistry(on_free=_free)
+
+
+def spec_for(config: HuggingFaceConfig) -> LoadSpec:
+    """Resolve a configuration to a :class:`LoadSpec` (source, device, dtype)."""
+    source = resolve_source(config.model)
+    device = resolve_device(config.device)
+    return LoadSpec(
+        source=source,
+        device=device,
+        dtype=resolve_dtype(config.torch_dtype, device, config.quantization),
+        quantization=config.quantization,
+        trust_remote_code=config.trust_remote_code,
+    )
+
+
+def acquire(config: HuggingFaceConfig) -> LoadedModel:
+    """Load (or share) the model of ``config`` and add a reference to it."""
+    spec = spec_for(config)
+    return REGISTRY.acquire(spec.key, lambda: load(spec, progress=config.progress))
+
+
+def release(lm: LoadedModel) -> bool:
+    """Drop one reference to ``lm``; True when this freed it."""
+    return REGISTRY.release(lm.spec.key)
