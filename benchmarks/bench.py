@@ -41,21 +41,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from compare_batched import PROMPTS  # this folder is on sys.path when the script runs
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 SYSTEM = "You are a helpful assistant."
 USER = "Write a detailed essay about the history of the steam engine, its inventors and its impact on industry."
-GRID_PROMPTS = [
-    "What is the capital of France?",
-    "Name three colours.",
-    "Give one tip for writing clear code.",
-    "Explain in one sentence why the sky looks blue.",
-    "Write a short poem about the sea.",
-    "What is 12 times 12?",
-    "Describe a cat to someone who has never seen one, in two sentences.",
-    "Why do leaves change colour in autumn?",
-]
+#: The comparison grid's prompts: the first eight of compare_batched.py's (this folder).
+GRID_PROMPTS = PROMPTS[:8]
 
 #: name -> (kind, options, description). The first row is the baseline of every ratio.
 ROWS: dict[str, tuple[str, dict[str, Any], str]] = {
