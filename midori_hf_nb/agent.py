@@ -476,12 +476,7 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         Waits for a running generation on the model to finish first. The agent loads the model
         again on its next use.
         """
-        with self._load_lock:
-            lm, self._lm = self._lm, None
-        if lm is not None:
-            from . import engine
-
-            await asyncio.to_thread(engine.release, lm)
+        await asyncio.to_thread(self.unload_model_sync)
 
     def load_sync(self) -> "HuggingFaceLocalAgent":
         """:meth:`load` for synchronous code (blocks while the model loads). Returns the agent."""

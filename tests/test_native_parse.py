@@ -17,10 +17,9 @@ import json
 
 import pytest
 
-from midori_hf_nb import HuggingFaceLocalAgent
 from midori_hf_nb.testing import ScriptedOutput, build_tiny_model
 
-from .conftest import run
+from .conftest import loaded_agent, run
 
 #: Reasoning in <plan> blocks, Hermes-style <tool_call> JSON calls, the rest is content.
 RESPONSE_TEMPLATE = {
@@ -56,35 +55,27 @@ def _with_response_template(folder, template):
     return folder
 
 
-def _agent(path) -> HuggingFaceLocalAgent:
-    agent = HuggingFaceLocalAgent(model=str(path), do_sample=False, max_new_tokens=96, progress=False)
-    run(agent.load())
-    return agent
+def _agent(path):
+    return loaded_agent(path, max_new_tokens=96)
 
 
 @pytest.fixture(scope="module")
 def template_agent(tmp_path_factory, default_model_dir):
     folder = build_tiny_model(tmp_path_factory.mktemp("tiny-response-template") / "model", default_model_dir)
-    agent = _agent(_with_response_template(folder, RESPONSE_TEMPLATE))
-    yield agent
-    run(agent.unload_model())
+    yield from _agent(_with_response_template(folder, RESPONSE_TEMPLATE))
 
 
 @pytest.fixture(scope="module")
 def prefill_agent(tmp_path_factory, default_model_dir):
     folder = build_tiny_model(tmp_path_factory.mktemp("tiny-prefill") / "model", default_model_dir,
                               chat_template=PREFILL_CHAT_TEMPLATE)
-    agent = _agent(_with_response_template(folder, RESPONSE_TEMPLATE))
-    yield agent
-    run(agent.unload_model())
+    yield from _agent(_with_response_template(folder, RESPONSE_TEMPLATE))
 
 
 @pytest.fixture(scope="module")
 def tags_agent(tiny_model):
     """The same tokenizer and chat template without a response template."""
-    agent = _agent(tiny_model)
-    yield agent
-    run(agent.unload_model())
+    yield from _agent(tiny_model)
 
 
 def forced(agent, texts) -> ScriptedOutput:

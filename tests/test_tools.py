@@ -17,27 +17,21 @@ from midori_hf_nb.parsing import parse_tool_calls
 from midori_hf_nb.testing import ScriptedOutput
 from midori_hf_nb.tools import tool_instructions, tool_schema, tool_schemas
 
-from .conftest import run
+from .conftest import loaded_agent, run
 
 
-def _agent(path) -> HuggingFaceLocalAgent:
-    agent = HuggingFaceLocalAgent(model=str(path), do_sample=False, max_new_tokens=96, progress=False)
-    run(agent.load())
-    return agent
+def _agent(path):
+    return loaded_agent(path, max_new_tokens=96)
 
 
 @pytest.fixture(scope="module")
 def plain_agent(tiny_model):
-    agent = _agent(tiny_model)
-    yield agent
-    run(agent.unload_model())
+    yield from _agent(tiny_model)
 
 
 @pytest.fixture(scope="module")
 def tools_agent(tiny_tools_model):
-    agent = _agent(tiny_tools_model)
-    yield agent
-    run(agent.unload_model())
+    yield from _agent(tiny_tools_model)
 
 
 def script(agent: HuggingFaceLocalAgent, texts) -> ScriptedOutput:

@@ -84,7 +84,24 @@ def use_bf16_cpu_linears(model: torch.nn.Module) -> int:
 # --------------------------------------------------------------------------- int8 / int4 weights
 
 
-class Int8WeightLinear(torch.nn.Module):
+class _PackedWeightLinear(torch.nn.Module):
+    """A linear layer whose weight lives in a packed low-bit form: subclasses give the product."""
+
+    def _product(self, flat: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        if flat.dtype != self.activation_dtype:
+            flat = flat.to(self.activation_dtype)
+        out = self._product(flat)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*shape[:-1], self.out_features)
+
+
+class Int8WeightLinear(_PackedWeightLinear):
     """A linear layer whose weight is stored as int8 with one scale per output channel.
 
     ``y = (x @ q.T) * scale (+ bias)``, computed by torch's weight-only int8 kernel
@@ -99,23 +116,17 @@ class Int8WeightLinear(torch.nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("qweight", torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8))
         self.register_buffer("scale", scale.to(linear.weight.dtype))
+        self.activation_dtype = linear.weight.dtype
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        flat = x.reshape(-1, shape[-1])
-        if flat.dtype != self.scale.dtype:
-            flat = flat.to(self.scale.dtype)
-        out = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scale)
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*shape[:-1], self.out_features)
+    def _product(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scale)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
 
 
-class Int4WeightLinear(torch.nn.Module):
+class Int4WeightLinear(_PackedWeightLinear):
     """A linear layer whose weight is stored as 4-bit values in groups of ``group_size`` inputs.
 
     Each group keeps a scale and a minimum (``w = q * scale + minimum``, ``q`` in 0..15, from the
@@ -139,17 +150,11 @@ class Int4WeightLinear(torch.nn.Module):
         self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
         self.register_buffer("scales_and_zeros",
                              torch.stack([scale.t(), zero.t()], dim=-1).contiguous().to(linear.weight.dtype))
+        self.activation_dtype = linear.weight.dtype
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        flat = x.reshape(-1, shape[-1])
-        if flat.dtype != self.scales_and_zeros.dtype:
-            flat = flat.to(self.scales_and_zeros.dtype)
-        out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group_size, self.scales_and_zeros)
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*shape[:-1], self.out_features)
+    def _product(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group_size, self.scales_and_zeros)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
