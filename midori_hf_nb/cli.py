@@ -72,7 +72,8 @@ async def _run(args: argparse.Namespace, question: str) -> int:
         print(
             f"[{meta['completion_tokens']} tokens in {meta['total_seconds']:.2f} s, "
             f"{meta['tokens_per_second']:.1f} tok/s, first token {meta['time_to_first_token'] or 0:.2f} s, "
-            f"finish: {meta['finish_reason']}]",
+            f"finish: {meta['finish_reason']}, decode: {meta.get('decode_path')}"
+            + (f" ({meta['decode_path_reason']})" if meta.get("decode_path_reason") else "") + "]",
             file=sys.stderr,
         )
     await agent.unload_model()

@@ -59,13 +59,14 @@ def _describe_callable(fn: Callable[..., Any]) -> dict[str, Any]:
             f"{'have' if len(missing) > 1 else 'has'} no type hint; annotate every argument "
             "(e.g. 'query: str') so the model is told its type"
         )
+    from .engine.capabilities import parse_google_docstring
+
+    names = [p.name for p in parameters]
     try:
-        try:
+        described = parse_google_docstring(doc)[1] or {}
+        if all(described.get(name) for name in names):
             return get_json_schema(fn)
-        except Exception as exc:
-            if "has no description for the argument" not in str(exc):
-                raise
-        return _schema_without_argument_docs(fn, doc, [p.name for p in parameters], get_json_schema)
+        return _schema_without_argument_docs(fn, doc, names, get_json_schema)
     except ToolSchemaError:
         raise
     except Exception as exc:  # DocstringParsingException, TypeHintParsingException (unsupported types)
@@ -75,9 +76,9 @@ def _describe_callable(fn: Callable[..., Any]) -> dict[str, Any]:
 def _schema_without_argument_docs(fn: Callable[..., Any], doc: str, names: list[str],
                                   get_json_schema: Callable[..., dict]) -> dict[str, Any]:
     """``get_json_schema`` for a docstring that does not describe every argument."""
-    from transformers.utils.chat_template_utils import parse_google_format_docstring
+    from .engine.capabilities import parse_google_docstring
 
-    description, described, returns = parse_google_format_docstring(doc)
+    description, described, returns = parse_google_docstring(doc)
     lines = [description or "", "", "Args:"]
     lines += [f"    {arg}: {(described or {}).get(arg) or _NO_DESCRIPTION}" for arg in names]
     if returns:

@@ -19,6 +19,7 @@ def test_main_job_answers_from_default_model():
     assert out.returncode == 0, out.stderr
     assert "Paris" in out.stdout
     assert "tok/s" in out.stderr and "finish: stop" in out.stderr
+    assert "decode: engine]" in out.stderr  # the default path takes the engine's decode loop
     assert "Loading offline:smollm2-135m-instruct" in out.stderr  # the load progress bar
 
 

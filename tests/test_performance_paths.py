@@ -15,7 +15,6 @@ from midori_hf_nb import DEFAULT_MODEL, HuggingFaceConfig, HuggingFaceLocalAgent
 from midori_hf_nb import engine
 from midori_hf_nb.config import ConfigError
 from midori_hf_nb.engine import GenerationSettings, QuantizationError
-from midori_hf_nb.testing import ScriptedOutput
 
 from .conftest import run
 
@@ -155,7 +154,7 @@ def test_lean_loop_gives_the_tokens_of_generate_greedy_and_seeded(tiny_model, dt
     lean = _agent(tiny_model, torch_dtype=dtype, max_new_tokens=20)
     slow = _agent(tiny_model, torch_dtype=dtype, max_new_tokens=20, decode_loop="generate")
     run(lean.load()), run(slow.load())
-    assert lean.loaded_model is slow.loaded_model and lean.loaded_model.lean_capable
+    assert lean.loaded_model is slow.loaded_model and lean.loaded_model.decode_support.supported
     greedy_a, _, _ = _tokens(lean)
     greedy_b, _, _ = _tokens(slow)
     assert greedy_a.token_ids == greedy_b.token_ids and len(greedy_a.token_ids) == 20
@@ -182,29 +181,6 @@ def test_batched_loop_drops_finished_rows_and_gives_the_tokens_of_generate(defau
     lengths = {tokens for _, tokens, _ in lean}
     assert len(lengths) > 1 and min(lengths) < 24  # rows ended at different steps (one left the batch early)
     assert {finish for _, _, finish in lean} == {"stop", "length"}
-
-
-def test_lean_loop_is_used_only_for_plain_settings(tiny_model):
-    agent = _agent(tiny_model)
-    lm = run(agent.load()).loaded_model
-
-    def uses_lean(**overrides):
-        _, settings = agent._call_settings(overrides)
-        cfg, call_kwargs = engine._generation_config(lm, settings)
-        return engine._use_lean_loop(lm, settings, cfg, call_kwargs)
-
-    assert uses_lean()
-    assert uses_lean(do_sample=True, temperature=0.7, top_p=0.9, seed=1)
-    assert not uses_lean(repetition_penalty=1.3)
-    assert not uses_lean(min_new_tokens=4)
-    assert not uses_lean(logits_processor=[ScriptedOutput(lm.tokenizer, "hi")])
-    lm_settings = GenerationSettings(max_new_tokens=4, decode_loop="generate")
-    cfg, kwargs = engine._generation_config(lm, lm_settings)
-    assert not engine._use_lean_loop(lm, lm_settings, cfg, kwargs)
-    # options the loop does not handle still work, through model.generate
-    response = run(agent.invoke(make_payload("hi"), logits_processor=[ScriptedOutput(lm.tokenizer, "Forced answer.")]))
-    assert response.response == "Forced answer."
-    run(agent.unload_model())
 
 
 def test_lean_loop_streams_the_final_text_and_stops_on_eos(tiny_model):
@@ -285,11 +261,11 @@ def test_generation_config_is_built_once_per_settings(tiny_model):
     agent = _agent(tiny_model)
     lm = run(agent.load()).loaded_model
     plain = GenerationSettings(max_new_tokens=8)
-    assert engine._generation_config(lm, plain)[0] is engine._generation_config(lm, plain)[0]
+    assert engine.generation_config(lm, plain)[0] is engine.generation_config(lm, plain)[0]
     other = GenerationSettings(max_new_tokens=9)
-    assert engine._generation_config(lm, other)[0] is not engine._generation_config(lm, plain)[0]
+    assert engine.generation_config(lm, other)[0] is not engine.generation_config(lm, plain)[0]
     extra = GenerationSettings(max_new_tokens=8, extra={"repetition_penalty": 1.2})
-    first, second = engine._generation_config(lm, extra)[0], engine._generation_config(lm, extra)[0]
+    first, second = engine.generation_config(lm, extra)[0], engine.generation_config(lm, extra)[0]
     assert first is not second and first.repetition_penalty == 1.2
     run(agent.unload_model())
 

@@ -2,6 +2,7 @@
 
 One module per concern:
 
+- :mod:`.capabilities`: every use of a torch or transformers internal, probed and fenced;
 - :mod:`.devices`: devices and weight dtypes;
 - :mod:`.convert`: GGUF files converted once into a cached safetensors directory;
 - :mod:`.layers`: linear layers for fast CPU decoding (bfloat16 storage, int8/int4 weights);
@@ -13,6 +14,8 @@ Everything the rest of the package uses is importable from here.
 """
 
 from ..sources import resolve_source
+from . import capabilities
+from .capabilities import DecodeLoopSupport, FastPathWarning, cpu_has_native_bf16_gemm
 from .convert import convert_gguf, dtype_variant
 from .devices import (
     TORCH_DTYPES,
@@ -22,15 +25,17 @@ from .devices import (
     resolve_device,
     resolve_dtype,
 )
-from .generation import (  # noqa: F401  (private names kept for tests and benchmarks)
+from .generation import (
     CALL_KWARGS,
+    DecodePath,
     GenerationResult,
     GenerationSettings,
-    _generation_config,
-    _use_lean_loop,
     check_generation_kwargs,
+    choose_decode_path,
+    decode_path_for,
     generate,
     generate_batch,
+    generation_config,
     lean_decode_supported,
 )
 from .layers import (
@@ -38,7 +43,6 @@ from .layers import (
     Int4WeightLinear,
     Int8WeightLinear,
     QuantizationError,
-    cpu_has_native_bf16_gemm,
     quantize_weights,
     use_bf16_cpu_linears,
 )
@@ -46,7 +50,8 @@ from .loading import REGISTRY, LoadedModel, LoadSpec, acquire, load, release, sp
 from .threads import ThreadGovernor, apply_threads, resolve_threads, usable_cores
 
 __all__ = [
-    "CALL_KWARGS", "REGISTRY", "TORCH_DTYPES", "Bf16CpuLinear", "DeviceError", "GenerationResult",
+    "CALL_KWARGS", "REGISTRY", "TORCH_DTYPES", "Bf16CpuLinear", "DecodeLoopSupport", "DecodePath", "DeviceError",
+    "FastPathWarning", "GenerationResult", "capabilities", "choose_decode_path", "decode_path_for", "generation_config",
     "GenerationSettings", "Int4WeightLinear", "Int8WeightLinear", "LoadSpec", "LoadedModel", "QuantizationError",
     "ThreadGovernor", "acquire", "apply_threads", "check_generation_kwargs", "convert_gguf",
     "cpu_has_native_bf16_gemm", "cpu_prefers_bfloat16", "dtype_variant", "generate", "generate_batch",

@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..sources import gguf_cache_dir
 
+from .capabilities import make_gguf_model_saveable
 from .devices import TORCH_DTYPES, _trim_heap
 
 try:  # POSIX advisory locks keep two processes from converting the same file at once
@@ -61,10 +62,7 @@ def convert_gguf(gguf_path: str | os.PathLike, progress: bool = True) -> Path:
                 model = AutoModelForCausalLM.from_pretrained(
                     gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
                 )
-            # A GGUF-loaded model refuses to save while it still names its gguf quantizer.
-            model.hf_quantizer = None
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
+            make_gguf_model_saveable(model)
             with _progress_bars(progress):
                 model.save_pretrained(partial)
                 tokenizer.save_pretrained(partial)

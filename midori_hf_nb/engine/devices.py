@@ -50,11 +50,9 @@ BF16_FAST_CPU_CAPABILITIES = frozenset({"AVX2", "AVX512", "AVX512_BF16", "AMX", 
 
 def cpu_prefers_bfloat16() -> bool:
     """True when this CPU runs bfloat16 weights faster than float32 (x86 with AVX2 or better)."""
-    try:
-        capability = torch.backends.cpu.get_cpu_capability()
-    except Exception:  # pragma: no cover - very old torch
-        return False
-    return str(capability).upper() in BF16_FAST_CPU_CAPABILITIES
+    from .capabilities import cpu_capability
+
+    return cpu_capability() in BF16_FAST_CPU_CAPABILITIES
 
 
 def resolve_dtype(requested: str, device: str, quantization: str | None = None) -> str:

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextStreamer
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-
+from . import capabilities
 from .threads import ThreadGovernor, apply_threads
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,6 +59,10 @@ class GenerationResult:
     completion_tokens: int
     time_to_first_token: float | None
     seconds: float
+    #: "engine" (the engine's own decode loop) or "generate" (``model.generate``)
+    decode_path: str = "generate"
+    #: why ``model.generate`` ran instead of the engine's loop (None on the engine's path)
+    decode_path_reason: str | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -91,27 +95,6 @@ class _StopAndTime(StoppingCriteria):
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
-class _CallbackStreamer(TextStreamer):
-    """TextStreamer that hands each finalised piece of text to a callback instead of printing."""
-
-    def __init__(self, tokenizer: Any, on_text: Callable[[str], None], lock: threading.RLock) -> None:
-        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self._on_text = on_text
-        self._lock = lock
-
-    def put(self, value: Any) -> None:
-        with self._lock:
-            super().put(value)
-
-    def end(self) -> None:
-        with self._lock:
-            super().end()
-
-    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-        if text:
-            self._on_text(text)
-
-
 def check_generation_kwargs(kwargs: dict[str, Any]) -> None:
     """Raise ``ValueError`` naming any key that ``generate()`` would not understand."""
     reference = GenerationConfig()
@@ -124,7 +107,7 @@ def check_generation_kwargs(kwargs: dict[str, Any]) -> None:
         )
 
 
-def _generation_config(lm: LoadedModel, settings: GenerationSettings) -> tuple[Any, dict[str, Any]]:
+def generation_config(lm: LoadedModel, settings: GenerationSettings) -> tuple[Any, dict[str, Any]]:
     """The effective ``GenerationConfig`` and the call keyword arguments of ``settings``.
 
     Without extra options the config is built once per settings and kept on ``lm``
@@ -171,57 +154,68 @@ LEAN_CONFIG_KEYS = frozenset({
 })
 
 
+@dataclass(frozen=True)
+class DecodePath:
+    """Which decoder runs a generation: ``"engine"`` (the engine's own loop over the KV cache)
+    or ``"generate"`` (``model.generate``), with the reason when it is ``"generate"``."""
+
+    name: str
+    reason: str | None = None
+
+
+ENGINE = DecodePath("engine")
+
+
 def lean_decode_supported(model: Any) -> bool:
-    """True when the engine's own decode loop can drive ``model``.
+    """True when the engine's own decode loop can drive ``model`` (see
+    :func:`~midori_hf_nb.engine.capabilities.decode_loop_support` for what is checked and why)."""
+    return capabilities.decode_loop_support(model).supported
 
-    That is a decoder-only model that takes ``past_key_values`` and ``logits_to_keep`` (and
-    places new tokens after the cached ones), works with a ``DynamicCache`` and prepares its inputs the standard way
-    (models that override ``prepare_inputs_for_generation``, such as multimodal or recurrent
-    ones, always go through ``model.generate``).
+
+def choose_decode_path(lm: LoadedModel, settings: GenerationSettings, cfg: Any, call_kwargs: dict[str, Any],
+                       rows: int = 1) -> DecodePath:
+    """The decoder for a generation of ``rows`` sequences with these settings, and why.
+
+    The engine's loop runs plain greedy or sampled decoding (temperature, top-k, top-p, seed) of
+    one sequence and greedy decoding of a batch; every other case is documented here and takes
+    ``model.generate``: ``decode_loop="generate"``, a model the loop cannot drive, ``generate()``
+    call options (logits processors, stopping criteria, ...), generation options the loop does
+    not honour (repetition_penalty, min_new_tokens, beams, ...), and sampled batches.
     """
-    import inspect
-
-    from transformers.generation.utils import GenerationMixin
-
-    config = getattr(model, "config", None)
-    if config is None or getattr(config, "is_encoder_decoder", False):
-        return False
-    try:
-        params = inspect.signature(model.forward).parameters
-        if not {"input_ids", "past_key_values", "logits_to_keep"} <= set(params):
-            return False
-        if type(model).prepare_inputs_for_generation is not GenerationMixin.prepare_inputs_for_generation:
-            return False
-        supports = getattr(model, "_supports_default_dynamic_cache", None)
-        return bool(supports()) if callable(supports) else False
-    except Exception:
-        return False
-
-
-def _use_lean_loop(lm: LoadedModel, settings: GenerationSettings, cfg: Any, call_kwargs: dict[str, Any]) -> bool:
-    if settings.decode_loop == "generate" or not lm.lean_capable or call_kwargs:
-        return False
-    if cfg.use_cache is False or cfg.return_dict_in_generate or cfg.output_scores or cfg.output_logits:
-        return False
-    if cfg.output_attentions or cfg.output_hidden_states or cfg.max_length is not None:
-        return False
+    if settings.decode_loop == "generate":
+        return DecodePath("generate", "decode_loop='generate' was set")
+    support = lm.decode_support
+    if not support.supported:
+        return DecodePath("generate", f"the model does not fit the engine's loop: {support.reason}")
+    if call_kwargs:
+        return DecodePath("generate", "generate() options the engine's loop does not run: "
+                          + ", ".join(sorted(call_kwargs)))
+    unhonoured = sorted(capabilities.changed_generation_options(cfg) - LEAN_CONFIG_KEYS)
+    flags = [name for name in ("return_dict_in_generate", "output_scores", "output_logits", "output_attentions",
+                               "output_hidden_states") if getattr(cfg, name, False)]
+    if cfg.use_cache is False:
+        flags.append("use_cache=False")
+    if cfg.max_length is not None:
+        flags.append("max_length")
     if (cfg.num_beams or 1) != 1 or (cfg.num_return_sequences or 1) != 1:
-        return False
-    return set(cfg.to_diff_dict()) <= LEAN_CONFIG_KEYS
+        flags.append("num_beams/num_return_sequences")
+    unhonoured = sorted(set(unhonoured) | set(flags))
+    if unhonoured:
+        return DecodePath("generate", "generation options the engine's loop does not honour: " + ", ".join(unhonoured))
+    if rows > 1 and not settings.greedy:
+        return DecodePath("generate", "sampled batches decode through generate")
+    if rows > 1 and not capabilities.cache_can_drop_rows():
+        reason = "this transformers' DynamicCache has no batch_select_indices"
+        capabilities.fallback("batch_select_indices", f"the engine's batch loop is off: {reason}; "
+                              "batches decode through model.generate")
+        return DecodePath("generate", reason)
+    return ENGINE
 
 
-def _sampling_warpers(cfg: Any) -> Any:
-    """The logits warpers ``model.generate`` applies for temperature/top-k/top-p sampling, in its order."""
-    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
-    warpers = LogitsProcessorList()
-    if cfg.temperature is not None and cfg.temperature != 1.0:
-        warpers.append(TemperatureLogitsWarper(cfg.temperature))
-    if cfg.top_k is not None and cfg.top_k != 0:
-        warpers.append(TopKLogitsWarper(top_k=cfg.top_k, min_tokens_to_keep=1))
-    if cfg.top_p is not None and cfg.top_p < 1.0:
-        warpers.append(TopPLogitsWarper(top_p=cfg.top_p, min_tokens_to_keep=1))
-    return warpers
+def decode_path_for(lm: LoadedModel, settings: GenerationSettings, rows: int = 1) -> DecodePath:
+    """The :class:`DecodePath` a generation of ``rows`` sequences with ``settings`` would take on ``lm``."""
+    cfg, call_kwargs = generation_config(lm, settings)
+    return choose_decode_path(lm, settings, cfg, call_kwargs, rows)
 
 
 def _lean_generate(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings: GenerationSettings,
@@ -234,11 +228,10 @@ def _lean_generate(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings:
     left out is ``generate``'s per-token bookkeeping (input preparation, logits-processor and
     stopping-criteria lists, attention-mask growth). Returns (tokens, first-token time, start time).
     """
-    from transformers import DynamicCache
-
     model = lm.model
+    cache_argument = lm.decode_support.cache_argument
     eos = lm.eos_token_ids
-    warpers = _sampling_warpers(cfg) if cfg.do_sample else None
+    warpers = capabilities.sampling_warpers(cfg) if cfg.do_sample else None
     max_new = int(cfg.max_new_tokens)
     tokens: list[int] = []
     first_token_at: float | None = None
@@ -248,8 +241,8 @@ def _lean_generate(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings:
     if streamer is not None:
         streamer.put(input_ids.cpu())
     with torch.inference_mode():
-        cache = DynamicCache(config=model.config)
-        out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache = capabilities.new_dynamic_cache(model)
+        out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{cache_argument: cache})
         while True:
             logits = out.logits[:, -1, :].to(dtype=torch.float32)
             if warpers is None:
@@ -267,7 +260,7 @@ def _lean_generate(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings:
                 streamer.put(next_token.cpu())
             if token in eos or len(tokens) >= max_new or (stop_event is not None and stop_event.is_set()):
                 break
-            out = model(input_ids=next_token[:, None], past_key_values=cache, use_cache=True)
+            out = model(input_ids=next_token[:, None], use_cache=True, **{cache_argument: cache})
     if streamer is not None:
         streamer.end()
     return tokens, first_token_at, started
@@ -283,9 +276,8 @@ def _lean_generate_batch(lm: LoadedModel, input_ids: torch.Tensor, attention_mas
     each step costs what the unfinished sequences need. Positions follow the attention mask as
     in ``generate``. Returns (tokens per row, first-step time, start time).
     """
-    from transformers import DynamicCache
-
     model = lm.model
+    cache_argument = lm.decode_support.cache_argument
     eos = lm.eos_token_ids
     max_new = int(cfg.max_new_tokens)
     count = input_ids.shape[0]
@@ -294,11 +286,11 @@ def _lean_generate_batch(lm: LoadedModel, input_ids: torch.Tensor, attention_mas
     first_token_at: float | None = None
     started = time.perf_counter()
     with torch.inference_mode():
-        cache = DynamicCache(config=model.config)
+        cache = capabilities.new_dynamic_cache(model)
         mask = attention_mask
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                    use_cache=True, logits_to_keep=1)
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                    logits_to_keep=1, **{cache_argument: cache})
         next_positions = positions[:, -1:] + 1
         while True:
             next_tokens = torch.argmax(out.logits[:, -1, :].to(dtype=torch.float32), dim=-1)
@@ -321,7 +313,7 @@ def _lean_generate_batch(lm: LoadedModel, input_ids: torch.Tensor, attention_mas
                 alive = [alive[i] for i in keep]
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
             out = model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=next_positions,
-                        past_key_values=cache, use_cache=True)
+                        use_cache=True, **{cache_argument: cache})
             next_positions = next_positions + 1
     return tokens, first_token_at, started
 
@@ -330,7 +322,7 @@ def _run_generate(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torc
                   settings: GenerationSettings, stop_event: threading.Event | None,
                   streamer: Any = None, prepared: tuple[Any, dict[str, Any]] | None = None,
                   governor: ThreadGovernor | None = None) -> tuple[torch.Tensor, _StopAndTime, float]:
-    cfg, call_kwargs = prepared if prepared is not None else _generation_config(lm, settings)
+    cfg, call_kwargs = prepared if prepared is not None else generation_config(lm, settings)
     call_kwargs = dict(call_kwargs)
     started = time.perf_counter()
     timer = _StopAndTime(stop_event, started, governor)
@@ -369,9 +361,11 @@ def generate(
             return GenerationResult([], "", "cancelled", len(input_ids), 0, None, 0.0)
         governor = apply_threads(lm, settings.num_threads)
         ids = torch.tensor([input_ids], dtype=torch.long, device=lm.input_device)
-        streamer = _CallbackStreamer(lm.tokenizer, on_text, lm.tokenizer_lock) if on_text is not None else None
-        cfg, call_kwargs = _generation_config(lm, settings)
-        if _use_lean_loop(lm, settings, cfg, call_kwargs):
+        streamer = (capabilities.callback_streamer(lm.tokenizer, on_text, lm.tokenizer_lock)
+                    if on_text is not None else None)
+        cfg, call_kwargs = generation_config(lm, settings)
+        path = choose_decode_path(lm, settings, cfg, call_kwargs)
+        if path is ENGINE:
             tokens, first_token_at, started = _lean_generate(lm, ids, cfg, settings, stop_event, streamer, governor)
         else:
             output, timer, started = _run_generate(lm, ids, torch.ones_like(ids), settings, stop_event, streamer,
@@ -384,7 +378,7 @@ def generate(
         with lm.tokenizer_lock:
             text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
     ttft = first_token_at - started if first_token_at is not None else None
-    return GenerationResult(tokens, text, finish, len(input_ids), len(tokens), ttft, seconds)
+    return GenerationResult(tokens, text, finish, len(input_ids), len(tokens), ttft, seconds, path.name, path.reason)
 
 
 def generate_batch(
@@ -411,8 +405,9 @@ def generate_batch(
         mask = [[0] * (width - len(ids)) + [1] * len(ids) for ids in batch]
         input_ids = torch.tensor(rows, dtype=torch.long, device=lm.input_device)
         attention_mask = torch.tensor(mask, dtype=torch.long, device=lm.input_device)
-        cfg, call_kwargs = _generation_config(lm, settings)
-        if settings.greedy and _use_lean_loop(lm, settings, cfg, call_kwargs):
+        cfg, call_kwargs = generation_config(lm, settings)
+        path = choose_decode_path(lm, settings, cfg, call_kwargs, rows=len(batch))
+        if path is ENGINE:
             generated, first_token_at, started = _lean_generate_batch(lm, input_ids, attention_mask, cfg,
                                                                       stop_event, governor)
         else:
@@ -433,5 +428,6 @@ def generate_batch(
             with lm.tokenizer_lock:
                 text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
             ttft = first_token_at - started if first_token_at is not None else None
-            results.append(GenerationResult(tokens, text, finish, len(prompt), len(tokens), ttft, seconds))
+            results.append(GenerationResult(tokens, text, finish, len(prompt), len(tokens), ttft, seconds,
+                                            path.name, path.reason))
     return results

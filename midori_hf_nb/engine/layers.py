@@ -9,6 +9,7 @@ import threading
 import torch
 
 
+from . import capabilities
 from .devices import _trim_heap
 
 
@@ -22,14 +23,6 @@ BF16_DIRECT_ROWS = 2
 BF16_BLOCK_ELEMENTS = 1 << 19
 
 _scratch = threading.local()
-
-
-def cpu_has_native_bf16_gemm() -> bool:
-    """True when oneDNN multiplies bfloat16 matrices natively here (AVX512-BF16 or AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:  # pragma: no cover - builds without oneDNN
-        return False
 
 
 class Bf16CpuLinear(torch.nn.Linear):
@@ -120,7 +113,7 @@ class Int8WeightLinear(_PackedWeightLinear):
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
 
     def _product(self, flat: torch.Tensor) -> torch.Tensor:
-        return torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scale)
+        return capabilities.int8_weight_matmul(flat, self.qweight, self.scale)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
@@ -147,14 +140,14 @@ class Int4WeightLinear(_PackedWeightLinear):
         # the kernel computes (q - 8) * scale + zero
         zero = low + 8 * scale
         self.in_features, self.out_features, self.group_size = cols, rows, group_size
-        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+        self.register_buffer("packed", capabilities.int4_pack(q))
         self.register_buffer("scales_and_zeros",
                              torch.stack([scale.t(), zero.t()], dim=-1).contiguous().to(linear.weight.dtype))
         self.activation_dtype = linear.weight.dtype
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
 
     def _product(self, flat: torch.Tensor) -> torch.Tensor:
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group_size, self.scales_and_zeros)
+        return capabilities.int4_weight_matmul(flat, self.packed, self.group_size, self.scales_and_zeros)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -169,11 +162,11 @@ def quantize_weights(model: torch.nn.Module, kind: str) -> int:
     An int8 head tied to the input embeddings gets its own copy; the embeddings stay in the
     model's dtype.
     """
-    op = "_weight_int8pack_mm" if kind == "int8" else "_weight_int4pack_mm_for_cpu"
-    if not hasattr(torch.ops.aten, op):
+    missing = capabilities.missing_weight_kernels(kind)
+    if missing:
         raise QuantizationError(
-            f"quantize_weights={kind!r} needs torch's kernel aten.{op}, which torch {torch.__version__} "
-            "does not have; upgrade torch or turn quantize_weights off"
+            f"quantize_weights={kind!r} needs torch's kernel(s) {', '.join('aten.' + m for m in missing)}, which "
+            f"torch {torch.__version__} does not have; use torch 2.4-2.13 or turn quantize_weights off"
         )
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     replaced = 0

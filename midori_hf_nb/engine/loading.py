@@ -19,10 +19,11 @@ from ..config import HuggingFaceConfig
 from ..registry import ModelRegistry
 from ..sources import ModelSource, ModelSourceError, hub_offline, resolve_source
 
+from . import capabilities
+from .capabilities import DecodeLoopSupport
 from .convert import _progress_bars, convert_gguf, dtype_variant
 from .devices import TORCH_DTYPES, _trim_heap, mps_available, resolve_device, resolve_dtype
-from .generation import lean_decode_supported
-from .layers import QuantizationError, cpu_has_native_bf16_gemm, quantize_weights, use_bf16_cpu_linears
+from .layers import QuantizationError, quantize_weights, use_bf16_cpu_linears
 
 
 @dataclass(frozen=True)
@@ -55,12 +56,18 @@ class LoadedModel:
     base_generation_config: Any = None
     eos_token_ids: frozenset[int] = frozenset()
     pad_token_id: int | None = None
-    #: True when the engine's own decode loop can drive this model (see :func:`lean_decode_supported`)
-    lean_capable: bool = False
+    #: whether (and how) the engine's own decode loop can drive this model
+    #: (see :func:`~midori_hf_nb.engine.capabilities.decode_loop_support`)
+    decode_support: DecodeLoopSupport = DecodeLoopSupport(False, reason="not probed")
     #: effective GenerationConfig per plain settings tuple, so repeated calls do not rebuild it
     generation_configs: dict = field(default_factory=dict)
     #: thread governors of num_threads="auto", one per batch size
     governors: dict = field(default_factory=dict)
+
+    @property
+    def lean_capable(self) -> bool:
+        """True when the engine's own decode loop can drive this model."""
+        return self.decode_support.supported
 
     @property
     def input_device(self) -> torch.device:
@@ -179,14 +186,18 @@ def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
         if spec.quantization in ("int8", "int4"):
             quantize_weights(model, spec.quantization)
         if spec.device == "cpu" and spec.dtype == "bfloat16" and spec.quantization not in ("8bit", "4bit") \
-                and not cpu_has_native_bf16_gemm():
+                and not capabilities.cpu_has_native_bf16_gemm():
             use_bf16_cpu_linears(model)  # the layers left in bfloat16 (an int4 model's output head)
         bar.update(1)
     finally:
         bar.close()
     lm = LoadedModel(spec=spec, model=model, tokenizer=tokenizer, load_seconds=time.perf_counter() - started, path=path)
     lm.base_generation_config = model.generation_config
-    lm.lean_capable = lean_decode_supported(model)
+    lm.decode_support = capabilities.decode_loop_support(model)
+    if not lm.decode_support.supported:
+        capabilities.fallback(f"decode_loop:{type(model).__name__}", (
+            f"the engine's decode loop cannot drive {spec.source.name!r} ({type(model).__name__}): "
+            f"{lm.decode_support.reason}; its generations use model.generate (slower on CPU)"))
     eos = model.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if tokenizer.eos_token_id is not None:

@@ -776,6 +776,8 @@ class ChatPanel:
             "seconds": meta.get("total_seconds", time.perf_counter() - started),
             "tokens_per_second": meta.get("tokens_per_second"),
             "finish_reason": finish,
+            "decode_path": meta.get("decode_path"),
+            "decode_path_reason": meta.get("decode_path_reason"),
             "thinking": (response.thinking if response is not None else view.state.thinking) or None,
             "stopped": True if stopped else None,
             "error": error,
@@ -827,6 +829,10 @@ class ChatPanel:
             parts.append(f"{meta['seconds']:.1f} s")
         if meta.get("finish_reason"):
             parts.append(f"finish: {meta['finish_reason']}")
+        from .display import decode_label
+
+        if decode_label(meta):
+            parts.append(decode_label(meta))
         return " · ".join(parts)
 
 

@@ -77,7 +77,21 @@ def format_footer(metadata: dict | None, *, interrupted: bool = False) -> str:
     finish = meta.get("finish_reason")
     if finish:
         parts.append(f"finish: {finish}" + (" (interrupted)" if interrupted else ""))
+    decode = decode_label(meta)
+    if decode:
+        parts.append(decode)
     return " · ".join(parts)
+
+
+def decode_label(metadata: dict | None) -> str:
+    """Which decoder ran (``metadata["decode_path"]``): "decode: engine", or "decode: generate
+    (reason)"; '' when the metadata does not say (plain text, not escaped)."""
+    meta = metadata or {}
+    path = meta.get("decode_path")
+    if not path:
+        return ""
+    reason = meta.get("decode_path_reason")
+    return f"decode: {path}" + (f" ({reason})" if reason else "")
 
 
 def thinking_html(thinking: str, *, open_: bool = False, live: bool = False) -> str:

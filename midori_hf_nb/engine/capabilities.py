@@ -1,0 +1,343 @@
+"""Every use of a torch or transformers internal, fenced in one place.
+
+The engine's fast paths lean on details of torch and transformers that are not public API
+and move between releases: the argument name of a model's KV cache, whether a model prepares
+its inputs the standard way, the keys of ``GenerationConfig.to_diff_dict()``, the order of
+``generate``'s sampling warpers, private aten / oneDNN kernels, the GGUF quantizer marker that
+blocks ``save_pretrained``, the docstring helper behind ``get_json_schema``. Each probe or use
+lives here, says in its docstring what it relies on and since which version, and has its own
+test on the locked versions (``tests/test_capabilities.py``).
+
+No probe swallows a failure: when a fast path cannot be used, :func:`fallback` warns once per
+process (a :class:`FastPathWarning`, also logged on the ``midori_hf_nb`` logger) naming the
+reason and the path taken instead, and the reason is carried to the caller (for generation, in
+``response.metadata["decode_path_reason"]``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import transformers
+
+logger = logging.getLogger("midori_hf_nb")
+
+
+class FastPathWarning(RuntimeWarning):
+    """A fast path of the engine is off on this installation; the message names the fallback."""
+
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def fallback(key: str, message: str) -> None:
+    """Warn once per process (per ``key``) that a fast path is off and what runs instead."""
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    logger.warning(message)
+    warnings.warn(message, FastPathWarning, stacklevel=3)
+
+
+def warned_keys() -> frozenset[str]:
+    """The fallbacks announced so far in this process (for tests and diagnostics)."""
+    with _warned_lock:
+        return frozenset(_warned)
+
+
+def versions() -> dict[str, str]:
+    """The torch and transformers versions the probes ran against."""
+    return {"torch": torch.__version__, "transformers": transformers.__version__}
+
+
+# --------------------------------------------------------------------------- the decode loop
+
+
+@dataclass(frozen=True)
+class DecodeLoopSupport:
+    """Whether the engine's own decode loop can drive a model, and how to call it.
+
+    ``cache_argument`` is the name of the forward argument that takes the KV cache
+    (``"cache"`` from transformers 5.24, ``"past_key_values"`` before); ``reason`` says why
+    the loop cannot be used when ``supported`` is False.
+    """
+
+    supported: bool
+    cache_argument: str | None = None
+    reason: str | None = None
+
+
+#: Forward argument names of the KV cache, newest first (transformers 5.24 renamed
+#: ``past_key_values`` to ``cache``, keeping the old name as a deprecated alias until 5.40).
+CACHE_ARGUMENT_NAMES = ("cache", "past_key_values")
+
+
+def forward_cache_argument(model: Any) -> str | None:
+    """The name under which ``model.forward`` takes the KV cache, or None.
+
+    Relies on the forward signature naming the cache argument: ``past_key_values`` up to
+    transformers 5.23, ``cache`` from 5.24 (``@deprecate_kwarg("past_key_values", "5.40.0",
+    new_name="cache")``). The current name is preferred, so the deprecated alias (and its
+    per-call warning machinery) is never used.
+    """
+    params = inspect.signature(model.forward).parameters
+    return next((name for name in CACHE_ARGUMENT_NAMES if name in params), None)
+
+
+def prepares_inputs_the_standard_way(model: Any) -> bool:
+    """True when the model's class keeps ``GenerationMixin.prepare_inputs_for_generation``.
+
+    Relies on ``transformers.generation.utils.GenerationMixin.prepare_inputs_for_generation``
+    (present through transformers 5.x). Models that override it (multimodal, recurrent, custom
+    position handling) need ``generate``'s own input preparation.
+    """
+    from transformers.generation.utils import GenerationMixin
+
+    base = getattr(GenerationMixin, "prepare_inputs_for_generation", None)
+    if base is None:  # pragma: no cover - a transformers without the method
+        raise AttributeError("transformers.GenerationMixin has no prepare_inputs_for_generation")
+    return type(model).prepare_inputs_for_generation is base
+
+
+def supports_dynamic_cache(model: Any) -> bool:
+    """True when a ``DynamicCache`` fits the model's attention layers.
+
+    Relies on the private classmethod ``GenerationMixin._supports_default_dynamic_cache``
+    (transformers 4.50 through 5.24 at least), the check ``generate`` itself makes.
+    """
+    probe = getattr(type(model), "_supports_default_dynamic_cache", None)
+    if not callable(probe):
+        raise AttributeError(
+            f"transformers {transformers.__version__} has no GenerationMixin._supports_default_dynamic_cache"
+        )
+    return bool(probe())
+
+
+def decode_loop_support(model: Any) -> DecodeLoopSupport:
+    """Whether the engine's decode loop can drive ``model`` (see :class:`DecodeLoopSupport`).
+
+    That is a decoder-only model whose forward takes ``input_ids``, the KV cache (under either
+    name of :data:`CACHE_ARGUMENT_NAMES`) and ``logits_to_keep``, that prepares its inputs the
+    standard way and works with a ``DynamicCache``. A probe that cannot answer (an internal
+    that moved) gives ``supported=False`` with the reason, never an exception.
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        return DecodeLoopSupport(False, reason="the model has no config")
+    if getattr(config, "is_encoder_decoder", False):
+        return DecodeLoopSupport(False, reason="encoder-decoder models decode through generate")
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError) as exc:
+        return DecodeLoopSupport(False, reason=f"the forward signature cannot be read ({exc})")
+    cache_argument = forward_cache_argument(model)
+    if cache_argument is None:
+        return DecodeLoopSupport(False, reason=(
+            f"{type(model).__name__}.forward takes neither of {', '.join(CACHE_ARGUMENT_NAMES)} "
+            f"(transformers {transformers.__version__})"))
+    missing = [name for name in ("input_ids", "logits_to_keep") if name not in params]
+    if missing:
+        return DecodeLoopSupport(False, reason=f"{type(model).__name__}.forward takes no {', '.join(missing)}")
+    try:
+        if not prepares_inputs_the_standard_way(model):
+            return DecodeLoopSupport(False, reason=(
+                f"{type(model).__name__} prepares its own generation inputs"))
+        if not supports_dynamic_cache(model):
+            return DecodeLoopSupport(False, reason=f"{type(model).__name__} does not use a DynamicCache")
+    except AttributeError as exc:
+        return DecodeLoopSupport(False, reason=f"cannot tell whether the model fits the loop: {exc}")
+    return DecodeLoopSupport(True, cache_argument=cache_argument)
+
+
+def new_dynamic_cache(model: Any) -> Any:
+    """An empty ``DynamicCache`` for ``model`` (``DynamicCache(config=...)``, transformers >= 4.56)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)
+
+
+def cache_can_drop_rows() -> bool:
+    """True when a ``DynamicCache`` can keep a subset of its batch rows (``batch_select_indices``,
+    a ``Cache`` method through transformers 5.24), which the batch loop uses when rows end."""
+    from transformers import DynamicCache
+
+    return callable(getattr(DynamicCache, "batch_select_indices", None))
+
+
+#: ``GenerationConfig.to_diff_dict()`` keys that carry no generation setting: bookkeeping that
+#: transformers adds (``_from_model_config``, ``transformers_version``) in 4.x and 5.x.
+CONFIG_BOOKKEEPING_KEYS = frozenset({"_from_model_config", "transformers_version"})
+
+
+def changed_generation_options(cfg: Any) -> set[str]:
+    """The generation options ``cfg`` sets to other than their defaults.
+
+    Relies on ``GenerationConfig.to_diff_dict()`` (its keys differ from a default config's),
+    less the bookkeeping keys of :data:`CONFIG_BOOKKEEPING_KEYS`.
+    """
+    return set(cfg.to_diff_dict()) - CONFIG_BOOKKEEPING_KEYS
+
+
+def sampling_warpers(cfg: Any) -> Any:
+    """The logits warpers ``model.generate`` applies when sampling, in its order.
+
+    Relies on ``generate`` applying temperature, then top-k, then top-p (the order of
+    ``GenerationMixin._get_logits_processor`` through transformers 5.24), which is what makes
+    the engine's sampled tokens equal ``generate``'s for the same seed; a test compares them.
+    """
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    warpers = LogitsProcessorList()
+    if cfg.temperature is not None and cfg.temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(cfg.temperature))
+    if cfg.top_k is not None and cfg.top_k != 0:
+        warpers.append(TopKLogitsWarper(top_k=cfg.top_k, min_tokens_to_keep=1))
+    if cfg.top_p is not None and cfg.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p=cfg.top_p, min_tokens_to_keep=1))
+    return warpers
+
+
+def callback_streamer(tokenizer: Any, on_text: Callable[[str], None], lock: threading.RLock) -> Any:
+    """A ``TextStreamer`` that hands each finalised piece of text to ``on_text`` (under ``lock``).
+
+    Relies on ``TextStreamer.put``/``end`` calling ``on_finalized_text`` with the text they
+    have decoded, the documented way to subclass it (transformers 4.28 through 5.24).
+    """
+    from transformers import TextStreamer
+
+    class CallbackStreamer(TextStreamer):
+        def put(self, value: Any) -> None:
+            with lock:
+                super().put(value)
+
+        def end(self) -> None:
+            with lock:
+                super().end()
+
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if text:
+                on_text(text)
+
+    return CallbackStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
+# --------------------------------------------------------------------------- CPU kernels
+
+
+def cpu_capability() -> str | None:
+    """torch's CPU vector capability (``"AVX2"``, ``"AVX512"``, ...), or None where torch cannot say.
+
+    Relies on ``torch.backends.cpu.get_cpu_capability()`` (torch >= 2.1).
+    """
+    probe = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    if probe is None:
+        fallback("cpu_capability", (
+            f"torch {torch.__version__} has no torch.backends.cpu.get_cpu_capability(): the CPU's vector "
+            "capability is unknown, so torch_dtype='auto' uses float32 on CPU (bfloat16 would be faster on AVX2)"))
+        return None
+    return str(probe()).upper()
+
+
+def cpu_has_native_bf16_gemm() -> bool:
+    """True when oneDNN multiplies bfloat16 matrices natively here (AVX512-BF16 or AMX).
+
+    Relies on the private op ``torch.ops.mkldnn._is_mkldnn_bf16_supported`` (torch 1.x through 2.13).
+    """
+    try:
+        op = torch.ops.mkldnn._is_mkldnn_bf16_supported
+    except (AttributeError, RuntimeError):
+        fallback("mkldnn_bf16", (
+            f"torch {torch.__version__} has no torch.ops.mkldnn._is_mkldnn_bf16_supported: bfloat16 "
+            "layers on CPU use the engine's widening product (correct, possibly slower than oneDNN's native one)"))
+        return False
+    return bool(op())
+
+
+#: The private aten kernels behind ``quantize_weights`` (torch 2.4 through 2.13).
+INT8_KERNEL = "_weight_int8pack_mm"
+INT4_KERNELS = ("_convert_weight_to_int4pack_for_cpu", "_weight_int4pack_mm_for_cpu")
+
+
+def missing_weight_kernels(kind: str) -> list[str]:
+    """The aten kernels ``quantize_weights=kind`` needs that this torch lacks (empty: all there)."""
+    names = [INT8_KERNEL] if kind == "int8" else list(INT4_KERNELS)
+    return [name for name in names if not hasattr(torch.ops.aten, name)]
+
+
+def int8_weight_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``(x @ qweight.T) * scale`` by torch's weight-only int8 kernel (``aten._weight_int8pack_mm``)."""
+    return torch.ops.aten._weight_int8pack_mm(x, qweight, scale)
+
+
+def int4_pack(q: torch.Tensor) -> torch.Tensor:
+    """Pack 4-bit values (int32, 0..15) for :func:`int4_weight_matmul`
+    (``aten._convert_weight_to_int4pack_for_cpu``, inner k tiles of 1)."""
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+
+
+def int4_weight_matmul(x: torch.Tensor, packed: torch.Tensor, group_size: int,
+                       scales_and_zeros: torch.Tensor) -> torch.Tensor:
+    """``x @ W.T`` for int4 weights packed by :func:`int4_pack`, ``W = (q - 8) * scale + zero``
+    per group (``aten._weight_int4pack_mm_for_cpu``)."""
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, scales_and_zeros)
+
+
+# --------------------------------------------------------------------------- saving GGUF conversions
+
+
+def make_gguf_model_saveable(model: Any) -> None:
+    """Let a model loaded from a ``.gguf`` file be saved with ``save_pretrained``.
+
+    Relies on transformers marking GGUF-loaded models with ``model.hf_quantizer`` and
+    ``config.quantization_config`` (5.x), which make ``save_pretrained`` refuse ("quantized with
+    gguf and is not serializable") although the weights are already dequantized.
+    """
+    if hasattr(model, "hf_quantizer"):
+        model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+# --------------------------------------------------------------------------- tokenizer features
+
+
+def tokenizer_parses_responses(tokenizer: Any) -> bool:
+    """True when the tokenizer ships a response template and ``parse_response`` (transformers >= 5.0).
+
+    ``parse_response`` raises ``AttributeError`` on a tokenizer without a template, so both are checked.
+    """
+    return getattr(tokenizer, "response_template", None) is not None and callable(
+        getattr(tokenizer, "parse_response", None))
+
+
+# --------------------------------------------------------------------------- tool schemas
+
+
+def parse_google_docstring(doc: str) -> tuple[str | None, dict[str, str] | None, str | None]:
+    """(description, argument descriptions, returns) of a Google-style docstring.
+
+    Relies on ``transformers.utils.chat_template_utils.parse_google_format_docstring``, the
+    parser behind ``get_json_schema`` (transformers 4.42 through 5.24), so a docstring reads the
+    same to both.
+    """
+    from transformers.utils.chat_template_utils import parse_google_format_docstring
+
+    return parse_google_format_docstring(doc)
+
+
+__all__ = [
+    "CACHE_ARGUMENT_NAMES", "CONFIG_BOOKKEEPING_KEYS", "DecodeLoopSupport", "FastPathWarning", "INT4_KERNELS",
+    "INT8_KERNEL", "cache_can_drop_rows", "callback_streamer", "changed_generation_options", "cpu_capability",
+    "cpu_has_native_bf16_gemm", "decode_loop_support", "fallback", "forward_cache_argument", "int4_pack",
+    "int4_weight_matmul", "int8_weight_matmul", "make_gguf_model_saveable", "missing_weight_kernels",
+    "new_dynamic_cache", "parse_google_docstring", "prepares_inputs_the_standard_way", "sampling_warpers",
+    "supports_dynamic_cache", "tokenizer_parses_responses", "versions", "warned_keys",
+]
