@@ -130,3 +130,14 @@ def test_markdown_escaping_keeps_quotes_readable():
     from midori_hf_nb.notebook.display import escape_markdown
 
     assert escape_markdown("I'm \"here\" <b>") == "I'm \"here\" &lt;b&gt;"
+
+
+def test_footer_names_the_decoder_and_why():
+    from midori_hf_nb.notebook.display import decode_label, format_footer
+
+    engine = {"completion_tokens": 5, "total_seconds": 0.5, "tokens_per_second": 10.0, "finish_reason": "stop",
+              "decode_path": "engine", "decode_path_reason": None}
+    assert format_footer(engine) == "5 tokens · 0.50 s · 10.0 tokens/s · finish: stop · decode: engine"
+    fallback = {**engine, "decode_path": "generate", "decode_path_reason": "decode_loop='generate' was set"}
+    assert format_footer(fallback).endswith("decode: generate (decode_loop='generate' was set)")
+    assert decode_label({}) == "" and "decode" not in format_footer({"completion_tokens": 1})

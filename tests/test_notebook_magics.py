@@ -255,6 +255,23 @@ def test_unload_ext_removes_the_magics(shell):
     assert execute(shell, "%midori help")[0].success
 
 
+def test_unregister_magics_relies_on_this_ipythons_magics_manager(shell):
+    """The one IPython internal the magics use (notebook/ipython_compat.py), on the installed IPython."""
+    from midori_hf_nb.notebook.ipython_compat import unregister_magics
+
+    manager = shell.magics_manager
+    assert "midori" in manager.magics["line"] and "midori" in manager.magics["cell"]
+    assert "MidoriMagics" in manager.registry
+    assert unregister_magics(shell, "midori", "MidoriMagics") is True
+    assert "midori" not in manager.magics["line"] and "midori" not in manager.magics["cell"]
+    assert "MidoriMagics" not in manager.registry
+
+    class Elsewhere:  # a shell whose manager is laid out otherwise: told, not raised
+        magics_manager = None
+
+    assert unregister_magics(Elsewhere(), "midori", "MidoriMagics") is False
+
+
 @pytest.mark.slow
 def test_first_cell_without_load_uses_the_offline_default_model(shell):
     result, captured = execute(shell, "%%midori --greedy --max-new-tokens 8 --name r\nWhat is the capital of France?")

@@ -500,10 +500,9 @@ def unload_ipython_extension(ipython: Any) -> None:
     from .aio import run
     from .display import unregister_formatters
 
-    manager = ipython.magics_manager
-    for kind in ("line", "cell"):
-        manager.magics[kind].pop("midori", None)
-    manager.registry.pop("MidoriMagics", None)
+    from .ipython_compat import unregister_magics
+
+    unregister_magics(ipython, "midori", "MidoriMagics")
     unregister_formatters(ipython)
     if _ACTIVE is not None and _ACTIVE.shell is ipython:
         agent = _ACTIVE.session.agent
