@@ -21,6 +21,7 @@ from .protocol import (
     MemoryEntryData,
     MidoriAiAgentProtocol,
     ReasoningEffort,
+    make_payload,
 )
 from .sources import DEFAULT_MODEL, ModelSourceError
 from .tools import ToolSchemaError
@@ -52,21 +53,6 @@ __all__ = [
     "parse_tool_calls",
     "unload_ipython_extension",
 ]
-
-
-def make_payload(user_message: str, system_context: str = "", *, memory: list | None = None,
-                 session_id: str = "default", **fields: Any) -> AgentPayload:
-    """An :class:`AgentPayload` with sensible defaults for the fields a quick call does not need."""
-    return AgentPayload(
-        user_message=user_message,
-        thinking_blob=fields.pop("thinking_blob", ""),
-        system_context=system_context,
-        user_profile=fields.pop("user_profile", {}),
-        tools_available=fields.pop("tools_available", []),
-        session_id=session_id,
-        memory=memory,
-        **fields,
-    )
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -128,7 +128,7 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _payloads(prompts: Any) -> list[AgentPayload]:
-    from . import make_payload
+    from .protocol import make_payload
 
     items = _as_list(prompts)
     if not items:
@@ -444,7 +444,7 @@ def compare(
     for label, agent in agents:  # validate every setting before any model loads
         for setting in grid:
             try:
-                _, gen = agent._call_settings(dict(setting))
+                gen = agent.resolve_settings(dict(setting)).generation
                 engine.check_generation_kwargs(gen.extra)
             except ValueError as exc:
                 raise ValueError(f"compare: settings {_setting_text(setting)} for model {label!r}: {exc}") from exc

@@ -171,6 +171,12 @@ class HuggingFaceConfig:
         """A validated copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)
 
+    def options(self) -> dict[str, Any]:
+        """Every field as a keyword argument (``generation_kwargs`` copied), e.g. to rebuild an agent."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["generation_kwargs"] = dict(self.generation_kwargs)
+        return values
+
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         """The names of the constructor options."""
@@ -185,6 +191,12 @@ class HuggingFaceConfig:
         generation_kwargs = dict(options.pop("generation_kwargs", None) or {})
         generation_kwargs.update(extra)
         return cls(model=model, generation_kwargs=generation_kwargs, **options)
+
+
+#: The default of every :class:`HuggingFaceConfig` field that has one (the one place they are written).
+DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(HuggingFaceConfig) if f.default is not dataclasses.MISSING
+}
 
 
 # --------------------------------------------------------------------------- TOML files

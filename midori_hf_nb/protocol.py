@@ -92,6 +92,21 @@ except ImportError:
             """Whether :meth:`stream` is available."""
 
 
+def make_payload(user_message: str, system_context: str = "", *, memory: list | None = None,
+                 session_id: str = "default", **fields: Any) -> AgentPayload:
+    """An :class:`AgentPayload` with sensible defaults for the fields a quick call does not need."""
+    return AgentPayload(
+        user_message=user_message,
+        thinking_blob=fields.pop("thinking_blob", ""),
+        system_context=system_context,
+        user_profile=fields.pop("user_profile", {}),
+        tools_available=fields.pop("tools_available", []),
+        session_id=session_id,
+        memory=memory,
+        **fields,
+    )
+
+
 __all__ = [
     "AgentPayload",
     "AgentResponse",
@@ -99,4 +114,5 @@ __all__ = [
     "MidoriAiAgentProtocol",
     "ReasoningEffort",
     "USING_MIDORI_AI_AGENT_BASE",
+    "make_payload",
 ]

@@ -236,7 +236,7 @@ def test_reasoning_tags_extracted_including_unclosed(tiny_model, payload):
     agent = HuggingFaceLocalAgent(model=str(tiny_model), do_sample=False, max_new_tokens=40, progress=False)
 
     async def scenario():
-        lm = await agent._ensure_loaded()
+        lm = await agent.ensure_loaded()
         closed = await agent.invoke(payload("q"), logits_processor=[
             ScriptedOutput(lm.tokenizer, "<think>Paris is the capital.</think>It is Paris.")])
         truncated = await agent.invoke(payload("q"), max_new_tokens=10, logits_processor=[
@@ -277,3 +277,36 @@ print(json.dumps({"base": base, "loaded": loaded, "after": after, "weights": wei
     returned = figures["loaded"] - figures["after"]
     assert grown >= 0.8 * figures["weights"], figures
     assert returned >= 0.8 * figures["weights"], figures
+
+
+def test_an_abandoned_stream_is_freed_at_once_and_stops_its_generation(tiny_model, payload):
+    """Breaking out of `async for` frees the stream without the garbage collector (no reference
+    cycle), and its finalizer stops the generation while the event loop keeps running."""
+    import gc
+    import weakref
+
+    agent = HuggingFaceLocalAgent(model=str(tiny_model), do_sample=False, max_new_tokens=3000, context_window=4096,
+                                  progress=False, device="cpu")
+
+    async def scenario():
+        await agent.load()
+        gc.disable()
+        try:
+            stream = agent.stream(payload("Tell me everything."))
+            ref = weakref.ref(stream)
+            async for _ in stream:
+                thread = stream.thread
+                break
+            del stream
+            freed = ref() is None
+            started = time.monotonic()
+            while thread.is_alive() and time.monotonic() - started < 30:
+                await asyncio.sleep(0.005)
+            return freed, thread.is_alive(), time.monotonic() - started
+        finally:
+            gc.enable()
+
+    freed, alive, seconds = run(scenario())
+    assert freed, "the stream outlived the loop that dropped it: a reference cycle holds it"
+    assert not alive and seconds < 5, f"generation still running {seconds:.1f} s after the stream was dropped"
+    run(agent.unload_model())

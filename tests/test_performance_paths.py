@@ -42,9 +42,9 @@ def _agent(model, **options):
 def _tokens(agent, question="Tell me a story.", **overrides):
     """One engine generation for ``question`` with the agent's settings: (result, prompt ids, loaded model)."""
     lm = run(agent.load()).loaded_model
-    prompt = agent._prompt(lm, make_payload(question), agent.config, None, None)
-    _, settings = agent._call_settings(overrides)
-    return engine.generate(lm, prompt.input_ids, settings), prompt.input_ids, lm
+    call = agent.resolve_settings(overrides)
+    prompt = agent.build_prompt(lm, make_payload(question), call)
+    return engine.generate(lm, prompt.input_ids, call.generation), prompt.input_ids, lm
 
 
 # --------------------------------------------------------------------------- configuration
@@ -186,9 +186,9 @@ def test_batched_loop_drops_finished_rows_and_gives_the_tokens_of_generate(defau
 def test_lean_loop_streams_the_final_text_and_stops_on_eos(tiny_model):
     agent = _agent(tiny_model, max_new_tokens=30)
     lm = run(agent.load()).loaded_model
-    prompt = agent._prompt(lm, make_payload("hello"), agent.config, None, None)
+    prompt = agent.build_prompt(lm, make_payload("hello"), agent.resolve_settings())
     pieces: list[str] = []
-    _, settings = agent._call_settings({})
+    settings = agent.resolve_settings().generation
     result = engine.generate(lm, prompt.input_ids, settings, on_text=pieces.append)
     assert "".join(pieces) == result.text and result.completion_tokens == 30
     assert result.time_to_first_token is not None and 0 < result.time_to_first_token <= result.seconds
@@ -217,7 +217,7 @@ def test_lean_loop_cancels_within_a_token_like_generate(tiny_model):
     for loop in ("auto", "generate"):
         agent = _agent(tiny_model, max_new_tokens=200, decode_loop=loop)
         lm = run(agent.load()).loaded_model
-        prompt = agent._prompt(lm, make_payload("hello"), agent.config, None, None)
+        prompt = agent.build_prompt(lm, make_payload("hello"), agent.resolve_settings())
         stop = threading.Event()
         pieces: list[str] = []
 
@@ -225,7 +225,7 @@ def test_lean_loop_cancels_within_a_token_like_generate(tiny_model):
             pieces.append(text)
             stop.set()
 
-        _, settings = agent._call_settings({})
+        settings = agent.resolve_settings().generation
         result = engine.generate(lm, prompt.input_ids, settings, on_text=on_text, stop_event=stop)
         assert result.finish_reason == "cancelled" and result.completion_tokens < 200
         assert result.text.startswith(pieces[0])
@@ -239,8 +239,8 @@ def test_threads_are_set_in_the_generating_thread(tiny_model):
     seen: list[int] = []
     agent = _agent(tiny_model, num_threads=1)
     lm = run(agent.load()).loaded_model
-    prompt = agent._prompt(lm, make_payload("hello"), agent.config, None, None)
-    _, settings = agent._call_settings({})
+    prompt = agent.build_prompt(lm, make_payload("hello"), agent.resolve_settings())
+    settings = agent.resolve_settings().generation
     assert settings.num_threads == 1 and settings.decode_loop == "auto"
     assert HuggingFaceConfig(model="x").num_threads == "auto"
     before = torch.get_num_threads()

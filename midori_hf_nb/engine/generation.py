@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
+from ..settings import GenerationSettings
 from . import capabilities
 from .threads import ThreadGovernor, apply_threads
 
@@ -25,27 +26,6 @@ CALL_KWARGS = frozenset(
     {"logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn", "negative_prompt_ids",
      "negative_prompt_attention_mask", "assistant_model"}
 )
-
-
-@dataclass
-class GenerationSettings:
-    """Per-call generation settings (already validated by :class:`HuggingFaceConfig`)."""
-
-    max_new_tokens: int
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 50
-    seed: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    #: torch intra-op threads on CPU: "auto", a count, or None to leave torch's setting alone
-    num_threads: int | str | None = None
-    #: "auto" (the engine's decode loop when the settings allow it) or "generate" (always model.generate)
-    decode_loop: str = "auto"
-
-    @property
-    def greedy(self) -> bool:
-        return not self.do_sample or self.temperature == 0
 
 
 @dataclass

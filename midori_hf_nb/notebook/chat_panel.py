@@ -478,7 +478,7 @@ class ChatPanel:
 
     def payload(self, user_message: str, memory: list[MemoryEntryData] | None = None) -> Any:
         """The payload the panel would send for ``user_message`` now (the conversation as memory)."""
-        from .. import make_payload
+        from ..protocol import make_payload
 
         history = payload_memory(self.memory if memory is None else memory)
         return make_payload(user_message, self.system_prompt_input.value, memory=history or None,

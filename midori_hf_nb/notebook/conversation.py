@@ -67,7 +67,7 @@ class Conversation:
 
     def payload(self, user_message: str, system_context: str = "", **fields: Any) -> AgentPayload:
         """A payload for ``user_message`` that carries this conversation as memory."""
-        from .. import make_payload
+        from ..protocol import make_payload
 
         fields.setdefault("session_id", self.session_id)
         return make_payload(user_message, system_context, memory=self.memory() or None, **fields)

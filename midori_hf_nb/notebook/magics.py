@@ -432,7 +432,7 @@ class MidoriMagics(Magics):
         self._send(args, cell)
 
     def _send(self, args: argparse.Namespace, text: str) -> None:
-        from .. import make_payload
+        from ..protocol import make_payload
         from .aio import run
         from .display import ResponseView
         from .streaming import display_stream

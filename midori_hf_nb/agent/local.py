@@ -1,0 +1,300 @@
+"""``HuggingFaceLocalAgent``: the Midori AI agent protocol on a local transformers model.
+
+Creating an agent is instant: torch and transformers are imported and the model loaded on
+first use (the first ``invoke``, ``stream`` or ``invoke_with_tools``). Generation runs in a
+worker thread, so the event loop keeps serving other coroutines; abandoning a stream stops
+its generation within a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..config import DEFAULTS, HuggingFaceConfig
+from ..prompting import Prompt, build_prompt, template_supports_tools
+from ..protocol import AgentPayload, AgentResponse, MidoriAiAgentProtocol, ReasoningEffort
+from ..settings import CallSettings, resolve_call_settings
+from ..tools import tool_instructions, tool_schemas
+from .responses import build_response
+from .stream import AgentStream
+from .tool_loop import ToolLoopStream
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..engine import LoadedModel
+
+
+def _reasoning_kwargs(effort: Any) -> dict[str, Any]:
+    """Chat-template variables for a reasoning effort (ignored by templates that do not use them)."""
+    if effort is None:
+        return {}
+    level = effort.effort if hasattr(effort, "effort") else effort.get("effort", "low")
+    return {"reasoning_effort": level, "enable_thinking": level != "none"}
+
+
+class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
+    """A local Hugging Face model behind the Midori AI agent protocol.
+
+    Args:
+        model: a hub id, a local model directory, a ``.gguf`` file, or
+            :data:`midori_hf_nb.DEFAULT_MODEL` (offline SmolLM2-135M-Instruct).
+        device, torch_dtype, max_new_tokens, temperature, top_p, top_k, do_sample,
+        context_window, trust_remote_code, load_in_8bit, load_in_4bit: see
+            :class:`HuggingFaceConfig`; invalid values raise ``ValueError`` naming the field.
+        reasoning_effort: default :class:`ReasoningEffort` for payloads that carry none.
+        **kwargs: further :class:`HuggingFaceConfig` options (``num_threads``, ``decode_loop``,
+            ``quantize_weights``, ``progress``) and ``generate()`` options (e.g. ``repetition_penalty``).
+
+    Nothing is loaded until first use; agents with the same model, device, dtype and
+    quantization share one loaded copy, freed when the last of them calls :meth:`unload_model`.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        device: str = DEFAULTS["device"],
+        torch_dtype: str = DEFAULTS["torch_dtype"],
+        max_new_tokens: int = DEFAULTS["max_new_tokens"],
+        temperature: float = DEFAULTS["temperature"],
+        top_p: float = DEFAULTS["top_p"],
+        top_k: int = DEFAULTS["top_k"],
+        do_sample: bool = DEFAULTS["do_sample"],
+        context_window: int = DEFAULTS["context_window"],
+        trust_remote_code: bool = DEFAULTS["trust_remote_code"],
+        load_in_8bit: bool = DEFAULTS["load_in_8bit"],
+        load_in_4bit: bool = DEFAULTS["load_in_4bit"],
+        *,
+        reasoning_effort: ReasoningEffort | dict | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._config = HuggingFaceConfig.from_kwargs(
+            model=model, device=device, torch_dtype=torch_dtype, max_new_tokens=max_new_tokens,
+            temperature=temperature, top_p=top_p, top_k=top_k, do_sample=do_sample,
+            context_window=context_window, trust_remote_code=trust_remote_code,
+            load_in_8bit=load_in_8bit, load_in_4bit=load_in_4bit, **kwargs,
+        )
+        self._reasoning_effort = reasoning_effort
+        self._lm: LoadedModel | None = None
+        self._key: tuple | None = None
+        self._load_lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: HuggingFaceConfig, reasoning_effort: ReasoningEffort | None = None) -> "HuggingFaceLocalAgent":
+        """An agent for an existing :class:`HuggingFaceConfig`."""
+        options = config.options()
+        return cls(options.pop("model"), reasoning_effort=reasoning_effort, **options)
+
+    def __repr__(self) -> str:
+        state = "loaded" if self.is_loaded else "not loaded"
+        return f"HuggingFaceLocalAgent(model={self._config.model!r}, device={self._config.device!r}, {state})"
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def config(self) -> HuggingFaceConfig:
+        """The agent's :class:`HuggingFaceConfig`."""
+        return self._config
+
+    @property
+    def is_loaded(self) -> bool:
+        """True while this agent holds a reference to a loaded model."""
+        return self._lm is not None
+
+    @property
+    def loaded_model(self) -> "LoadedModel | None":
+        """The shared :class:`~midori_hf_nb.engine.LoadedModel` (model, tokenizer, spec), if loaded."""
+        return self._lm
+
+    @property
+    def reference_count(self) -> int:
+        """References held on this agent's model by all agents (0 when not loaded)."""
+        if self._key is None:
+            return 0
+        from ..engine import REGISTRY
+
+        return REGISTRY.refcount(self._key)
+
+    # ------------------------------------------------------------------ loading
+
+    def _acquire_sync(self) -> "LoadedModel":
+        with self._load_lock:
+            if self._lm is None:
+                from .. import engine
+
+                self._lm = engine.acquire(self._config)
+                self._key = self._lm.spec.key
+            return self._lm
+
+    async def ensure_loaded(self) -> "LoadedModel":
+        """The loaded model, loading it (in a worker thread) on first use."""
+        lm = self._lm
+        if lm is not None:
+            return lm
+        return await asyncio.to_thread(self._acquire_sync)
+
+    async def load(self) -> "HuggingFaceLocalAgent":
+        """Load the model now rather than on first use. Returns the agent."""
+        await self.ensure_loaded()
+        return self
+
+    async def unload_model(self) -> None:
+        """Release this agent's reference; the model is freed when no agent holds it any more.
+
+        Waits for a running generation on the model to finish first. The agent loads the model
+        again on its next use.
+        """
+        await asyncio.to_thread(self.unload_model_sync)
+
+    def load_sync(self) -> "HuggingFaceLocalAgent":
+        """:meth:`load` for synchronous code (blocks while the model loads). Returns the agent."""
+        self._acquire_sync()
+        return self
+
+    def unload_model_sync(self) -> None:
+        """:meth:`unload_model` for synchronous code: release this agent's reference now."""
+        with self._load_lock:
+            lm, self._lm = self._lm, None
+        if lm is not None:
+            from .. import engine
+
+            engine.release(lm)
+
+    # ------------------------------------------------------------------ building blocks
+
+    def resolve_settings(self, overrides: dict[str, Any] | None = None) -> CallSettings:
+        """The settings a call with ``overrides`` runs with (see :mod:`midori_hf_nb.settings`);
+        raises ``ValueError`` naming a field that is not allowed."""
+        return resolve_call_settings(self._config, overrides or {})
+
+    def build_prompt(self, lm: "LoadedModel", payload: AgentPayload, call: CallSettings,
+                     schemas: list[dict] | None = None, continuation: list[dict] | None = None) -> Prompt:
+        """The prompt of ``payload`` through the model's chat template, fitted into the context
+        window (blocking: call it in a worker thread from async code)."""
+        template_tools = instructions = None
+        if schemas:
+            if template_supports_tools(lm.tokenizer):
+                template_tools = schemas
+            else:
+                instructions = tool_instructions(schemas)
+        effort = payload.reasoning_effort or self._reasoning_effort
+        with lm.tokenizer_lock:
+            return build_prompt(
+                lm.tokenizer,
+                payload,
+                context_window=call.config.context_window,
+                max_new_tokens=call.config.max_new_tokens,
+                tools=template_tools,
+                tool_instructions=instructions,
+                template_kwargs=_reasoning_kwargs(effort),
+                continuation=continuation,
+            )
+
+    def generate_batch(self, payloads: list[AgentPayload], *, tools: list[Any] | None = None,
+                       stop_event: threading.Event | None = None, **overrides: Any) -> list[AgentResponse]:
+        """Answer several payloads with one left-padded batch (blocking, in the calling thread).
+
+        Loads the model on first use. ``overrides`` are those of :meth:`invoke` and apply to every
+        payload; a ``seed`` seeds the whole call once, so a sampled answer depends on the batch it
+        ran in (its companions and its position). ``tools`` are offered as in
+        :meth:`invoke_with_tools` (parsed, never executed). Timing metadata (``total_seconds``,
+        ``time_to_first_token``) is that of the whole batch. Setting ``stop_event`` stops every
+        sequence within a token (``finish_reason="cancelled"``).
+        """
+        if not payloads:
+            return []
+        schemas = tool_schemas(tools) if tools else None
+        call = self.resolve_settings(overrides)
+        from .. import engine
+
+        engine.check_generation_kwargs(call.generation.extra)
+        lm = self._acquire_sync()
+        prompts = [self.build_prompt(lm, payload, call, schemas, None) for payload in payloads]
+        started = time.perf_counter()
+        if len(prompts) == 1:  # no padding: the single-sequence path of invoke
+            results = [engine.generate(lm, prompts[0].input_ids, call.generation, stop_event=stop_event)]
+        else:
+            results = engine.generate_batch(lm, [p.input_ids for p in prompts], call.generation, stop_event)
+        wall = time.perf_counter() - started
+        name = str(self._config.model)
+        return [build_response(name, lm, prompt, result, call, payload, schemas, wall)
+                for prompt, result, payload in zip(prompts, results, payloads)]
+
+    # ------------------------------------------------------------------ protocol
+
+    async def get_context_window(self) -> int:
+        """The configured context window (prompt plus answer tokens)."""
+        return self._config.context_window
+
+    async def supports_streaming(self) -> bool:
+        """Always True: :meth:`stream` yields text as it is generated."""
+        return True
+
+    async def invoke(self, payload: AgentPayload, **overrides: Any) -> AgentResponse:
+        """Answer ``payload``.
+
+        Per-call ``overrides``: ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``,
+        ``do_sample``, ``greedy`` (True means ``do_sample=False``), ``seed``, and any
+        ``generate()`` option (e.g. ``logits_processor``, ``stop_strings``). A ``temperature``
+        above 0 given without ``do_sample`` or ``greedy`` turns sampling on for the call.
+        Cancelling the calling task stops the generation within a token.
+        """
+        return await AgentStream(self, payload, events=True, overrides=overrides).collect()
+
+    def stream(self, payload: AgentPayload, *, events: bool = False, **overrides: Any) -> AgentStream:
+        """Stream the answer to ``payload``.
+
+        Yields answer text pieces (reasoning is left out; their concatenation equals
+        ``invoke(...).response`` for the same greedy request). With ``events=True`` yields
+        :class:`StreamEvent` objects: ``thinking`` and ``text`` pieces as they arrive, and a
+        final ``done`` event with the response. Overrides are those of :meth:`invoke`.
+        """
+        return AgentStream(self, payload, events=events, overrides=overrides)
+
+    async def invoke_with_tools(self, payload: AgentPayload, tools: list[Any], **overrides: Any) -> AgentResponse:
+        """Answer ``payload`` with ``tools`` offered to the model; calls are parsed, never executed.
+
+        ``tools``: typed, documented callables, OpenAI-format function dicts, or dicts with
+        ``name`` and ``description``. Templates that support ``tools=`` receive the schemas;
+        others get a tool description in the system message. Parsed calls are in
+        ``response.tool_calls``; calls to names not offered carry ``"unknown": True``.
+        """
+        schemas = tool_schemas(tools)
+        return await AgentStream(self, payload, events=True, overrides=overrides, schemas=schemas).collect()
+
+    def stream_with_tools(self, payload: AgentPayload, tools: list[Any], *, events: bool = True,
+                          **overrides: Any) -> AgentStream:
+        """Like :meth:`invoke_with_tools`, streamed (typed events by default); nothing is executed.
+
+        Events arrive live: ``thinking`` and ``text`` pieces, and a ``tool_call`` event (``data``
+        is the parsed call, flagged ``"unknown"`` when not offered) as soon as a call's text is
+        complete; tool-call text never appears as ``text``. The ``done`` event carries the final
+        response, whose ``tool_calls`` have the same ids. It is authoritative: prose streamed as
+        ``text`` before a call counts as reasoning there (``response.thinking``).
+        """
+        return AgentStream(self, payload, events=events, overrides=overrides, schemas=tool_schemas(tools))
+
+    async def run_tools(self, payload: AgentPayload, tools: list[Any], max_steps: int = 5,
+                        **overrides: Any) -> AgentResponse:
+        """Opt-in tool execution loop.
+
+        Each step generates with the tools offered; the parsed calls of callable tools are run
+        (sync ones in a worker thread, async ones awaited), their results (or errors, for a tool
+        that raises or a name not offered) are appended to the conversation as tool messages, and
+        the model continues. The loop ends when the model answers without a call, or after
+        ``max_steps`` generations (the last step's calls are then left unexecuted and
+        ``metadata["max_steps_reached"]`` is True). ``metadata["tool_steps"]`` records every
+        executed call: step, name, arguments, id, result, error, seconds. :meth:`stream_tools`
+        is the same loop as a stream of events.
+        """
+        return await self.stream_tools(payload, tools, max_steps=max_steps, **overrides).collect()
+
+    def stream_tools(self, payload: AgentPayload, tools: list[Any], max_steps: int = 5,
+                     **overrides: Any) -> ToolLoopStream:
+        """The opt-in tool loop of :meth:`run_tools`, streamed as :class:`StreamEvent` objects.
+
+        Yields each step's ``thinking``, ``text`` and ``tool_call`` events, a ``tool_result`` event
+        per executed call (``data``: the step record), and a final ``done`` event with the response.
+        """
+        return ToolLoopStream(self, payload, tools, max_steps, overrides)

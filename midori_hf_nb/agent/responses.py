@@ -1,0 +1,109 @@
+"""From a finished generation to an :class:`AgentResponse`: reasoning and tool calls parsed
+(the tokenizer's own response parser where the model ships one, else the tag parser), and the
+typed :class:`~midori_hf_nb.stats.ResponseStats` put into the metadata."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..parsing import extract_reasoning_blocks, normalise_call, parse_tool_calls_detailed, unique_ids
+from ..protocol import AgentPayload, AgentResponse
+from ..stats import ResponseStats
+from ..tools import tool_names
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..engine import GenerationResult, LoadedModel
+    from ..prompting import Prompt
+    from ..settings import CallSettings
+
+logger = logging.getLogger("midori_hf_nb")
+
+
+def native_parse(tokenizer: Any, text: str, prefix: str, schemas: list[dict] | None) -> dict[str, Any] | None:
+    """The tokenizer's own ``parse_response`` where the model ships a response template, else None.
+
+    A tokenizer without a response template returns None at once; a template that does not
+    match this output (the parser raises) is logged and returns None, so the tag parser runs.
+    """
+    from ..engine.capabilities import tokenizer_parses_responses
+
+    if not tokenizer_parses_responses(tokenizer):
+        return None
+    try:
+        message = tokenizer.parse_response(text, prefix=prefix, tools=schemas or None)
+    except Exception as exc:  # model output the template cannot read: the tag parser takes over
+        logger.debug("parse_response failed (%s: %s); using the tag parser", type(exc).__name__, exc)
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def build_response(model_name: str, lm: "LoadedModel", prompt: "Prompt", result: "GenerationResult",
+                   call: "CallSettings", payload: AgentPayload, schemas: list[dict] | None,
+                   wall_seconds: float) -> AgentResponse:
+    """The protocol response of one generation, with its statistics in ``metadata``."""
+    settings = call.generation
+    native = native_parse(lm.tokenizer, result.text, prompt.text, schemas)
+    native_calls: list[dict] = []
+    native_errors: list[str] = []  # calls the tokenizer's parser found but that are not readable calls
+    if native is not None:
+        thought = native.get("thinking") or native.get("reasoning_content") or ""
+        blocks, answer = ([thought.strip()] if thought.strip() else []), str(native.get("content") or "").strip()
+        for item in native.get("tool_calls") or []:
+            call_dict, error = normalise_call(item)
+            if call_dict:
+                native_calls.append(call_dict)
+            else:
+                native_errors.append(error or "unreadable tool call")
+    else:
+        blocks, answer = extract_reasoning_blocks(result.text)
+    stats = ResponseStats(
+        model=model_name, backend="huggingface", session_id=payload.session_id,
+        prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+        time_to_first_token=result.time_to_first_token, total_seconds=result.seconds, wall_seconds=wall_seconds,
+        tokens_per_second=result.tokens_per_second, decode_tokens_per_second=result.decode_tokens_per_second,
+        finish_reason=result.finish_reason, decode_path=result.decode_path,
+        decode_path_reason=result.decode_path_reason, memory_dropped=prompt.dropped_memory,
+        used_chat_template=prompt.used_chat_template, device=lm.spec.device, dtype=lm.spec.dtype,
+        quantization=lm.spec.quantization, seed=settings.seed, do_sample=not settings.greedy,
+        temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
+        raw_text=result.text, parser="tokenizer" if native is not None else "tags",
+    )
+    calls = None
+    if schemas is not None:
+        parsed = parse_tool_calls_detailed(answer)
+        parsed.calls = unique_ids(native_calls + parsed.calls)
+        parsed.errors = native_errors + parsed.errors
+        offered = set(tool_names(schemas))
+        for found in parsed.calls:
+            if found["name"] not in offered:
+                found["unknown"] = True
+        if parsed.calls and parsed.prose_before_calls:  # reasoning written ahead of the calls
+            blocks = [*blocks, parsed.prose_before_calls]
+            answer = parsed.answer
+        else:
+            answer = parsed.text
+        calls = parsed.calls or None
+        stats.tools_offered = sorted(offered)
+        stats.tools_in_template = prompt.tools_in_template
+        stats.tool_parse_errors = list(parsed.errors)
+        stats.unknown_tool_calls = [c["name"] for c in parsed.calls if c["name"] not in offered]
+    stats.thinking_blocks = list(blocks)
+    return AgentResponse(thinking="\n\n".join(blocks), response=answer, code=None, tool_calls=calls,
+                         metadata=stats.as_dict())
+
+
+def adopt_live_ids(calls: list[dict], live_calls: list[dict]) -> list[dict]:
+    """Give the final calls the ids of the matching calls announced live; return those not announced."""
+    unmatched = list(live_calls)
+    missing = []
+    for found in calls:
+        match = next((c for c in unmatched if c["name"] == found["name"] and c["arguments"] == found["arguments"]),
+                     None)
+        if match is None:
+            missing.append(found)
+        else:
+            unmatched.remove(match)
+            found["id"] = match["id"]
+    unique_ids(calls)
+    return missing

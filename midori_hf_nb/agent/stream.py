@@ -1,0 +1,166 @@
+"""``AgentStream``: an async iterator over one generation of the local agent.
+
+The iteration runs in an async generator that holds the agent and a small shared state (the
+stop event, the thread, the final response), never the ``AgentStream`` object itself, so no
+reference cycle keeps an abandoned stream alive: when the consumer lets go of it (``break`` out
+of ``async for agent.stream(...)``, an exception, a dropped variable) it is collected at once
+and its finalizer sets the stop event, which ends the generation within a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+from ..parsing import StreamSplitter, prompt_opens_thinking
+from ..protocol import AgentPayload, AgentResponse
+from ..tools import tool_names
+from .events import StreamEvent
+from .live import LiveGeneration
+from .responses import adopt_live_ids, build_response
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .local import HuggingFaceLocalAgent
+
+
+@dataclass
+class StreamState:
+    """What a stream and its running generation share (nothing refers back to the stream)."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    response: AgentResponse | None = None
+
+
+class AgentStream:
+    """An async iterator over one generation.
+
+    Iterating yields text pieces of the answer (or :class:`StreamEvent` objects with
+    ``events=True``). After the iteration ends, :attr:`response` holds the final
+    :class:`AgentResponse`. Breaking out of the loop, dropping the stream, calling :meth:`cancel`
+    or :meth:`aclose`, or cancelling the consuming task stops the generation within a token.
+    """
+
+    def __init__(self, agent: "HuggingFaceLocalAgent", payload: AgentPayload, *, events: bool,
+                 overrides: dict[str, Any], schemas: list[dict] | None = None,
+                 continuation: list[dict] | None = None) -> None:
+        self._events_mode = events
+        self._state = StreamState()
+        self._iterator = run_generation(self._state, agent, payload, overrides, schemas, continuation)
+        weakref.finalize(self, self._state.stop.set)
+
+    def __aiter__(self) -> "AgentStream":
+        return self
+
+    async def __anext__(self) -> Any:
+        while True:
+            event = await self._iterator.__anext__()
+            if self._events_mode:
+                return event
+            if event.kind == "text":
+                return event.text
+
+    @property
+    def response(self) -> AgentResponse | None:
+        """The final response (None until the stream has ended; a stopped stream keeps its partial answer)."""
+        return self._state.response
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The generation thread (None before the model is loaded)."""
+        return self._state.thread
+
+    def cancel(self) -> None:
+        """Ask the generation to stop; it ends within a token with ``finish_reason="cancelled"``."""
+        self._state.stop.set()
+
+    async def aclose(self) -> None:
+        """Stop the generation and wait until its thread has ended."""
+        self._state.stop.set()
+        await self._iterator.aclose()
+        thread = self._state.thread
+        if thread is not None and thread.is_alive():
+            await asyncio.to_thread(thread.join)
+
+    async def __aenter__(self) -> "AgentStream":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def collect(self) -> AgentResponse:
+        """Run the stream to its end and return the final response."""
+        async for _ in self:
+            pass
+        assert self._state.response is not None
+        return self._state.response
+
+
+def _piece_events(piece: Any, offered: set[str], live_calls: list[dict]) -> list[StreamEvent]:
+    """Events for one piece of the splitter: thinking/text as they are, a tool piece as its calls."""
+    if piece.kind != "tool":
+        return [StreamEvent(piece.kind, piece.text)]
+    events = []
+    for found in piece.parse.calls if piece.parse is not None else []:
+        found = dict(found)
+        if found["name"] not in offered:
+            found["unknown"] = True
+        live_calls.append(found)
+        events.append(StreamEvent("tool_call", found["name"], found))
+    return events
+
+
+async def run_generation(state: StreamState, agent: "HuggingFaceLocalAgent", payload: AgentPayload,
+                         overrides: dict[str, Any], schemas: list[dict] | None,
+                         continuation: list[dict] | None) -> AsyncIterator[StreamEvent]:
+    """The events of one generation (the body of :class:`AgentStream`)."""
+    call = agent.resolve_settings(overrides)
+    lm = await agent.ensure_loaded()
+    from .. import engine
+
+    engine.check_generation_kwargs(call.generation.extra)
+    wall_start = time.perf_counter()
+    prompt = await asyncio.to_thread(agent.build_prompt, lm, payload, call, schemas, continuation)
+    live = LiveGeneration(lm, prompt.input_ids, call.generation, state.stop)
+    state.thread = live.thread
+    splitter = StreamSplitter(start_in_thinking=prompt_opens_thinking(prompt.text), tools=schemas is not None)
+    offered = set(tool_names(schemas or []))
+    live_calls: list[dict] = []  # tool calls announced while generating
+    model_name = str(agent.config.model)
+    live.start()
+    try:
+        while True:
+            try:
+                kind, value = await live.queue.get()
+            except asyncio.CancelledError:
+                # The consuming task was cancelled: stop, keep the partial answer, re-raise.
+                state.stop.set()
+                result = await live.drain()
+                if result is not None:
+                    state.response = build_response(model_name, lm, prompt, result, call, payload, schemas,
+                                                    time.perf_counter() - wall_start)
+                raise
+            if kind == "text":
+                for piece in splitter.feed(value):
+                    for event in _piece_events(piece, offered, live_calls):
+                        yield event
+            elif kind == "error":
+                raise value
+            else:
+                result = value
+                break
+        for piece in splitter.finish():
+            for event in _piece_events(piece, offered, live_calls):
+                yield event
+        response = build_response(model_name, lm, prompt, result, call, payload, schemas,
+                                  time.perf_counter() - wall_start)
+        state.response = response
+        for found in adopt_live_ids(response.tool_calls or [], live_calls):
+            yield StreamEvent("tool_call", found["name"], found)
+        yield StreamEvent("done", response.response, response)
+    finally:
+        state.stop.set()  # no-op after a normal end; stops an abandoned generation

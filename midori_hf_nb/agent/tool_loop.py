@@ -1,0 +1,137 @@
+"""``ToolLoopStream``: the opt-in tool execution loop as a stream of events.
+
+Like :mod:`.stream`, the loop's body is an async generator over a shared state, never over the
+``ToolLoopStream`` itself, so dropping the stream stops the running generation at once.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+from ..prompting import assistant_tool_call_message, template_supports_tools, tool_result_message
+from ..protocol import AgentPayload, AgentResponse
+from ..stats import ResponseStats
+from ..tools import callables_by_name, execute_call, tool_names, tool_schemas
+from .events import StreamEvent
+from .stream import AgentStream
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .local import HuggingFaceLocalAgent
+
+
+@dataclass
+class ToolLoopState:
+    """What a tool loop and its consumer share: the executed steps, the current step's stream."""
+
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    response: AgentResponse | None = None
+    current: AgentStream | None = None
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.current is not None:
+            self.current.cancel()
+
+
+class ToolLoopStream:
+    """An async iterator over an opt-in tool loop (see :meth:`HuggingFaceLocalAgent.stream_tools`).
+
+    :attr:`steps` lists the executed calls so far, also when the loop is stopped or its task
+    cancelled; :attr:`response` holds the final response once the loop has ended.
+    :meth:`cancel` stops the current generation and ends the loop without running further calls.
+    """
+
+    def __init__(self, agent: "HuggingFaceLocalAgent", payload: AgentPayload, tools: list[Any], max_steps: int,
+                 overrides: dict[str, Any]) -> None:
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+            raise ValueError(f"max_steps={max_steps!r} is not allowed: expected a positive integer")
+        self._state = ToolLoopState()
+        self._iterator = run_tool_loop(self._state, agent, payload, tools, max_steps, overrides)
+        weakref.finalize(self, self._state.cancel)
+
+    def __aiter__(self) -> "ToolLoopStream":
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        return await self._iterator.__anext__()
+
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        """The executed calls so far (records of step, name, arguments, id, result, error, seconds)."""
+        return self._state.steps
+
+    @property
+    def response(self) -> AgentResponse | None:
+        """The final response (None until the loop has ended)."""
+        return self._state.response
+
+    def cancel(self) -> None:
+        """Stop the running generation; calls not yet run are not run."""
+        self._state.cancel()
+
+    async def aclose(self) -> None:
+        self._state.cancel()
+        await self._iterator.aclose()
+
+    async def collect(self) -> AgentResponse:
+        """Run the loop to its end and return the final response."""
+        async for _ in self:
+            pass
+        assert self._state.response is not None
+        return self._state.response
+
+
+async def run_tool_loop(state: ToolLoopState, agent: "HuggingFaceLocalAgent", payload: AgentPayload,
+                        tools: list[Any], max_steps: int, overrides: dict[str, Any]) -> AsyncIterator[StreamEvent]:
+    """The events of a tool loop (the body of :class:`ToolLoopStream`)."""
+    schemas = tool_schemas(tools)
+    functions = callables_by_name(tools)
+    offered = set(tool_names(schemas))
+    lm = await agent.ensure_loaded()
+    structured = template_supports_tools(lm.tokenizer)
+    continuation: list[dict] = []
+    thinking: list[str] = []
+    totals = {"prompt_tokens": 0, "completion_tokens": 0, "total_seconds": 0.0}
+    response: AgentResponse | None = None
+    step = 0
+    for step in range(1, max_steps + 1):
+        state.current = AgentStream(agent, payload, events=True, overrides=overrides, schemas=schemas,
+                                    continuation=list(continuation))
+        if state.cancelled:
+            state.current.cancel()
+        async for event in state.current:
+            if event.kind != "done":
+                yield event
+        response = state.current.response
+        assert response is not None
+        stats = ResponseStats.from_metadata(response.metadata)
+        totals["prompt_tokens"] += stats.prompt_tokens or 0
+        totals["completion_tokens"] += stats.completion_tokens or 0
+        totals["total_seconds"] += stats.total_seconds or 0.0
+        if response.thinking:
+            thinking.append(response.thinking)
+        calls = response.tool_calls or []
+        if not calls or step == max_steps or state.cancelled:
+            break
+        records = []
+        for found in calls:
+            record = await execute_call(step, found, functions, offered)
+            records.append(record)
+            state.steps.append(record.as_dict())
+            yield StreamEvent("tool_result", record.name, record.as_dict())
+        continuation.append(assistant_tool_call_message(response.response, calls, structured))
+        for record in records:
+            content = record.result if record.error is None else f"Error: {record.error}"
+            continuation.append(tool_result_message(content, record.name, record.call_id, structured))
+    assert response is not None
+    stats = ResponseStats.from_metadata(response.metadata).replace(
+        prompt_tokens=totals["prompt_tokens"], completion_tokens=totals["completion_tokens"],
+        total_seconds=totals["total_seconds"], tool_steps=list(state.steps), steps=step,
+        max_steps_reached=bool(response.tool_calls) and step == max_steps and not state.cancelled)
+    response.metadata = stats.as_dict()
+    response.thinking = "\n\n".join(thinking)
+    state.response = response
+    yield StreamEvent("done", response.response, response)

@@ -1,0 +1,145 @@
+"""The settings of one generation: an agent's configuration plus a call's overrides, resolved in
+one place.
+
+Every layer that lets a user change a generation setting (``invoke(**overrides)``, the ``%midori``
+magics, the chat panel, ``compare()`` grids) hands the overrides to :func:`resolve_call_settings`
+(or, without an agent's configuration at hand, checks them with :func:`check_overrides`), so the
+rules live here alone:
+
+* ``greedy=True`` means ``do_sample=False`` (and ``greedy=False`` means sampling);
+* a ``temperature`` above 0 given without ``do_sample`` or ``greedy`` turns sampling on for the
+  call, and a temperature of 0 decodes greedily;
+* ``seed`` is an integer torch accepts (``-2**63 <= seed < 2**64``);
+* every configuration field is validated by :class:`~midori_hf_nb.config.HuggingFaceConfig`;
+  anything else is a ``generate()`` option (checked against ``GenerationConfig`` by the engine).
+
+Nothing here imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .config import ConfigError, HuggingFaceConfig
+
+#: Per-call overrides that change a configuration field.
+CONFIG_OVERRIDES = ("max_new_tokens", "temperature", "top_p", "top_k", "do_sample")
+#: Every per-call override with a meaning of its own (the rest are ``generate()`` options).
+NAMED_OVERRIDES = (*CONFIG_OVERRIDES, "greedy", "seed")
+#: The seeds ``torch.manual_seed`` accepts.
+SEED_RANGE = (-(2**63), 2**64)
+
+
+@dataclass
+class GenerationSettings:
+    """What one generation runs with (the engine's input), resolved by :func:`resolve_call_settings`."""
+
+    max_new_tokens: int
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+    seed: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: torch intra-op threads on CPU: "auto", a count, or None to leave torch's setting alone
+    num_threads: int | str | None = None
+    #: "auto" (the engine's decode loop when the settings allow it) or "generate" (always model.generate)
+    decode_loop: str = "auto"
+
+    @property
+    def greedy(self) -> bool:
+        """True when decoding picks the most likely token (``do_sample=False`` or temperature 0)."""
+        return not self.do_sample or self.temperature == 0
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    """The configuration a call runs with (the agent's, with the call's overrides applied) and
+    the :class:`GenerationSettings` derived from it."""
+
+    config: HuggingFaceConfig
+    generation: GenerationSettings
+
+    @property
+    def greedy(self) -> bool:
+        return self.generation.greedy
+
+
+def _check_seed(seed: Any) -> int | None:
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed={seed!r} is not allowed: expected an integer (or None for no seeding)")
+    low, high = SEED_RANGE
+    if not low <= seed < high:
+        raise ConfigError(f"seed={seed} is not allowed: expected an integer from -2**63 to 2**64 - 1")
+    return seed
+
+
+def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], int | None, dict[str, Any]]:
+    """Overrides as (configuration fields, seed, ``generate()`` options), with the greedy and
+    temperature rules of this module applied and each named field checked."""
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"overrides={overrides!r} is not allowed: expected keyword arguments (a mapping)")
+    rest = dict(overrides)
+    seed = _check_seed(rest.pop("seed", None))
+    greedy = rest.pop("greedy", None)
+    if greedy is not None:
+        if not isinstance(greedy, bool):
+            raise ConfigError(f"greedy={greedy!r} is not allowed: expected true or false")
+        if "do_sample" in rest and rest["do_sample"] is not None and rest["do_sample"] == greedy:
+            raise ConfigError(f"greedy={greedy!r} and do_sample={rest['do_sample']!r} contradict each other: "
+                              "give one of them")
+        rest["do_sample"] = not greedy
+    fields = {k: rest.pop(k) for k in CONFIG_OVERRIDES if k in rest and rest[k] is not None}
+    for k in CONFIG_OVERRIDES:
+        rest.pop(k, None)  # an override of None means "the configuration's value"
+    temperature = fields.get("temperature")
+    if "do_sample" not in fields and isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+        fields["do_sample"] = temperature > 0  # a temperature above 0 asks for sampling, 0 for greedy
+    return fields, seed, rest
+
+
+def resolve_call_settings(config: HuggingFaceConfig, overrides: Mapping[str, Any] | None = None) -> CallSettings:
+    """The settings one call runs with: ``config`` with ``overrides`` applied and validated.
+
+    Overrides: ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``do_sample``,
+    ``greedy``, ``seed`` and any ``generate()`` option (e.g. ``repetition_penalty``,
+    ``logits_processor``). Raises :class:`~midori_hf_nb.config.ConfigError` (a ``ValueError``)
+    naming the field and what is allowed.
+    """
+    fields, seed, extra = split_overrides(overrides or {})
+    call_config = config.replace(**fields) if fields else config
+    generation = GenerationSettings(
+        max_new_tokens=call_config.max_new_tokens,
+        do_sample=call_config.do_sample,
+        temperature=call_config.temperature,
+        top_p=call_config.top_p,
+        top_k=call_config.top_k,
+        seed=seed,
+        extra={**call_config.generation_kwargs, **extra},
+        num_threads=call_config.num_threads,
+        decode_loop=call_config.decode_loop,
+    )
+    return CallSettings(call_config, generation)
+
+
+def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate overrides without an agent (for a form or a magic before it calls one).
+
+    Returns the overrides as an agent resolves them (``greedy`` and a temperature turned into
+    ``do_sample``, ``None`` values dropped); raises :class:`~midori_hf_nb.config.ConfigError`
+    naming the field and what is allowed.
+    """
+    fields, seed, extra = split_overrides(overrides)
+    HuggingFaceConfig(model="check", **fields)  # validates each field with the configuration's own rules
+    checked = dict(fields)
+    if seed is not None:
+        checked["seed"] = seed
+    checked.update(extra)
+    return checked
+
+
+__all__ = ["CONFIG_OVERRIDES", "NAMED_OVERRIDES", "SEED_RANGE", "CallSettings", "GenerationSettings",
+           "check_overrides", "resolve_call_settings", "split_overrides"]
