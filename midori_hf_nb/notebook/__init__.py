@@ -6,7 +6,18 @@ Names are imported lazily, so ``import midori_hf_nb.notebook`` stays cheap.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
+
+#: what the notebook layer needs beyond the core: the ``notebook`` extra of the package
+NOTEBOOK_REQUIREMENTS = ("IPython", "ipywidgets", "ipykernel", "nest_asyncio2", "matplotlib")
+
+_missing = [name for name in NOTEBOOK_REQUIREMENTS if importlib.util.find_spec(name) is None]
+if _missing:
+    raise ImportError(
+        f"midori_hf_nb.notebook needs {', '.join(_missing)}, which this environment lacks: "
+        "pip install 'midori-hf-nb[notebook]' (the core, midori_hf_nb, works without them)"
+    )
 
 #: public name -> module (relative to this package) that defines it
 _EXPORTS: dict[str, str] = {

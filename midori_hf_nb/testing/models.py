@@ -1,4 +1,4 @@
-"""Utilities for tests and demos that need exact model output from a real generation.
+"""Models for tests and demos that need exact output from a real generation.
 
 :class:`ScriptedOutput` is a logits processor that forces the tokens of given texts, so the
 whole path (``generate``, streaming, decoding, parsing) runs for real while the output is
