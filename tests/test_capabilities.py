@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 from packaging.version import Version
-from transformers import AutoModelForCausalLM, GenerationConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, GenerationConfig, LlamaForCausalLM, StoppingCriteriaList
 
 from midori_hf_nb import HuggingFaceLocalAgent, make_payload
 from midori_hf_nb.engine import capabilities
@@ -226,11 +226,11 @@ def test_the_default_call_on_the_default_model_takes_the_engines_loop(default_ag
     ({"repetition_penalty": 1.3}, "generation options the engine's loop does not honour: repetition_penalty"),
     ({"min_new_tokens": 4}, "generation options the engine's loop does not honour: min_new_tokens"),
     ({"num_beams": 2, "do_sample": False}, "num_beams"),
-    ({"logits_processor": "scripted"}, "generate() options the engine's loop does not run: logits_processor"),
+    ({"stopping_criteria": "none"}, "generate() options the engine's loop does not run: stopping_criteria"),
 ])
 def test_documented_cases_use_generate_and_say_why(tiny, overrides, reason):
-    if overrides.get("logits_processor") == "scripted":
-        overrides = {"logits_processor": [ScriptedOutput(tiny.loaded_model.tokenizer, "Forced answer.")]}
+    if overrides.get("stopping_criteria") == "none":
+        overrides = {"stopping_criteria": StoppingCriteriaList()}
     if "num_beams" in overrides:
         response = tiny.generate_batch([make_payload("hi")], **overrides)[0]
     else:
@@ -269,3 +269,23 @@ def test_a_model_the_loop_cannot_drive_warns_once_and_reports_generate(tiny):
     finally:
         lm.model.__class__ = original
         lm.decode_support = support
+
+
+def test_forced_output_runs_in_the_engines_loop_with_the_tokens_of_generate(tiny, tiny_model):
+    """Logits processors of one sequence run in the engine's loop: exact outputs forced in tests
+    (and constrained decoding) take the default fast path, token for token as model.generate."""
+    text = 'Forced answer with {"json": [1, 2]} and more.'
+    answers = {}
+    slow = HuggingFaceLocalAgent(model=str(tiny_model), device="cpu", do_sample=False, max_new_tokens=12,
+                                 progress=False, decode_loop="generate")
+    for loop, agent in (("auto", tiny), ("generate", slow)):
+        forced = ScriptedOutput(tiny.loaded_model.tokenizer, text)
+        response = run(agent.invoke(make_payload("hi"), logits_processor=[forced], max_new_tokens=40))
+        answers[loop] = (response.metadata["raw_text"], response.metadata["completion_tokens"],
+                         response.metadata["decode_path"])
+    run(slow.unload_model())
+    assert answers["auto"] == (text, answers["generate"][1], "engine")
+    assert answers["generate"][0] == text and answers["generate"][2] == "generate"
+    rows = tiny.generate_batch([make_payload("a"), make_payload("b")],
+                               logits_processor=[ScriptedOutput(tiny.loaded_model.tokenizer, "x")])
+    assert {r.metadata["decode_path_reason"] for r in rows} == {"logits processors in a batch decode through generate"}

@@ -80,7 +80,7 @@ def test_send_button_streams_answer_into_transcript(tiny_agent):
     assert panel.live_html.value == ""
     assert panel.status.startswith("done") and "tokens/s" in panel.status and "RSS" in panel.status
     assert "model weights" in panel.status
-    assert "decode: generate (generate() options the engine's loop does not run: logits_processor)" in panel.status
+    assert "decode: engine" in panel.status
     assert not panel.is_running and not panel.send_button.disabled and panel.stop_button.disabled
     # the next message carries the conversation as payload memory
     follow_up = panel.payload("And then?")

@@ -146,6 +146,10 @@ class DecodePath:
 ENGINE = DecodePath("engine")
 
 
+#: ``generate()`` call options the engine's single-sequence loop runs as ``generate`` does.
+LEAN_CALL_KWARGS = frozenset({"logits_processor"})
+
+
 def lean_decode_supported(model: Any) -> bool:
     """True when the engine's own decode loop can drive ``model`` (see
     :func:`~midori_hf_nb.engine.capabilities.decode_loop_support` for what is checked and why)."""
@@ -159,17 +163,20 @@ def choose_decode_path(lm: LoadedModel, settings: GenerationSettings, cfg: Any, 
     The engine's loop runs plain greedy or sampled decoding (temperature, top-k, top-p, seed) of
     one sequence and greedy decoding of a batch; every other case is documented here and takes
     ``model.generate``: ``decode_loop="generate"``, a model the loop cannot drive, ``generate()``
-    call options (logits processors, stopping criteria, ...), generation options the loop does
-    not honour (repetition_penalty, min_new_tokens, beams, ...), and sampled batches.
+    call options other than ``logits_processor`` (stopping criteria, ...), generation options the
+    loop does not honour (repetition_penalty, min_new_tokens, beams, ...), sampled batches and
+    batches with logits processors. Logits processors of one sequence run in the engine's loop.
     """
     if settings.decode_loop == "generate":
         return DecodePath("generate", "decode_loop='generate' was set")
     support = lm.decode_support
     if not support.supported:
         return DecodePath("generate", f"the model does not fit the engine's loop: {support.reason}")
-    if call_kwargs:
-        return DecodePath("generate", "generate() options the engine's loop does not run: "
-                          + ", ".join(sorted(call_kwargs)))
+    unsupported = sorted(set(call_kwargs) - LEAN_CALL_KWARGS)
+    if unsupported:
+        return DecodePath("generate", "generate() options the engine's loop does not run: " + ", ".join(unsupported))
+    if rows > 1 and call_kwargs:
+        return DecodePath("generate", "logits processors in a batch decode through generate")
     unhonoured = sorted(capabilities.changed_generation_options(cfg) - LEAN_CONFIG_KEYS)
     flags = [name for name in ("return_dict_in_generate", "output_scores", "output_logits", "output_attentions",
                                "output_hidden_states") if getattr(cfg, name, False)]
@@ -200,15 +207,20 @@ def decode_path_for(lm: LoadedModel, settings: GenerationSettings, rows: int = 1
 
 def _lean_generate(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings: GenerationSettings,
                    stop_event: threading.Event | None, streamer: Any = None,
-                   governor: ThreadGovernor | None = None) -> tuple[list[int], float | None, float]:
+                   governor: ThreadGovernor | None = None,
+                   processors: Any = None) -> tuple[list[int], float | None, float]:
     """Greedy or sampled decoding of one sequence over a ``DynamicCache``, one forward per token.
 
-    The forward passes and the token choice (argmax, or ``generate``'s warpers then
-    ``torch.multinomial``) are those of ``model.generate``, so the tokens are the same; what is
-    left out is ``generate``'s per-token bookkeeping (input preparation, logits-processor and
-    stopping-criteria lists, attention-mask growth). Returns (tokens, first-token time, start time).
+    The forward passes and the token choice (the caller's logits processors, then argmax, or
+    ``generate``'s warpers then ``torch.multinomial``) are those of ``model.generate``, so the
+    tokens are the same; what is left out is ``generate``'s per-token bookkeeping (input
+    preparation, stopping-criteria lists, attention-mask growth). Logits processors see the
+    prompt and the tokens so far, as in ``generate``. Returns (tokens, first-token time, start time).
     """
+    from transformers import LogitsProcessorList
+
     model = lm.model
+    processors = LogitsProcessorList(processors) if processors else None
     cache_argument = lm.decode_support.cache_argument
     eos = lm.eos_token_ids
     warpers = capabilities.sampling_warpers(cfg) if cfg.do_sample else None
@@ -220,11 +232,18 @@ def _lean_generate(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings:
     started = time.perf_counter()
     if streamer is not None:
         streamer.put(input_ids.cpu())
+    length = input_ids.shape[1]
+    sequence = None  # prompt and tokens so far, for logits processors (one buffer, filled step by step)
+    if processors is not None:
+        sequence = torch.empty((1, length + max_new), dtype=torch.long, device=input_ids.device)
+        sequence[:, :length] = input_ids
     with torch.inference_mode():
         cache = capabilities.new_dynamic_cache(model)
         out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{cache_argument: cache})
         while True:
             logits = out.logits[:, -1, :].to(dtype=torch.float32)
+            if sequence is not None:
+                logits = processors(sequence[:, :length], logits)
             if warpers is None:
                 next_token = torch.argmax(logits, dim=-1)
             else:
@@ -232,6 +251,9 @@ def _lean_generate(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings:
                 next_token = torch.multinomial(probs, num_samples=1).squeeze(1)
             token = int(next_token[0])
             tokens.append(token)
+            if sequence is not None:
+                sequence[0, length] = token
+                length += 1
             if first_token_at is None:
                 first_token_at = time.perf_counter()
             if governor is not None:
@@ -346,7 +368,8 @@ def generate(
         cfg, call_kwargs = generation_config(lm, settings)
         path = choose_decode_path(lm, settings, cfg, call_kwargs)
         if path is ENGINE:
-            tokens, first_token_at, started = _lean_generate(lm, ids, cfg, settings, stop_event, streamer, governor)
+            tokens, first_token_at, started = _lean_generate(lm, ids, cfg, settings, stop_event, streamer, governor,
+                                                             call_kwargs.get("logits_processor"))
         else:
             output, timer, started = _run_generate(lm, ids, torch.ones_like(ids), settings, stop_event, streamer,
                                                    (cfg, call_kwargs), governor)
