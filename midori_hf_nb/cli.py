@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace, question: str) -> int:
-    from . import DEFAULT_MODEL, HuggingFaceLocalAgent, make_payload
+    from .agent import HuggingFaceLocalAgent
+    from .protocol import make_payload
+    from .sources import DEFAULT_MODEL
 
     agent = HuggingFaceLocalAgent(
         model=args.model or DEFAULT_MODEL,

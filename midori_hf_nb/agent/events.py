@@ -21,3 +21,40 @@ class StreamEvent:
     kind: str
     text: str = ""
     data: Any = None
+
+
+class EventStream:
+    """The iteration surface every stream of the project shares: an async iterator over
+    :class:`StreamEvent` objects produced by ``iterator`` (an async generator that stores the
+    final response in ``state.response``), yielding the events themselves (``events=True``) or
+    only the text pieces of the answer.
+    """
+
+    def __init__(self, iterator: Any, state: Any, *, events: bool) -> None:
+        self._iterator = iterator
+        self._state = state
+        self._events_mode = events
+
+    def __aiter__(self) -> "EventStream":
+        return self
+
+    async def __anext__(self) -> Any:
+        while True:
+            event = await self._iterator.__anext__()
+            if self._events_mode:
+                return event
+            if event.kind == "text":
+                return event.text
+
+    @property
+    def response(self) -> Any:
+        """The final response (None until the stream has ended; a stopped stream keeps its partial answer)."""
+        return self._state.response
+
+    async def collect(self) -> Any:
+        """Run the stream to its end and return the final response."""
+        async for _ in self:
+            pass
+        if self._state.response is None:  # pragma: no cover - every stream body sets it before ending
+            raise RuntimeError("the stream ended without a response")
+        return self._state.response

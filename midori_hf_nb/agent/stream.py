@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 from ..parsing import StreamSplitter, prompt_opens_thinking
 from ..protocol import AgentPayload, AgentResponse
 from ..tools import tool_names
-from .events import StreamEvent
+from .events import EventStream, StreamEvent
 from .live import LiveGeneration
 from .responses import adopt_live_ids, build_response
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .local import HuggingFaceLocalAgent
+    from .host import GenerationHost
 
 
 @dataclass
@@ -36,7 +36,7 @@ class StreamState:
     response: AgentResponse | None = None
 
 
-class AgentStream:
+class AgentStream(EventStream):
     """An async iterator over one generation.
 
     Iterating yields text pieces of the answer (or :class:`StreamEvent` objects with
@@ -45,29 +45,12 @@ class AgentStream:
     or :meth:`aclose`, or cancelling the consuming task stops the generation within a token.
     """
 
-    def __init__(self, agent: "HuggingFaceLocalAgent", payload: AgentPayload, *, events: bool,
+    def __init__(self, agent: "GenerationHost", payload: AgentPayload, *, events: bool,
                  overrides: dict[str, Any], schemas: list[dict] | None = None,
                  continuation: list[dict] | None = None) -> None:
-        self._events_mode = events
-        self._state = StreamState()
-        self._iterator = run_generation(self._state, agent, payload, overrides, schemas, continuation)
-        weakref.finalize(self, self._state.stop.set)
-
-    def __aiter__(self) -> "AgentStream":
-        return self
-
-    async def __anext__(self) -> Any:
-        while True:
-            event = await self._iterator.__anext__()
-            if self._events_mode:
-                return event
-            if event.kind == "text":
-                return event.text
-
-    @property
-    def response(self) -> AgentResponse | None:
-        """The final response (None until the stream has ended; a stopped stream keeps its partial answer)."""
-        return self._state.response
+        state = StreamState()
+        super().__init__(run_generation(state, agent, payload, overrides, schemas, continuation), state, events=events)
+        weakref.finalize(self, state.stop.set)
 
     @property
     def thread(self) -> threading.Thread | None:
@@ -92,13 +75,6 @@ class AgentStream:
     async def __aexit__(self, *exc: Any) -> None:
         await self.aclose()
 
-    async def collect(self) -> AgentResponse:
-        """Run the stream to its end and return the final response."""
-        async for _ in self:
-            pass
-        assert self._state.response is not None
-        return self._state.response
-
 
 def _piece_events(piece: Any, offered: set[str], live_calls: list[dict]) -> list[StreamEvent]:
     """Events for one piece of the splitter: thinking/text as they are, a tool piece as its calls."""
@@ -114,7 +90,7 @@ def _piece_events(piece: Any, offered: set[str], live_calls: list[dict]) -> list
     return events
 
 
-async def run_generation(state: StreamState, agent: "HuggingFaceLocalAgent", payload: AgentPayload,
+async def run_generation(state: StreamState, agent: "GenerationHost", payload: AgentPayload,
                          overrides: dict[str, Any], schemas: list[dict] | None,
                          continuation: list[dict] | None) -> AsyncIterator[StreamEvent]:
     """The events of one generation (the body of :class:`AgentStream`)."""

@@ -14,11 +14,11 @@ from ..prompting import assistant_tool_call_message, template_supports_tools, to
 from ..protocol import AgentPayload, AgentResponse
 from ..stats import ResponseStats
 from ..tools import callables_by_name, execute_call, tool_names, tool_schemas
-from .events import StreamEvent
+from .events import EventStream, StreamEvent
 from .stream import AgentStream
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .local import HuggingFaceLocalAgent
+    from .host import GenerationHost
 
 
 @dataclass
@@ -36,7 +36,7 @@ class ToolLoopState:
             self.current.cancel()
 
 
-class ToolLoopStream:
+class ToolLoopStream(EventStream):
     """An async iterator over an opt-in tool loop (see :meth:`HuggingFaceLocalAgent.stream_tools`).
 
     :attr:`steps` lists the executed calls so far, also when the loop is stopped or its task
@@ -44,47 +44,30 @@ class ToolLoopStream:
     :meth:`cancel` stops the current generation and ends the loop without running further calls.
     """
 
-    def __init__(self, agent: "HuggingFaceLocalAgent", payload: AgentPayload, tools: list[Any], max_steps: int,
+    def __init__(self, agent: "GenerationHost", payload: AgentPayload, tools: list[Any], max_steps: int,
                  overrides: dict[str, Any]) -> None:
         if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
             raise ValueError(f"max_steps={max_steps!r} is not allowed: expected a positive integer")
-        self._state = ToolLoopState()
-        self._iterator = run_tool_loop(self._state, agent, payload, tools, max_steps, overrides)
-        weakref.finalize(self, self._state.cancel)
-
-    def __aiter__(self) -> "ToolLoopStream":
-        return self
-
-    async def __anext__(self) -> StreamEvent:
-        return await self._iterator.__anext__()
+        state = ToolLoopState()
+        super().__init__(run_tool_loop(state, agent, payload, tools, max_steps, overrides), state, events=True)
+        weakref.finalize(self, state.cancel)
 
     @property
     def steps(self) -> list[dict[str, Any]]:
         """The executed calls so far (records of step, name, arguments, id, result, error, seconds)."""
         return self._state.steps
 
-    @property
-    def response(self) -> AgentResponse | None:
-        """The final response (None until the loop has ended)."""
-        return self._state.response
-
     def cancel(self) -> None:
         """Stop the running generation; calls not yet run are not run."""
         self._state.cancel()
 
     async def aclose(self) -> None:
+        """Stop the loop and close it."""
         self._state.cancel()
         await self._iterator.aclose()
 
-    async def collect(self) -> AgentResponse:
-        """Run the loop to its end and return the final response."""
-        async for _ in self:
-            pass
-        assert self._state.response is not None
-        return self._state.response
 
-
-async def run_tool_loop(state: ToolLoopState, agent: "HuggingFaceLocalAgent", payload: AgentPayload,
+async def run_tool_loop(state: ToolLoopState, agent: "GenerationHost", payload: AgentPayload,
                         tools: list[Any], max_steps: int, overrides: dict[str, Any]) -> AsyncIterator[StreamEvent]:
     """The events of a tool loop (the body of :class:`ToolLoopStream`)."""
     schemas = tool_schemas(tools)

@@ -18,7 +18,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Sequence
 
-from ..agent.events import StreamEvent
+from ..agent.events import EventStream, StreamEvent
 from ..parsing import StreamSplitter, extract_reasoning_blocks, parse_tool_calls_detailed
 from ..protocol import AgentPayload, AgentResponse, MidoriAiAgentProtocol
 from ..stats import ResponseStats
@@ -117,44 +117,23 @@ def _tool_name(tool: Any) -> str:
     return getattr(tool, "__name__", type(tool).__name__)
 
 
-class ScriptedStream:
+class ScriptedStream(EventStream):
     """The stream of one scripted reply; the same surface as the local agent's stream."""
 
     def __init__(self, agent: ScriptedAgent, reply: str | BaseException, overrides: dict[str, Any], *,
                  events: bool, tools: list[str] | None) -> None:
-        self._events_mode = events
-        self._state = _State()
-        self._iterator = _run(self._state, agent, reply, overrides, tools)
-        weakref.finalize(self, _State.__setattr__, self._state, "stopped", True)
-
-    def __aiter__(self) -> "ScriptedStream":
-        return self
-
-    async def __anext__(self) -> Any:
-        while True:
-            event = await self._iterator.__anext__()
-            if self._events_mode:
-                return event
-            if event.kind == "text":
-                return event.text
-
-    @property
-    def response(self) -> AgentResponse | None:
-        return self._state.response
+        state = _State()
+        super().__init__(_run(state, agent, reply, overrides, tools), state, events=events)
+        weakref.finalize(self, _State.__setattr__, state, "stopped", True)
 
     def cancel(self) -> None:
         """Stop: the reply ends at the current piece with ``finish_reason="cancelled"``."""
         self._state.stopped = True
 
     async def aclose(self) -> None:
+        """Stop and close the stream."""
         self._state.stopped = True
         await self._iterator.aclose()
-
-    async def collect(self) -> AgentResponse:
-        async for _ in self:
-            pass
-        assert self._state.response is not None
-        return self._state.response
 
 
 async def _run(state: _State, agent: ScriptedAgent, reply: str | BaseException, overrides: dict[str, Any],
