@@ -53,7 +53,7 @@ _EXPORTS: dict[str, str] = {
     "show_memory": "memory",
     "MemoryReadout": "memory",
     # chat panel widget
-    "ChatPanel": "chat_panel",
+    "ChatPanel": "chat",
     # prompt comparison views
     "comparison_view": "compare_view",
     "results_view": "compare_view",

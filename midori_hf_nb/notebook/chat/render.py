@@ -1,0 +1,141 @@
+"""HTML of the chat panel: messages, the transcript, the title, notices and the status line.
+
+Everything shown comes from the model, the user, a transcript file or an exception, so every
+piece of text is HTML-escaped here (answers go through
+:func:`~midori_hf_nb.notebook.render_response_html`, which escapes them too). Statistics are read
+typed (:class:`~.transcript.TranscriptEntry`), never by metadata keys.
+"""
+
+from __future__ import annotations
+
+from ...protocol import MemoryEntryData
+from ...stats import ResponseStats
+from ..display import STYLE_BOX, STYLE_FOOTER, escape, render_response_html
+from .transcript import ROLES, TranscriptEntry, role_label
+
+STYLE_MESSAGE = "margin:0.35em 0;padding:0.35em 0.6em;border-radius:6px;line-height:1.45"
+STYLE_USER = STYLE_MESSAGE + ";background:rgba(70,130,180,0.12)"
+STYLE_ASSISTANT = STYLE_MESSAGE + ";background:rgba(128,128,128,0.08)"
+STYLE_ROLE = "font-size:0.8em;font-weight:600;opacity:0.7;margin-bottom:0.15em"
+STYLE_TEXT = "white-space:pre-wrap;word-break:break-word"
+STYLE_ERROR = ("white-space:pre-wrap;word-break:break-word;color:#b00020;background:rgba(176,0,32,0.07);"
+               "border-left:3px solid #b00020;padding:0.2em 0.5em;margin-top:0.3em")
+STYLE_BADGE = "font-size:0.75em;font-weight:600;padding:0 0.4em;border-radius:3px;margin-left:0.5em"
+STYLE_STOPPED = STYLE_BADGE + ";background:rgba(230,140,0,0.2);color:#8a5200"
+STYLE_FAILED = STYLE_BADGE + ";background:rgba(176,0,32,0.15);color:#b00020"
+
+#: Shown under a failed answer.
+RETRY_HINT = "The transcript is kept; fix the cause and press Regenerate to retry."
+
+
+def _role_class(role: str) -> str:
+    return f"midori-chat-{role if role in ROLES else 'other'}"
+
+
+def render_typed_entry_html(entry: TranscriptEntry) -> str:
+    """One typed message as HTML; all text is escaped."""
+    label = escape(role_label(entry.role))
+    if not entry.is_answer:
+        style = STYLE_USER if entry.role == "user" else STYLE_ASSISTANT
+        return (f'<div class="{_role_class(entry.role)}" style="{style}">'
+                f'<div style="{STYLE_ROLE}">{label}</div>'
+                f'<div class="midori-chat-text" style="{STYLE_TEXT}">{escape(entry.content)}</div></div>')
+    badges = ""
+    if entry.stopped:
+        badges += f'<span class="midori-chat-stopped" style="{STYLE_STOPPED}">stopped</span>'
+    if entry.error:
+        badges += f'<span class="midori-chat-failed" style="{STYLE_FAILED}">failed</span>'
+    body = render_response_html(entry.as_response()) if entry.has_body else ""
+    error = ""
+    if entry.error:
+        error = f'<div class="midori-chat-error" style="{STYLE_ERROR}">{escape(entry.error)}\n{RETRY_HINT}</div>'
+    return (f'<div class="midori-chat-assistant" style="{STYLE_ASSISTANT}">'
+            f'<div style="{STYLE_ROLE}">{label}{badges}</div>{body}{error}</div>')
+
+
+def render_entry_html(entry: MemoryEntryData) -> str:
+    """One message of the transcript as HTML; all text is escaped."""
+    return render_typed_entry_html(TranscriptEntry.from_memory(entry))
+
+
+def render_transcript_html(entries: list[MemoryEntryData]) -> str:
+    """The whole transcript as HTML (a placeholder line when it is empty)."""
+    if not entries:
+        return (f'<div class="midori-chat-empty" style="{STYLE_BOX};{STYLE_FOOTER}">'
+                "No messages yet: type below and press Send.</div>")
+    return (f'<div class="midori-chat-transcript" style="{STYLE_BOX}">'
+            + "".join(render_entry_html(e) for e in entries) + "</div>")
+
+
+def render_title_html(model: str) -> str:
+    """The panel's heading: "Chat · <model>" (escaped)."""
+    return f'<div style="{STYLE_ROLE}">Chat · {escape(model)}</div>'
+
+
+def render_notice_html(text: str) -> str:
+    """A notice above the input (refused sends, invalid settings); '' for no notice."""
+    return f'<div style="{STYLE_ERROR}">{escape(text)}</div>' if text else ""
+
+
+def render_status_html(text: str) -> str:
+    """The status line under the buttons."""
+    return f'<div class="midori-chat-status" style="{STYLE_FOOTER}">{escape(text)}</div>'
+
+
+# --------------------------------------------------------------------------- status text (plain)
+
+
+def decode_text(stats: ResponseStats) -> str:
+    """Which decoder ran: "decode: engine", "decode: generate (reason)", or '' when not reported."""
+    if not stats.decode_path:
+        return ""
+    return f"decode: {stats.decode_path}" + (f" ({stats.decode_path_reason})" if stats.decode_path_reason else "")
+
+
+def live_status_text(tokens: int | None, elapsed: float) -> str:
+    """The status while an answer streams: tokens and tokens/s (when countable) and seconds."""
+    parts = ["generating…"]
+    if tokens is not None:
+        parts.append(f"{tokens} tokens")
+        if elapsed > 0:
+            parts.append(f"{tokens / elapsed:.1f} tokens/s")
+    parts.append(f"{elapsed:.1f} s")
+    return " · ".join(parts)
+
+
+def final_status_text(entry: TranscriptEntry, *, ignored: tuple[str, ...] = ()) -> str:
+    """The status after an answer: outcome, tokens, tokens/s, seconds, finish reason, model,
+    decode path, and the settings the agent did not take (``ignored``)."""
+    if entry.error:
+        return f"error: {entry.error}"
+    stats = entry.stats
+    parts = ["stopped" if entry.stopped else "done"]
+    if stats.completion_tokens is not None:
+        parts.append(f"{stats.completion_tokens} tokens")
+    if stats.tokens_per_second is not None:
+        parts.append(f"{stats.tokens_per_second:.1f} tokens/s")
+    if entry.seconds is not None:
+        parts.append(f"{entry.seconds:.1f} s")
+    if stats.finish_reason:
+        parts.append(f"finish: {stats.finish_reason}")
+    if stats.model:
+        parts.append(f"model: {stats.model}")
+    if decode_text(stats):
+        parts.append(decode_text(stats))
+    if ignored:
+        parts.append(f"not taken by the agent: {', '.join(ignored)}")
+    return " · ".join(parts)
+
+
+__all__ = [
+    "RETRY_HINT",
+    "decode_text",
+    "final_status_text",
+    "live_status_text",
+    "render_entry_html",
+    "render_notice_html",
+    "render_status_html",
+    "render_title_html",
+    "render_transcript_html",
+    "render_typed_entry_html",
+]
