@@ -160,13 +160,13 @@ def test_chat_panel_in_jupyterlab(jupyter_lab, artifacts_dir):
             page.set_default_timeout(120_000)
             page.goto(f"{base}/lab/tree/{name}?token={TOKEN}&reset")
             page.wait_for_selector(".jp-NotebookPanel .jp-Cell .cm-content")
-            expect(page.get_by_role("button", name=re.compile(r"Python 3 \(ipykernel\) \| Idle"))).to_be_visible()
+            expect(page.get_by_role("button", name=re.compile(r"Python 3 \(ipykernel\) \| Idle"))).to_be_visible(timeout=120_000)
             page.locator(".jp-NotebookPanel .jp-Cell .cm-content").first.click()
             page.keyboard.press("Shift+Enter")
 
             output = page.locator(".jp-NotebookPanel .jp-OutputArea").first
             box = output.locator('textarea[placeholder^="Message"]')
-            expect(box).to_be_visible()
+            expect(box).to_be_visible(timeout=120_000)
 
             def button(label: str):
                 return output.locator("button.jupyter-button", has_text=label)
