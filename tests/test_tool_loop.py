@@ -103,7 +103,8 @@ def test_two_step_calculation(agent, payload):
         assert '{"tool_calls": [{"name": "multiply", "arguments": {"a": 6, "b": 7}}]}' in second
     # and the whole record tabulates
     frame = pd.DataFrame(steps)
-    assert list(frame.columns) == ["step", "name", "arguments", "id", "result", "error", "seconds"]
+    assert list(frame.columns) == ["step", "name", "arguments", "id", "result", "error", "seconds", "status", "note"]
+    assert frame["status"].tolist() == ["ok", "ok"] and frame["note"].isna().all()
     assert frame["result"].tolist() == [42, 43]
 
 

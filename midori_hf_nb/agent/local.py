@@ -17,7 +17,7 @@ from ..config import DEFAULTS, HuggingFaceConfig
 from ..prompting import Prompt, build_prompt, template_supports_tools
 from ..protocol import AgentPayload, AgentResponse, MidoriAiAgentProtocol, ReasoningEffort
 from ..settings import CallSettings, resolve_call_settings
-from ..tools import tool_instructions, tool_schemas
+from ..tools import DEFAULT_MAX_RESULT_CHARS, DEFAULT_TOOL_TIMEOUT, tool_instructions, tool_schemas
 from .responses import build_response
 from .stream import AgentStream
 from .tool_loop import ToolLoopStream
@@ -275,8 +275,9 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         """
         return AgentStream(self, payload, events=events, overrides=overrides, schemas=tool_schemas(tools))
 
-    async def run_tools(self, payload: AgentPayload, tools: list[Any], max_steps: int = 5,
-                        **overrides: Any) -> AgentResponse:
+    async def run_tools(self, payload: AgentPayload, tools: list[Any], max_steps: int = 5, *,
+                        tool_timeout: float | None = DEFAULT_TOOL_TIMEOUT,
+                        max_result_chars: int = DEFAULT_MAX_RESULT_CHARS, **overrides: Any) -> AgentResponse:
         """Opt-in tool execution loop.
 
         Each step generates with the tools offered; the parsed calls of callable tools are run
@@ -285,16 +286,26 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         the model continues. The loop ends when the model answers without a call, or after
         ``max_steps`` generations (the last step's calls are then left unexecuted and
         ``metadata["max_steps_reached"]`` is True). ``metadata["tool_steps"]`` records every
-        executed call: step, name, arguments, id, result, error, seconds. :meth:`stream_tools`
-        is the same loop as a stream of events.
-        """
-        return await self.stream_tools(payload, tools, max_steps=max_steps, **overrides).collect()
+        executed call: step, name, arguments, id, result, error, seconds, status, note.
+        :meth:`stream_tools` is the same loop as a stream of events.
 
-    def stream_tools(self, payload: AgentPayload, tools: list[Any], max_steps: int = 5,
-                     **overrides: Any) -> ToolLoopStream:
+        A call is checked against the tool's JSON schema first; one that does not match is not
+        run and the model gets an error naming the argument. A call may take ``tool_timeout``
+        seconds (None: no limit); a timed-out sync tool's thread cannot be stopped and runs on
+        in the background. A result longer than ``max_result_chars`` characters, or than the
+        context window has room for, is cut with a ``[truncated: N of M characters]`` note.
+        A tool that raises (even ``SystemExit``), times out or returns something that cannot be
+        written as text gives an error result; only ``KeyboardInterrupt`` and cancellation pass.
+        """
+        return await self.stream_tools(payload, tools, max_steps=max_steps, tool_timeout=tool_timeout,
+                                       max_result_chars=max_result_chars, **overrides).collect()
+
+    def stream_tools(self, payload: AgentPayload, tools: list[Any], max_steps: int = 5, *,
+                     tool_timeout: float | None = DEFAULT_TOOL_TIMEOUT,
+                     max_result_chars: int = DEFAULT_MAX_RESULT_CHARS, **overrides: Any) -> ToolLoopStream:
         """The opt-in tool loop of :meth:`run_tools`, streamed as :class:`StreamEvent` objects.
 
         Yields each step's ``thinking``, ``text`` and ``tool_call`` events, a ``tool_result`` event
         per executed call (``data``: the step record), and a final ``done`` event with the response.
         """
-        return ToolLoopStream(self, payload, tools, max_steps, overrides)
+        return ToolLoopStream(self, payload, tools, max_steps, overrides, tool_timeout, max_result_chars)

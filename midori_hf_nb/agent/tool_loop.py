@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 from ..prompting import assistant_tool_call_message, template_supports_tools, tool_result_message
 from ..protocol import AgentPayload, AgentResponse
 from ..stats import ResponseStats
-from ..tools import callables_by_name, execute_call, tool_names, tool_schemas
+from ..tools import DEFAULT_MAX_RESULT_CHARS, DEFAULT_TOOL_TIMEOUT, ToolRunner, check_tool_options
 from .events import EventStream, StreamEvent
 from .stream import AgentStream
 
@@ -45,16 +45,19 @@ class ToolLoopStream(EventStream):
     """
 
     def __init__(self, agent: "GenerationHost", payload: AgentPayload, tools: list[Any], max_steps: int,
-                 overrides: dict[str, Any]) -> None:
+                 overrides: dict[str, Any], tool_timeout: float | None = DEFAULT_TOOL_TIMEOUT,
+                 max_result_chars: int = DEFAULT_MAX_RESULT_CHARS) -> None:
         if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
             raise ValueError(f"max_steps={max_steps!r} is not allowed: expected a positive integer")
+        options = check_tool_options(tool_timeout, max_result_chars, caller="")
         state = ToolLoopState()
-        super().__init__(run_tool_loop(state, agent, payload, tools, max_steps, overrides), state, events=True)
+        super().__init__(run_tool_loop(state, agent, payload, tools, max_steps, overrides, *options), state,
+                         events=True)
         weakref.finalize(self, state.cancel)
 
     @property
     def steps(self) -> list[dict[str, Any]]:
-        """The executed calls so far (records of step, name, arguments, id, result, error, seconds)."""
+        """The executed calls so far (records of step, name, arguments, id, result, error, seconds, status, note)."""
         return self._state.steps
 
     def cancel(self) -> None:
@@ -68,11 +71,12 @@ class ToolLoopStream(EventStream):
 
 
 async def run_tool_loop(state: ToolLoopState, agent: "GenerationHost", payload: AgentPayload,
-                        tools: list[Any], max_steps: int, overrides: dict[str, Any]) -> AsyncIterator[StreamEvent]:
+                        tools: list[Any], max_steps: int, overrides: dict[str, Any],
+                        tool_timeout: float | None = DEFAULT_TOOL_TIMEOUT,
+                        max_result_chars: int = DEFAULT_MAX_RESULT_CHARS) -> AsyncIterator[StreamEvent]:
     """The events of a tool loop (the body of :class:`ToolLoopStream`)."""
-    schemas = tool_schemas(tools)
-    functions = callables_by_name(tools)
-    offered = set(tool_names(schemas))
+    runner = ToolRunner(tools, tool_timeout=tool_timeout, max_result_chars=max_result_chars)
+    schemas = runner.schemas
     lm = await agent.ensure_loaded()
     structured = template_supports_tools(lm.tokenizer)
     continuation: list[dict] = []
@@ -100,15 +104,16 @@ async def run_tool_loop(state: ToolLoopState, agent: "GenerationHost", payload: 
         if not calls or step == max_steps or state.cancelled:
             break
         records = []
+        room = runner.room(lm.tokenizer, agent.config.context_window, response.metadata or {}, len(calls),
+                           lm.tokenizer_lock)
         for found in calls:
-            record = await execute_call(step, found, functions, offered)
+            record = await runner.run(step, found, room)
             records.append(record)
             state.steps.append(record.as_dict())
             yield StreamEvent("tool_result", record.name, record.as_dict())
         continuation.append(assistant_tool_call_message(response.response, calls, structured))
         for record in records:
-            content = record.result if record.error is None else f"Error: {record.error}"
-            continuation.append(tool_result_message(content, record.name, record.call_id, structured))
+            continuation.append(tool_result_message(record.content, record.name, record.call_id, structured))
     assert response is not None
     stats = ResponseStats.from_metadata(response.metadata).replace(
         prompt_tokens=totals["prompt_tokens"], completion_tokens=totals["completion_tokens"],

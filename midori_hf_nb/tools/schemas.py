@@ -1,20 +1,15 @@
-"""Tools: Python callables and dicts to JSON schemas, instructions for templates without
-tool support, and the execution of one parsed call.
+"""Tool descriptions: Python callables and dicts to JSON schemas, and instructions for templates
+without tool support.
 
 Callables are described by transformers' ``get_json_schema`` (type hints plus a Google-style
-docstring). Nothing here runs a tool unless :func:`execute_call` is called, which only the
-opt-in loop of :meth:`HuggingFaceLocalAgent.run_tools` does.
+docstring). Nothing here runs a tool.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import json
-import time
-import traceback
-from dataclasses import dataclass
 from typing import Any, Callable
 
 
@@ -59,7 +54,7 @@ def _describe_callable(fn: Callable[..., Any]) -> dict[str, Any]:
             f"{'have' if len(missing) > 1 else 'has'} no type hint; annotate every argument "
             "(e.g. 'query: str') so the model is told its type"
         )
-    from .engine.capabilities import parse_google_docstring
+    from ..engine.capabilities import parse_google_docstring
 
     names = [p.name for p in parameters]
     try:
@@ -76,7 +71,7 @@ def _describe_callable(fn: Callable[..., Any]) -> dict[str, Any]:
 def _schema_without_argument_docs(fn: Callable[..., Any], doc: str, names: list[str],
                                   get_json_schema: Callable[..., dict]) -> dict[str, Any]:
     """``get_json_schema`` for a docstring that does not describe every argument."""
-    from .engine.capabilities import parse_google_docstring
+    from ..engine.capabilities import parse_google_docstring
 
     description, described, returns = parse_google_docstring(doc)
     lines = [description or "", "", "Args:"]
@@ -135,6 +130,7 @@ def tool_schemas(tools: list[Any] | None) -> list[dict[str, Any]]:
 
 
 def tool_names(schemas: list[dict[str, Any]]) -> list[str]:
+    """The tool names of ``schemas``, in order."""
     return [s["function"]["name"] for s in schemas]
 
 
@@ -170,61 +166,3 @@ def tool_instructions(schemas: list[dict[str, Any]]) -> str:
         "When a tool result is given to you, use it to answer the user.",
     ]
     return "\n".join(lines)
-
-
-@dataclass
-class ToolStep:
-    """One executed (or refused) tool call."""
-
-    step: int
-    name: str
-    arguments: dict[str, Any]
-    call_id: str
-    result: Any = None
-    error: str | None = None
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "name": self.name,
-            "arguments": self.arguments,
-            "id": self.call_id,
-            "result": self.result,
-            "error": self.error,
-            "seconds": self.seconds,
-        }
-
-
-async def execute_call(step: int, call: dict[str, Any], functions: dict[str, Callable[..., Any]],
-                       offered: set[str] | None = None) -> ToolStep:
-    """Run one parsed call of an allowed tool (sync in a worker thread, async awaited).
-
-    A tool that raises, a call to a name that was not offered, or to a tool offered only as a
-    description (a dict, nothing to run), gives a :class:`ToolStep` with ``error`` set instead
-    of raising.
-    """
-    record = ToolStep(step=step, name=call["name"], arguments=dict(call.get("arguments") or {}), call_id=call.get("id", ""))
-    fn = functions.get(call["name"])
-    if fn is None:
-        if offered and call["name"] in offered:
-            record.error = (f"tool {call['name']!r} was offered only as a description (a dict), so there is "
-                            "nothing to run; pass a Python callable to let it run")
-        else:
-            record.error = f"unknown tool {call['name']!r}; available: {', '.join(sorted(functions)) or 'none'}"
-        return record
-    started = time.perf_counter()
-    try:
-        if inspect.iscoroutinefunction(fn):
-            result = await fn(**record.arguments)
-        else:
-            result = await asyncio.to_thread(fn, **record.arguments)
-            if inspect.isawaitable(result):
-                result = await result
-        record.result = result
-    except Exception as exc:  # the model gets the error as the result and may recover
-        frames = traceback.extract_tb(exc.__traceback__)
-        where = f" (at {frames[-1].name}:{frames[-1].lineno})" if frames else ""
-        record.error = f"{type(exc).__name__}: {exc}{where}"
-    record.seconds = time.perf_counter() - started
-    return record
