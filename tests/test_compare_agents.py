@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from midori_hf_nb import compare, make_payload
+from midori_hf_nb import AgentResponse, MidoriAiAgentProtocol, compare, make_payload
 from midori_hf_nb.compare import (
     CHECK_PREFIX,
     DEFAULT_CONCURRENCY,
@@ -275,6 +275,38 @@ def test_models_that_load_are_loaded_and_released_in_turn():
     assert df["status"].tolist() == ["ok"] * 4 + ["error"] * 2
     assert (df[df["model"] == "broken"]["error"] == "loading the model failed: OSError: weights missing").all()
     assert len(broken.calls) == 0
+
+
+class BareProtocolAgent(MidoriAiAgentProtocol):
+    """Exactly the protocol: invoke(payload) with no per-call options."""
+
+    def __init__(self) -> None:
+        self.payloads = []
+
+    async def invoke(self, payload):
+        self.payloads.append(payload)
+        return AgentResponse(thinking="", response=f"echo: {payload.user_message}", metadata={"completion_tokens": 2})
+
+    async def invoke_with_tools(self, payload, tools):
+        return await self.invoke(payload)
+
+    async def get_context_window(self) -> int:
+        return 1024
+
+    async def supports_streaming(self) -> bool:
+        return False
+
+
+def test_an_agent_with_only_the_protocols_methods():
+    agent = BareProtocolAgent()
+    df = compare(["one", "two"], models=agent, seed=5, **quiet())
+    assert df["response"].tolist() == ["echo: one", "echo: two"] and (df["status"] == "ok").all()
+    assert df["model"].tolist() == ["BareProtocolAgent"] * 2  # no model name: the class names it
+    assert df["seed"].isna().all()  # invoke(payload) takes no seed, so none was passed or claimed
+    assert df["completion_tokens"].tolist() == [2, 2] and df["seconds"].isna().all()  # what it reports, no more
+    with pytest.raises(ValueError, match="settings=.*takes no per-call options"):
+        compare(["one"], models=agent, settings={"temperature": [0.5]}, **quiet())
+    assert len(agent.payloads) == 2
 
 
 # --------------------------------------------------------------------------- checks and arguments

@@ -9,11 +9,15 @@ with one depends on what the agent offers, tested by name:
 * :func:`manages_model`: the agent loads and frees a model (``load`` and ``unload_model``), so
   a comparison loads it before its rows and releases it after, unless the caller had loaded it;
 * :func:`resolves_settings`: the agent checks a setting against its own configuration
-  (``resolve_settings``), before any model loads.
+  (``resolve_settings``), before any model loads;
+* :func:`takes_overrides`: the agent's ``invoke`` accepts per-call options (``**overrides``, as
+  this project's agents do). The protocol's own ``invoke(payload)`` takes none: such an agent
+  runs its rows without settings and without a seed.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -45,6 +49,15 @@ def manages_model(agent: Any) -> bool:
 def resolves_settings(agent: Any) -> bool:
     """True when the agent resolves a call's settings against its configuration (``resolve_settings``)."""
     return callable(getattr(agent, "resolve_settings", None))
+
+
+def takes_overrides(agent: Any) -> bool:
+    """True when ``agent.invoke`` accepts keyword overrides (a ``**overrides`` parameter)."""
+    try:
+        parameters = inspect.signature(agent.invoke).parameters.values()
+    except (TypeError, ValueError):  # a signature that cannot be read: assume the project's convention
+        return True
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def is_agent(value: Any) -> bool:
@@ -128,6 +141,10 @@ def check_settings(settings: list[dict[str, Any]], entries: list[ModelEntry]) ->
         except ValueError as exc:
             raise ValueError(f"compare: settings {setting_text(setting)}: {exc}") from exc
     for entry in entries:
+        if any(settings) and not offers_batching(entry.agent) and not takes_overrides(entry.agent):
+            raise not_allowed("settings", [setting_text(s) for s in settings],
+                              f"model {entry.label!r} takes no per-call options (its invoke has no **overrides): "
+                              "run it with settings=None")
         for setting in settings:
             check_setting_for(entry, setting)
 
@@ -177,4 +194,4 @@ class ModelHold:
 
 
 __all__ = ["ModelEntry", "ModelHold", "check_setting_for", "check_settings", "default_label", "is_agent", "manages_model",
-           "model_entries", "new_tokens_for", "offers_batching", "resolves_settings"]
+           "model_entries", "new_tokens_for", "offers_batching", "resolves_settings", "takes_overrides"]

@@ -29,7 +29,9 @@ missing.
 
 Seeds: with ``seed=S`` the ``k``-th batch of every (model, setting) group is generated after
 ``torch.manual_seed(S + k)`` (the ``seed`` column); for an agent without batching every row is
-a batch of one, so the ``k``-th row of a group gets ``S + k`` (passed as the ``seed`` override).
+a batch of one, so the ``k``-th row of a group gets ``S + k`` (passed as the ``seed`` override;
+an agent whose ``invoke`` takes no overrides, as the bare protocol has it, gets no seed and no
+settings).
 One seed drives a whole batch, so a sampled row depends on its batch's composition and its
 position in it. What is guaranteed: the same inputs (prompts, systems, grid, models, repeats,
 seed, batch_size) give the same table on the same software and hardware (with

@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .agents import ModelEntry, ModelHold, offers_batching
+from .agents import ModelEntry, ModelHold, offers_batching, takes_overrides
 from .batched import batches, run_batch
 from .checks import Check, apply_checks
 from .columns import STATUS_ERROR, setting_text
@@ -104,13 +104,15 @@ def run_batched(entry: ModelEntry, rows: list[Row], options: RunOptions, sink: R
 
 
 def run_concurrently(entry: ModelEntry, rows: list[Row], options: RunOptions, sink: RowSink) -> None:
-    """An agent's rows through ``invoke``, ``options.concurrency`` at a time.
+    """An agent's rows through ``invoke``, ``options.concurrency`` at a time (seeded only when
+    the agent's ``invoke`` takes overrides).
 
     On an interrupt the calls still running are cancelled; answers that arrived meanwhile are
     kept, without running their checks.
     """
     sink.status(f"{entry.label} | {options.concurrency} at a time")
-    worker = ConcurrentCalls(entry.agent, row_calls(rows, options.seed), options.concurrency, options.tools).worker()
+    seed = options.seed if takes_overrides(entry.agent) else None  # invoke(payload) alone cannot take one
+    worker = ConcurrentCalls(entry.agent, row_calls(rows, seed), options.concurrency, options.tools).worker()
     items = worker.items()
     try:
         for call, outcome in items:
