@@ -1,8 +1,11 @@
-"""compare(): grid schema, batching, seeds, model release, interruption, checks, export round trip.
+"""compare() on the local agent: grid schema, batching, seeds, model release, interruption,
+failing rows, batch sizes, tool calls.
 
-Mechanics run on the tiny random model; the batched-equals-unbatched claim runs on the
-offline default model. Exact outputs, where a test needs them, come from real generations
-forced by ScriptedOutput.
+These are claims about what the local agent does in a grid, so they use real generation: the
+tiny random model, and the offline default model for batched-equals-unbatched. Exact outputs,
+where a test needs them, come from real generations forced by ScriptedOutput. The grid's own
+mechanics on any protocol agent (checks, errors, concurrency, export) are tested with scripted
+agents in test_compare_agents.py and test_compare_hostile.py.
 """
 
 from __future__ import annotations
@@ -10,22 +13,13 @@ from __future__ import annotations
 import itertools
 import re
 
-import pandas as pd
 import pytest
 import torch
 from transformers import LogitsProcessor
 
 from midori_hf_nb import HuggingFaceLocalAgent, compare, make_payload
 from midori_hf_nb import engine
-from midori_hf_nb.compare import (
-    CHECK_PREFIX,
-    load_comparison,
-    suggest_batch_size,
-    summarize,
-    to_csv,
-    to_jsonl,
-    to_markdown,
-)
+from midori_hf_nb.compare import load_comparison, offers_batching, suggest_batch_size, summarize, to_csv, to_jsonl
 from midori_hf_nb.testing import ScriptedOutput
 
 from .conftest import run
@@ -273,36 +267,6 @@ def test_interrupt_keeps_finished_rows(tiny_model, where):
 # --------------------------------------------------------------------------- checks and errors
 
 
-def test_checks_columns(tiny_model):
-    text = "The capital of France is Paris."
-    from transformers import AutoTokenizer
-
-    scripted = ScriptedOutput(AutoTokenizer.from_pretrained(tiny_model), text)
-    agent = HuggingFaceLocalAgent(str(tiny_model), progress=False, logits_processor=[scripted])
-    checks = {
-        "paris": "Paris",
-        "london": re.compile(r"\bLondon\b"),
-        "long enough": lambda row: row["completion_tokens"] >= 5,
-        "broken": lambda row: 1 / 0,
-    }
-    df = compare(["Capital of France?", "Say it again."], settings={"max_new_tokens": [30]}, models=agent,
-                 checks=checks, progress=False)
-    assert (df["response"] == text).all() and (df["status"] == "ok").all()
-    assert df.attrs["check_columns"] == [CHECK_PREFIX + n for n in checks]
-    assert df["check: paris"].tolist() == [True, True]
-    assert df["check: london"].tolist() == [False, False]
-    assert df["check: long enough"].tolist() == [True, True]
-    assert df["check: broken"].tolist() == [False, False]
-    assert df["passed"].tolist() == [False, False]
-    assert df["error"].str.contains("ZeroDivisionError").all()
-
-    ok = compare(["Capital of France?"], settings={"max_new_tokens": [30]}, models=agent,
-                 checks=["Paris", re.compile(r"paris", re.I)], progress=False)
-    assert ok["check: contains 'Paris'"].tolist() == [True]
-    assert ok["check: matches 'paris'"].tolist() == [True]
-    assert ok["passed"].tolist() == [True]
-
-
 def test_failing_row_is_isolated(tiny_model):
     agent = HuggingFaceLocalAgent(str(tiny_model), progress=False, context_window=80)
     long_prompt = "word " * 200  # cannot fit the context window
@@ -338,48 +302,41 @@ def test_invalid_arguments_name_the_field(tiny_model):
 
 
 def test_suggest_batch_size_follows_free_memory(tiny_model):
+    assert suggest_batch_size is engine.suggest_batch_size  # the engine's memory model, re-exported
     agent = HuggingFaceLocalAgent(str(tiny_model), progress=False).load_sync()
     try:
         lm = agent.loaded_model
         sizes = [suggest_batch_size(lm, 40, 64, available_bytes=b) for b in (10_000, 10**6, 10**7, 10**12)]
         assert sizes[0] == 1  # never below one
         assert sizes == sorted(sizes)  # more memory, larger batches
-        assert sizes[-1] == 16  # capped on a CPU
+        assert sizes[-1] == engine.batching.CPU_BATCH_CAP == 16  # capped on a CPU
         assert suggest_batch_size(lm, 40, 4096, available_bytes=10**7) <= suggest_batch_size(
             lm, 40, 64, available_bytes=10**7)  # longer answers, smaller batches
+        # a batch is sized by its longest prompt
+        assert suggest_batch_size(lm, [3, 400, 40], 64, available_bytes=10**7) == suggest_batch_size(
+            lm, 400, 64, available_bytes=10**7) < suggest_batch_size(lm, 40, 64, available_bytes=10**7)
+        lengths = engine.estimate_prompt_tokens(lm, ["short", "a much longer prompt than the first one"])
+        assert lengths[0] < lengths[1] and lengths[0] > engine.batching.TEMPLATE_MARKUP_TOKENS
+        with pytest.raises(ValueError, match="prompt_lengths"):
+            suggest_batch_size(lm, [-1], 64)
     finally:
         agent.unload_model_sync()
 
 
-# --------------------------------------------------------------------------- export
+# --------------------------------------------------------------------------- export and tools
 
 
-def test_export_round_trip(tiny_model, tmp_path):
-    from transformers import AutoTokenizer
-
-    text = 'Line one | a, "b"\nline <b>two</b> & *three* \\ end NA'
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    agent = HuggingFaceLocalAgent(str(tiny_model), progress=False, context_window=120,
-                                  logits_processor=[ScriptedOutput(tokenizer, text)])
-    grid = {"temperature": [0, 0.5], "max_new_tokens": [40], "do_sample": [True], "repetition_penalty": [1.0]}
-    df = compare(["first", "word " * 200], systems=["sys, with comma"], settings=grid, models=agent,
-                 checks=["Line"], progress=False)
-    assert df["status"].tolist() == ["ok", "ok", "error", "error"]
-    assert (df.loc[df["status"] == "ok", "response"] == text).all()
-
+def test_a_logits_processor_in_the_grid_runs_and_exports(tiny_model, tmp_path):
+    recorder = BatchRecorder()
+    agent = HuggingFaceLocalAgent(str(tiny_model), progress=False)
+    assert offers_batching(agent)
+    df = compare(["hi", "hello"], settings={"logits_processor": [[recorder]], "max_new_tokens": [2]}, models=agent,
+                 progress=False)
+    assert (df["status"] == "ok").all() and recorder.calls == [2]  # the grid's processor took part in the batch
     for writer, name in ((to_csv, "t.csv"), (to_jsonl, "t.jsonl")):
         back = load_comparison(writer(df, tmp_path / name))
-        pd.testing.assert_frame_equal(back, df, obj=name)
-        assert back.attrs["settings_columns"] == df.attrs["settings_columns"]
-
-    md = to_markdown(df, tmp_path / "t.md")
-    assert "<b>" not in md and "&lt;b&gt;" in md  # model text is escaped
-    back = load_comparison(tmp_path / "t.md")
-    for col in ["temperature", "max_new_tokens", "do_sample", "repetition_penalty"]:
-        pd.testing.assert_series_equal(back[col], df[col], obj=col)
-    for col in ["model", "prompt", "system", "response", "status", "check: contains 'Line'", "passed"]:
-        pd.testing.assert_series_equal(back[col], df[col], obj=col)
-    assert back.attrs["settings_columns"] == df.attrs["settings_columns"]
+        assert back["logits_processor"].tolist() == [[repr(recorder)]] * 2  # objects come back as their repr
+        assert back["response"].tolist() == df["response"].tolist()
 
 
 def test_thinking_and_tool_call_columns(tiny_tools_model):

@@ -1,4 +1,8 @@
-"""Notebook views of a comparison: escaping, fastest/slowest highlight, pass/fail display, the chart."""
+"""Notebook views of a comparison: escaping, fastest/slowest highlight, pass/fail display, the chart.
+
+The comparisons come from scripted agents: the views' own behaviour is under test, not a model's.
+More hostile cases (every column, style injection through ``width``) are in test_compare_hostile.py.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +13,19 @@ import pytest
 
 matplotlib.use("Agg")
 
-from transformers import AutoTokenizer  # noqa: E402
-
-from midori_hf_nb import HuggingFaceLocalAgent, compare  # noqa: E402
+from midori_hf_nb import compare  # noqa: E402
 from midori_hf_nb.compare import summarize  # noqa: E402
 from midori_hf_nb.notebook import comparison_view, plot_comparison, results_view  # noqa: E402
 from midori_hf_nb.notebook.compare_view import FASTEST_STYLE, SLOWEST_STYLE  # noqa: E402
-from midori_hf_nb.testing import ScriptedOutput  # noqa: E402
+from midori_hf_nb.testing import ScriptedAgent  # noqa: E402
 
 HOSTILE = "<script>alert(1)</script> & <img src=x onerror=alert(2)>"
 
 
 @pytest.fixture(scope="module")
-def hostile_table(tiny_model):
-    """A real comparison whose answers (forced) and prompt carry markup: 2 prompts x 3 settings."""
-    scripted = ScriptedOutput(AutoTokenizer.from_pretrained(tiny_model), HOSTILE)
-    agent = HuggingFaceLocalAgent(str(tiny_model), progress=False, logits_processor=[scripted])
+def hostile_table():
+    """A comparison whose answers and prompt carry markup: 2 prompts x 3 settings."""
+    agent = ScriptedAgent(HOSTILE, piece_chars=8)
     return compare(["<b>bold prompt</b>", "plain prompt"],
                    settings={"max_new_tokens": [40], "temperature": [0, 0.5, 1.0]}, models=agent,
                    checks={"has script": "<script>", "says hello": "hello"}, progress=False)
@@ -76,9 +77,9 @@ def test_pass_fail_display(hostile_table):
     assert "✓ pass" in tidy.to_html()
 
 
-def test_columns_by_model(tiny_model, tiny_plain_model):
+def test_columns_by_model():
     df = compare(["hi"], settings={"max_new_tokens": [2], "temperature": [0, 0.7]},
-                 models={"chatml": str(tiny_model), "plain": str(tiny_plain_model)}, progress=False)
+                 models={"chatml": ScriptedAgent("first"), "plain": ScriptedAgent("second")}, progress=False)
     by_model = comparison_view(df, columns="models").data
     assert list(by_model.columns) == ["chatml", "plain"]
     assert by_model.index.names == ["prompt", "settings"] and len(by_model) == 2

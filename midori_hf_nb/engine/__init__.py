@@ -15,6 +15,7 @@ Everything the rest of the package uses is importable from here.
 
 from ..sources import resolve_source
 from . import capabilities
+from .batching import estimate_prompt_tokens, free_memory_bytes, suggest_batch_size
 from .capabilities import DecodeLoopSupport, FastPathWarning, cpu_has_native_bf16_gemm
 from .convert import convert_gguf, dtype_variant
 from .devices import (
@@ -57,4 +58,5 @@ __all__ = [
     "cpu_has_native_bf16_gemm", "cpu_prefers_bfloat16", "dtype_variant", "generate", "generate_batch",
     "lean_decode_supported", "load", "mps_available", "quantize_weights", "release", "resolve_device",
     "resolve_dtype", "resolve_source", "resolve_threads", "spec_for", "usable_cores", "use_bf16_cpu_linears",
+    "estimate_prompt_tokens", "free_memory_bytes", "suggest_batch_size",
 ]
