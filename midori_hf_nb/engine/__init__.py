@@ -3,6 +3,7 @@
 One module per concern:
 
 - :mod:`.capabilities`: every use of a torch or transformers internal, probed and fenced;
+- :mod:`.batching`: how many sequences fit in one batch (memory model);
 - :mod:`.devices`: devices and weight dtypes;
 - :mod:`.convert`: GGUF files converted once into a cached safetensors directory;
 - :mod:`.layers`: linear layers for fast CPU decoding (bfloat16 storage, int8/int4 weights);
