@@ -269,7 +269,7 @@ class Worker:
         from midori_hf_nb import make_payload
 
         InteractiveShell.instance()  # display() publishes through a real shell's display publisher
-        from midori_hf_nb.notebook.streaming import IPythonSink, stream_to_cell
+        from midori_hf_nb.notebook.streaming import IPythonSink, LiveView, stream_to_cell
 
         agent = self._agent(options, n)
         payload = make_payload(USER, SYSTEM)
@@ -283,12 +283,13 @@ class Worker:
 
         def cell(throttle: float):
             def run(max_new: int) -> dict[str, Any]:
+                view = LiveView(IPythonSink(), throttle=throttle)  # its stats count the display updates
                 started = time.perf_counter()
                 response = self.loop.run_until_complete(
-                    stream_to_cell(agent, payload, sink=IPythonSink(), throttle=throttle, max_new_tokens=max_new))
+                    stream_to_cell(agent, payload, view=view, max_new_tokens=max_new))
                 meta = response.metadata
                 return {"tokens": meta["completion_tokens"], "decode_tps": meta["decode_tokens_per_second"],
-                        "total": time.perf_counter() - started, "updates": meta.get("display", {}).get("updates")}
+                        "total": time.perf_counter() - started, "updates": view.stats.updates}
             return run
 
         self.runners[f"{name}:raw"] = raw

@@ -13,7 +13,11 @@ import pytest
 from midori_hf_nb import make_payload
 from midori_hf_nb.notebook import SyncAgent, loop_running, run
 
+from midori_hf_nb.notebook import RecordingSink
+from midori_hf_nb.testing import ScriptedAgent
+
 from .conftest import loaded_agent, scripted
+from .protocol_agents import InvokeOnlyAgent
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +136,19 @@ def test_sync_agent_wraps_the_other_methods(agent):
     assert sync.config is agent.config  # attribute fall-through
     events = list(sync.stream(make_payload("hi"), events=True, logits_processor=scripted(agent, "Two words.")))
     assert events[-1].kind == "done" and events[-1].data.response == "Two words."
+
+
+def test_sync_agent_with_any_protocol_agent():
+    sync = SyncAgent(ScriptedAgent(["<think>hm</think>one two three", "again"]))
+    assert "".join(sync.stream(make_payload("hi"))) == "one two three"  # text pieces only
+    assert sync.invoke(make_payload("hi")).response == "again"
+    invoked = SyncAgent(InvokeOnlyAgent("by invoke"))
+    assert list(invoked.stream(make_payload("hi"))) == []  # no stream: no pieces, only the final response
+    events = list(invoked.stream(make_payload("hi"), events=True))
+    assert [e.kind for e in events] == ["done"] and events[0].data.response == "by invoke"
+    sink = RecordingSink()
+    assert invoked.display_stream(make_payload("hi"), sink=sink).response == "by invoke"
+    assert "by invoke" in sink.last["text/html"]
 
 
 NEST_SCRIPT = """

@@ -1,4 +1,8 @@
-"""Rich display of responses: answer, collapsible thinking, tool-call table; model text is always escaped."""
+"""Rich display of responses: answer, collapsible thinking, tool-call table; model text is always escaped.
+
+The hostile response is a real generation of the tiny model (end to end); the rest uses responses built
+from typed statistics or the scripted agent. ``test_notebook_escaping.py`` puts hostile text in every field.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,15 @@ import re
 
 import pytest
 
-from midori_hf_nb import AgentResponse, HuggingFaceLocalAgent, make_payload
-from midori_hf_nb.notebook import RecordingSink, ResponseView, render_response_html, render_response_markdown, stream_to_cell
-from midori_hf_nb.testing import ScriptedOutput
+from types import SimpleNamespace
+
+from midori_hf_nb import AgentResponse, make_payload
+from midori_hf_nb.notebook import ResponseView, render_response_html, render_response_markdown
+from midori_hf_nb.stats import ResponseStats
+from midori_hf_nb.testing import ScriptedAgent, ScriptedOutput
 
 from .conftest import loaded_agent, run
+from .markup import assert_inert_markdown
 
 HOSTILE = ("<think>I will say <b>hello</b> & <style>body{display:none}</style></think>"
            "Hi <script>alert(1)</script> and <img src=x onerror=alert(2)> done")
@@ -58,22 +66,13 @@ def test_thinking_is_collapsible_and_answer_follows(hostile_response):
 def test_markdown_escapes_too(hostile_response):
     md = render_response_markdown(hostile_response)
     assert "<script" not in md and "<img" not in md and "<b>" not in md
-    assert "&lt;script&gt;" in md and "&lt;img src=x onerror=alert\\(2\\)&gt;" in md
+    assert "&lt;script&gt;" in md and "&lt;img src\\=x onerror\\=alert\\(2\\)&gt;" in md
+    assert_inert_markdown(md)
 
 
 def test_plain_repr_is_the_answer(hostile_response):
     assert repr(ResponseView(hostile_response)).startswith(ANSWER)
     assert ResponseView(hostile_response).metadata is hostile_response.metadata  # fall-through
-
-
-def test_streamed_updates_are_escaped_at_every_step(agent):
-    sink = RecordingSink(keep=True)
-    run(stream_to_cell(agent, make_payload("q"), sink=sink, throttle=0,
-                       logits_processor=[ScriptedOutput(agent.loaded_model.tokenizer, HOSTILE)]))
-    assert len(sink.bundles) > 5
-    for bundle in sink.bundles:  # partial tags like "<scr" mid-stream are escaped as well
-        assert_inert(bundle["text/html"])
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in sink.last["text/html"]
 
 
 def test_tool_call_table_escapes_names_arguments_and_results():
@@ -89,24 +88,41 @@ def test_tool_call_table_escapes_names_arguments_and_results():
     assert "&lt;b&gt;x&lt;/b&gt;" in html and "&lt;script&gt;" in html and "&lt;img src=x onerror=alert(3)&gt;" in html
 
 
-def test_executed_and_parsed_calls_in_the_table(tiny_tools_model):
-    agent = HuggingFaceLocalAgent(model=str(tiny_tools_model), do_sample=False, max_new_tokens=80, progress=False)
-    run(agent.load())
-
-    def multiply(a: int, b: int) -> int:
-        """Multiply two integers."""
-        return a * b
-
-    try:
-        scripts = ['<tool_call>{"name": "multiply", "arguments": {"a": 6, "b": 7}}</tool_call>', "It is 42."]
-        response = run(agent.run_tools(make_payload("6*7?"), [multiply],
-                                       logits_processor=[ScriptedOutput(agent.loaded_model.tokenizer, scripts)]))
-    finally:
-        run(agent.unload_model())
+def test_executed_and_parsed_calls_in_the_table():
+    steps = [{"step": 1, "name": "multiply", "arguments": {"a": 6, "b": 7}, "id": "c1", "result": 42, "error": None,
+              "seconds": 0.002}]
+    stats = ResponseStats(finish_reason="stop", tool_steps=steps, steps=2, completion_tokens=4)
+    response = AgentResponse(thinking="", response="It is 42.", metadata=stats.as_dict(),
+                             tool_calls=[{"name": "add", "arguments": {"a": 42, "b": 1}, "id": "c2"}])
     html = render_response_html(response)
-    rows = re.findall(r"<tr><td[^>]*>(\d+)</td><td[^>]*>(\w+)</td><td[^>]*>([^<]*)</td><td[^>]*>([^<]*)</td>", html)
-    assert rows == [("1", "multiply", "{&quot;a&quot;: 6, &quot;b&quot;: 7}", "42")]
-    assert "It is 42." in html
+    rows = re.findall(r"<tr><td[^>]*>([^<]*)</td><td[^>]*>(\w+)</td><td[^>]*>([^<]*)</td><td[^>]*>([^<]*)</td>", html)
+    assert rows == [("1", "multiply", "{&quot;a&quot;: 6, &quot;b&quot;: 7}", "42"),
+                    ("2", "add", "{&quot;a&quot;: 42, &quot;b&quot;: 1}", "(not executed)")]
+    assert "It is 42." in html and "4 tokens" in html
+
+
+def test_any_object_with_the_response_fields_is_shown():
+    """The chat panel shows transcript entries this way: a plain object with the four fields."""
+    entry = SimpleNamespace(response="From a transcript.", thinking="mulling", tool_calls=None,
+                            metadata={"completion_tokens": 9, "finish_reason": "length", "tokens": "ignored"})
+    html = render_response_html(entry)
+    assert "From a transcript." in html and "mulling" in html and "9 tokens · finish: length" in html
+    assert "From a transcript\\." in render_response_markdown(entry)
+
+
+def test_a_scripted_response_is_shown_with_its_statistics():
+    response = run(ScriptedAgent("<think>plan</think>Done.").invoke(make_payload("q")))
+    html = ResponseView(response)._repr_html_()
+    assert "Done." in html and "plan" in html and "2 tokens" not in html  # 22 characters: 6 pieces of 4
+    assert "6 tokens" in html and "finish: stop" in html
+
+
+@pytest.mark.parametrize("metadata", [None, "not a dict", ["a", "list"], {"finish_reason": 3, "completion_tokens": -1}])
+def test_metadata_that_is_not_statistics_shows_no_footer(metadata):
+    response = AgentResponse(thinking="", response="plain", metadata=metadata)
+    html = render_response_html(response)
+    assert "plain" in html and "midori-footer" not in html
+    assert render_response_markdown(response) == "plain  "
 
 
 def test_formatter_registered_by_the_extension(hostile_response):
@@ -141,3 +157,7 @@ def test_footer_names_the_decoder_and_why():
     fallback = {**engine, "decode_path": "generate", "decode_path_reason": "decode_loop='generate' was set"}
     assert format_footer(fallback).endswith("decode: generate (decode_loop='generate' was set)")
     assert decode_label({}) == "" and "decode" not in format_footer({"completion_tokens": 1})
+    # typed statistics are read the same way as their metadata dict
+    assert format_footer(ResponseStats.from_metadata(engine)) == format_footer(engine)
+    assert decode_label(ResponseStats(decode_path="engine")) == "decode: engine"
+    assert format_footer({"completion_tokens": "5", "total_seconds": float("nan")}) == ""  # wrong types are dropped

@@ -1,4 +1,8 @@
-"""DataFrames of tool calls, thinking blocks and conversation turns: documented columns and dtypes."""
+"""DataFrames of tool calls, thinking blocks and conversation turns: documented columns and dtypes.
+
+The tool loop and the token counts run on the tiny tools model (end to end); conversations run on the
+scripted agent, which any protocol agent stands for here.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ from midori_hf_nb.notebook import (
     thinking_frame,
     tool_calls_frame,
 )
-from midori_hf_nb.testing import ScriptedOutput
+from midori_hf_nb.notebook import RecordingSink
+from midori_hf_nb.stats import stats_of
+from midori_hf_nb.testing import ScriptedAgent, ScriptedOutput
 
 from .conftest import loaded_agent, run
 
@@ -86,22 +92,60 @@ def test_thinking_frame_without_metadata_uses_the_thinking_field():
     assert frame["text"].tolist() == ["only field"]
 
 
-def test_conversation_frame_from_real_exchanges(tools_agent):
+def test_conversation_frame_from_exchanges_with_any_agent():
     conversation = Conversation()
-    tokenizer = tools_agent.loaded_model.tokenizer
-    first = run(conversation.ask(tools_agent, "Say hi.", logits_processor=[ScriptedOutput(tokenizer, "Hi there.")]))
-    second = run(conversation.ask(tools_agent, "Again?", logits_processor=[ScriptedOutput(tokenizer, "Hi again.")]))
+    agent = ScriptedAgent(["Hi there.", "<think>recall</think>Hi again."])
+    first = run(conversation.ask(agent, "Say hi.", max_new_tokens=40))
+    second = run(conversation.stream(agent, "Again?", sink=RecordingSink()))
     # the second request carried the first exchange as memory
-    assert second.metadata["prompt_tokens"] > first.metadata["prompt_tokens"]
+    memory = agent.calls[1].payload.memory
+    assert [(m.role, m.content) for m in memory] == [("user", "Say hi."), ("assistant", "Hi there.")]
+    assert agent.calls[0].overrides == {"max_new_tokens": 40}
     frame = conversation.frame()
     assert_schema(frame, TURN_COLUMNS)
     assert frame["role"].tolist() == ["user", "assistant", "user", "assistant"]
     assert frame["content"].tolist() == ["Say hi.", "Hi there.", "Again?", "Hi again."]
-    assert frame.loc[0, "tokens"] == len(tokenizer.encode("Say hi.", add_special_tokens=False))
-    assert frame.loc[1, "tokens"] == first.metadata["completion_tokens"]
-    assert frame.loc[1, "seconds"] == pytest.approx(first.metadata["total_seconds"])
+    assert frame.loc[1, "tokens"] == stats_of(first).completion_tokens == 3
+    assert frame.loc[3, "tokens"] == stats_of(second).completion_tokens
+    assert frame.loc[1, "seconds"] == pytest.approx(stats_of(first).total_seconds)
     assert frame.loc[1, "finish_reason"] == "stop" and pd.isna(frame.loc[0, "seconds"])
+    assert pd.isna(frame.loc[0, "tokens"])  # no tokenizer in this process for a scripted agent
     assert frame["timestamp"].notna().all() and frame["turn"].tolist() == [0, 1, 2, 3]
+
+
+def test_an_answer_turn_keeps_the_statistics_under_their_own_names():
+    conversation = Conversation()
+    response = run(conversation.ask(ScriptedAgent("abcdefgh"), "q"))
+    stats = stats_of(response)
+    assert conversation.entries[1].metadata == {
+        "completion_tokens": stats.completion_tokens, "total_seconds": stats.total_seconds,
+        "tokens_per_second": stats.tokens_per_second, "finish_reason": "stop"}
+    assert conversation.entries[0].metadata is None  # no tokenizer: the user turn has no count
+
+
+def test_conversation_records_an_answer_whose_metadata_is_not_statistics():
+    conversation = Conversation()
+    conversation.add_exchange("q", AgentResponse(thinking="", response="a", metadata="not a dict"))
+    conversation.add_exchange("q", AgentResponse(thinking="", response="b", metadata={"completion_tokens": "many"}))
+    frame = conversation.frame()
+    assert frame["content"].tolist() == ["q", "a", "q", "b"] and frame["tokens"].isna().all()
+    with pytest.raises(ValueError, match=r"add\(stats=dict\) is not allowed: expected ResponseStats"):
+        conversation.add("assistant", "x", stats={"completion_tokens": 1})
+
+
+def test_frames_of_another_agents_malformed_values_do_not_fail():
+    response = AgentResponse(thinking="t", response="r", tool_calls=["not a dict"], metadata={
+        "tool_steps": [{"step": "one", "name": 7, "arguments": None, "id": 3, "result": {"ok": 1}, "error": None,
+                        "seconds": "slow"}],
+        "thinking_blocks": "not a list"})
+    frame = tool_calls_frame(response)
+    assert_schema(frame, TOOL_CALL_COLUMNS)
+    assert pd.isna(frame.loc[0, "step"]) and frame.loc[0, "name"] == "7" and frame.loc[0, "id"] == "3"
+    assert pd.isna(frame.loc[0, "seconds"]) and frame.loc[0, "result"] == {"ok": 1}
+    assert frame.loc[1, "name"] == "not a dict" and not frame.loc[1, "executed"]
+    assert thinking_frame(response)["text"].tolist() == ["t"]  # a malformed thinking_blocks falls back
+    turns = conversation_frame([{"role": "user", "content": "x", "timestamp": 1e300, "metadata": {"tokens": 2.5}}])
+    assert pd.isna(turns.loc[0, "timestamp"]) and pd.isna(turns.loc[0, "tokens"])
 
 
 def test_conversation_frame_from_memory_entries_and_dicts_with_a_tokenizer(tools_agent):

@@ -1,4 +1,9 @@
-"""The %midori / %%midori magics, driven through a real IPython InteractiveShell; checks what was displayed."""
+"""The %midori / %%midori magics, driven through a real IPython InteractiveShell; checks what was displayed.
+
+Cells are answered by the scripted agent (``%midori use``: any protocol agent; no model, exact). Loading,
+switching, freeing and the refusal of bad ``--set`` options run on the tiny model, and one slow test sends
+the first cell to the offline default model.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,15 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
-from midori_hf_nb import DEFAULT_MODEL, AgentResponse
-from midori_hf_nb.notebook import TURN_COLUMNS, MemoryReadout, current_session
+from midori_hf_nb import DEFAULT_MODEL, AgentResponse, HuggingFaceLocalAgent
+from midori_hf_nb.config import DTYPES
+from midori_hf_nb.notebook import TURN_COLUMNS, DisplayStats, MemoryReadout, current_session
 from midori_hf_nb.notebook.magics import CELL_PARSER, COMMAND_PARSERS
-from midori_hf_nb.testing import ScriptedOutput
+from midori_hf_nb.stats import stats_of
+from midori_hf_nb.testing import ScriptedAgent, ScriptedOutput
+
+from .conftest import run
+from .markup import assert_inert_html
 
 
 def execute(shell, code):
@@ -37,8 +47,26 @@ def tiny_shell(shell, tiny_model):
     return shell
 
 
-def script(text):
-    """Force the session's next generations to produce ``text`` (a real generate, forced tokens)."""
+@pytest.fixture
+def scripted_shell(shell):
+    """A shell whose session sends its messages to a scripted agent (``%midori use``)."""
+    shell.user_ns["scripted_agent"] = ScriptedAgent("Scripted.")
+    result, captured = execute(shell, "%midori use scripted_agent")
+    assert result.success, captured.stderr
+    assert "Using scripted_agent (ScriptedAgent, model scripted, not in this process)" in captured.stdout
+    yield shell
+    shell.user_ns.pop("scripted_agent", None)
+
+
+def answer_with(*texts, **options):
+    """The session's next messages are answered with ``texts`` (one per message) by a new scripted agent."""
+    agent = ScriptedAgent(list(texts), **options)
+    current_session().agent = agent
+    return agent
+
+
+def force(text):
+    """Force the session's next real generations to produce ``text`` (a real generate, forced tokens)."""
     session = current_session()
     session.overrides["logits_processor"] = [ScriptedOutput(session.agent.loaded_model.tokenizer, text)]
 
@@ -62,6 +90,15 @@ def test_help_documents_every_option(shell):
     for command in COMMAND_PARSERS:
         assert f"%midori {command}" in text
     assert "%%midori" in text
+
+
+def test_dtype_choices_and_help_come_from_the_core():
+    load = COMMAND_PARSERS["load"]
+    dtype = next(a for a in load._actions if "--dtype" in a.option_strings)
+    assert tuple(dtype.choices) == DTYPES
+    help_text = load.format_help()
+    assert "float32 on CPU" not in help_text and "checked when the model loads" not in help_text
+    assert ", ".join(DTYPES) in " ".join(help_text.split())
 
 
 @pytest.mark.parametrize("code, expected", [
@@ -88,6 +125,18 @@ def test_help_flags_print_help_and_send_nothing(shell, code, expected):
     ("%midori load --model 'unbalanced", "check the quotes"),
     ("%midori load --model ./no/such/dir", "no such local file or directory"),
     ("%midori load --set nonsense", "is not KEY=VALUE"),
+    ("%midori load --set bogus_option=1",
+     "%midori load: --set bogus_option=1 is not allowed: unknown generation option(s) 'bogus_option': expected "
+     "attributes of transformers.GenerationConfig"),
+    ("%midori load --set temperature=7", "temperature=7 is not allowed"),
+    ("%midori load --set num_threads=0", "num_threads=0 is not allowed"),
+    ("%midori load --greedy --set do_sample=true", "contradict each other"),
+    ("%midori load --set seed=3", "seed is not a setting of the model"),
+    ("%midori use no_such_variable_xyz", "'no_such_variable_xyz' names no variable in the notebook"),
+    ("%midori use", "the following arguments are required: VAR"),
+    ("%%midori --temperature 3\nhello", "temperature=3.0 is not allowed"),
+    ("%%midori --seed 99999999999999999999999\nhello", "seed=99999999999999999999999 is not allowed"),
+    ("%%midori --throttle -1\nhello", "--throttle -1.0 is not allowed"),
     ("%%midori --max-new-tokens many\nhello", "argument -n/--max-new-tokens: invalid int value: 'many'"),
     ("%%midori --greedy --temperature 0.5\nhello", "not allowed with argument"),
     ("%%midori --max-new-tokens 0\nhello", "max_new_tokens=0 is not allowed"),
@@ -103,12 +152,12 @@ def test_bad_options_print_a_usage_error_not_a_traceback(shell, code, message):
     assert current_session().agent is None  # rejected before any model was created or loaded
 
 
-# --------------------------------------------------------------------------- sending cells
+# --------------------------------------------------------------------------- sending cells (scripted agent)
 
 
-def test_cell_magic_streams_into_one_display_and_stores_the_response(tiny_shell):
-    script("Streaming into the cell works.")
-    result, captured = execute(tiny_shell, "%%midori --name answer --throttle 0\nSay something.")
+def test_cell_magic_streams_into_one_display_and_stores_the_response(scripted_shell):
+    answer_with("Streaming into the cell works.")
+    result, captured = execute(scripted_shell, "%%midori --name answer --throttle 0\nSay something.")
     assert result.success, captured.stderr
     outputs = captured.outputs
     assert len(outputs) >= 3
@@ -116,91 +165,136 @@ def test_cell_magic_streams_into_one_display_and_stores_the_response(tiny_shell)
     assert outputs[0].update is False and all(o.update for o in outputs[1:])
     assert "Streaming into the cell works." in outputs[-1].data["text/html"]
     assert "finish: stop" in outputs[-1].data["text/html"]
-    answer = tiny_shell.user_ns["answer"]
+    answer = scripted_shell.user_ns["answer"]
     assert isinstance(answer, AgentResponse) and answer.response == "Streaming into the cell works."
-    assert current_session().last_response is answer
+    session = current_session()
+    assert session.last_response is answer
+    assert isinstance(session.last_display, DisplayStats) and session.last_display.updates == len(outputs) - 1
+    assert "display" not in answer.metadata
 
 
-def test_response_markup_is_escaped_in_the_cell_output(tiny_shell):
-    script("Look: <script>alert(1)</script> <img src=x onerror=alert(2)>")
-    result, captured = execute(tiny_shell, "%%midori --name r\nShow markup.")
+def test_response_markup_is_escaped_in_the_cell_output(scripted_shell):
+    hostile = "Look: <script>alert(1)</script> <img src=x onerror=alert(2)>\r<iframe src=javascript:alert(3)>"
+    answer_with(f"<think>{hostile}</think>{hostile}", piece_chars=3)
+    result, captured = execute(scripted_shell, "%%midori --name r --throttle 0\nShow markup.")
     assert result.success, captured.stderr
-    assert tiny_shell.user_ns["r"].response == "Look: <script>alert(1)</script> <img src=x onerror=alert(2)>"
-    for html in html_of(captured):
-        assert "<script" not in html and "<img" not in html
+    assert scripted_shell.user_ns["r"].response == hostile
+    assert len(html_of(captured)) > 5
+    for html in html_of(captured):  # every update, partial tags included
+        assert_inert_html(html)
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &lt;img src=x onerror=alert(2)&gt;" in html_of(captured)[-1]
+    result, captured = execute(scripted_shell, "%%midori --no-stream\nAgain.")
+    assert_inert_html(html_of(captured)[0])
 
 
-def test_no_stream_shows_the_rich_view_once(tiny_shell):
-    script("<think>quietly</think>All at once.")
-    result, captured = execute(tiny_shell, "%%midori --no-stream --name r\nHi")
+def test_no_stream_shows_the_rich_view_once(scripted_shell):
+    answer_with("<think>quietly</think>All at once.")
+    result, captured = execute(scripted_shell, "%%midori --no-stream --name r\nHi")
     assert result.success, captured.stderr
     assert len(captured.outputs) == 1
     html = captured.outputs[0].data["text/html"]
     assert "All at once." in html and "<details class=\"midori-thinking\">" in html
-    assert "midori-thinking" not in html_of(execute(tiny_shell, "%%midori --no-stream --hide-thinking\nHi")[1])[0]
+    assert current_session().last_display is None
+    assert "midori-thinking" not in html_of(execute(scripted_shell, "%%midori --no-stream --hide-thinking\nHi")[1])[0]
 
 
-def test_variable_interpolation_from_the_namespace(tiny_shell):
-    script("ok")
-    tiny_shell.user_ns.update(city="Lyon", facts={"n": 3})
-    result, captured = execute(tiny_shell, '%%midori\nTell me about {city}; keep {{braces}} and {"json": 1}.')
+def test_variable_interpolation_from_the_namespace(scripted_shell):
+    scripted_shell.user_ns.update(city="Lyon", facts={"n": 3})
+    result, captured = execute(scripted_shell, '%%midori\nTell me about {city}; keep {{braces}} and {"json": 1}.')
     assert result.success, captured.stderr
     sent = current_session().conversation.entries[-2].content
     assert sent == 'Tell me about Lyon; keep {braces} and {"json": 1}.'
-    result, _ = execute(tiny_shell, "%%midori --raw\nLiteral {city}")
+    result, _ = execute(scripted_shell, "%%midori --raw\nLiteral {city}")
     assert result.success
     assert current_session().conversation.entries[-2].content == "Literal {city}"
 
 
-def test_conversation_memory_history_and_reset(tiny_shell):
-    script("First answer.")
-    execute(tiny_shell, "%%midori --name one\nFirst question.")
-    script("Second answer.")
-    execute(tiny_shell, "%%midori --name two\nSecond question.")
-    script("Second answer.")
-    execute(tiny_shell, "%%midori --no-memory --name alone\nSecond question.")
-    ns = tiny_shell.user_ns
-    # memory is on by default: the second request carried the first exchange
-    assert ns["two"].metadata["prompt_tokens"] > ns["alone"].metadata["prompt_tokens"]
+def test_conversation_memory_history_and_reset(scripted_shell):
+    agent = answer_with("First answer.", "Second answer.", "Alone.")
+    execute(scripted_shell, "%%midori --name one\nFirst question.")
+    execute(scripted_shell, "%%midori --name two\nSecond question.")
+    execute(scripted_shell, "%%midori --no-memory --name alone\nSecond question.")
+    ns = scripted_shell.user_ns
+    # memory is on by default: the second request carried the first exchange, the third none
+    assert [(m.role, m.content) for m in agent.calls[1].payload.memory] == [("user", "First question."),
+                                                                            ("assistant", "First answer.")]
+    assert agent.calls[2].payload.memory is None
 
-    result, captured = execute(tiny_shell, "%midori history --name h")
+    result, captured = execute(scripted_shell, "%midori history --name h")
     assert result.success
     frame = ns["h"]
     assert list(frame.columns) == list(TURN_COLUMNS)
     assert frame["content"].tolist() == ["First question.", "First answer.", "Second question.", "Second answer."]
     assert frame["role"].tolist() == ["user", "assistant"] * 2
-    assert frame.loc[1, "tokens"] == ns["one"].metadata["completion_tokens"]
+    assert frame.loc[1, "tokens"] == stats_of(ns["one"]).completion_tokens == 4
     assert "First answer." in html_of(captured)[0] and "<table" in html_of(captured)[0]
 
-    result, captured = execute(tiny_shell, "%midori reset")
+    result, captured = execute(scripted_shell, "%midori reset")
     assert "4 turns forgotten" in captured.stdout
-    result, captured = execute(tiny_shell, "%midori history --name h2")
+    result, captured = execute(scripted_shell, "%midori history --name h2")
     assert ns["h2"].empty and list(ns["h2"].columns) == list(TURN_COLUMNS)
     assert "The conversation is empty." in captured.stdout
 
 
-def test_ask_sends_a_line(tiny_shell):
-    script("Line answer.")
-    tiny_shell.user_ns.pop("r", None)
-    result, captured = execute(tiny_shell, "%midori ask --name r What is up, in one line")
+def test_ask_sends_a_line(scripted_shell):
+    answer_with("Line answer.")
+    scripted_shell.user_ns.pop("r", None)
+    result, captured = execute(scripted_shell, "%midori ask --name r What is up, in one line")
     assert result.success, captured.stderr
-    assert tiny_shell.user_ns["r"].response == "Line answer."
+    assert scripted_shell.user_ns["r"].response == "Line answer."
     assert current_session().conversation.entries[-2].content == "What is up, in one line"
 
 
-def test_cell_options_reach_the_generation(tiny_shell):
-    script(" ".join(f"w{i}" for i in range(60)))
-    result, captured = execute(tiny_shell, "%%midori --max-new-tokens 5 --name r\nCount.")
+def test_cell_options_reach_the_agent_checked_through_the_settings(scripted_shell):
+    agent = answer_with(" ".join(f"w{i}" for i in range(60)))
+    current_session().overrides = {"top_k": 7}
+    result, captured = execute(scripted_shell, "%%midori --max-new-tokens 5 --name r\nCount.")
     assert result.success, captured.stderr
-    meta = tiny_shell.user_ns["r"].metadata
-    assert meta["completion_tokens"] == 5 and meta["finish_reason"] == "length" and meta["max_new_tokens"] == 5
-    execute(tiny_shell, "%%midori --temperature 0.8 --seed 3 -n 3 --name s --system 'Be brief.'\nCount.")
-    meta = tiny_shell.user_ns["s"].metadata
-    assert meta["do_sample"] is True and meta["temperature"] == 0.8 and meta["seed"] == 3
+    assert agent.calls[-1].overrides == {"top_k": 7, "max_new_tokens": 5}
+    stats = stats_of(scripted_shell.user_ns["r"])
+    assert stats.completion_tokens == 5 and stats.finish_reason == "length"
+    execute(scripted_shell, "%%midori --temperature 0.8 --seed 3 -n 3 --name s --system 'Be brief.'\nCount.")
+    # the settings' own rule: a temperature above 0 turns sampling on
+    assert agent.calls[-1].overrides == {"top_k": 7, "max_new_tokens": 3, "temperature": 0.8, "do_sample": True,
+                                         "seed": 3}
+    assert agent.calls[-1].payload.system_context == "Be brief."
+    execute(scripted_shell, "%%midori --greedy\nCount.")
+    assert agent.calls[-1].overrides == {"top_k": 7, "do_sample": False}
 
 
-# --------------------------------------------------------------------------- load, memory, unload
+def test_status_memory_and_unload_of_an_agent_that_is_not_local(scripted_shell):
+    answer_with("x").model = "<b>remote-model</b>"
+    result, captured = execute(scripted_shell, "%midori status")
+    assert result.success and "not a local agent" in captured.stdout and "<b>remote-model</b>" in captured.stdout
+    result, captured = execute(scripted_shell, "%midori memory --name m")
+    assert result.success, captured.stderr
+    readout = scripted_shell.user_ns["m"]
+    assert readout.remote == [{"model": "<b>remote-model</b>", "agent": "ScriptedAgent"}]
+    html = html_of(captured)[0]
+    assert "remote/unknown" in html and "&lt;b&gt;remote-model&lt;/b&gt;" in html
+    assert_inert_html(html)
+    result, captured = execute(scripted_shell, "%midori unload")
+    assert result.success and "its memory is not in this process" in captured.stdout
+
+
+def test_use_refuses_what_is_not_an_agent(shell):
+    shell.user_ns["not_an_agent"] = 42
+    result, captured = execute(shell, "%midori use not_an_agent")
+    assert not result.success and captured.stderr.startswith("UsageError:")
+    assert "agent=int is not allowed: expected a Midori protocol agent" in captured.stderr
+    assert current_session().agent is None
+
+
+# --------------------------------------------------------------------------- load, memory, unload (tiny model)
+
+
+def test_a_loaded_local_model_answers_a_cell(tiny_shell):
+    force("Streaming a real generation.")
+    result, captured = execute(tiny_shell, "%%midori --name answer --throttle 0\nSay something.")
+    assert result.success, captured.stderr
+    assert tiny_shell.user_ns["answer"].response == "Streaming a real generation."
+    assert "Streaming a real generation." in html_of(captured)[-1] and "decode: generate" in html_of(captured)[-1]
+    assert stats_of(tiny_shell.user_ns["answer"]).prompt_tokens > 0
 
 
 def test_load_switches_settings_without_reloading_the_same_model(tiny_shell):
@@ -245,6 +339,47 @@ def test_memory_readout_and_unload(tiny_shell):
     result, captured = execute(tiny_shell, "%%midori --name again --max-new-tokens 3\nBack?")
     assert result.success, captured.stderr
     assert current_session().agent.is_loaded and tiny_shell.user_ns["again"].metadata["completion_tokens"] >= 1
+
+
+def test_a_bad_set_option_is_refused_at_once_and_never_kept(tiny_shell):
+    session = current_session()
+    agent, config = session.agent, session.agent.config
+    result, captured = execute(tiny_shell, "%midori load --set bogus_option=1")
+    assert not result.success and captured.stderr.startswith("UsageError:")
+    assert "--set bogus_option=1 is not allowed: unknown generation option(s) 'bogus_option'" in captured.stderr
+    assert "configuration fields: device" in captured.stderr and "Traceback" not in captured.stderr
+    assert session.agent is agent and agent.is_loaded and session.agent.config == config  # nothing changed
+    # a known option with a value generate() refuses: refused by a trial token, the session keeps its agent
+    result, captured = execute(tiny_shell, '%midori load --set repetition_penalty=\'"high"\'')
+    assert not result.success and "--set repetition_penalty='high' is not allowed: generate() refused it" \
+        in captured.stderr
+    assert session.agent is agent and agent.is_loaded
+    # later cells work; and the bad option survives neither an unload nor a new load
+    force("Still fine.")
+    assert execute(tiny_shell, "%%midori --name ok\nHi")[0].success and tiny_shell.user_ns["ok"].response == "Still fine."
+    execute(tiny_shell, "%midori unload")
+    result, captured = execute(tiny_shell, "%midori load --max-new-tokens 9 --set num_threads=1 --no-progress")
+    assert result.success, captured.stderr
+    assert session.agent.config.generation_kwargs == {} and session.agent.config.num_threads == 1
+    force("After reloading.")
+    assert execute(tiny_shell, "%%midori --name again\nHi")[0].success
+    assert tiny_shell.user_ns["again"].response == "After reloading."
+
+
+def test_the_session_unloads_only_agents_it_created(tiny_shell, tiny_model):
+    mine = HuggingFaceLocalAgent(model=str(tiny_model), do_sample=False, progress=False)
+    run(mine.load())
+    try:
+        created = current_session().agent
+        tiny_shell.user_ns["mine"] = mine
+        assert execute(tiny_shell, "%midori use mine")[0].success
+        assert not created.is_loaded  # the session's own agent was released
+        result, captured = execute(tiny_shell, "%midori load --max-new-tokens 5 --no-progress")
+        assert result.success, captured.stderr
+        assert mine.is_loaded and current_session().agent is not mine  # the user's agent was left alone
+        assert current_session().agent.config.max_new_tokens == 5
+    finally:
+        run(mine.unload_model())
 
 
 def test_unload_ext_removes_the_magics(shell):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import psutil
 
-from midori_hf_nb import HuggingFaceLocalAgent
+from midori_hf_nb import DEFAULT_MODEL, HuggingFaceLocalAgent
 from midori_hf_nb.notebook import MemoryReadout, memory_readout
 from midori_hf_nb.notebook.memory import format_bytes
+
+from midori_hf_nb.testing import ScriptedAgent
 
 from .conftest import run
 
@@ -14,7 +16,8 @@ from .conftest import run
 def test_readout_keys_on_cpu():
     readout = memory_readout()
     data = readout.as_dict()
-    assert set(data) == {"process", "system", "cuda", "mps", "models", "taken_at"}
+    assert set(data) == {"process", "system", "cuda", "mps", "models", "remote", "taken_at"}
+    assert data["remote"] == []
     assert set(data["process"]) == {"rss_bytes", "peak_rss_bytes", "vms_bytes"}
     assert set(data["system"]) == {"total_bytes", "available_bytes", "used_bytes", "percent"}
     assert 0 < data["process"]["rss_bytes"] <= data["process"]["peak_rss_bytes"]
@@ -68,3 +71,22 @@ def test_format_bytes():
     assert format_bytes(1536) == "1.5 KiB"
     assert format_bytes(3 * 2**30) == "3.0 GiB"
     assert format_bytes(None) == ""
+
+
+def test_an_agent_that_is_not_local_is_listed_as_remote_not_a_failure():
+    readout = memory_readout(ScriptedAgent("x", model="<b>far-away</b>"))
+    assert readout.remote == [{"model": "<b>far-away</b>", "agent": "ScriptedAgent"}]
+    rows = readout.to_frame()
+    remote = rows[rows["item"] == "<b>far-away</b>"]
+    assert remote["section"].tolist() == ["model"] and remote["bytes"].isna().all()
+    assert "remote/unknown" in remote["detail"].iloc[0] and "not in this process" in remote["detail"].iloc[0]
+    html = readout._repr_html_()
+    assert "&lt;b&gt;far-away&lt;/b&gt;" in html and "<b>" not in html and "remote/unknown" in html
+    assert "no model loaded" not in html and "remote/unknown" in repr(readout)
+    assert readout.model_bytes == sum(m["bytes"] for m in readout.models)  # nothing counted for it
+
+
+def test_a_local_agent_adds_no_remote_row():
+    agent = HuggingFaceLocalAgent(model=DEFAULT_MODEL)  # not loaded: nothing to list, and nothing loads
+    readout = memory_readout(agent)
+    assert readout.remote == [] and not agent.is_loaded

@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "stream_to_cell": "streaming",
     "display_stream": "streaming",
     "LiveView": "streaming",
+    "DisplayStats": "streaming",
     "StreamState": "streaming",
     "RecordingSink": "streaming",
     "render_stream_html": "streaming",
@@ -39,6 +40,13 @@ _EXPORTS: dict[str, str] = {
     "render_response_html": "display",
     "render_response_markdown": "display",
     "show_response": "display",
+    # calling any protocol agent
+    "open_event_stream": "agent_calls",
+    "EventStream": "agent_calls",
+    # escaping of untrusted text for every view
+    "escape_html": "escaping",
+    "escape_markdown": "escaping",
+    "markdown_code_block": "escaping",
     # DataFrames
     "tool_calls_frame": "frames",
     "thinking_frame": "frames",
@@ -60,6 +68,7 @@ _EXPORTS: dict[str, str] = {
     "plot_comparison": "compare_view",
     # magics
     "MidoriMagics": "magics",
+    "MidoriSession": "magics",
     "current_session": "magics",
     "load_ipython_extension": "magics",
     "unload_ipython_extension": "magics",

@@ -224,9 +224,20 @@ def iterate(aiterator: Any, *, on_cancel: Any = None) -> Iterator[Any]:
                     continue
 
 
+def _texts(items: Iterator[Any]) -> Iterator[str]:
+    """The text pieces among stream events; closing this closes ``items`` (which stops the stream)."""
+    try:
+        for event in items:
+            if event.kind == "text":
+                yield event.text
+    finally:
+        items.close()  # type: ignore[attr-defined]
+
+
 class SyncAgent:
     """Blocking versions of an agent's methods, usable in plain functions inside a notebook.
 
+    ``agent`` is any Midori protocol agent (``load`` needs the local agent).
     ``agent_sync = SyncAgent(agent)``; then ``agent_sync.invoke(payload)`` returns the
     :class:`~midori_hf_nb.AgentResponse`. Every method accepts the keyword overrides of the
     async method it wraps. Attributes not defined here are those of the wrapped agent.
@@ -268,9 +279,14 @@ class SyncAgent:
         return run(self.agent.get_context_window())
 
     def stream(self, payload: Any, *, events: bool = False, **overrides: Any) -> Iterator[Any]:
-        """A synchronous iterator over ``agent.stream(...)``; breaking out stops the generation."""
-        stream = self.agent.stream(payload, events=events, **overrides)
-        return iterate(stream, on_cancel=stream.cancel)
+        """A synchronous iterator over the agent's stream: text pieces, or
+        :class:`~midori_hf_nb.StreamEvent` objects with ``events=True``. Any protocol agent (one
+        without ``stream`` is invoked: a single ``done`` event). Breaking out stops the generation."""
+        from .agent_calls import open_event_stream
+
+        stream = open_event_stream(self.agent, payload, **overrides)
+        items = iterate(stream, on_cancel=stream.cancel)
+        return items if events else _texts(items)
 
     def display_stream(self, payload: Any, **options: Any) -> Any:
         """Stream into the current output cell (see :func:`~midori_hf_nb.notebook.display_stream`)."""

@@ -1,9 +1,14 @@
 """Conversation memory across cells: a list of turns sent with each payload.
 
-``Conversation`` records user and assistant turns as :class:`~midori_hf_nb.MemoryEntryData`
-(with tokens, seconds and finish reason in each turn's ``metadata``), builds payloads that
-carry them as ``memory``, and turns them into a DataFrame. The agent's prompt builder drops
-the oldest turns first when they do not fit the context window.
+``Conversation`` records user and assistant turns as :class:`~midori_hf_nb.MemoryEntryData`,
+builds payloads that carry them as ``memory``, and turns them into a DataFrame. The agent's
+prompt builder drops the oldest turns first when they do not fit the context window. It works
+with any Midori protocol agent.
+
+An answer's turn keeps the response's statistics under their own names (read typed with
+:func:`~midori_hf_nb.stats.stats_of`, nothing renamed): ``completion_tokens``,
+``total_seconds``, ``tokens_per_second`` and ``finish_reason`` in the turn's ``metadata``. A
+turn added by hand (:meth:`Conversation.add`) carries its own ``tokens`` and ``seconds``.
 """
 
 from __future__ import annotations
@@ -12,8 +17,11 @@ import time
 from typing import Any
 
 from ..protocol import AgentPayload, AgentResponse, MemoryEntryData
+from ..stats import ResponseStats, StatsError, stats_of
 
 ROLES = ("user", "assistant", "system", "tool")
+#: The response statistics an answer's turn keeps (under these, their own names).
+TURN_STATISTICS = ("completion_tokens", "total_seconds", "tokens_per_second", "finish_reason")
 
 
 class Conversation:
@@ -38,14 +46,25 @@ class Conversation:
         return f"Conversation({len(self.entries)} turns, session_id={self.session_id!r})"
 
     def add(self, role: str, content: str, *, tokens: int | None = None, seconds: float | None = None,
-            finish_reason: str | None = None, tool_calls: list[dict] | None = None) -> MemoryEntryData:
-        """Append one turn and return it."""
+            finish_reason: str | None = None, tool_calls: list[dict] | None = None,
+            stats: ResponseStats | None = None) -> MemoryEntryData:
+        """Append one turn and return it.
+
+        ``tokens``, ``seconds`` and ``finish_reason`` describe a turn written by hand (``tokens`` of a
+        user turn is its message's token count); ``stats`` are an answer's response statistics, of
+        which the turn keeps :data:`TURN_STATISTICS` under their own names.
+        """
         if role not in ROLES:
             raise ValueError(f"Conversation.add(role={role!r}) is not allowed: expected one of {', '.join(ROLES)}")
         if not isinstance(content, str):
             raise ValueError(f"Conversation.add(content=...) expects a string, got {type(content).__name__}")
+        if stats is not None and not isinstance(stats, ResponseStats):
+            raise ValueError(f"Conversation.add(stats={type(stats).__name__}) is not allowed: expected ResponseStats "
+                             "(midori_hf_nb.stats.stats_of(response)) or None")
         meta = {k: v for k, v in (("tokens", tokens), ("seconds", seconds), ("finish_reason", finish_reason))
                 if v is not None}
+        if stats is not None:
+            meta.update({k: getattr(stats, k) for k in TURN_STATISTICS if getattr(stats, k) is not None})
         entry = MemoryEntryData(role=role, content=content, timestamp=time.time(), tool_calls=tool_calls,
                                 metadata=meta or None)
         self.entries.append(entry)
@@ -54,12 +73,20 @@ class Conversation:
         return entry
 
     def add_exchange(self, user_message: str, response: AgentResponse, *, user_tokens: int | None = None) -> None:
-        """Record a user message and the agent's answer (a partial answer is recorded as it is)."""
-        meta = response.metadata or {}
+        """Record a user message and the agent's answer (a partial answer is recorded as it is).
+
+        ``response`` is any protocol response; its statistics are read with
+        :func:`~midori_hf_nb.stats.stats_of` (metadata that is not a dict records none).
+        """
+        try:
+            stats = stats_of(response)
+        except StatsError:
+            stats = ResponseStats()
+        calls = getattr(response, "tool_calls", None)
+        answer = getattr(response, "response", "")
         self.add("user", user_message, tokens=user_tokens)
-        self.add("assistant", response.response or "", tokens=meta.get("completion_tokens"),
-                 seconds=meta.get("total_seconds"), finish_reason=meta.get("finish_reason"),
-                 tool_calls=response.tool_calls)
+        self.add("assistant", answer if isinstance(answer, str) else str(answer or ""), stats=stats,
+                 tool_calls=calls if isinstance(calls, list) else None)
 
     def memory(self) -> list[MemoryEntryData]:
         """A copy of the turns, for ``AgentPayload.memory``."""
@@ -85,8 +112,12 @@ class Conversation:
         return conversation_frame(self, tokenizer=tokenizer)
 
     async def ask(self, agent: Any, user_message: str, system_context: str = "", **overrides: Any) -> AgentResponse:
-        """``agent.invoke`` with this conversation as memory; records the exchange and returns the response."""
-        response = await agent.invoke(self.payload(user_message, system_context), **overrides)
+        """``agent.invoke`` (any protocol agent) with this conversation as memory; records the
+        exchange and returns the response. ``overrides`` go to ``invoke`` as keyword arguments."""
+        from .agent_calls import require_agent
+
+        response = await require_agent(agent, "Conversation.ask").invoke(self.payload(user_message, system_context),
+                                                                         **overrides)
         self.add_exchange(user_message, response, user_tokens=count_tokens(agent, user_message))
         return response
 
@@ -100,7 +131,8 @@ class Conversation:
 
 
 def count_tokens(agent: Any, text: str) -> int | None:
-    """Tokens of ``text`` under the agent's loaded tokenizer (None when no model is loaded)."""
+    """Tokens of ``text`` under the agent's loaded tokenizer (None when no model is loaded, or for an
+    agent whose model is not in this process)."""
     lm = getattr(agent, "loaded_model", None)
     tokenizer = getattr(lm, "tokenizer", None)
     if tokenizer is None:
@@ -108,4 +140,4 @@ def count_tokens(agent: Any, text: str) -> int | None:
     return len(tokenizer.encode(text, add_special_tokens=False))
 
 
-__all__ = ["Conversation", "count_tokens"]
+__all__ = ["Conversation", "ROLES", "TURN_STATISTICS", "count_tokens"]

@@ -1,10 +1,14 @@
 """Rich display of :class:`~midori_hf_nb.AgentResponse`: answer, collapsible thinking, tool calls.
 
-Model output is untrusted input. Every piece of model text (answer, thinking, code, tool
-names, arguments and results) is HTML-escaped before it is put into markup, so a response
-containing ``<script>`` or ``<img onerror=...>`` shows those characters as text. The
-Markdown form escapes the same way and also backslash-escapes Markdown punctuation, since
-Markdown renderers pass raw HTML through.
+The views take any object with ``.response``, ``.thinking``, ``.tool_calls`` and ``.metadata``
+(the response of any Midori protocol agent, or a stand-in with those attributes) and read the
+statistics typed, through :func:`~midori_hf_nb.stats.stats_of` (:func:`response_stats`).
+
+Model output is untrusted input. Every value (answer, thinking, code, tool names, arguments
+and results, statistics) goes through :mod:`.escaping` before it is put into markup, so a
+response containing ``<script>`` or ``<img onerror=...>`` shows those characters as text. The
+Markdown form also backslash-escapes Markdown punctuation (Markdown renderers pass raw HTML
+through) line by line, after normalising every kind of line break.
 
 ``ResponseView(response)`` is a thin wrapper with ``_repr_html_`` / ``_repr_markdown_``;
 ``%load_ext midori_hf_nb`` also registers the HTML form for every ``AgentResponse`` shown
@@ -13,10 +17,11 @@ as a cell result (:func:`register_formatters`).
 
 from __future__ import annotations
 
-import html
 import json
-import re
-from typing import Any
+from typing import Any, Mapping
+
+from ..stats import ResponseStats, StatsError, stats_of
+from .escaping import NO_MATH_CLASS, escape_html, escape_markdown, markdown_code_block, markdown_lines, to_text
 
 #: Inline styles (Jupyter front ends keep inline styles; no <style> blocks needed).
 STYLE_BOX = "font-family:inherit;line-height:1.45;max-width:100%"
@@ -28,23 +33,23 @@ STYLE_FOOTER = "opacity:0.6;font-size:0.85em;margin-top:0.35em"
 STYLE_TABLE = "border-collapse:collapse;font-size:0.9em;margin-top:0.4em"
 STYLE_CELL = "border:1px solid rgba(128,128,128,0.35);padding:2px 6px;text-align:left;vertical-align:top"
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+#: ``escape(value)``: the notebook layer's one HTML escaping (:func:`.escaping.escape_html`), for any value.
+escape = escape_html
 
 
-def escape(text: Any) -> str:
-    """HTML-escape any value (``None`` becomes an empty string); quotes are escaped too."""
-    if text is None:
-        return ""
-    return html.escape(text if isinstance(text, str) else str(text), quote=True)
-
-
-def escape_markdown(text: Any) -> str:
-    """Escape text for Markdown: HTML-escape ``<``, ``>`` and ``&`` (quotes need nothing outside
-    attributes), then backslash-escape Markdown punctuation."""
-    if text is None:
-        return ""
-    plain = html.escape(text if isinstance(text, str) else str(text), quote=False)
-    return _MD_SPECIAL.sub(r"\\\1", plain)
+def response_stats(source: Any) -> ResponseStats:
+    """The typed statistics behind a view: ``source`` is a response (read with
+    :func:`~midori_hf_nb.stats.stats_of`), its metadata dict, a :class:`~midori_hf_nb.stats.ResponseStats`
+    or None. Values of the wrong type are dropped; metadata that is not a dict gives empty statistics,
+    so a view of another agent's response never fails on its metadata."""
+    if isinstance(source, ResponseStats):
+        return source
+    try:
+        if source is None or isinstance(source, Mapping):
+            return ResponseStats.from_metadata(source)
+        return stats_of(source)
+    except StatsError:
+        return ResponseStats()
 
 
 def compact_json(value: Any, limit: int = 400) -> str:
@@ -55,47 +60,48 @@ def compact_json(value: Any, limit: int = 400) -> str:
         text = value
     else:
         try:
-            text = json.dumps(value, ensure_ascii=False, default=str)
+            text = json.dumps(value, ensure_ascii=False, default=to_text)
         except (TypeError, ValueError):
-            text = str(value)
+            text = to_text(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def format_footer(metadata: dict | None, *, interrupted: bool = False) -> str:
-    """One line: tokens, seconds, tokens/s and finish reason (plain text, not escaped)."""
-    meta = metadata or {}
+def format_footer(metadata: Any, *, interrupted: bool = False) -> str:
+    """One line: tokens, seconds, tokens/s, finish reason and decoder (plain text: escape it to show it).
+
+    ``metadata``: a response's metadata dict, a :class:`~midori_hf_nb.stats.ResponseStats` or None;
+    it is read typed (:func:`response_stats`).
+    """
+    stats = response_stats(metadata)
     parts = []
-    tokens = meta.get("completion_tokens")
-    if tokens is not None:
-        parts.append(f"{tokens} tokens")
-    seconds = meta.get("total_seconds")
-    if seconds is not None:
-        parts.append(f"{seconds:.2f} s")
-    rate = meta.get("tokens_per_second")
-    if rate is not None:
-        parts.append(f"{rate:.1f} tokens/s")
-    finish = meta.get("finish_reason")
-    if finish:
-        parts.append(f"finish: {finish}" + (" (interrupted)" if interrupted else ""))
-    decode = decode_label(meta)
+    if stats.completion_tokens is not None:
+        parts.append(f"{stats.completion_tokens} tokens")
+    if stats.total_seconds is not None:
+        parts.append(f"{stats.total_seconds:.2f} s")
+    if stats.tokens_per_second is not None:
+        parts.append(f"{stats.tokens_per_second:.1f} tokens/s")
+    if stats.finish_reason:
+        parts.append(f"finish: {stats.finish_reason}" + (" (interrupted)" if interrupted else ""))
+    decode = decode_label(stats)
     if decode:
         parts.append(decode)
     return " · ".join(parts)
 
 
-def decode_label(metadata: dict | None) -> str:
-    """Which decoder ran (``metadata["decode_path"]``): "decode: engine", or "decode: generate
-    (reason)"; '' when the metadata does not say (plain text, not escaped)."""
-    meta = metadata or {}
-    path = meta.get("decode_path")
-    if not path:
+def decode_label(metadata: Any) -> str:
+    """Which decoder ran (the ``decode_path`` statistic): "decode: engine", or "decode: generate
+    (reason)"; '' when the statistics do not say (plain text, not escaped). ``metadata``: as for
+    :func:`format_footer`."""
+    stats = response_stats(metadata)
+    if not stats.decode_path:
         return ""
-    reason = meta.get("decode_path_reason")
-    return f"decode: {path}" + (f" ({reason})" if reason else "")
+    reason = stats.decode_path_reason
+    return f"decode: {stats.decode_path}" + (f" ({reason})" if reason else "")
 
 
 def thinking_html(thinking: str, *, open_: bool = False, live: bool = False) -> str:
-    """A collapsible, dimmed ``<details>`` block for reasoning text ('' when there is none)."""
+    """A collapsible, dimmed ``<details>`` block for reasoning text ('' when there is none); escaped."""
+    thinking = to_text(thinking)
     if not thinking:
         return ""
     label = "Thinking…" if live else f"Thinking ({len(thinking)} characters)"
@@ -105,15 +111,22 @@ def thinking_html(thinking: str, *, open_: bool = False, live: bool = False) -> 
 
 
 def tool_call_rows(response: Any) -> list[dict[str, Any]]:
-    """Tool calls of a response as dicts (executed steps first, then parsed calls not executed)."""
-    meta = getattr(response, "metadata", None) or {}
+    """Tool calls of a response as dicts (executed steps first, then parsed calls not executed).
+
+    Executed steps are the ``tool_steps`` statistic (:func:`response_stats`); parsed calls are
+    ``response.tool_calls``. A call that is not a dict is shown by its text.
+    """
+    stats = response_stats(response)
     rows: list[dict[str, Any]] = []
-    for step in meta.get("tool_steps") or []:
+    for step in stats.tool_steps or []:
         rows.append({"step": step.get("step"), "name": step.get("name"), "arguments": step.get("arguments"),
                      "id": step.get("id"), "result": step.get("result"), "error": step.get("error"),
                      "seconds": step.get("seconds"), "executed": True})
-    pending_step = meta.get("steps") or 1
-    for call in getattr(response, "tool_calls", None) or []:
+    pending_step = stats.steps or 1
+    calls = getattr(response, "tool_calls", None)
+    for call in calls if isinstance(calls, (list, tuple)) else []:
+        if not isinstance(call, Mapping):
+            call = {"name": to_text(call)}
         rows.append({"step": pending_step, "name": call.get("name"), "arguments": call.get("arguments"),
                      "id": call.get("id"), "result": None,
                      "error": "unknown tool" if call.get("unknown") else None,
@@ -141,20 +154,20 @@ def tool_calls_html(rows: list[dict[str, Any]]) -> str:
 def render_response_html(response: Any, *, title: str | None = None, show_thinking: bool = True) -> str:
     """The HTML of a response: title, collapsible thinking, answer, code, tool-call table, footer.
 
-    All model text is escaped.
+    ``response``: any object with ``.response``, ``.thinking``, ``.tool_calls`` and ``.metadata``
+    (``.code`` optional). Every value is escaped.
     """
-    meta = getattr(response, "metadata", None) or {}
-    parts = [f'<div class="midori-response" style="{STYLE_BOX}">']
+    parts = [f'<div class="midori-response {NO_MATH_CLASS}" style="{STYLE_BOX}">']
     if title:
         parts.append(f'<div style="{STYLE_SUMMARY}">{escape(title)}</div>')
     if show_thinking:
-        parts.append(thinking_html(getattr(response, "thinking", "") or ""))
+        parts.append(thinking_html(to_text(getattr(response, "thinking", ""))))
     parts.append(f'<div class="midori-answer" style="{STYLE_ANSWER}">{escape(getattr(response, "response", ""))}</div>')
     code = getattr(response, "code", None)
     if code:
         parts.append(f'<pre class="midori-code">{escape(code)}</pre>')
     parts.append(tool_calls_html(tool_call_rows(response)))
-    footer = format_footer(meta)
+    footer = format_footer(response_stats(response))
     if footer:
         parts.append(f'<div class="midori-footer" style="{STYLE_FOOTER}">{escape(footer)}</div>')
     parts.append("</div>")
@@ -162,26 +175,29 @@ def render_response_html(response: Any, *, title: str | None = None, show_thinki
 
 
 def render_response_markdown(response: Any, *, show_thinking: bool = True) -> str:
-    """The Markdown of a response; model text is HTML-escaped and Markdown-escaped."""
-    meta = getattr(response, "metadata", None) or {}
+    """The Markdown of a response (the same fields as :func:`render_response_html`).
+
+    Model text is HTML-escaped and Markdown-escaped line by line after every kind of line break
+    (``\\r\\n``, a lone ``\\r``, ...) is normalised, and code is an indented block whose every line
+    is indented, so no line of model text can start raw HTML or markup.
+    """
     lines: list[str] = []
-    thinking = getattr(response, "thinking", "") or ""
+    thinking = to_text(getattr(response, "thinking", ""))
     if show_thinking and thinking:
-        quoted = "\n".join("> " + escape_markdown(line) for line in thinking.splitlines())
-        lines += ["*Thinking*", "", quoted, ""]
-    answer = getattr(response, "response", "") or ""
-    lines += [escape_markdown(line) + "  " for line in answer.splitlines()] or [""]
+        lines += ["*Thinking*", "", "\n".join("> " + line for line in markdown_lines(thinking)), ""]
+    answer = to_text(getattr(response, "response", ""))
+    lines += [line + "  " for line in markdown_lines(answer)] if answer else [""]
     code = getattr(response, "code", None)
     if code:
-        lines += ["", "    " + code.replace("\n", "\n    ")]  # code blocks show their text literally
+        lines += ["", markdown_code_block(code)]  # code blocks show their text literally
     rows = tool_call_rows(response)
     if rows:
         lines += ["", "| step | tool | arguments | result | error |", "|---|---|---|---|---|"]
         for row in rows:
             result = compact_json(row.get("result")) if row.get("executed") else "(not executed)"
             cells = (row.get("step"), row.get("name"), compact_json(row.get("arguments")), result, row.get("error") or "")
-            lines.append("| " + " | ".join(escape_markdown(c).replace("\n", " ") for c in cells) + " |")
-    footer = format_footer(meta)
+            lines.append("| " + " | ".join(escape_markdown(c) for c in cells) + " |")
+    footer = format_footer(response_stats(response))
     if footer:
         lines += ["", "*" + escape_markdown(footer) + "*"]
     return "\n".join(lines)
@@ -189,8 +205,8 @@ def render_response_markdown(response: Any, *, show_thinking: bool = True) -> st
 
 def render_response_text(response: Any) -> str:
     """Plain text: the answer, then the footer line."""
-    footer = format_footer(getattr(response, "metadata", None))
-    answer = getattr(response, "response", "") or ""
+    footer = format_footer(response_stats(response))
+    answer = to_text(getattr(response, "response", ""))
     return f"{answer}\n[{footer}]" if footer else answer
 
 
@@ -248,6 +264,8 @@ def unregister_formatters(shell: Any) -> None:
 
 __all__ = [
     "ResponseView",
+    "compact_json",
+    "decode_label",
     "escape",
     "escape_markdown",
     "format_footer",
@@ -255,7 +273,10 @@ __all__ = [
     "render_response_html",
     "render_response_markdown",
     "render_response_text",
+    "response_stats",
     "show_response",
+    "thinking_html",
     "tool_call_rows",
+    "tool_calls_html",
     "unregister_formatters",
 ]

@@ -1,7 +1,11 @@
 """pandas DataFrames of tool calls, thinking blocks and conversation turns.
 
-Every function accepts one item or a list, and returns a frame with fixed columns and
-dtypes; empty input gives an empty frame with the same columns and dtypes.
+Every function accepts one item or a list (responses of any Midori protocol agent), and
+returns a frame with fixed columns and dtypes; empty input gives an empty frame with the same
+columns and dtypes. Statistics are read typed (:func:`~midori_hf_nb.stats.stats_of`). A value
+of the wrong type for its column (another agent's metadata can hold anything) becomes ``<NA>``
+in a number or flag column and its text in a string column, so a frame never fails on it.
+pandas escapes every cell, of any type, when it shows a frame as HTML.
 
 Tool calls (:func:`tool_calls_frame`), one row per call, executed steps first:
 
@@ -34,9 +38,9 @@ Conversation turns (:func:`conversation_frame`), one row per turn:
 turn           Int64                position in the conversation (from 0)
 role           string               user, assistant, system or tool
 content        string               the text of the turn
-tokens         Int64                tokens of the turn (completion tokens for answers,
+tokens         Int64                tokens of the turn (``completion_tokens`` for answers,
                                     the message's token count for user turns), or <NA>
-seconds        Float64              generation seconds of an answer, or <NA>
+seconds        Float64              generation seconds of an answer (``total_seconds``), or <NA>
 finish_reason  string               stop, length or cancelled for answers, else <NA>
 timestamp      datetime64[ns, UTC]  when the turn was recorded, or NaT
 =============  ===================  ====================================================
@@ -44,9 +48,15 @@ timestamp      datetime64[ns, UTC]  when the turn was recorded, or NaT
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import numbers
+from typing import Any, Mapping
 
+import numpy as np
 import pandas as pd
+
+from .display import response_stats
+from .escaping import to_text
 
 TOOL_CALL_COLUMNS: dict[str, str] = {
     "response": "Int64",
@@ -78,6 +88,27 @@ TURN_COLUMNS: dict[str, str] = {
 }
 
 
+#: Timestamps beyond this many seconds from 1970 (about the year 5100) are not shown (``NaT``).
+MAX_TIMESTAMP = 1e11
+
+
+def _cell(value: Any, dtype: str) -> Any:
+    """``value`` as a cell of a column of ``dtype``: <NA> when it does not fit (see the module docstring)."""
+    if dtype == "object":
+        return value
+    if value is None or value is pd.NA:
+        return pd.NA
+    if dtype == "string":
+        return to_text(value)
+    if dtype == "boolean":
+        return bool(value) if isinstance(value, (bool, np.bool_)) else pd.NA
+    if dtype == "Int64":
+        return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)) else pd.NA
+    if dtype == "Float64":
+        return float(value) if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) else pd.NA
+    return value
+
+
 def _frame(rows: list[dict[str, Any]], columns: dict[str, str]) -> pd.DataFrame:
     data = {}
     for name, dtype in columns.items():
@@ -85,10 +116,11 @@ def _frame(rows: list[dict[str, Any]], columns: dict[str, str]) -> pd.DataFrame:
         if dtype == "object":
             series = pd.Series(values, dtype="object")
         elif dtype.startswith("datetime64"):
-            series = pd.to_datetime(pd.Series([None if v is None else float(v) for v in values], dtype="float64"),
-                                    unit="s", utc=True).astype(dtype)
+            seconds = [float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool)
+                       and math.isfinite(v) and abs(v) < MAX_TIMESTAMP else None for v in values]
+            series = pd.to_datetime(pd.Series(seconds, dtype="float64"), unit="s", utc=True).astype(dtype)
         else:
-            series = pd.Series([pd.NA if v is None else v for v in values], dtype="object").astype(dtype)
+            series = pd.Series([_cell(v, dtype) for v in values], dtype="object").astype(dtype)
         data[name] = series
     return pd.DataFrame(data, columns=list(columns))
 
@@ -106,7 +138,7 @@ def _as_list(items: Any) -> list[Any]:
 def tool_calls_frame(responses: Any) -> pd.DataFrame:
     """One row per tool call of one response or a list of responses (columns: :data:`TOOL_CALL_COLUMNS`).
 
-    Calls executed by ``run_tools`` (``metadata["tool_steps"]``) come first with their results;
+    Calls executed by ``run_tools`` (the ``tool_steps`` statistic) come first with their results;
     calls parsed but not executed (``invoke_with_tools``, or the last step of a loop that hit
     ``max_steps``) follow with ``executed=False``.
     """
@@ -116,19 +148,18 @@ def tool_calls_frame(responses: Any) -> pd.DataFrame:
     for index, response in enumerate(_as_list(responses)):
         for row in tool_call_rows(response):
             row["response"] = index
-            row["id"] = row.get("id") or ""
+            row["id"] = to_text(row.get("id"))
             rows.append(row)
     return _frame(rows, TOOL_CALL_COLUMNS)
 
 
 def thinking_blocks(response: Any) -> list[str]:
-    """The reasoning blocks of a response (``metadata["thinking_blocks"]``, else its ``thinking``)."""
-    meta = getattr(response, "metadata", None) or {}
-    blocks = meta.get("thinking_blocks")
-    if blocks is None:
-        thinking = getattr(response, "thinking", "") or ""
+    """The reasoning blocks of a response (the ``thinking_blocks`` statistic, else its ``thinking``)."""
+    blocks = response_stats(response).thinking_blocks
+    if not blocks:
+        thinking = to_text(getattr(response, "thinking", ""))
         blocks = [thinking] if thinking.strip() else []
-    return [str(b) for b in blocks]
+    return list(blocks)
 
 
 def thinking_frame(responses: Any) -> pd.DataFrame:
@@ -141,18 +172,23 @@ def thinking_frame(responses: Any) -> pd.DataFrame:
 
 
 def _turn_fields(entry: Any) -> dict[str, Any]:
-    if isinstance(entry, dict):
+    """A turn's row: an answer's statistics read typed (``completion_tokens``, ``total_seconds``,
+    ``finish_reason``), else the turn's own ``tokens`` and ``seconds`` (turns added by hand)."""
+    if isinstance(entry, Mapping):
         get = entry.get
     else:
         def get(key: str, default: Any = None) -> Any:
             return getattr(entry, key, default)
-    meta = get("metadata") or {}
+    meta = get("metadata")
+    stats = response_stats(meta if isinstance(meta, Mapping) else None)
+    tokens = stats.completion_tokens if stats.completion_tokens is not None else stats.extra.get("tokens")
+    seconds = stats.total_seconds if stats.total_seconds is not None else stats.extra.get("seconds")
     return {
         "role": get("role"),
         "content": get("content", "") or "",
-        "tokens": meta.get("tokens"),
-        "seconds": meta.get("seconds"),
-        "finish_reason": meta.get("finish_reason"),
+        "tokens": tokens,
+        "seconds": seconds,
+        "finish_reason": stats.finish_reason,
         "timestamp": get("timestamp"),
     }
 
@@ -162,7 +198,8 @@ def conversation_frame(turns: Any, tokenizer: Any = None) -> pd.DataFrame:
 
     ``turns``: a :class:`~midori_hf_nb.notebook.Conversation`, or a list of
     :class:`~midori_hf_nb.MemoryEntryData` or dicts with ``role``, ``content``, optional
-    ``timestamp`` and ``metadata`` (``tokens``, ``seconds``, ``finish_reason``). With a
+    ``timestamp`` and ``metadata`` (an answer's statistics, ``completion_tokens``,
+    ``total_seconds``, ``finish_reason``; or a turn's own ``tokens`` and ``seconds``). With a
     ``tokenizer``, turns without a token count are counted with it.
     """
     entries = turns.entries if hasattr(turns, "entries") else _as_list(turns)
@@ -173,7 +210,7 @@ def conversation_frame(turns: Any, tokenizer: Any = None) -> pd.DataFrame:
             raise ValueError(f"conversation_frame: turn {index} has no 'role': expected MemoryEntryData or a dict "
                              "with 'role' and 'content'")
         if row["tokens"] is None and tokenizer is not None:
-            row["tokens"] = len(tokenizer.encode(row["content"], add_special_tokens=False))
+            row["tokens"] = len(tokenizer.encode(to_text(row["content"]), add_special_tokens=False))
         row["turn"] = index
         rows.append(row)
     return _frame(rows, TURN_COLUMNS)

@@ -9,7 +9,10 @@ with bars); ``.as_dict()`` gives plain values:
   ``total_bytes``), empty without CUDA;
 * ``mps``: ``allocated_bytes`` and ``driver_allocated_bytes``, or None without Apple MPS;
 * ``models``: the footprint of each model in the shared registry (``model``, ``parameters``,
-  ``bytes``, ``dtype``, ``quantization``, ``device``, ``load_seconds``, ``references``).
+  ``bytes``, ``dtype``, ``quantization``, ``device``, ``load_seconds``, ``references``);
+* ``remote``: for ``memory_readout(agent)`` with an agent that is not local (any other Midori
+  protocol agent), one entry (``model``, ``agent``) saying that its model's memory is not in this
+  process: the readout shows a row "model: remote/unknown" instead of failing.
 
 It works on CPU-only machines. torch and the engine are *not* imported for a readout: if
 they are not loaded yet, no model can be loaded and no accelerator memory is in use.
@@ -25,12 +28,16 @@ from typing import Any
 
 import psutil
 
-from .display import STYLE_BOX, STYLE_CELL, STYLE_FOOTER, STYLE_TABLE, escape
+from .display import STYLE_BOX, STYLE_CELL, STYLE_FOOTER, STYLE_TABLE
+from .escaping import NO_MATH_CLASS, css_percent, escape_html, to_text
+
+#: What the readout says of an agent whose model is not in this process.
+REMOTE_DETAIL = "remote/unknown: this agent's model memory is not in this process"
 
 
 def format_bytes(count: float | int | None) -> str:
-    """``1536`` -> ``'1.5 KiB'`` (binary units); None -> ``''``."""
-    if count is None:
+    """``1536`` -> ``'1.5 KiB'`` (binary units); None, or anything that is not a number, -> ``''``."""
+    if isinstance(count, bool) or not isinstance(count, (int, float)) or count != count:
         return ""
     value = float(count)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -117,12 +124,14 @@ class MemoryReadout:
     mps: dict[str, int] | None = None
     models: list[dict[str, Any]] = field(default_factory=list)
     taken_at: float = field(default_factory=time.time)
+    remote: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain values: process, system, cuda, mps, models, taken_at."""
+        """Plain values: process, system, cuda, mps, models, remote, taken_at."""
         return {"process": dict(self.process), "system": dict(self.system), "cuda": [dict(d) for d in self.cuda],
                 "mps": dict(self.mps) if self.mps is not None else None,
-                "models": [dict(m) for m in self.models], "taken_at": self.taken_at}
+                "models": [dict(m) for m in self.models], "remote": [dict(r) for r in self.remote],
+                "taken_at": self.taken_at}
 
     @property
     def rss_bytes(self) -> int:
@@ -166,48 +175,69 @@ class MemoryReadout:
             detail = (f"{model.get('parameters', 0):,} parameters · {model.get('dtype')} · "
                       f"quantization {model.get('quantization')} · {model.get('device')} · "
                       f"{model.get('references', 1)} reference(s)")
-            rows.append({"section": "model", "item": str(model.get("model")), "bytes": model.get("bytes"),
+            rows.append({"section": "model", "item": to_text(model.get("model")), "bytes": model.get("bytes"),
                          "total_bytes": self.process["rss_bytes"], "detail": detail})
+        for agent in self.remote:
+            rows.append({"section": "model", "item": to_text(agent.get("model")), "bytes": None, "total_bytes": None,
+                         "detail": REMOTE_DETAIL + (f" ({to_text(agent.get('agent'))})" if agent.get("agent") else "")})
         return rows
+
+    def _note(self) -> str:
+        return "" if self.models or self.remote else "no model loaded"
 
     def _repr_html_(self) -> str:
         head = "".join(f'<th style="{STYLE_CELL}">{h}</th>' for h in ("", "", "size", "share", "details"))
         body = []
         for row in self._rows():
-            total = row["total_bytes"]
-            share = (row["bytes"] or 0) / total if total else None
+            total, count = row["total_bytes"], row["bytes"]
+            share = count / total if isinstance(count, (int, float)) and isinstance(total, (int, float)) and total \
+                else None
             bar = ""
             if share is not None:
-                width = max(0.0, min(1.0, share)) * 100
                 bar = (f'<div style="width:8em;height:0.7em;background:rgba(128,128,128,0.2);display:inline-block">'
-                       f'<div style="width:{width:.1f}%;height:100%;background:rgba(70,130,180,0.85)"></div></div>'
-                       f" {share * 100:.1f}%")
-            cells = [escape(row["section"]), escape(row["item"]), escape(format_bytes(row["bytes"])), bar,
-                     escape(row["detail"])]
+                       f'<div style="width:{css_percent(share)};height:100%;background:rgba(70,130,180,0.85)"></div>'
+                       f"</div> {escape_html(css_percent(share))}")
+            cells = [escape_html(row["section"]), escape_html(row["item"]), escape_html(format_bytes(count)), bar,
+                     escape_html(row["detail"])]
             body.append("<tr>" + "".join(f'<td style="{STYLE_CELL}">{c}</td>' for c in cells) + "</tr>")
-        note = "" if self.models else f'<div style="{STYLE_FOOTER}">no model loaded</div>'
-        return (f'<div class="midori-memory" style="{STYLE_BOX}"><table style="{STYLE_TABLE}">'
+        note = f'<div style="{STYLE_FOOTER}">{escape_html(self._note())}</div>' if self._note() else ""
+        return (f'<div class="midori-memory {NO_MATH_CLASS}" style="{STYLE_BOX}"><table style="{STYLE_TABLE}">'
                 f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}</div>")
 
     def __repr__(self) -> str:
         lines = [f"{row['section']:>8}  {row['item']:<20} {format_bytes(row['bytes']):>10}  {row['detail']}".rstrip()
                  for row in self._rows()]
-        if not self.models:
-            lines.append("no model loaded")
+        if self._note():
+            lines.append(self._note())
         return "\n".join(lines)
 
 
-def memory_readout() -> MemoryReadout:
-    """Take a :class:`MemoryReadout` now."""
+def remote_models(agent: Any) -> list[dict[str, Any]]:
+    """``[{"model", "agent"}]`` for an agent whose model is not in this process (any protocol agent
+    but the local one); ``[]`` for a local agent (its model is in ``models`` while loaded) or None."""
+    from .agent_calls import agent_model_name, is_local_agent
+
+    if agent is None or is_local_agent(agent):
+        return []
+    return [{"model": agent_model_name(agent), "agent": type(agent).__name__}]
+
+
+def memory_readout(agent: Any = None) -> MemoryReadout:
+    """Take a :class:`MemoryReadout` now.
+
+    ``agent``: optionally the agent the readout is about. A local agent's model is among
+    ``models`` while it is loaded; any other protocol agent gets a ``remote`` entry (its model's
+    memory is not in this process).
+    """
     return MemoryReadout(process=process_memory(), system=system_memory(), cuda=cuda_memory(), mps=mps_memory(),
-                         models=model_footprints())
+                         models=model_footprints(), remote=remote_models(agent))
 
 
-def show_memory() -> MemoryReadout:
-    """Display a readout in the current cell and return it."""
+def show_memory(agent: Any = None) -> MemoryReadout:
+    """Display a readout (:func:`memory_readout` of ``agent``) in the current cell and return it."""
     from IPython.display import display
 
-    readout = memory_readout()
+    readout = memory_readout(agent)
     display(readout)
     return readout
 
@@ -220,6 +250,7 @@ __all__ = [
     "model_footprints",
     "mps_memory",
     "process_memory",
+    "remote_models",
     "show_memory",
     "system_memory",
 ]

@@ -2,7 +2,9 @@
 
 ``response = await stream_to_cell(agent, payload)`` (top-level ``await`` in a cell) or
 ``response = display_stream(agent, payload)`` (blocking, from plain code or a magic) shows
-the answer as it is generated:
+the answer as it is generated. ``agent`` is any Midori protocol agent: its ``stream(payload,
+events=True)`` when it has one, else its ``invoke`` (one update at the end); see
+:mod:`.agent_calls`.
 
 * one output area: a single display handle (``display(..., display_id=True)``) that is
   updated in place;
@@ -15,17 +17,26 @@ the answer as it is generated:
   cancellation ipykernel uses for ``await`` cells in :func:`stream_to_cell`) stops the
   generation within a token and keeps the partial text; the response then has
   ``finish_reason == "cancelled"``;
-* a one-line footer: tokens, seconds, tokens/s, finish reason.
+* a one-line footer: tokens, seconds, tokens/s, finish reason, decoder (read typed, through
+  :func:`~midori_hf_nb.stats.stats_of`).
 
-All model text is HTML-escaped. The rendering is a pure function of a
+Every value shown is escaped (:mod:`.escaping`). The rendering is a pure function of a
 :class:`StreamState` (:func:`render_stream_html`), usable outside IPython. Output goes to
 a *sink* with an ``update(bundle)`` method: the IPython display handle inside a kernel, or
 a :class:`RecordingSink` anywhere else (it keeps the updates, for tests and benchmarks).
-:attr:`LiveView.stats` (also stored in ``response.metadata["display"]``) counts updates and
-the seconds spent rendering, to measure the display's overhead against raw generation:
-compare ``metadata["decode_tokens_per_second"]`` of ``stream_to_cell(..., throttle=0)`` (a
-display update per piece) or the default throttle with that of ``agent.invoke`` on the same
-greedy request, run alternately in one process.
+
+The display's own statistics live apart from the response, which stays as the agent returned
+it: :attr:`LiveView.stats` is a :class:`DisplayStats` (updates, events, render seconds,
+throttle). Pass ``view=LiveView(...)`` to keep it::
+
+    view = LiveView(throttle=0)
+    response = await stream_to_cell(agent, payload, view=view)
+    view.stats.updates, view.stats.render_seconds
+
+To measure the display's overhead against raw generation, compare the
+``decode_tokens_per_second`` statistic of ``stream_to_cell(..., throttle=0)`` (a display update
+per piece) or the default throttle with that of ``agent.invoke`` on the same greedy request,
+run alternately in one process.
 """
 
 from __future__ import annotations
@@ -36,16 +47,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .agent_calls import open_event_stream
 from .display import (
     STYLE_ANSWER,
     STYLE_BOX,
     STYLE_FOOTER,
     escape,
     format_footer,
+    response_stats,
     thinking_html,
     tool_call_rows,
     tool_calls_html,
 )
+from .escaping import NO_MATH_CLASS, to_text
 
 #: Default seconds between two display updates.
 DEFAULT_THROTTLE = 0.1
@@ -75,12 +89,12 @@ class StreamState:
 
 def render_stream_html(state: StreamState, *, show_thinking: bool = True) -> str:
     """The HTML of a stream's current state (pure: no IPython needed). Model text is escaped."""
-    parts = [f'<div class="midori-stream" style="{STYLE_BOX}">']
+    parts = [f'<div class="midori-stream {NO_MATH_CLASS}" style="{STYLE_BOX}">']
     if state.title:
         parts.append(f'<div style="opacity:0.7;font-size:0.92em">{escape(state.title)}</div>')
     response = state.response
-    thinking = (response.thinking if response is not None else state.thinking) or ""
-    answer = (response.response if response is not None else state.answer) or ""
+    thinking = to_text(getattr(response, "thinking", "") if response is not None else state.thinking)
+    answer = to_text(getattr(response, "response", "") if response is not None else state.answer)
     if show_thinking and thinking:
         parts.append(thinking_html(thinking, open_=not state.done and not answer, live=not state.done))
     cursor = "" if state.done else "▌"
@@ -93,7 +107,7 @@ def render_stream_html(state: StreamState, *, show_thinking: bool = True) -> str
 
 def render_stream_text(state: StreamState) -> str:
     """Plain-text form of a stream's state (answer, then the footer in brackets)."""
-    answer = (state.response.response if state.response is not None else state.answer) or ""
+    answer = to_text(getattr(state.response, "response", "") if state.response is not None else state.answer)
     return f"{answer}\n[{stream_footer(state)}]"
 
 
@@ -102,7 +116,7 @@ def stream_footer(state: StreamState) -> str:
     if state.error is not None:
         return f"error: {state.error}"
     if state.response is not None:
-        return format_footer(state.response.metadata, interrupted=state.interrupted)
+        return format_footer(response_stats(state.response), interrupted=state.interrupted)
     if state.interrupted:
         return f"stopping… {state.elapsed:.1f} s"
     if state.pieces == 0:
@@ -113,7 +127,8 @@ def stream_footer(state: StreamState) -> str:
 def live_tool_rows(state: StreamState) -> list[dict[str, Any]]:
     """Tool-call rows while streaming: the calls a loop has run, then those announced and not run."""
     rows = [{**step, "executed": True} for step in state.tool_steps]
-    step = (state.tool_steps[-1]["step"] + 1) if state.tool_steps else 1
+    last = state.tool_steps[-1].get("step") if state.tool_steps else 0
+    step = last + 1 if isinstance(last, int) and not isinstance(last, bool) else 1
     rows += [{"step": step, "name": c.get("name"), "arguments": c.get("arguments"), "id": c.get("id"),
               "result": None, "error": "unknown tool" if c.get("unknown") else None, "seconds": None,
               "executed": False} for c in state.tool_calls]
@@ -182,6 +197,26 @@ def default_sink() -> Any:
 # --------------------------------------------------------------------------- the live view
 
 
+@dataclass
+class DisplayStats:
+    """What showing one stream cost the display (kept apart from the response's own statistics).
+
+    ``updates``: display updates after the initial display; ``events``: stream events received;
+    ``render_seconds``: time spent rendering and updating; ``throttle``: the minimum seconds
+    between updates.
+    """
+
+    throttle: float = DEFAULT_THROTTLE
+    updates: int = 0
+    events: int = 0
+    render_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The statistics as a plain dict (``updates``, ``render_seconds``, ``events``, ``throttle``)."""
+        return {"updates": self.updates, "render_seconds": self.render_seconds, "events": self.events,
+                "throttle": self.throttle}
+
+
 class LiveView:
     """Accumulates stream events and refreshes one display, at most every ``throttle`` seconds.
 
@@ -193,31 +228,38 @@ class LiveView:
         title: an optional heading line (escaped).
         clock: the time source (``time.perf_counter``).
 
-    ``stats``: ``updates`` (display updates after the initial display), ``render_seconds``
-    (time spent rendering and updating), ``events``, ``throttle``.
+    :attr:`stats` is the view's :class:`DisplayStats`, updated as it goes; ``updates``,
+    ``events`` and ``render_seconds`` read it.
     """
 
     def __init__(self, sink: Any = None, *, throttle: float = DEFAULT_THROTTLE, show_thinking: bool = True,
                  title: str | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
-        if isinstance(throttle, bool) or not isinstance(throttle, (int, float)) or throttle < 0:
+        if isinstance(throttle, bool) or not isinstance(throttle, (int, float)) or not throttle >= 0:
             raise ValueError(f"throttle={throttle!r} is not allowed: expected seconds >= 0")
         self.sink = sink if sink is not None else default_sink()
         self.throttle = float(throttle)
         self.show_thinking = show_thinking
         self.clock = clock
         self.state = StreamState(title=title)
-        self.updates = 0
-        self.events = 0
-        self.render_seconds = 0.0
+        self.stats = DisplayStats(throttle=self.throttle)
         self._started = 0.0
         self._last = float("-inf")
         self._dirty = False
 
     @property
-    def stats(self) -> dict[str, Any]:
-        """Display statistics: updates, render_seconds, events, throttle."""
-        return {"updates": self.updates, "render_seconds": self.render_seconds, "events": self.events,
-                "throttle": self.throttle}
+    def updates(self) -> int:
+        """Display updates so far (after the initial display)."""
+        return self.stats.updates
+
+    @property
+    def events(self) -> int:
+        """Stream events received so far."""
+        return self.stats.events
+
+    @property
+    def render_seconds(self) -> float:
+        """Seconds spent rendering and updating the display so far."""
+        return self.stats.render_seconds
 
     def bundle(self) -> dict[str, str]:
         """The current mime bundle (``text/html`` and ``text/plain``)."""
@@ -229,28 +271,30 @@ class LiveView:
         self._started = self.clock()
         began = time.perf_counter()
         self.sink.display(self.bundle())
-        self.render_seconds += time.perf_counter() - began
+        self.stats.render_seconds += time.perf_counter() - began
         self._last = self._started
         return self
 
     def feed(self, event: Any) -> None:
         """Take one :class:`~midori_hf_nb.StreamEvent` and refresh if the throttle allows."""
-        self.events += 1
-        kind = event.kind
+        self.stats.events += 1
+        kind, text, data = getattr(event, "kind", None), to_text(getattr(event, "text", "")), getattr(event, "data", None)
         if kind == "text":
-            self.state.answer += event.text
+            self.state.answer += text
             self.state.pieces += 1
         elif kind == "thinking":
-            self.state.thinking += event.text
+            self.state.thinking += text
             self.state.pieces += 1
-        elif kind == "tool_call":
-            self.state.tool_calls.append(event.data)
-        elif kind == "tool_result":  # a tool loop ran a call: it moves from announced to run
-            self.state.tool_steps.append(event.data)
-            self.state.tool_calls = [c for c in self.state.tool_calls if c.get("id") != event.data.get("id")]
+        elif kind == "tool_call" and isinstance(data, dict):
+            self.state.tool_calls.append(data)
+        elif kind == "tool_result" and isinstance(data, dict):  # a tool loop ran a call: announced -> run
+            self.state.tool_steps.append(data)
+            self.state.tool_calls = [c for c in self.state.tool_calls if c.get("id") != data.get("id")]
         elif kind == "done":
-            self.state.response = event.data
+            self.state.response = data
             return  # shown by finish()
+        else:  # an unknown kind, or a tool event without its record: nothing to show
+            return
         self._dirty = True
         self.refresh()
 
@@ -262,8 +306,8 @@ class LiveView:
         self.state.elapsed = now - self._started
         began = time.perf_counter()
         self.sink.update(self.bundle())
-        self.render_seconds += time.perf_counter() - began
-        self.updates += 1
+        self.stats.render_seconds += time.perf_counter() - began
+        self.stats.updates += 1
         self._last = now
         self._dirty = False
         return True
@@ -274,28 +318,23 @@ class LiveView:
         self._dirty = True
 
     def finish(self, response: Any = None, error: BaseException | None = None) -> None:
-        """Show the final state (always one update)."""
+        """Show the final state (always one update). The response is left as it is."""
         if response is not None:
             self.state.response = response
         if error is not None:
             self.state.error = f"{type(error).__name__}: {error}"
         self.refresh(force=True)
-        if self.state.response is not None:
-            meta = self.state.response.metadata
-            if isinstance(meta, dict):
-                meta["display"] = self.stats
 
 
 def _start(agent: Any, payload: Any, on_interrupt: str, view: LiveView | None, tools: list | None,
            overrides: dict[str, Any], **view_options: Any) -> tuple[LiveView, Any]:
-    """Check the options, open the event stream and show the initial display."""
+    """Check the options, open the agent's event stream and show the initial display."""
     if on_interrupt not in INTERRUPT_MODES:
         raise ValueError(f"on_interrupt={on_interrupt!r} is not allowed: expected 'return' or 'raise'")
+    if view is not None and not isinstance(view, LiveView):
+        raise ValueError(f"view={type(view).__name__} is not allowed: expected a LiveView or None")
     view = view or LiveView(view_options.pop("sink"), **view_options)
-    if tools is not None:
-        stream = agent.stream_with_tools(payload, tools, events=True, **overrides)
-    else:
-        stream = agent.stream(payload, events=True, **overrides)
+    stream = open_event_stream(agent, payload, tools=tools, **overrides)
     view.start()
     return view, stream
 
@@ -307,7 +346,8 @@ async def stream_to_cell(agent: Any, payload: Any, *, throttle: float = DEFAULT_
     """Stream the answer to ``payload`` into the current output cell; return the final response.
 
     Use with top-level ``await`` in a cell. Args:
-        agent: a :class:`~midori_hf_nb.HuggingFaceLocalAgent`.
+        agent: any Midori protocol agent (e.g. :class:`~midori_hf_nb.HuggingFaceLocalAgent`): its
+            ``stream(payload, events=True)`` when it has one, else ``invoke`` (one update at the end).
         payload: the :class:`~midori_hf_nb.AgentPayload`.
         throttle: minimum seconds between display updates (0: every piece).
         show_thinking: show reasoning, dimmed and collapsible.
@@ -316,9 +356,11 @@ async def stream_to_cell(agent: Any, payload: Any, *, throttle: float = DEFAULT_
         on_interrupt: when the cell is interrupted (the task is cancelled), ``"return"`` (default)
             stops the generation and returns the partial response (``finish_reason="cancelled"``);
             ``"raise"`` does the same clean-up, then re-raises ``CancelledError``.
-        tools: offer these tools (calls are parsed and shown, not executed).
-        view: a prepared :class:`LiveView` (overrides ``throttle``/``sink``/...).
-        **overrides: per-call generation overrides of ``agent.invoke``.
+        tools: offer these tools through the agent's ``stream_with_tools`` (else ``invoke_with_tools``);
+            calls are shown, never executed here.
+        view: a prepared :class:`LiveView` (overrides ``throttle``/``sink``/...); its ``stats``
+            (:class:`DisplayStats`) count the updates afterwards.
+        **overrides: per-call settings passed to the agent's method (e.g. ``max_new_tokens``).
     """
     view, stream = _start(agent, payload, on_interrupt, view, tools, overrides,
                           sink=sink, throttle=throttle, show_thinking=show_thinking, title=title)
@@ -396,6 +438,7 @@ def display_stream(agent: Any, payload: Any, *, throttle: float = DEFAULT_THROTT
 
 __all__ = [
     "DEFAULT_THROTTLE",
+    "DisplayStats",
     "IPythonSink",
     "LiveView",
     "RecordingSink",

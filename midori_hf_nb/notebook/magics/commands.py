@@ -1,0 +1,266 @@
+"""The ``%midori`` / ``%%midori`` magic commands and the extension's entry points."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+
+from ..agent_calls import agent_model_name, is_local_agent, require_agent
+from ..conversation import count_tokens
+from .parsers import CELL_PARSER, COMMAND_PARSERS, HelpShown, full_help, interpolate, split_line
+from .session import MidoriSession, load_config, message_overrides
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message is the whole story (bad values, missing models): shown without traceback."""
+    from ...config import ConfigError
+    from ...prompting import ContextWindowError
+    from ...sources import ModelSourceError
+
+    errors: list[type[BaseException]] = [ConfigError, ContextWindowError, ModelSourceError]
+    engine = sys.modules.get("midori_hf_nb.engine")
+    if engine is not None:
+        errors += [engine.DeviceError, engine.QuantizationError]
+    return tuple(errors)
+
+
+_ACTIVE: "MidoriMagics | None" = None
+
+
+def current_session() -> MidoriSession | None:
+    """The session of the loaded extension (None before ``%load_ext midori_hf_nb``)."""
+    return _ACTIVE.session if _ACTIVE is not None else None
+
+
+@magics_class
+class MidoriMagics(Magics):
+    """``%midori`` and ``%%midori``; see :func:`full_help`."""
+
+    def __init__(self, shell: Any) -> None:
+        super().__init__(shell)
+        self.session = MidoriSession()
+
+    @line_cell_magic
+    def midori(self, line: str, cell: str | None = None) -> None:
+        try:
+            if cell is None:
+                self._line(line)
+            else:
+                self._send(CELL_PARSER.parse_args(split_line(line)), cell)
+        except HelpShown:
+            return None
+        except _user_errors() as exc:
+            raise UsageError(str(exc)) from None
+        return None
+
+    midori.__doc__ = full_help()
+
+    # ------------------------------------------------------------------ line commands
+
+    def _line(self, line: str) -> None:
+        argv = split_line(line)
+        if argv and argv[0] in ("-h", "--help"):
+            print(full_help())
+            return
+        if not argv:
+            raise UsageError("%midori: a command is needed: " + ", ".join(COMMAND_PARSERS)
+                             + "\nRun `%midori help` for every option, or use %%midori to send a cell.")
+        if argv[0] not in COMMAND_PARSERS:
+            raise UsageError(f"%midori: unknown command {argv[0]!r}: expected one of {', '.join(COMMAND_PARSERS)}\n"
+                             "Run `%midori help` for every option.")
+        command = argv[0]
+        args = COMMAND_PARSERS[command].parse_args(argv[1:])
+        getattr(self, f"_cmd_{command}")(args)
+
+    def _cmd_help(self, args: argparse.Namespace) -> None:
+        topic = args.topic
+        if topic is None:
+            print(full_help())
+        elif topic in ("cell", "%%midori"):
+            print(CELL_PARSER.format_help())
+        elif topic in COMMAND_PARSERS:
+            print(COMMAND_PARSERS[topic].format_help())
+        else:
+            raise UsageError(f"%midori help: no topic {topic!r}: expected cell or one of {', '.join(COMMAND_PARSERS)}")
+
+    def _cmd_load(self, args: argparse.Namespace) -> None:
+        from ... import HuggingFaceLocalAgent
+        from ...protocol import make_payload
+        from ..aio import run
+
+        session = self.session
+        config, new_options = load_config(session.base_config(), args)  # refused here: nothing loaded yet
+        agent = HuggingFaceLocalAgent.from_config(config)
+        run(agent.load())
+        if new_options:  # a value generate() refuses is refused now, not in every later cell
+            try:
+                run(agent.invoke(make_payload("Hi"), max_new_tokens=1))
+            except Exception as exc:
+                run(agent.unload_model())
+                given = ", ".join(f"{k}={v!r}" for k, v in new_options.items())
+                raise UsageError(f"%midori load: --set {given} is not allowed: generate() refused it "
+                                 f"({type(exc).__name__}: {exc}); the session keeps its settings") from None
+        session.release()
+        session.set_agent(agent, owned=True)
+        if args.system is not None:
+            session.system = args.system
+        fp = agent.loaded_model.footprint()
+        print(f"Loaded {config.model} on {fp['device']} ({fp['dtype']}, quantization {fp['quantization']}): "
+              f"{fp['parameters'] / 1e6:.1f}M parameters, {fp['bytes'] / 2**20:.0f} MiB; "
+              f"max_new_tokens={config.max_new_tokens}, "
+              + ("greedy" if config.greedy else f"temperature={config.temperature}") + ".")
+
+    def _cmd_use(self, args: argparse.Namespace) -> None:
+        name = args.variable
+        if name not in self.shell.user_ns:
+            raise UsageError(f"%midori use: {name!r} names no variable in the notebook: expected a variable "
+                             "holding an agent (e.g. agent = HuggingFaceLocalAgent(...))")
+        agent = self.shell.user_ns[name]
+        try:
+            require_agent(agent, f"%midori use {name}")
+        except TypeError as exc:
+            raise UsageError(str(exc)) from None
+        if agent is not self.session.agent:
+            self.session.release()
+            self.session.set_agent(agent, owned=False)
+        where = "in this process" if is_local_agent(agent) else "not in this process"
+        print(f"Using {name} ({type(agent).__name__}, model {agent_model_name(agent)}, {where}) for the "
+              "session's messages.")
+
+    def _cmd_ask(self, args: argparse.Namespace) -> None:
+        self._send(args, " ".join(args.message))
+
+    def _cmd_history(self, args: argparse.Namespace) -> None:
+        from IPython.display import display
+
+        frame = self.session.conversation.frame()
+        if args.name:
+            self.shell.user_ns[args.name] = frame
+        if frame.empty:
+            print("The conversation is empty.")
+        display(frame)
+
+    def _cmd_reset(self, args: argparse.Namespace) -> None:
+        count = self.session.conversation.reset()
+        print(f"Conversation cleared ({count} turns forgotten).")
+
+    def _cmd_memory(self, args: argparse.Namespace) -> None:
+        from IPython.display import display
+
+        from ..memory import memory_readout
+
+        readout = memory_readout(self.session.agent)
+        if args.name:
+            self.shell.user_ns[args.name] = readout
+        display(readout)
+
+    def _cmd_unload(self, args: argparse.Namespace) -> None:
+        from ..aio import run
+        from ..memory import format_bytes, memory_readout
+
+        agent = self.session.agent
+        if agent is not None and not is_local_agent(agent):
+            unload = getattr(agent, "unload_model", None)
+            if callable(unload):
+                run(unload())
+            print(f"Asked {agent_model_name(agent)} to unload its model; its memory is not in this process.")
+            return
+        if agent is None or not agent.is_loaded:
+            print("No model is loaded.")
+            return
+        before = memory_readout().rss_bytes
+        run(agent.unload_model())
+        after = memory_readout()
+        print(f"Unloaded {agent.config.model}: resident memory {format_bytes(before)} -> "
+              f"{format_bytes(after.rss_bytes)}; models still loaded: {len(after.models)}. "
+              "The next message loads it again.")
+
+    def _cmd_status(self, args: argparse.Namespace) -> None:
+        session = self.session
+        agent = session.agent
+        if agent is None:
+            print("No agent yet: the first %%midori uses the offline default model.")
+        elif is_local_agent(agent):
+            c = agent.config
+            print(f"{agent!r}\n  dtype={c.torch_dtype}, quantization={c.quantization or 'none'}, "
+                  f"max_new_tokens={c.max_new_tokens}, "
+                  + ("greedy" if c.greedy else f"temperature={c.temperature}, top_p={c.top_p}, top_k={c.top_k}")
+                  + f", context_window={c.context_window}")
+        else:
+            print(f"{type(agent).__name__} (model {agent_model_name(agent)}): not a local agent; its settings are "
+                  "its own and its model's memory is not in this process")
+        print(f"  conversation: {len(session.conversation)} turns; system prompt: {session.system!r}")
+
+    # ------------------------------------------------------------------ sending
+
+    def _send(self, args: argparse.Namespace, text: str) -> None:
+        from ...protocol import make_payload
+        from ..aio import run
+        from ..display import ResponseView
+        from ..streaming import LiveView, display_stream
+
+        session = self.session
+        message = (text if args.raw else interpolate(text, self.shell.user_ns)).strip()
+        if not message:
+            raise UsageError("%%midori: the message is empty: write it in the cell body, below the %%midori line")
+        overrides = message_overrides(args, session.overrides)  # refused before anything loads
+        throttle = session.throttle if args.throttle is None else args.throttle
+        if not throttle >= 0:
+            raise UsageError(f"%%midori: --throttle {throttle} is not allowed: expected seconds >= 0")
+        agent = session.ensure_agent()
+        if is_local_agent(agent) and not agent.is_loaded:  # load first, so progress bars come before the answer
+            run(agent.load())
+        system = session.system if args.system is None else args.system
+        use_memory = not args.no_memory
+        if use_memory:
+            payload = session.conversation.payload(message, system)
+        else:
+            payload = make_payload(message, system, session_id=session.conversation.session_id)
+        if args.no_stream:
+            from IPython.display import display
+
+            response = run(agent.invoke(payload, **overrides))
+            display(ResponseView(response, show_thinking=not args.hide_thinking))
+            session.last_display = None
+        else:
+            view = LiveView(throttle=throttle, show_thinking=not args.hide_thinking)
+            response = display_stream(agent, payload, view=view, **overrides)
+            session.last_display = view.stats
+        if use_memory:
+            session.conversation.add_exchange(message, response, user_tokens=count_tokens(agent, message))
+        session.last_response = response
+        if args.name:
+            self.shell.user_ns[args.name] = response
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register ``%midori``/``%%midori`` and the rich display of ``AgentResponse``."""
+    global _ACTIVE
+    from ..display import register_formatters
+
+    if _ACTIVE is not None and _ACTIVE.shell is ipython:
+        return  # already loaded in this shell
+    magics = MidoriMagics(ipython)
+    ipython.register_magics(magics)
+    register_formatters(ipython)
+    _ACTIVE = magics
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """Remove the magics and the formatter, and release the model of an agent the session created."""
+    global _ACTIVE
+    from ..display import unregister_formatters
+    from ..ipython_compat import unregister_magics
+
+    unregister_magics(ipython, "midori", "MidoriMagics")
+    unregister_formatters(ipython)
+    if _ACTIVE is not None and _ACTIVE.shell is ipython:
+        _ACTIVE.session.release()
+        _ACTIVE = None
+
+
+__all__ = ["MidoriMagics", "current_session", "load_ipython_extension", "unload_ipython_extension"]
