@@ -113,7 +113,7 @@ def test_any_object_with_the_response_fields_is_shown():
 def test_a_scripted_response_is_shown_with_its_statistics():
     response = run(ScriptedAgent("<think>plan</think>Done.").invoke(make_payload("q")))
     html = ResponseView(response)._repr_html_()
-    assert "Done." in html and "plan" in html and "2 tokens" not in html  # 22 characters: 6 pieces of 4
+    assert "Done." in html and "plan" in html and ">6 tokens ·" in html  # 22 characters: 6 pieces of 4
     assert "6 tokens" in html and "finish: stop" in html
 
 

@@ -293,7 +293,7 @@ def test_a_loaded_local_model_answers_a_cell(tiny_shell):
     result, captured = execute(tiny_shell, "%%midori --name answer --throttle 0\nSay something.")
     assert result.success, captured.stderr
     assert tiny_shell.user_ns["answer"].response == "Streaming a real generation."
-    assert "Streaming a real generation." in html_of(captured)[-1] and "decode: generate" in html_of(captured)[-1]
+    assert "Streaming a real generation." in html_of(captured)[-1] and "decode: engine" in html_of(captured)[-1]
     assert stats_of(tiny_shell.user_ns["answer"]).prompt_tokens > 0
 
 
