@@ -229,6 +229,9 @@ def build_prompt(
 ) -> Prompt:
     """Build the prompt for ``payload``, fitted to the context window.
 
+    The payload is checked first (:func:`midori_hf_nb.validation.validate_payload`): a bad field
+    raises :class:`~midori_hf_nb.validation.PayloadError` naming it.
+
     Fitting drops the oldest memory turns first (a turn starts at a user message), keeping as many
     of the newest turns as fit in ``context_window - max_new_tokens`` tokens. The number of turns
     kept is found by searching from the newest end (1, 2, 4, ... turns, then bisecting), so the
@@ -244,6 +247,9 @@ def build_prompt(
         template_kwargs: extra chat-template variables (e.g. ``enable_thinking``).
         continuation: messages after the user's message (tool calls and results of a tool loop).
     """
+    from .validation import validate_payload
+
+    payload = validate_payload(payload)
     structured = tools is not None
     memory = memory_to_messages(payload.memory or [], structured_tools=structured)
     system = system_text(payload, include_thinking_blob=not payload.memory, tool_instructions=tool_instructions)
