@@ -28,8 +28,91 @@ class ConfigError(ValueError):
     """A configuration value or file is not acceptable; the message names the field or file."""
 
 
+def _show(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, shortened when long."""
+    text = repr(value)
+    if len(text) > limit:
+        size = f", {len(value)} items" if isinstance(value, (str, bytes, list, tuple, dict)) else ""
+        text = f"{text[:limit - 20]}...{text[-8:]} (shortened{size})"
+    return text
+
+
+def refusal_message(field: str, value: Any, allowed: str) -> str:
+    """The one wording of every refused value: ``FIELD=VALUE is not allowed: ALLOWED (got TYPE)``."""
+    return f"{field}={_show(value)} is not allowed: {allowed} (got {type(value).__name__})"
+
+
 def _fail(name: str, value: Any, allowed: str) -> None:
-    raise ConfigError(f"HuggingFaceConfig.{name}={value!r} is not allowed: {allowed}")
+    raise ConfigError(refusal_message(f"HuggingFaceConfig.{name}", value, allowed))
+
+
+#: The range ``torch.manual_seed`` accepts: [-2**63, 2**64).
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+
+
+def validate_seed(value: Any, field: str = "seed") -> int | None:
+    """``value`` if it is ``None`` or an integer ``torch.manual_seed`` accepts, from -2**63 to 2**64 - 1.
+
+    Raises:
+        ConfigError: naming ``field``, the value and its type, and the allowed range.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not SEED_MIN <= value <= SEED_MAX:
+        raise ConfigError(refusal_message(
+            field, value, "expected None or an integer from -2**63 to 2**64 - 1 (the range torch.manual_seed takes)"))
+    return value
+
+
+def validate_generation_options(options: Any, field: str = "HuggingFaceConfig.generation_kwargs", *,
+                                streaming: bool = True) -> dict[str, Any]:
+    """Check ``generate()`` options before any model is loaded; return them.
+
+    Unknown option names are checked against ``transformers.GenerationConfig`` when the model
+    loads (that needs transformers); here are the checks that need nothing:
+
+    - option names are strings;
+    - ``seed`` is not a ``generate()`` option: it is a per-call option of ``invoke``/``stream``;
+    - ``num_beams`` is a positive integer, and 1 when ``streaming``: ``invoke`` and ``stream``
+      stream the answer token by token through a streamer, which cannot follow several beams
+      (``generate_batch`` does not stream, so beam search works there);
+    - ``num_return_sequences`` is 1: every call returns one answer per payload.
+
+    ``field`` names the options in errors (``""`` for per-call options, named by themselves).
+
+    Raises:
+        ConfigError: naming the option, its value and type, and what is allowed.
+    """
+
+    def name_of(key: str) -> str:
+        return f"{field}[{key!r}]" if field else key
+
+    if not isinstance(options, dict):
+        raise ConfigError(refusal_message(field or "options", options, "expected a dict of generate() keyword arguments"))
+    for key, value in options.items():
+        if not isinstance(key, str):
+            raise ConfigError(refusal_message(f"{field or 'options'} key {key!r}", key, "expected option names (str)"))
+    if "seed" in options:
+        raise ConfigError(refusal_message(
+            name_of("seed"), options["seed"],
+            "seed is a per-call option, not a generate() option: pass seed=... to invoke(), stream() or "
+            "generate_batch()"))
+    beams = options.get("num_beams")
+    if beams is not None:
+        if isinstance(beams, bool) or not isinstance(beams, int) or beams < 1:
+            raise ConfigError(refusal_message(name_of("num_beams"), beams, "expected a positive integer"))
+        if beams > 1 and streaming:
+            raise ConfigError(refusal_message(
+                name_of("num_beams"), beams,
+                "beam search is not supported with streaming (invoke() and stream() stream the answer token by "
+                "token, and a streamer cannot follow several beams); use num_beams=1, or pass num_beams to "
+                "generate_batch(), which does not stream"))
+    sequences = options.get("num_return_sequences")
+    if sequences is not None and (isinstance(sequences, bool) or sequences != 1):
+        raise ConfigError(refusal_message(
+            name_of("num_return_sequences"), sequences,
+            "expected 1: every call returns one answer per payload (call again, with another seed, for more)"))
+    return options
 
 
 def _check_bool(name: str, value: Any) -> None:
@@ -71,7 +154,9 @@ class HuggingFaceConfig:
         trust_remote_code: allow model repositories to run their own Python code. Off by default.
         load_in_8bit / load_in_4bit: bitsandbytes quantization (at most one of them).
         generation_kwargs: further keyword arguments for ``model.generate`` (checked against
-            ``transformers.GenerationConfig`` when the model loads).
+            ``transformers.GenerationConfig`` when the model loads). Refused at once: ``seed``
+            (a per-call option), ``num_beams`` other than 1 (beam search cannot stream) and
+            ``num_return_sequences`` other than 1; see :func:`validate_generation_options`.
         progress: show progress bars while a model converts or loads.
         num_threads: torch intra-op threads used while generating on CPU: ``"auto"`` measures
             step by step whether one thread or every usable core is faster and uses that
@@ -150,6 +235,7 @@ class HuggingFaceConfig:
             _fail("decode_loop", self.decode_loop, "expected one of " + ", ".join(repr(d) for d in DECODE_LOOPS))
         if not isinstance(self.generation_kwargs, dict):
             _fail("generation_kwargs", self.generation_kwargs, "expected a dict of generate() keyword arguments")
+        validate_generation_options(self.generation_kwargs, "HuggingFaceConfig.generation_kwargs", streaming=True)
 
     @property
     def quantization(self) -> str | None:
@@ -217,23 +303,71 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ConfigError: the file is not valid TOML or has no ``[midori_ai_agent_base]`` table.
+        ConfigError: the path is a directory, the file cannot be read, is not UTF-8 (TOML files
+            are UTF-8 by definition), is not valid TOML or has no ``[midori_ai_agent_base]``
+            table. Every message names the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"configuration file {str(path)!r} does not exist")
+    where = f"configuration file {str(path)!r}"
+    if path.is_dir():
+        inside = path / CONFIG_FILENAME
+        hint = f" (it holds {str(inside)!r}: pass that)" if inside.is_file() else ""
+        raise ConfigError(f"{where} is a directory, not a file: config_path expects a TOML file such as "
+                          f"{CONFIG_FILENAME!r}{hint}")
+    if not path.exists():
+        raise FileNotFoundError(f"{where} does not exist")
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{where} cannot be read: {exc.strerror or exc}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{where} is not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start} (line {line}) cannot be "
+            "decoded; TOML files must be UTF-8, so save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from exc
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"configuration file {str(path)!r} is not valid TOML: {exc}") from exc
+        raise ConfigError(f"{where} is not valid TOML: {exc}") from exc
     section = data.get(CONFIG_SECTION)
     if not isinstance(section, dict):
         raise ConfigError(
-            f"configuration file {str(path)!r} has no [{CONFIG_SECTION}] table; "
+            f"{where} has no [{CONFIG_SECTION}] table; "
             f"put backend, model and options under [{CONFIG_SECTION}]"
         )
     return section
+
+
+#: Backends of the Midori AI agent family: their tables may sit in ``[midori_ai_agent_base]``.
+KNOWN_BACKENDS = ("huggingface", "openai", "langchain")
+#: The one table allowed inside the base section or a backend's table.
+NESTED_TABLES = ("reasoning_effort",)
+
+
+def _check_tables(section: dict[str, Any], chosen_backend: str, source: Path | None) -> None:
+    """Refuse tables the settings would otherwise drop silently, naming them."""
+    where = f" in configuration file {str(source)!r}" if source is not None else ""
+    backends = tuple(dict.fromkeys((chosen_backend, *KNOWN_BACKENDS)))
+    for key, value in section.items():
+        if isinstance(value, dict) and key not in NESTED_TABLES and key not in backends:
+            raise ConfigError(
+                f"table [{CONFIG_SECTION}.{key}]{where} is not allowed: the tables of [{CONFIG_SECTION}] are "
+                f"reasoning_effort and those named after a backend ({', '.join(backends)}); put options as "
+                f"plain keys of [{CONFIG_SECTION}] or [{CONFIG_SECTION}.{chosen_backend}] "
+                "(e.g. repetition_penalty = 1.1)"
+            )
+    table = section.get(chosen_backend)
+    if isinstance(table, dict):
+        for key, value in table.items():
+            if isinstance(value, dict) and key not in NESTED_TABLES:
+                raise ConfigError(
+                    f"table [{CONFIG_SECTION}.{chosen_backend}.{key}]{where} is not allowed: the only table inside "
+                    f"[{CONFIG_SECTION}.{chosen_backend}] is reasoning_effort; put options as plain keys of "
+                    f"[{CONFIG_SECTION}.{chosen_backend}] (e.g. repetition_penalty = 1.1)"
+                )
 
 
 @dataclass
@@ -244,7 +378,7 @@ class ResolvedAgentSettings:
     model: str | None
     api_key: str | None
     base_url: str | None
-    reasoning_effort: dict[str, Any] | None
+    reasoning_effort: Any
     kwargs: dict[str, Any]
     source: Path | None
 
@@ -264,11 +398,20 @@ def resolve_agent_settings(
     sub-table named after the backend (``[midori_ai_agent_base.huggingface]``) overrides the
     base section for that backend. Without ``config_path`` the nearest ``config.toml`` in the
     current directory or its parents is used, if any.
+
+    Tables other than ``reasoning_effort`` and backend tables are refused with a
+    :class:`ConfigError` naming them (``[midori_ai_agent_base.huggingface.generation]`` would
+    otherwise be dropped silently); backend tables are those of :data:`KNOWN_BACKENDS` and the
+    chosen backend.
     """
     source = Path(config_path) if config_path is not None else find_config_file()
     section = read_config_file(source) if source is not None else {}
 
     chosen_backend = backend or section.get("backend") or "huggingface"
+    if not isinstance(chosen_backend, str):
+        raise ConfigError(refusal_message("backend", chosen_backend, "expected a backend name such as 'huggingface'")
+                          + (f" (in configuration file {str(source)!r})" if source is not None else ""))
+    _check_tables(section, chosen_backend, source)
     merged: dict[str, Any] = {}
     reasoning: dict[str, Any] | None = None
     for key, value in section.items():
@@ -288,7 +431,7 @@ def resolve_agent_settings(
     file_api_key = merged.pop("api_key", None)
     file_base_url = merged.pop("base_url", None)
     merged.update(kwargs)
-    if "reasoning_effort" in merged and not isinstance(merged["reasoning_effort"], dict):
+    if "reasoning_effort" in merged:  # an explicit argument (any form) or a level name in the file
         reasoning = merged.pop("reasoning_effort")
     return ResolvedAgentSettings(
         backend=str(chosen_backend),

@@ -8,18 +8,14 @@ from typing import Any
 from .agent import HuggingFaceLocalAgent
 from .config import ConfigError, resolve_agent_settings
 from .protocol import ReasoningEffort
+from .validation import validate_reasoning_effort
 
 BACKENDS = ("huggingface",)
 
 
 def _reasoning(value: Any) -> ReasoningEffort | None:
-    if value is None or isinstance(value, ReasoningEffort):
-        return value
-    if isinstance(value, dict):
-        return ReasoningEffort(**value)
-    if isinstance(value, str):
-        return ReasoningEffort(effort=value)  # type: ignore[arg-type]
-    raise ConfigError(f"reasoning_effort={value!r} is not allowed: expected a table, a ReasoningEffort or a level name")
+    """A ``reasoning_effort`` argument or table as a :class:`ReasoningEffort`; a bad one raises ``ConfigError``."""
+    return validate_reasoning_effort(value, "reasoning_effort", error=ConfigError)
 
 
 async def _other_backend(backend: str, model: str, api_key: str | None, base_url: str | None, **kwargs: Any) -> Any:

@@ -15,7 +15,9 @@ A tokenizer without a chat template gets the plain fallback format::
 
 Fitting the context window: the prompt may use ``context_window - max_new_tokens`` tokens.
 The oldest memory turns are dropped first; the user's message is never cut, and when it
-alone does not fit a :class:`ContextWindowError` says by how much.
+alone does not fit a :class:`ContextWindowError` says by how much. How many of the newest turns
+fit is searched for (O(log n) renders of the template), so fitting long memory takes time
+linear in its length.
 """
 
 from __future__ import annotations
@@ -201,6 +203,19 @@ def _drop_oldest_turn(memory: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rest
 
 
+def turn_starts(memory: list[dict[str, Any]]) -> list[int]:
+    """Where the memory kept after dropping 0, 1, 2, ... oldest turns begins, ending with ``len(memory)``.
+
+    Entry ``k`` is the start of what :func:`_drop_oldest_turn` applied ``k`` times leaves: the
+    whole memory (0), then every later user message, then nothing (``len(memory)``).
+    """
+    n = len(memory)
+    starts = [0] + [i for i in range(1, n) if memory[i]["role"] == "user"]
+    if starts[-1] != n:
+        starts.append(n)
+    return starts
+
+
 def build_prompt(
     tokenizer: Any,
     payload: AgentPayload,
@@ -214,37 +229,77 @@ def build_prompt(
 ) -> Prompt:
     """Build the prompt for ``payload``, fitted to the context window.
 
+    The payload is checked first (:func:`midori_hf_nb.validation.validate_payload`): a bad field
+    raises :class:`~midori_hf_nb.validation.PayloadError` naming it.
+
+    Fitting drops the oldest memory turns first (a turn starts at a user message), keeping as many
+    of the newest turns as fit in ``context_window - max_new_tokens`` tokens. The number of turns
+    kept is found by searching from the newest end (1, 2, 4, ... turns, then bisecting), so the
+    template is rendered O(log n) times on prompts no longer than about twice the one returned:
+    20,000 memory entries fit in well under a second. The search relies on a prompt never getting
+    shorter when an older turn is added, which holds for chat templates that render each message
+    in turn. The user's message is never cut: when it alone does not fit a
+    :class:`ContextWindowError` says by how much.
+
     Args:
         tools: JSON schemas passed to the chat template as ``tools=`` (when it supports them).
         tool_instructions: text appended to the system message (for templates without tools).
         template_kwargs: extra chat-template variables (e.g. ``enable_thinking``).
         continuation: messages after the user's message (tool calls and results of a tool loop).
     """
+    from .validation import validate_payload
+
+    payload = validate_payload(payload)
     structured = tools is not None
     memory = memory_to_messages(payload.memory or [], structured_tools=structured)
     system = system_text(payload, include_thinking_blob=not payload.memory, tool_instructions=tool_instructions)
     head = [{"role": "system", "content": system}] if system else []
     tail = [{"role": "user", "content": payload.user_message}, *(continuation or [])]
     budget = context_window - max_new_tokens
-    total_memory = len(memory)
-    while True:
-        messages = [*head, *memory, *tail]
+    starts = turn_starts(memory)
+    # Candidates k = 0 (all memory) .. last (none); fewer turns never make a longer prompt.
+    last = len(starts) - 1
+    rendered: dict[int, tuple[list[dict[str, Any]], str, list[int], bool]] = {}
+
+    def attempt(k: int) -> bool:
+        """Render with the ``k``-th candidate memory (``starts[k]`` onwards); True when it fits."""
+        messages = [*head, *memory[starts[k]:], *tail]
         text, ids, used_template = render(tokenizer, messages, tools, template_kwargs)
-        if len(ids) <= budget:
-            return Prompt(
-                text=text,
-                input_ids=ids,
-                messages=messages,
-                dropped_memory=total_memory - len(memory),
-                used_chat_template=used_template,
-                tools_in_template=bool(tools) and used_template,
-                template_kwargs=dict(template_kwargs or {}),
-            )
-        if not memory:
-            raise ContextWindowError(
-                f"the prompt needs {len(ids)} tokens but only {budget} are available "
-                f"(context_window={context_window} minus max_new_tokens={max_new_tokens}), "
-                "even with all conversation memory dropped; shorten the message or system context, "
-                "lower max_new_tokens, or raise context_window"
-            )
-        memory = _drop_oldest_turn(memory)
+        if len(ids) <= budget or k == last:  # keep what may be returned (or reported), not the long misses
+            rendered[k] = (messages, text, ids, used_template)
+        return len(ids) <= budget
+
+    if not attempt(last):
+        ids = rendered[last][2]
+        raise ContextWindowError(
+            f"the prompt needs {len(ids)} tokens but only {budget} are available "
+            f"(context_window={context_window} minus max_new_tokens={max_new_tokens}), "
+            "even with all conversation memory dropped; shorten the message or system context, "
+            "lower max_new_tokens, or raise context_window"
+        )
+    fits, too_long = last, -1  # invariant: candidate `fits` fits, candidate `too_long` does not (-1: none known)
+    step = 1
+    while fits > 0:  # gallop towards more memory: keep 1, 2, 4, ... more turns
+        k = max(fits - step, 0)
+        if attempt(k):
+            fits = k
+            step *= 2
+        else:
+            too_long = k
+            break
+    while fits - too_long > 1 and too_long >= 0:  # bisect between the two
+        k = (fits + too_long) // 2
+        if attempt(k):
+            fits = k
+        else:
+            too_long = k
+    messages, text, ids, used_template = rendered[fits]
+    return Prompt(
+        text=text,
+        input_ids=ids,
+        messages=messages,
+        dropped_memory=starts[fits],
+        used_chat_template=used_template,
+        tools_in_template=bool(tools) and used_template,
+        template_kwargs=dict(template_kwargs or {}),
+    )

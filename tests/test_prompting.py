@@ -92,3 +92,98 @@ def test_template_rejecting_system_role_gets_it_merged(tokenizer, payload):
         "{% endif %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant] ")
     prompt = build_prompt(strict, payload("Question?", system="Rules."), context_window=4096, max_new_tokens=8)
     assert prompt.text == "[user] Rules.\n\nQuestion?\n[assistant] "
+
+
+# --------------------------------------------------------------------------- fitting long memory
+
+
+def _fit_by_dropping_one_turn_at_a_time(tokenizer, payload, context_window, max_new_tokens, tools=None):
+    """The reference: render, drop the oldest turn, render again, ... (what build_prompt must agree with)."""
+    from midori_hf_nb.prompting import _drop_oldest_turn, memory_to_messages, render, system_text
+
+    memory = memory_to_messages(payload.memory or [], structured_tools=tools is not None)
+    system = system_text(payload, include_thinking_blob=not payload.memory, tool_instructions=None)
+    head = [{"role": "system", "content": system}] if system else []
+    total = len(memory)
+    while True:
+        text, ids, _ = render(tokenizer, [*head, *memory, {"role": "user", "content": payload.user_message}], tools)
+        if len(ids) <= context_window - max_new_tokens:
+            return text, ids, total - len(memory)
+        if not memory:
+            return None
+        memory = _drop_oldest_turn(memory)
+
+
+def _mixed_memory():
+    """Turns of several shapes: an assistant first, tool calls with results, a tool entry, a system note."""
+    return [
+        MemoryEntryData("assistant", "Welcome back."),
+        MemoryEntryData("user", "Look up the weather in Paris " + "please " * 5),
+        MemoryEntryData("assistant", "", tool_calls=[{"name": "weather", "arguments": {"city": "Paris"},
+                                                      "result": {"sky": "clear"}}]),
+        MemoryEntryData("assistant", "It is clear in Paris."),
+        MemoryEntryData("user", "And Rome? " + "thanks " * 8),
+        MemoryEntryData("tool", "sunny", metadata={"name": "weather"}),
+        MemoryEntryData("assistant", "Sunny in Rome."),
+        MemoryEntryData("system", "Be brief from now on."),
+        MemoryEntryData("user", "Summarise " + "everything " * 6),
+        MemoryEntryData("assistant", "Clear in Paris, sunny in Rome."),
+        MemoryEntryData("user", "Thanks."),
+        MemoryEntryData("assistant", "You are welcome."),
+    ]
+
+
+@pytest.mark.parametrize("structured", [False, True], ids=["tools-as-text", "tools-in-template"])
+def test_fitting_agrees_with_dropping_one_turn_at_a_time(tokenizer, payload, structured):
+    p = payload("What was the weather?", memory=_mixed_memory())
+    tools = [] if structured else None
+    full = build_prompt(tokenizer, p, context_window=100_000, max_new_tokens=0, tools=tools)
+    bare = build_prompt(tokenizer, payload("What was the weather?"), context_window=100_000, max_new_tokens=0)
+    checked = 0
+    for window in range(bare.num_tokens - 3, full.num_tokens + 3):
+        expected = _fit_by_dropping_one_turn_at_a_time(tokenizer, p, window, 0, tools)
+        if expected is None:
+            with pytest.raises(ContextWindowError):
+                build_prompt(tokenizer, p, context_window=window, max_new_tokens=0, tools=tools)
+            continue
+        got = build_prompt(tokenizer, p, context_window=window, max_new_tokens=0, tools=tools)
+        assert (got.text, got.input_ids, got.dropped_memory) == expected, window
+        assert got.num_tokens <= window
+        checked += 1
+    assert checked > 20
+
+
+def test_turn_starts_are_where_dropping_turns_leaves_memory():
+    import random
+
+    from midori_hf_nb.prompting import _drop_oldest_turn, turn_starts
+
+    rng = random.Random(7)
+    for _ in range(300):
+        memory = [{"role": rng.choice(["user", "assistant", "tool", "system"])} for _ in range(rng.randrange(0, 12))]
+        expected, rest = [0], memory
+        while rest:
+            rest = _drop_oldest_turn(rest)
+            expected.append(len(memory) - len(rest))
+        assert turn_starts(memory) == expected, memory
+
+
+def test_twenty_thousand_memory_entries_fit_in_linear_time(tokenizer, payload):
+    import time
+
+    memory = [MemoryEntryData("user" if i % 2 == 0 else "assistant",
+                              f"entry {i}: " + "some words of the conversation " * 3) for i in range(20_000)]
+    p = payload("What did we talk about?", memory=memory)
+    started = time.perf_counter()
+    prompt = build_prompt(tokenizer, p, context_window=2048, max_new_tokens=256)
+    seconds = time.perf_counter() - started
+    # About half a second on a busy 2-core machine; re-rendering after each dropped turn took hours.
+    assert seconds < 10, f"fitting 20,000 memory entries took {seconds:.1f} s"
+    assert prompt.num_tokens <= 2048 - 256
+    assert 19_000 < prompt.dropped_memory < 20_000 and prompt.dropped_memory % 2 == 0
+    assert "entry 19999: " in prompt.text and "entry 19997: " in prompt.text
+    assert f"entry {prompt.dropped_memory - 1}: " not in prompt.text
+    assert prompt.text.endswith("<|im_start|>user\nWhat did we talk about?<|im_end|>\n<|im_start|>assistant\n")
+    one_more = build_prompt(tokenizer, payload("What did we talk about?", memory=memory[prompt.dropped_memory - 2:]),
+                            context_window=100_000, max_new_tokens=0)
+    assert one_more.num_tokens > 2048 - 256  # the next older turn would not have fitted
