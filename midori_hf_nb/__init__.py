@@ -24,7 +24,9 @@ from .protocol import (
     make_payload,
 )
 from .sources import DEFAULT_MODEL, ModelSourceError
+from .stats import ResponseStats, stats_of
 from .tools import ToolSchemaError
+from .validation import PayloadError
 
 __version__ = "0.1.0"
 
@@ -40,7 +42,9 @@ __all__ = [
     "MemoryEntryData",
     "MidoriAiAgentProtocol",
     "ModelSourceError",
+    "PayloadError",
     "ReasoningEffort",
+    "ResponseStats",
     "StreamEvent",
     "ToolLoopStream",
     "ToolSchemaError",
@@ -51,6 +55,7 @@ __all__ = [
     "load_ipython_extension",
     "make_payload",
     "parse_tool_calls",
+    "stats_of",
     "unload_ipython_extension",
 ]
 

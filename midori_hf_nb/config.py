@@ -68,8 +68,8 @@ def validate_generation_options(options: Any, field: str = "HuggingFaceConfig.ge
                                 streaming: bool = True) -> dict[str, Any]:
     """Check ``generate()`` options before any model is loaded; return them.
 
-    Unknown option names are checked against ``transformers.GenerationConfig`` when the model
-    loads (that needs transformers); here are the checks that need nothing:
+    Unknown option names are checked against ``transformers.GenerationConfig`` when a generation
+    starts (that needs transformers); here are the checks that need nothing:
 
     - option names are strings;
     - ``seed`` is not a ``generate()`` option: it is a per-call option of ``invoke``/``stream``;
@@ -154,7 +154,7 @@ class HuggingFaceConfig:
         trust_remote_code: allow model repositories to run their own Python code. Off by default.
         load_in_8bit / load_in_4bit: bitsandbytes quantization (at most one of them).
         generation_kwargs: further keyword arguments for ``model.generate`` (checked against
-            ``transformers.GenerationConfig`` when the model loads). Refused at once: ``seed``
+            ``transformers.GenerationConfig`` when a generation starts). Refused at once: ``seed``
             (a per-call option), ``num_beams`` other than 1 (beam search cannot stream) and
             ``num_return_sequences`` other than 1; see :func:`validate_generation_options`.
         progress: show progress bars while a model converts or loads.

@@ -21,14 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .config import ConfigError, HuggingFaceConfig
+from .config import ConfigError, HuggingFaceConfig, validate_generation_options, validate_seed
 
 #: Per-call overrides that change a configuration field.
 CONFIG_OVERRIDES = ("max_new_tokens", "temperature", "top_p", "top_k", "do_sample")
 #: Every per-call override with a meaning of its own (the rest are ``generate()`` options).
 NAMED_OVERRIDES = (*CONFIG_OVERRIDES, "greedy", "seed")
-#: The seeds ``torch.manual_seed`` accepts.
-SEED_RANGE = (-(2**63), 2**64)
 
 
 @dataclass
@@ -66,24 +64,15 @@ class CallSettings:
         return self.generation.greedy
 
 
-def _check_seed(seed: Any) -> int | None:
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed={seed!r} is not allowed: expected an integer (or None for no seeding)")
-    low, high = SEED_RANGE
-    if not low <= seed < high:
-        raise ConfigError(f"seed={seed} is not allowed: expected an integer from -2**63 to 2**64 - 1")
-    return seed
-
-
-def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], int | None, dict[str, Any]]:
+def split_overrides(overrides: Mapping[str, Any], *, streaming: bool = True,
+                    ) -> tuple[dict[str, Any], int | None, dict[str, Any]]:
     """Overrides as (configuration fields, seed, ``generate()`` options), with the greedy and
-    temperature rules of this module applied and each named field checked."""
+    temperature rules of this module applied and each named field checked (``streaming``: the
+    answer streams token by token, so beam search is refused)."""
     if not isinstance(overrides, Mapping):
         raise ConfigError(f"overrides={overrides!r} is not allowed: expected keyword arguments (a mapping)")
     rest = dict(overrides)
-    seed = _check_seed(rest.pop("seed", None))
+    seed = validate_seed(rest.pop("seed", None))
     greedy = rest.pop("greedy", None)
     if greedy is not None:
         if not isinstance(greedy, bool):
@@ -95,21 +84,23 @@ def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], int |
     fields = {k: rest.pop(k) for k in CONFIG_OVERRIDES if k in rest and rest[k] is not None}
     for k in CONFIG_OVERRIDES:
         rest.pop(k, None)  # an override of None means "the configuration's value"
+    validate_generation_options(rest, field="", streaming=streaming)
     temperature = fields.get("temperature")
     if "do_sample" not in fields and isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
         fields["do_sample"] = temperature > 0  # a temperature above 0 asks for sampling, 0 for greedy
     return fields, seed, rest
 
 
-def resolve_call_settings(config: HuggingFaceConfig, overrides: Mapping[str, Any] | None = None) -> CallSettings:
+def resolve_call_settings(config: HuggingFaceConfig, overrides: Mapping[str, Any] | None = None, *,
+                          streaming: bool = True) -> CallSettings:
     """The settings one call runs with: ``config`` with ``overrides`` applied and validated.
 
     Overrides: ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``do_sample``,
     ``greedy``, ``seed`` and any ``generate()`` option (e.g. ``repetition_penalty``,
     ``logits_processor``). Raises :class:`~midori_hf_nb.config.ConfigError` (a ``ValueError``)
-    naming the field and what is allowed.
+    naming the field and what is allowed. ``streaming=False`` (a batch) allows beam search.
     """
-    fields, seed, extra = split_overrides(overrides or {})
+    fields, seed, extra = split_overrides(overrides or {}, streaming=streaming)
     call_config = config.replace(**fields) if fields else config
     generation = GenerationSettings(
         max_new_tokens=call_config.max_new_tokens,
@@ -141,5 +132,5 @@ def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
-__all__ = ["CONFIG_OVERRIDES", "NAMED_OVERRIDES", "SEED_RANGE", "CallSettings", "GenerationSettings",
+__all__ = ["CONFIG_OVERRIDES", "NAMED_OVERRIDES", "CallSettings", "GenerationSettings",
            "check_overrides", "resolve_call_settings", "split_overrides"]

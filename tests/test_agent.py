@@ -310,3 +310,40 @@ def test_an_abandoned_stream_is_freed_at_once_and_stops_its_generation(tiny_mode
     assert freed, "the stream outlived the loop that dropped it: a reference cycle holds it"
     assert not alive and seconds < 5, f"generation still running {seconds:.1f} s after the stream was dropped"
     run(agent.unload_model())
+
+
+def test_a_long_memory_neither_blocks_the_event_loop_nor_takes_long(tiny_model, payload):
+    """20,000 memory entries: the prompt is fitted in linear time, in a worker thread, so a
+    heartbeat task on the same loop is never held up for more than 50 ms at a time."""
+    memory = [MemoryEntryData(role="user" if i % 2 == 0 else "assistant", content=f"Message number {i} about rivers.")
+              for i in range(20_000)]
+    agent = HuggingFaceLocalAgent(model=str(tiny_model), do_sample=False, max_new_tokens=4, context_window=1024,
+                                  progress=False, device="cpu")
+
+    async def scenario():
+        await agent.load()
+        gaps: list[float] = []
+        stop = asyncio.Event()
+
+        async def heartbeat():
+            last = time.perf_counter()
+            while not stop.is_set():
+                await asyncio.sleep(0.005)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        beat = asyncio.create_task(heartbeat())
+        await asyncio.sleep(0.02)
+        started = time.perf_counter()
+        response = await agent.invoke(payload("Which river did we discuss last?", memory=memory))
+        seconds = time.perf_counter() - started
+        stop.set()
+        await beat
+        return response, seconds, max(gaps)
+
+    response, seconds, longest_gap = run(scenario())
+    assert response.metadata["memory_dropped"] > 19_000  # most of the history did not fit the window
+    assert longest_gap < 0.05, f"the event loop was blocked for {longest_gap * 1000:.0f} ms"
+    print(f"20,000 entries: invoke {seconds:.2f} s, longest event-loop gap {longest_gap * 1000:.1f} ms")
+    run(agent.unload_model())

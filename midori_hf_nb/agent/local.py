@@ -13,11 +13,12 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..config import DEFAULTS, HuggingFaceConfig
+from ..config import DEFAULTS, ConfigError, HuggingFaceConfig
 from ..prompting import Prompt, build_prompt, template_supports_tools
 from ..protocol import AgentPayload, AgentResponse, MidoriAiAgentProtocol, ReasoningEffort
 from ..settings import CallSettings, resolve_call_settings
 from ..tools import DEFAULT_MAX_RESULT_CHARS, DEFAULT_TOOL_TIMEOUT, tool_instructions, tool_schemas
+from ..validation import validate_payloads, validate_reasoning_effort
 from .responses import build_response
 from .stream import AgentStream
 from .tool_loop import ToolLoopStream
@@ -75,7 +76,7 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
             context_window=context_window, trust_remote_code=trust_remote_code,
             load_in_8bit=load_in_8bit, load_in_4bit=load_in_4bit, **kwargs,
         )
-        self._reasoning_effort = reasoning_effort
+        self._reasoning_effort = validate_reasoning_effort(reasoning_effort, "reasoning_effort", error=ConfigError)
         self._lm: LoadedModel | None = None
         self._key: tuple | None = None
         self._load_lock = threading.Lock()
@@ -163,10 +164,11 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
 
     # ------------------------------------------------------------------ building blocks
 
-    def resolve_settings(self, overrides: dict[str, Any] | None = None) -> CallSettings:
+    def resolve_settings(self, overrides: dict[str, Any] | None = None, *, streaming: bool = True) -> CallSettings:
         """The settings a call with ``overrides`` runs with (see :mod:`midori_hf_nb.settings`);
-        raises ``ValueError`` naming a field that is not allowed."""
-        return resolve_call_settings(self._config, overrides or {})
+        raises ``ValueError`` naming a field that is not allowed (``streaming=False``: a batch,
+        where beam search is allowed)."""
+        return resolve_call_settings(self._config, overrides or {}, streaming=streaming)
 
     def build_prompt(self, lm: "LoadedModel", payload: AgentPayload, call: CallSettings,
                      schemas: list[dict] | None = None, continuation: list[dict] | None = None) -> Prompt:
@@ -202,10 +204,11 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         ``time_to_first_token``) is that of the whole batch. Setting ``stop_event`` stops every
         sequence within a token (``finish_reason="cancelled"``).
         """
+        payloads = validate_payloads(payloads)
         if not payloads:
             return []
         schemas = tool_schemas(tools) if tools else None
-        call = self.resolve_settings(overrides)
+        call = self.resolve_settings(overrides, streaming=False)
         from .. import engine
 
         engine.check_generation_kwargs(call.generation.extra)

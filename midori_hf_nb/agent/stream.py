@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 from ..parsing import StreamSplitter, prompt_opens_thinking
 from ..protocol import AgentPayload, AgentResponse
 from ..tools import tool_names
+from ..validation import validate_payload
 from .events import EventStream, StreamEvent
 from .live import LiveGeneration
 from .responses import adopt_live_ids, build_response
@@ -94,6 +95,7 @@ async def run_generation(state: StreamState, agent: "GenerationHost", payload: A
                          overrides: dict[str, Any], schemas: list[dict] | None,
                          continuation: list[dict] | None) -> AsyncIterator[StreamEvent]:
     """The events of one generation (the body of :class:`AgentStream`)."""
+    payload = await asyncio.to_thread(validate_payload, payload)  # refused before a model loads, naming the field
     call = agent.resolve_settings(overrides)
     lm = await agent.ensure_loaded()
     from .. import engine
