@@ -7,7 +7,6 @@ No model: the scripted agent answers, and most tests never generate at all.
 from __future__ import annotations
 
 import ast
-import copy
 import json
 from pathlib import Path
 

@@ -168,7 +168,7 @@ def test_a_100kb_result_is_cut_to_the_room_left_in_the_context_window(agent, pay
     assert step["status"] == "ok" and step["result"] is numbers
     shown = int(step["note"].split("cut to ")[-1].split(" of ")[0])
     assert 0 < shown < DEFAULT_MAX_RESULT_CHARS
-    assert f"to fit the context window" in step["note"]
+    assert "to fit the context window" in step["note"]
     second = prompts(agent, forced)[1]
     assert fed_back(agent, "read_series", f"{full[:shown]}\n[truncated: {shown} of {len(full)} characters]") in second
     window = agent.config.context_window - agent.config.max_new_tokens

@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterator
 
+from ..loop_thread import cancel_soon
 from .rows import Outcome, Row
 
 _ITEM, _END, _ERROR = "item", "end", "error"
@@ -86,12 +87,7 @@ class WorkerLoop:
     def cancel(self) -> None:
         """Cancel ``main`` (its running calls get ``CancelledError``)."""
         self._ready.wait()
-        loop, task = self._loop, self._task
-        if loop is not None and task is not None:
-            try:
-                loop.call_soon_threadsafe(task.cancel)
-            except RuntimeError:  # the loop already closed: nothing left to cancel
-                pass
+        cancel_soon(self._loop, self._task)
 
     def join(self) -> None:
         """Wait for the worker thread to end, through further interrupts."""

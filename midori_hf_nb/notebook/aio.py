@@ -35,6 +35,8 @@ import queue
 import threading
 from typing import Any, Awaitable, Coroutine, Iterator, TypeVar
 
+from ..loop_thread import cancel_soon
+
 T = TypeVar("T")
 
 RUN_MODES = ("auto", "thread", "nest")
@@ -77,12 +79,7 @@ class _ThreadRunner:
 
     def cancel(self) -> None:
         self._started.wait()
-        loop, task = self._loop, self._task
-        if loop is not None and task is not None:
-            try:
-                loop.call_soon_threadsafe(task.cancel)
-            except RuntimeError:  # the loop already closed: nothing left to cancel
-                pass
+        cancel_soon(self._loop, self._task)
 
     def result(self, timeout: float | None) -> Any:
         self.thread.start()

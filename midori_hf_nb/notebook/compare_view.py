@@ -122,7 +122,6 @@ def comparison_view(df: "pd.DataFrame", *, columns: str = "settings", value: str
     Row labels are the prompt, plus the system prompt when there are several, plus the repeat
     when there are several. Everything shown is HTML-escaped.
     """
-    import pandas as pd
 
     width = css_length("comparison_view", "width", width)
     if columns not in _COLUMNS:

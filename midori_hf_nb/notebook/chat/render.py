@@ -9,8 +9,7 @@ typed (:class:`~.transcript.TranscriptEntry`), never by metadata keys.
 from __future__ import annotations
 
 from ...protocol import MemoryEntryData
-from ...stats import ResponseStats
-from ..display import STYLE_BOX, STYLE_FOOTER, escape, render_response_html
+from ..display import STYLE_BOX, STYLE_FOOTER, decode_label, escape, render_response_html
 from .transcript import ROLES, TranscriptEntry, role_label
 
 STYLE_MESSAGE = "margin:0.35em 0;padding:0.35em 0.6em;border-radius:6px;line-height:1.45"
@@ -85,13 +84,6 @@ def render_status_html(text: str) -> str:
 # --------------------------------------------------------------------------- status text (plain)
 
 
-def decode_text(stats: ResponseStats) -> str:
-    """Which decoder ran: "decode: engine", "decode: generate (reason)", or '' when not reported."""
-    if not stats.decode_path:
-        return ""
-    return f"decode: {stats.decode_path}" + (f" ({stats.decode_path_reason})" if stats.decode_path_reason else "")
-
-
 def live_status_text(tokens: int | None, elapsed: float) -> str:
     """The status while an answer streams: tokens and tokens/s (when countable) and seconds."""
     parts = ["generating…"]
@@ -120,8 +112,8 @@ def final_status_text(entry: TranscriptEntry, *, ignored: tuple[str, ...] = ()) 
         parts.append(f"finish: {stats.finish_reason}")
     if stats.model:
         parts.append(f"model: {stats.model}")
-    if decode_text(stats):
-        parts.append(decode_text(stats))
+    if decode_label(stats):
+        parts.append(decode_label(stats))
     if ignored:
         parts.append(f"not taken by the agent: {', '.join(ignored)}")
     return " · ".join(parts)
@@ -129,7 +121,6 @@ def final_status_text(entry: TranscriptEntry, *, ignored: tuple[str, ...] = ()) 
 
 __all__ = [
     "RETRY_HINT",
-    "decode_text",
     "final_status_text",
     "live_status_text",
     "render_entry_html",
