@@ -23,6 +23,7 @@ from .protocol import (
     ReasoningEffort,
     make_payload,
 )
+from .integrity import CacheRepairWarning, CorruptModelError
 from .sources import DEFAULT_MODEL, ModelSourceError
 from .tools import ToolSchemaError
 
@@ -33,8 +34,10 @@ __all__ = [
     "AgentPayload",
     "AgentResponse",
     "AgentStream",
+    "CacheRepairWarning",
     "ConfigError",
     "ContextWindowError",
+    "CorruptModelError",
     "HuggingFaceConfig",
     "HuggingFaceLocalAgent",
     "MemoryEntryData",
