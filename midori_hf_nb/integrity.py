@@ -307,8 +307,9 @@ def damaged_folder_error(folder: str | os.PathLike, exc: BaseException,
     if not problems:
         return None
     if cache_of:
-        fix = (f"The folder is the cached conversion of {cache_of}: delete {folder} and load the model again to "
-               "convert it again (or load with MIDORI_HF_NB_VERIFY=full, which finds and repairs this on its own).")
+        fix = (f"The folder is a cached conversion of {cache_of} whose files kept their recorded sizes and times: "
+               f"delete {folder} and load the model again to convert it again (MIDORI_HF_NB_VERIFY=full, which "
+               "hashes every file on load, finds and repairs such changes on its own).")
     else:
         fix = ("This is a model folder of your own, not a cache, so it cannot be converted again: copy or download "
                "the model again, or save it again with save_pretrained.")

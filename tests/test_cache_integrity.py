@@ -172,6 +172,19 @@ def test_damaged_float32_conversion_is_converted_again_before_a_bfloat16_copy_is
     print(f"float32 conversion and bfloat16 copy made again in {time.perf_counter() - started:.1f} s")
 
 
+def test_cache_damaged_behind_the_quick_check_names_the_file_when_it_fails_to_load(cache):
+    variant = cache / "bfloat16"
+    tokenizer = variant / "tokenizer.json"
+    stat = tokenizer.stat()
+    _scribble(tokenizer, 1000)
+    os.utime(tokenizer, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(CorruptModelError) as info:
+        _load("bfloat16")
+    message = str(info.value)
+    assert f"model directory {variant} is damaged: tokenizer.json: not valid JSON" in message
+    assert f"delete {variant}" in message and "MIDORI_HF_NB_VERIFY=full" in message
+
+
 def test_touched_or_copied_cache_is_accepted_without_converting_again(cache):
     weights = cache / "model.safetensors"
     inode = weights.stat().st_ino
