@@ -13,6 +13,7 @@ from .agent import AgentStream, HuggingFaceLocalAgent, StreamEvent, ToolLoopStre
 from .compare import compare
 from .config import ConfigError, HuggingFaceConfig
 from .factory import get_agent, get_agent_from_config
+from .integrity import CacheRepairWarning, CorruptModelError
 from .parsing import extract_reasoning, parse_tool_calls
 from .prompting import ContextWindowError
 from .protocol import (
@@ -23,7 +24,6 @@ from .protocol import (
     ReasoningEffort,
     make_payload,
 )
-from .integrity import CacheRepairWarning, CorruptModelError
 from .sources import DEFAULT_MODEL, ModelSourceError
 from .tools import ToolSchemaError
 
