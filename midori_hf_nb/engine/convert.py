@@ -6,21 +6,23 @@ every load against what was written, and converted again when it no longer match
 :func:`dtype_variant`) gets a ``midori-source.json`` manifest, written last, holding under
 ``"files"`` the size, ``mtime_ns`` and sha256 of every file written
 (:func:`midori_hf_nb.integrity.record_files`). The sha256 is computed once, at write time,
-where it costs about 0.6 s next to a 25-40 s conversion.
+where it costs about 0.5 s next to a 25-40 s conversion.
 
 **What is checked on each load** (:func:`midori_hf_nb.integrity.verify_conversion`): every
-recorded file exists with its recorded size and ``mtime_ns`` (a few ``stat`` calls, well
-under a millisecond). A file whose ``mtime_ns`` changed is hashed: a matching hash (a
-copied or touched cache) is accepted and the new ``mtime_ns`` recorded; a different one
-means the content changed. Why not hash on every load: sha256 of the 538 MB float32
-conversion of the default model takes about 0.6 s here (sha-ni; sha1 and crc32 are no
-faster than 0.3 s), while a load from the cache takes about 0.3 s, so hashing would
-triple it. Any write to a file, even one that keeps its size (random bytes written in
-place), changes its ``mtime_ns``, so the stat check catches edits, truncation and deleted
-files; what it cannot catch is damage that leaves ``mtime_ns`` alone (bit rot, a restored
-timestamp). ``verify="full"`` (or ``MIDORI_HF_NB_VERIFY=full`` in the environment) hashes
-every file on load for that. A file that passes the check but still fails to load is
-named by the structural checks (see :mod:`midori_hf_nb.engine.loading`).
+recorded file exists with its recorded size and ``mtime_ns`` (a few ``stat`` calls: about
+0.2 ms for the default model's conversion and its bfloat16 copy together). A file whose
+``mtime_ns`` changed is hashed: a matching hash (a copied or touched cache) is accepted and
+the new ``mtime_ns`` recorded; a different one means the content changed. Why not hash on
+every load: on a 2-core x86 machine with SHA instructions, sha256 of the default model's
+538 MB float32 conversion takes about 0.5 s and of its bfloat16 copy 0.25 s, while a whole
+load from the cache takes about 0.3 s; the standard library has nothing much cheaper
+(sha1 0.57 s, crc32 0.3 s for the 538 MB), so hashing would triple every load. Any write
+to a file, even one that keeps its size (random bytes written in place), changes its
+``mtime_ns``, so the stat check catches edits, truncation and deleted files; what it cannot
+catch is damage that leaves ``mtime_ns`` alone (bit rot, a restored timestamp).
+``verify="full"`` (or ``MIDORI_HF_NB_VERIFY=full`` in the environment) hashes every file on
+load for that. A file that passes the check but still fails to load is named by the
+structural checks (``_explain_load_error`` in :mod:`midori_hf_nb.engine.loading`).
 
 **Repair.** A folder that does not match is converted again from its source, the GGUF file
 being the source of truth (a half-precision copy is saved again from the float32
