@@ -13,6 +13,7 @@ from .agent import AgentStream, HuggingFaceLocalAgent, StreamEvent, ToolLoopStre
 from .compare import compare
 from .config import ConfigError, HuggingFaceConfig
 from .factory import get_agent, get_agent_from_config
+from .integrity import CacheRepairWarning, CorruptModelError
 from .parsing import extract_reasoning, parse_tool_calls
 from .prompting import ContextWindowError
 from .protocol import (
@@ -35,8 +36,10 @@ __all__ = [
     "AgentPayload",
     "AgentResponse",
     "AgentStream",
+    "CacheRepairWarning",
     "ConfigError",
     "ContextWindowError",
+    "CorruptModelError",
     "HuggingFaceConfig",
     "HuggingFaceLocalAgent",
     "MemoryEntryData",

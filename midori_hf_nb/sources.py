@@ -89,7 +89,9 @@ def resolve_source(model: str) -> ModelSource:
     """Resolve a user's ``model`` string to a :class:`ModelSource`.
 
     Order: the :data:`DEFAULT_MODEL` alias; an existing local ``.gguf`` file or directory; a
-    hub id. A path that does not exist raises :class:`ModelSourceError` at once.
+    hub id. A path that does not exist raises :class:`ModelSourceError` at once, and a
+    ``.gguf`` file that is empty, too short or not a GGUF file raises
+    :class:`~midori_hf_nb.integrity.CorruptModelError` naming it.
     """
     if model == DEFAULT_MODEL:
         return ModelSource("gguf", str(default_model_path()), model)
@@ -99,6 +101,9 @@ def resolve_source(model: str) -> ModelSource:
             raise ModelSourceError(
                 f"model {model!r} is a file but not a .gguf file; pass a model directory, a .gguf file or a hub id"
             )
+        from .integrity import check_gguf_header  # imports this module
+
+        check_gguf_header(path.resolve())
         return ModelSource("gguf", str(path.resolve()), model)
     if path.is_dir():
         if not (path / "config.json").is_file():

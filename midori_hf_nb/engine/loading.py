@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..config import HuggingFaceConfig
+from ..integrity import damaged_folder_error
 from ..registry import ModelRegistry
 from ..sources import ModelSource, ModelSourceError, hub_offline, resolve_source
 
@@ -138,6 +139,18 @@ def _hub_error(source: ModelSource, exc: BaseException) -> ModelSourceError:
     )
 
 
+def _explain_load_error(spec: LoadSpec, path: str, exc: Exception) -> None:
+    """Raise a clearer error for a failed load when there is one: a hub id that was not found,
+    or the damaged file (truncated, not valid JSON, not safetensors) in a local folder."""
+    if spec.source.kind == "hub":
+        if isinstance(exc, OSError):
+            raise _hub_error(spec.source, exc) from exc
+        return
+    damaged = damaged_folder_error(path, exc, cache_of=spec.source.location if spec.source.kind == "gguf" else None)
+    if damaged is not None:
+        raise damaged from exc
+
+
 def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
     """Load the model and tokenizer of ``spec`` (converting a GGUF file on first use)."""
     from tqdm.auto import tqdm
@@ -156,9 +169,8 @@ def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
         bar.set_postfix_str("tokenizer")
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, **common)
-        except OSError as exc:
-            if spec.source.kind == "hub":
-                raise _hub_error(spec.source, exc) from exc
+        except Exception as exc:
+            _explain_load_error(spec, path, exc)
             raise
         bar.update(1)
         bar.set_postfix_str("weights")
@@ -178,9 +190,8 @@ def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
         try:
             with _progress_bars(progress):
                 model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        except OSError as exc:
-            if spec.source.kind == "hub":
-                raise _hub_error(spec.source, exc) from exc
+        except Exception as exc:
+            _explain_load_error(spec, path, exc)
             raise
         model.eval()
         if spec.quantization in ("int8", "int4"):
