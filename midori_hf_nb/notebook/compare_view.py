@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import html
 import math
 import re
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..compare import STATUS_OK, check_columns, config_label, settings_columns, summarize
 from ..compare.columns import is_missing
+from .escaping import escape_html
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -58,14 +58,13 @@ def css_length(where: str, name: str, value: Any) -> str:
 
 def cell_html(value: Any, precision: int = 2) -> str:
     """Any cell or label as escaped HTML text: empty when missing, floats to ``precision``
-    decimals, everything else through ``str`` and :func:`html.escape`."""
+    decimals, everything else through the notebook layer's one escaping helper
+    (:func:`~midori_hf_nb.notebook.escaping.escape_html`, which also survives a broken ``__str__``)."""
     if is_missing(value):
         return ""
     if isinstance(value, float) and not isinstance(value, bool):
-        text = f"{value:.{precision}f}"
-    else:
-        text = str(value)
-    return html.escape(text, quote=True)
+        return escape_html(f"{value:.{precision}f}")
+    return escape_html(value)
 
 
 def _cell_css(width: str) -> list[dict[str, str]]:
