@@ -77,7 +77,7 @@ from ..integrity import (
 from ..sources import ModelSourceError, gguf_cache_dir
 
 from .capabilities import make_gguf_model_saveable
-from .devices import TORCH_DTYPES, _trim_heap
+from .devices import TORCH_DTYPES, trim_heap
 
 try:  # POSIX advisory locks keep two processes from converting the same file at once
     import fcntl
@@ -175,7 +175,7 @@ def convert_gguf(gguf_path: str | os.PathLike, progress: bool = True, verify: st
         try:
             started = time.perf_counter()
             try:
-                with _progress_bars(progress):
+                with progress_bars(progress):
                     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
                     model = AutoModelForCausalLM.from_pretrained(
                         gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
@@ -189,7 +189,7 @@ def convert_gguf(gguf_path: str | os.PathLike, progress: bool = True, verify: st
                     "if its architecture is not supported, use the model's safetensors release instead"
                 ) from exc
             make_gguf_model_saveable(model)
-            with _progress_bars(progress):
+            with progress_bars(progress):
                 model.save_pretrained(partial)
                 tokenizer.save_pretrained(partial)
             stat = gguf_path.stat()
@@ -255,7 +255,7 @@ def dtype_variant(folder: str | os.PathLike, dtype: str, progress: bool = True, 
         partial.chmod(0o755)
         try:
             started = time.perf_counter()
-            with _progress_bars(progress):
+            with progress_bars(progress):
                 tokenizer = AutoTokenizer.from_pretrained(folder)
                 model = AutoModelForCausalLM.from_pretrained(folder, dtype=TORCH_DTYPES[dtype])
                 model.save_pretrained(partial)
@@ -269,12 +269,12 @@ def dtype_variant(folder: str | os.PathLike, dtype: str, progress: bool = True, 
             shutil.rmtree(partial, ignore_errors=True)
             raise
     gc.collect()
-    _trim_heap()
+    trim_heap()
     return target
 
 
 @contextlib.contextmanager
-def _progress_bars(enabled: bool):
+def progress_bars(enabled: bool):
     """Show or hide transformers' own progress bars for the duration."""
     from transformers.utils import logging as hf_logging
 

@@ -75,7 +75,7 @@ def resolve_dtype(requested: str, device: str, quantization: str | None = None) 
     return "float16"
 
 
-def _trim_heap() -> None:
+def trim_heap() -> None:
     """Ask glibc to hand freed heap pages back to the OS (no-op elsewhere)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)

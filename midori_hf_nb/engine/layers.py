@@ -10,7 +10,7 @@ import torch
 
 
 from . import capabilities
-from .devices import _trim_heap
+from .devices import trim_heap
 
 
 class QuantizationError(RuntimeError):
@@ -183,5 +183,5 @@ def quantize_weights(model: torch.nn.Module, kind: str) -> int:
             replaced += 1
     if kind == "int8" and getattr(model.config, "tie_word_embeddings", False):
         model.config.tie_word_embeddings = False  # the head is its own (int8) tensor now
-    _trim_heap()
+    trim_heap()
     return replaced

@@ -22,8 +22,8 @@ from ..sources import ModelSource, ModelSourceError, hub_offline, resolve_source
 
 from . import capabilities
 from .capabilities import DecodeLoopSupport
-from .convert import _progress_bars, convert_gguf, dtype_variant
-from .devices import TORCH_DTYPES, _trim_heap, mps_available, resolve_device, resolve_dtype
+from .convert import progress_bars, convert_gguf, dtype_variant
+from .devices import TORCH_DTYPES, trim_heap, mps_available, resolve_device, resolve_dtype
 from .layers import QuantizationError, quantize_weights, use_bf16_cpu_linears
 
 
@@ -188,7 +188,7 @@ def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
         elif spec.device != "cpu":
             kwargs["device_map"] = {"": spec.device}
         try:
-            with _progress_bars(progress):
+            with progress_bars(progress):
                 model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         except Exception as exc:
             _explain_load_error(spec, path, exc)
@@ -228,7 +228,7 @@ def _free(lm: LoadedModel) -> None:
     if mps_available():
         with contextlib.suppress(Exception):
             torch.mps.empty_cache()
-    _trim_heap()
+    trim_heap()
 
 
 #: The process-wide registry of loaded models.

@@ -217,7 +217,7 @@ class ToolRunner:
         if len(text) > self.max_result_chars:
             record.content = truncate_text(text, self.max_result_chars, len(text))
             record.shown_chars = self.max_result_chars
-            record._add_note(f"text for the model cut to {self.max_result_chars} of {len(text)} characters "
+            record.add_note(f"text for the model cut to {self.max_result_chars} of {len(text)} characters "
                              "(max_result_chars)")
         else:
             record.content, record.shown_chars = text, len(text)
@@ -282,7 +282,7 @@ class ToolRunner:
         self._refuse(record, "timeout", f"tool {record.name!r} did not finish within {self.tool_timeout:g} s "
                                         "(tool_timeout) and was abandoned")
         if thread is not None and thread.is_alive():
-            record._add_note(f"its thread {thread.name!r} is still running: a Python thread cannot be stopped, "
+            record.add_note(f"its thread {thread.name!r} is still running: a Python thread cannot be stopped, "
                              "so it runs on in the background and its result is ignored")
 
 

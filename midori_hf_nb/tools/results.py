@@ -60,7 +60,7 @@ class ToolStep:
             "note": self.note,
         }
 
-    def _add_note(self, text: str) -> None:
+    def add_note(self, text: str) -> None:
         self.note = f"{self.note}; {text}" if self.note else text
 
 
@@ -166,7 +166,7 @@ class ResultRoom:
                     high = middle - 1
             record.content = truncate_text(kept, low, total)
             record.shown_chars = low
-            record._add_note(f"text for the model cut to {low} of {total} characters to fit the context window "
+            record.add_note(f"text for the model cut to {low} of {total} characters to fit the context window "
                              f"({max(share, 0)} tokens were left for it)")
             used = self.count(record.content)
         self.tokens -= used
