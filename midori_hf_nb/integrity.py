@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .sources import ModelSourceError
+from .errors import ModelSourceError
 
 #: The manifest of a cached conversion, written last into the folder.
 MANIFEST = "midori-source.json"

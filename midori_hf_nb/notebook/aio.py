@@ -31,11 +31,10 @@ token), then re-raises.
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
 from typing import Any, Awaitable, Coroutine, Iterator, TypeVar
 
-from ..loop_thread import cancel_soon
+from ..loop_thread import AsyncIterPump, cancel_soon
 
 T = TypeVar("T")
 
@@ -152,53 +151,13 @@ def _run_nested(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.get_running_loop().run_until_complete(coro)
 
 
-class _AsyncIterPump:
-    """Iterates an async iterator in a worker thread, handing its items over a thread-safe queue."""
-
-    _END = object()
-
-    def __init__(self, iterator: Any, on_cancel: Any = None) -> None:
-        self._iterator = iterator
-        self._on_cancel = on_cancel
-        self.items: queue.Queue = queue.Queue()
-        self.thread = threading.Thread(target=self._main, name="midori-stream", daemon=True)
-
-    def _main(self) -> None:
-        async def consume() -> None:
-            try:
-                async for item in self._iterator:
-                    self.items.put(("item", item))
-            finally:
-                close = getattr(self._iterator, "aclose", None)
-                if close is not None:
-                    await close()
-
-        try:
-            asyncio.run(consume())
-            self.items.put(("end", None))
-        except BaseException as exc:
-            self.items.put(("error", exc))
-
-    def start(self) -> "_AsyncIterPump":
-        self.thread.start()
-        return self
-
-    def get(self, timeout: float | None = None) -> tuple[str, Any]:
-        """The next ``(kind, value)``: ``("item", x)``, ``("end", None)``, ``("error", exc)``; raises ``queue.Empty``."""
-        return self.items.get(timeout=timeout)
-
-    def cancel(self) -> None:
-        if self._on_cancel is not None:
-            self._on_cancel()
-
-
 def iterate(aiterator: Any, *, on_cancel: Any = None) -> Iterator[Any]:
     """Iterate an async iterator from synchronous code (a worker thread drives it).
 
     Closing the generator early (``break``) or an exception in the consumer calls
     ``on_cancel`` (e.g. ``stream.cancel``) and waits for the worker to finish.
     """
-    pump = _AsyncIterPump(aiterator, on_cancel).start()
+    pump = AsyncIterPump(aiterator, on_cancel).start()
     finished = False
     try:
         while True:

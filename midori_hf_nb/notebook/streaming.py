@@ -47,6 +47,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..loop_thread import AsyncIterPump
 from .agent_calls import open_event_stream
 from .display import (
     STYLE_ANSWER,
@@ -406,11 +407,9 @@ def display_stream(agent: Any, payload: Any, *, throttle: float = DEFAULT_THROTT
     (default) the partial response is returned, with ``"raise"`` the interrupt is re-raised
     after the display shows it. Arguments are those of :func:`stream_to_cell`.
     """
-    from .aio import _AsyncIterPump
-
     view, stream = _start(agent, payload, on_interrupt, view, tools, overrides,
                           sink=sink, throttle=throttle, show_thinking=show_thinking, title=title)
-    pump = _AsyncIterPump(stream, on_cancel=stream.cancel).start()
+    pump = AsyncIterPump(stream, on_cancel=stream.cancel).start()
     interrupt: KeyboardInterrupt | None = None
     while True:
         try:
