@@ -196,6 +196,7 @@ class Worker:
 
     def _setup_agent(self, name: str, options: dict[str, Any], n: int) -> None:
         from midori_hf_nb import make_payload
+        from midori_hf_nb.stats import stats_of
 
         from midori_hf_nb import engine
 
@@ -209,31 +210,18 @@ class Worker:
             governor = agent.loaded_model.governors.get(1)
             return {str(k): v for k, v in governor.steps.items()} if governor else {}
 
-        # When the engine starts generating (the agent calls engine.generate by attribute, so this
-        # wrapper sees every call): the time to first token is then measured from the agent call,
-        # prompt building and the hand-over to the generation thread included.
-        engine_started: list[float] = []
-        generate = engine.generate
-
-        def timed_generate(*args: Any, **kwargs: Any) -> Any:
-            engine_started.append(time.perf_counter())
-            return generate(*args, **kwargs)
-
-        engine.generate = timed_generate
-
         def run(max_new: int) -> dict[str, Any]:
-            engine_started.clear()
             started = time.perf_counter()
             response = self.loop.run_until_complete(agent.invoke(payload, max_new_tokens=max_new))
             ended = time.perf_counter()
-            meta = response.metadata
-            ttft = None
-            if meta["time_to_first_token"] is not None and engine_started:
-                ttft = engine_started[0] - started + meta["time_to_first_token"]
-            return {"prompt_tokens": meta["prompt_tokens"], "tokens": meta["completion_tokens"], "ttft": ttft,
-                    "decode_tps": meta["decode_tokens_per_second"], "total": ended - started, "threads": threads, "text": response.response,
-                    "steps_by_threads": steps_by_threads(), "decode_path": meta.get("decode_path"),
-                    "decode_path_reason": meta.get("decode_path_reason")}
+            stats = stats_of(response)
+            # the agent's own figure: from the call to the first token, prompt building and the
+            # hand-over to the generation thread included
+            return {"prompt_tokens": stats.prompt_tokens, "tokens": stats.completion_tokens,
+                    "ttft": stats.call_to_first_token, "decode_tps": stats.decode_tokens_per_second,
+                    "total": ended - started, "threads": threads, "text": response.response,
+                    "steps_by_threads": steps_by_threads(), "decode_path": stats.decode_path,
+                    "decode_path_reason": stats.decode_path_reason}
 
         self.runners[name] = run
         self.info[name] = self._agent_info(agent)

@@ -41,6 +41,8 @@ class ResponseStats:
     total_seconds: float | None = None
     #: seconds from the call to the response (prompt building, loading waits included)
     wall_seconds: float | None = None
+    #: seconds from the call to the first token (prompt building and the hand-over included)
+    call_to_first_token: float | None = None
     tokens_per_second: float | None = None
     decode_tokens_per_second: float | None = None
     finish_reason: str | None = None
@@ -194,7 +196,7 @@ def _records(name: str, value: Any) -> list[dict[str, Any]]:
 _CHECKS = {
     "model": _opt(_text), "backend": _opt(_text), "session_id": _opt(_text),
     "prompt_tokens": _opt(_count), "completion_tokens": _opt(_count),
-    "time_to_first_token": _opt(_seconds), "total_seconds": _opt(_seconds), "wall_seconds": _opt(_seconds),
+    "time_to_first_token": _opt(_seconds), "total_seconds": _opt(_seconds), "wall_seconds": _opt(_seconds), "call_to_first_token": _opt(_seconds),
     "tokens_per_second": _opt(_seconds), "decode_tokens_per_second": _opt(_seconds),
     "finish_reason": _opt(_finish), "decode_path": _opt(_text), "decode_path_reason": _opt(_text),
     "memory_dropped": _opt(_count), "used_chat_template": _opt(_flag), "device": _opt(_text),

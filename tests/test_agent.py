@@ -347,3 +347,12 @@ def test_a_long_memory_neither_blocks_the_event_loop_nor_takes_long(tiny_model, 
     assert longest_gap < 0.05, f"the event loop was blocked for {longest_gap * 1000:.0f} ms"
     print(f"20,000 entries: invoke {seconds:.2f} s, longest event-loop gap {longest_gap * 1000:.1f} ms")
     run(agent.unload_model())
+
+
+def test_time_to_first_token_is_also_reported_from_the_call(tiny_model, payload):
+    agent = HuggingFaceLocalAgent(model=str(tiny_model), do_sample=False, max_new_tokens=6, progress=False,
+                                  device="cpu")
+    response = run(agent.invoke(payload("q")))
+    meta = response.metadata
+    assert 0 < meta["time_to_first_token"] <= meta["call_to_first_token"] <= meta["wall_seconds"]
+    run(agent.unload_model())

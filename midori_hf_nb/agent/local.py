@@ -211,17 +211,16 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         call = self.resolve_settings(overrides, streaming=False)
         from .. import engine
 
+        started = time.perf_counter()
         engine.check_generation_kwargs(call.generation.extra)
         lm = self._acquire_sync()
         prompts = [self.build_prompt(lm, payload, call, schemas, None) for payload in payloads]
-        started = time.perf_counter()
         if len(prompts) == 1:  # no padding: the single-sequence path of invoke
             results = [engine.generate(lm, prompts[0].input_ids, call.generation, stop_event=stop_event)]
         else:
             results = engine.generate_batch(lm, [p.input_ids for p in prompts], call.generation, stop_event)
-        wall = time.perf_counter() - started
         name = str(self._config.model)
-        return [build_response(name, lm, prompt, result, call, payload, schemas, wall)
+        return [build_response(name, lm, prompt, result, call, payload, schemas, started)
                 for prompt, result, payload in zip(prompts, results, payloads)]
 
     # ------------------------------------------------------------------ protocol

@@ -5,6 +5,7 @@ typed :class:`~midori_hf_nb.stats.ResponseStats` put into the metadata."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..parsing import extract_reasoning_blocks, normalise_call, parse_tool_calls_detailed, unique_ids
@@ -40,8 +41,10 @@ def native_parse(tokenizer: Any, text: str, prefix: str, schemas: list[dict] | N
 
 def build_response(model_name: str, lm: "LoadedModel", prompt: "Prompt", result: "GenerationResult",
                    call: "CallSettings", payload: AgentPayload, schemas: list[dict] | None,
-                   wall_seconds: float) -> AgentResponse:
-    """The protocol response of one generation, with its statistics in ``metadata``."""
+                   called_at: float) -> AgentResponse:
+    """The protocol response of one generation, with its statistics in ``metadata``
+    (``called_at``: ``time.perf_counter()`` when the call began)."""
+    now = time.perf_counter()
     settings = call.generation
     native = native_parse(lm.tokenizer, result.text, prompt.text, schemas)
     native_calls: list[dict] = []
@@ -60,7 +63,8 @@ def build_response(model_name: str, lm: "LoadedModel", prompt: "Prompt", result:
     stats = ResponseStats(
         model=model_name, backend="huggingface", session_id=payload.session_id,
         prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-        time_to_first_token=result.time_to_first_token, total_seconds=result.seconds, wall_seconds=wall_seconds,
+        time_to_first_token=result.time_to_first_token, total_seconds=result.seconds, wall_seconds=now - called_at,
+        call_to_first_token=None if result.first_token_at is None else result.first_token_at - called_at,
         tokens_per_second=result.tokens_per_second, decode_tokens_per_second=result.decode_tokens_per_second,
         finish_reason=result.finish_reason, decode_path=result.decode_path,
         decode_path_reason=result.decode_path_reason, memory_dropped=prompt.dropped_memory,

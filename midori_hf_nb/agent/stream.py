@@ -95,13 +95,13 @@ async def run_generation(state: StreamState, agent: "GenerationHost", payload: A
                          overrides: dict[str, Any], schemas: list[dict] | None,
                          continuation: list[dict] | None) -> AsyncIterator[StreamEvent]:
     """The events of one generation (the body of :class:`AgentStream`)."""
+    called_at = time.perf_counter()
     payload = await asyncio.to_thread(validate_payload, payload)  # refused before a model loads, naming the field
     call = agent.resolve_settings(overrides)
     lm = await agent.ensure_loaded()
     from .. import engine
 
     engine.check_generation_kwargs(call.generation.extra)
-    wall_start = time.perf_counter()
     prompt = await asyncio.to_thread(agent.build_prompt, lm, payload, call, schemas, continuation)
     live = LiveGeneration(lm, prompt.input_ids, call.generation, state.stop)
     state.thread = live.thread
@@ -120,7 +120,7 @@ async def run_generation(state: StreamState, agent: "GenerationHost", payload: A
                 result = await live.drain()
                 if result is not None:
                     state.response = build_response(model_name, lm, prompt, result, call, payload, schemas,
-                                                    time.perf_counter() - wall_start)
+                                                    called_at)
                 raise
             if kind == "text":
                 for piece in splitter.feed(value):
@@ -134,8 +134,7 @@ async def run_generation(state: StreamState, agent: "GenerationHost", payload: A
         for piece in splitter.finish():
             for event in _piece_events(piece, offered, live_calls):
                 yield event
-        response = build_response(model_name, lm, prompt, result, call, payload, schemas,
-                                  time.perf_counter() - wall_start)
+        response = build_response(model_name, lm, prompt, result, call, payload, schemas, called_at)
         state.response = response
         for found in adopt_live_ids(response.tool_calls or [], live_calls):
             yield StreamEvent("tool_call", found["name"], found)

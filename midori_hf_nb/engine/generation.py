@@ -43,6 +43,8 @@ class GenerationResult:
     decode_path: str = "generate"
     #: why ``model.generate`` ran instead of the engine's loop (None on the engine's path)
     decode_path_reason: str | None = None
+    #: when the first token came (``time.perf_counter()``), to time it from an earlier moment
+    first_token_at: float | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -381,7 +383,8 @@ def generate(
         with lm.tokenizer_lock:
             text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
     ttft = first_token_at - started if first_token_at is not None else None
-    return GenerationResult(tokens, text, finish, len(input_ids), len(tokens), ttft, seconds, path.name, path.reason)
+    return GenerationResult(tokens, text, finish, len(input_ids), len(tokens), ttft, seconds, path.name, path.reason,
+                            first_token_at)
 
 
 def generate_batch(
@@ -432,5 +435,5 @@ def generate_batch(
                 text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
             ttft = first_token_at - started if first_token_at is not None else None
             results.append(GenerationResult(tokens, text, finish, len(prompt), len(tokens), ttft, seconds,
-                                            path.name, path.reason))
+                                            path.name, path.reason, first_token_at))
     return results
