@@ -25,8 +25,6 @@ from .config import ConfigError, HuggingFaceConfig, validate_generation_options,
 
 #: Per-call overrides that change a configuration field.
 CONFIG_OVERRIDES = ("max_new_tokens", "temperature", "top_p", "top_k", "do_sample")
-#: Every per-call override with a meaning of its own (the rest are ``generate()`` options).
-NAMED_OVERRIDES = (*CONFIG_OVERRIDES, "greedy", "seed")
 
 
 @dataclass
@@ -132,5 +130,5 @@ def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
-__all__ = ["CONFIG_OVERRIDES", "NAMED_OVERRIDES", "CallSettings", "GenerationSettings",
+__all__ = ["CONFIG_OVERRIDES", "CallSettings", "GenerationSettings",
            "check_overrides", "resolve_call_settings", "split_overrides"]

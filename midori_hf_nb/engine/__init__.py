@@ -34,7 +34,6 @@ from .generation import (
     GenerationSettings,
     check_generation_kwargs,
     choose_decode_path,
-    decode_path_for,
     generate,
     generate_batch,
     generation_config,
@@ -53,7 +52,7 @@ from .threads import ThreadGovernor, apply_threads, resolve_threads, usable_core
 
 __all__ = [
     "CALL_KWARGS", "REGISTRY", "TORCH_DTYPES", "Bf16CpuLinear", "DecodeLoopSupport", "DecodePath", "DeviceError",
-    "FastPathWarning", "GenerationResult", "capabilities", "choose_decode_path", "decode_path_for", "generation_config",
+    "FastPathWarning", "GenerationResult", "capabilities", "choose_decode_path", "generation_config",
     "GenerationSettings", "Int4WeightLinear", "Int8WeightLinear", "LoadSpec", "LoadedModel", "QuantizationError",
     "ThreadGovernor", "acquire", "apply_threads", "check_generation_kwargs", "convert_gguf",
     "cpu_has_native_bf16_gemm", "cpu_prefers_bfloat16", "dtype_variant", "generate", "generate_batch",

@@ -53,11 +53,6 @@ def warned_keys() -> frozenset[str]:
         return frozenset(_warned)
 
 
-def versions() -> dict[str, str]:
-    """The torch and transformers versions the probes ran against."""
-    return {"torch": torch.__version__, "transformers": transformers.__version__}
-
-
 # --------------------------------------------------------------------------- the decode loop
 
 
@@ -339,5 +334,5 @@ __all__ = [
     "cpu_has_native_bf16_gemm", "decode_loop_support", "fallback", "forward_cache_argument", "int4_pack",
     "int4_weight_matmul", "int8_weight_matmul", "make_gguf_model_saveable", "missing_weight_kernels",
     "new_dynamic_cache", "parse_google_docstring", "prepares_inputs_the_standard_way", "sampling_warpers",
-    "supports_dynamic_cache", "tokenizer_parses_responses", "versions", "warned_keys",
+    "supports_dynamic_cache", "tokenizer_parses_responses", "warned_keys",
 ]

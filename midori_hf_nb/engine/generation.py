@@ -201,12 +201,6 @@ def choose_decode_path(lm: LoadedModel, settings: GenerationSettings, cfg: Any, 
     return ENGINE
 
 
-def decode_path_for(lm: LoadedModel, settings: GenerationSettings, rows: int = 1) -> DecodePath:
-    """The :class:`DecodePath` a generation of ``rows`` sequences with ``settings`` would take on ``lm``."""
-    cfg, call_kwargs = generation_config(lm, settings)
-    return choose_decode_path(lm, settings, cfg, call_kwargs, rows)
-
-
 def _lean_generate(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings: GenerationSettings,
                    stop_event: threading.Event | None, streamer: Any = None,
                    governor: ThreadGovernor | None = None,
