@@ -35,6 +35,19 @@ def loaded_agent(model_dir, **options):
         run(agent.unload_model())
 
 
+#: the tiny models whose chat templates do not / do render ``tools=``
+TEMPLATE_MODELS = ["tiny_model", "tiny_tools_model"]
+
+
+def agent_on_template(request, **options):
+    """A greedy agent on the tiny model named by ``request.param`` (one of :data:`TEMPLATE_MODELS`),
+    loaded now and released when the generator is closed; ``agent.structured`` says whether its
+    template renders tools. Use in a fixture parametrized with ``TEMPLATE_MODELS``."""
+    for agent in loaded_agent(request.getfixturevalue(request.param), **options):
+        agent.structured = request.param == "tiny_tools_model"
+        yield agent
+
+
 def scripted(agent, *texts: str) -> list:
     """A ``logits_processor`` list forcing ``texts`` (one per generation) on ``agent``'s model."""
     from midori_hf_nb.testing import ScriptedOutput

@@ -16,22 +16,16 @@ from typing import Optional
 
 import pytest
 
-from midori_hf_nb import HuggingFaceLocalAgent
 from midori_hf_nb.testing import ScriptedOutput
 from midori_hf_nb.tools import DEFAULT_MAX_RESULT_CHARS, DEFAULT_TOOL_TIMEOUT
 
-from .conftest import loaded_agent, run
+from .conftest import TEMPLATE_MODELS, agent_on_template, loaded_agent, run
 
 
-@pytest.fixture(scope="module", params=["tiny_model", "tiny_tools_model"])
+@pytest.fixture(scope="module", params=TEMPLATE_MODELS)
 def agent(request):
     """An agent on a template without tools support, then on one with it."""
-    agent = HuggingFaceLocalAgent(model=str(request.getfixturevalue(request.param)), do_sample=False,
-                                  max_new_tokens=96, progress=False)
-    run(agent.load())
-    agent.structured = request.param == "tiny_tools_model"
-    yield agent
-    run(agent.unload_model())
+    yield from agent_on_template(request, max_new_tokens=96)
 
 
 @pytest.fixture(scope="module")

@@ -13,21 +13,15 @@ import threading
 import pandas as pd
 import pytest
 
-from midori_hf_nb import HuggingFaceLocalAgent
 from midori_hf_nb.testing import ScriptedOutput
 
-from .conftest import run
+from .conftest import TEMPLATE_MODELS, agent_on_template, run
 
 
-@pytest.fixture(scope="module", params=["tiny_model", "tiny_tools_model"])
+@pytest.fixture(scope="module", params=TEMPLATE_MODELS)
 def agent(request):
     """An agent on a template without tools support, then on one with it."""
-    agent = HuggingFaceLocalAgent(model=str(request.getfixturevalue(request.param)), do_sample=False,
-                                  max_new_tokens=96, progress=False)
-    run(agent.load())
-    agent.structured = request.param == "tiny_tools_model"
-    yield agent
-    run(agent.unload_model())
+    yield from agent_on_template(request, max_new_tokens=96)
 
 
 def script(agent, texts) -> ScriptedOutput:
