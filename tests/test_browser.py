@@ -4,9 +4,12 @@ The test writes a notebook into a temporary folder, starts JupyterLab on a free 
 token (temporary config, runtime and data folders; the news pop-up disabled), opens the
 notebook in Debian's ``/usr/bin/chromium`` (never a downloaded browser), runs the cell that
 shows a :class:`~midori_hf_nb.notebook.ChatPanel` on the offline default model, types a
-question, presses Send and checks that the answer streams into the page; then presses Clear,
+question at an ordinary typing speed while another cell keeps the kernel busy, presses Send and
+checks that exactly the typed text was sent (shown as queued meanwhile) and that the answer
+streams into the page; then presses Clear, checks that Shift+Enter makes a new line,
 sends a long request with Enter, presses Stop and checks that the panel shows the answer as stopped.
-Screenshots go to ``tests/artifacts/chat_panel_answer.png`` (the streamed answer) and
+Screenshots go to ``tests/artifacts/chat_send_under_load.png`` (the queued message),
+``tests/artifacts/chat_panel_answer.png`` (the streamed answer) and
 ``tests/artifacts/chat_panel.png`` (the stopped answer). The server and its kernels are stopped
 at the end, whatever happened.
 
@@ -32,6 +35,7 @@ import pytest
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
+REPO_ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TOKEN = "midori-browser-test-token"
@@ -47,6 +51,11 @@ panel = ChatPanel(agent, system_prompt="You are a helpful assistant.", greedy=Tr
 panel
 """
 
+#: A cell that keeps the kernel busy while the user types into the panel.
+SLOW_CELL = "import time; time.sleep(6)"
+
+#: Milliseconds between two key presses: a person typing at an ordinary speed.
+TYPING_DELAY_MS = 60
 
 #: Installed on the output area: records the text of the live answer view at every DOM change.
 RECORD_LIVE_TEXT = """(root) => {
@@ -69,7 +78,7 @@ def write_notebook(folder: Path) -> Path:
 
     notebook = nbformat.v4.new_notebook(metadata={
         "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}})
-    notebook.cells = [nbformat.v4.new_code_cell(SETUP_CELL)]
+    notebook.cells = [nbformat.v4.new_code_cell(SETUP_CELL), nbformat.v4.new_code_cell(SLOW_CELL)]
     path = folder / "chat.ipynb"
     nbformat.write(notebook, path)
     return path
@@ -118,6 +127,8 @@ def jupyter_lab(tmp_path):
     (settings / "notification.jupyterlab-settings").write_text(
         json.dumps({"fetchNews": "false", "checkForUpdates": False}))
     env["TOKENIZERS_PARALLELISM"] = "false"
+    # the kernel imports this checkout's package (not whichever copy is installed in the environment)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     log = open(tmp_path / "jupyter.log", "wb")
     proc = None
     try:
@@ -171,14 +182,29 @@ def test_chat_panel_in_jupyterlab(jupyter_lab, artifacts_dir):
             def button(label: str):
                 return output.locator("button.jupyter-button", has_text=label)
 
-            # 1. a question, sent with the Send button; the answer streams into the page.
+            # 1. Send under load: another cell keeps the kernel busy while the question is typed at an
+            # ordinary speed and Send is clicked; the message sent is exactly the text in the box.
             # A MutationObserver records every text the live (streaming) view shows, so no state is missed.
             output.evaluate(RECORD_LIVE_TEXT)
-            box.fill(QUESTION)
+            expect(page.get_by_role("button", name=re.compile(r"Python 3 \(ipykernel\) \| Idle"))).to_be_visible()
+            page.locator(".jp-NotebookPanel .jp-Cell .cm-content").nth(1).click()
+            page.keyboard.press("Shift+Enter")  # time.sleep(6)
+            expect(page.get_by_role("button", name=re.compile(r"Python 3 \(ipykernel\) \| Busy"))).to_be_visible()
+            box.click()
+            box.press_sequentially(QUESTION, delay=TYPING_DELAY_MS)
             button("Send").click()
+            assert box.input_value() == ""  # cleared on the click, not when the kernel gets to it
+            queued = output.locator(".midori-composer-queued")
+            expect(queued).to_contain_text(QUESTION)  # shown as queued while the kernel is busy
+            output.scroll_into_view_if_needed()
+            page.screenshot(path=str(artifacts_dir / "chat_send_under_load.png"))
+            expect(queued).to_have_count(0, timeout=60_000)
             live = output.locator(".midori-stream .midori-answer")
             answers = output.locator(".midori-chat-assistant .midori-answer")
             expect(answers.first).to_be_visible(timeout=300_000)
+            sent = output.locator(".midori-chat-user .midori-chat-text").first.inner_text()
+            assert sent == QUESTION, f"the panel sent {sent!r}; the box held {QUESTION!r}"
+            assert box.input_value() == ""
             final = answers.first.inner_text()
             assert "Paris" in final
             seen = page.evaluate("window.midoriLiveTexts")
@@ -186,13 +212,16 @@ def test_chat_panel_in_jupyterlab(jupyter_lab, artifacts_dir):
             assert partial_views, f"no partial answer was shown while the answer streamed: {seen!r}"
             assert all(final.startswith(p.rstrip()) for p in partial_views), (partial_views, final)
             expect(output.locator(".midori-chat-status")).to_contain_text("done")
-            assert QUESTION in output.locator(".midori-chat-user").first.inner_text()
             output.scroll_into_view_if_needed()
             page.screenshot(path=str(artifacts_dir / "chat_panel_answer.png"))
 
             # 2. Clear, then a long request sent with Enter; Stop ends it and the panel shows it as stopped
             button("Clear").click()
             expect(output.locator(".midori-chat-empty")).to_be_visible()
+            box.fill("line one")
+            box.press("Shift+Enter")  # a new line, not a send
+            box.press_sequentially("line two")
+            assert box.input_value() == "line one\nline two" and output.locator(".midori-chat-user").count() == 0
             box.fill(LONG_REQUEST)
             box.press("End")
             box.press("Enter")

@@ -21,6 +21,7 @@ from midori_hf_nb.config import HuggingFaceConfig
 from midori_hf_nb.stats import ResponseStats, stats_of
 from midori_hf_nb.testing import ScriptedAgent
 from midori_hf_nb.notebook import ChatPanel
+from midori_hf_nb.notebook.chat.composer import MAX_INPUT_CHARS
 
 from .conftest import loaded_agent, run, scripted
 
@@ -62,8 +63,8 @@ def test_send_button_streams_the_answer_into_the_transcript():
 
     async def scenario():
         panel.input.value = "Hi there"
-        panel.send_button.click()
-        assert panel.is_running and panel.send_button.disabled and not panel.stop_button.disabled
+        assert panel.input.submit() is True  # Send, as the browser sends it
+        assert panel.is_running and panel.input.busy and not panel.stop_button.disabled
         assert panel.regenerate_button.disabled and panel.input.value == ""  # sent: the box is cleared
         return await panel.wait()
 
@@ -78,7 +79,7 @@ def test_send_button_streams_the_answer_into_the_transcript():
     partial = [html for html in live if "▌" in html and "Hello" in html]
     assert len(partial) >= 3 and "Hello from the panel.▌" not in partial[0]
     assert panel.live_html.value == "" and "Hello from the panel." in panel.history_html.value
-    assert not panel.is_running and not panel.send_button.disabled and panel.stop_button.disabled
+    assert not panel.is_running and not panel.input.busy and panel.stop_button.disabled
     # the next message carries the conversation as payload memory
     assert [(m.role, m.content) for m in panel.payload("And then?").memory] == [
         ("user", "Hi there"), ("assistant", "Hello from the panel.")]
@@ -142,7 +143,7 @@ def test_stop_keeps_the_partial_answer_and_the_conversation_goes_on():
     assert stopped["stopped"] and stopped["finish_reason"] == "cancelled"
     assert STORY.startswith(stopped["content"]) and seen <= len(stopped["content"]) <= seen + 10
     assert "stopped" in panel.history_html.value and panel.status.startswith("stopped")
-    assert not panel.is_running and panel.stop_button.disabled and not panel.send_button.disabled
+    assert not panel.is_running and panel.stop_button.disabled and not panel.input.busy
     nxt = run(_send(panel, "Now briefly."))
     assert nxt["content"] == "Short." and len(panel.memory) == 4
     assert agent.calls[1].payload.memory[1].content == stopped["content"]  # the stopped answer was sent
@@ -157,7 +158,7 @@ def test_stop_when_idle_and_refusals_while_busy():
         with pytest.raises(RuntimeError, match="generation is running"):
             panel.send("second")
         panel.input.value = "typed meanwhile"
-        panel.send_button.click()  # refused, shown as a notice; the input stays
+        assert panel.input.submit() is False  # refused, shown as a notice; the text goes back into the box
         assert "generation is running" in panel.notice and panel.input.value == "typed meanwhile"
         with pytest.raises(RuntimeError):
             panel.regenerate()
@@ -181,7 +182,7 @@ def test_cancelling_the_task_from_outside_records_the_answer_then_propagates():
 
     run(scenario())
     assert panel.transcript[-1]["stopped"] and STORY.startswith(panel.transcript[-1]["content"])
-    assert not panel.is_running and not panel.send_button.disabled
+    assert not panel.is_running and not panel.input.busy
 
 
 def test_regenerate_replaces_the_last_answer():
@@ -253,7 +254,7 @@ def test_invalid_settings_are_reported_and_the_input_is_kept():
     panel.greedy_input.value = False
     panel.temperature_input.value = -1.0
     panel.input.value = "my carefully typed question"
-    panel.send_button.click()
+    assert panel.input.submit() is False
     assert "temperature" in panel.notice and "0.0 to 2.0" in panel.notice
     assert panel.input.value == "my carefully typed question" and panel.memory == []
     with pytest.raises(ValueError, match="temperature"):
@@ -470,7 +471,7 @@ def test_model_user_and_transcript_text_is_escaped_on_every_html_surface():
     assert failed["error"] == f"RuntimeError: {HOSTILE}"
     panel.input.value = "<b>x</b>"
     panel.max_new_tokens_input.value = -5
-    panel.send_button.click()  # a notice
+    panel.input.submit()  # a notice
     assert len(seen) > 10
     for html in seen:
         assert "<script" not in html and "<img" not in html and "<b>" not in html, html
@@ -483,20 +484,52 @@ def test_model_user_and_transcript_text_is_escaped_on_every_html_surface():
 # --------------------------------------------------------------------------- Enter sends
 
 
-def test_enter_at_the_end_sends_and_elsewhere_makes_a_new_line():
-    panel = ChatPanel(ScriptedAgent("Got it.", delay=0.001))
+def browser_sends(widget, content) -> None:
+    """Deliver a custom message to ``widget`` as the kernel receives one from the browser."""
+    widget._handle_msg({"content": {"data": {"method": "custom", "content": content}, "comm_id": widget.model_id},
+                        "buffers": []})
+
+
+def test_send_uses_the_text_that_came_with_the_click_not_the_synced_draft():
+    panel = ChatPanel(ScriptedAgent(["Paris.", "Later."], delay=0.02, piece_chars=1))
+    replies = []
+    panel.input.send = replies.append  # what goes back to the browser
 
     async def scenario():
-        panel.input.value = "first line"
-        panel.input.value = "first\nline"  # a line break inside the text stays
-        assert not panel.is_running and panel.input.value == "first\nline"
-        panel.input.value = "first\nline\n"  # Enter at the end sends
-        assert panel.is_running and panel.input.value == ""
-        answer = await panel.wait()
-        panel.enter_sends_input.value = False
-        panel.input.value = "draft\n"  # with Enter sends off, it is a new line
-        assert not panel.is_running and panel.input.value == "draft\n"
-        return answer
+        panel.input.value = "W"  # the draft the browser had synced when the click arrived
+        browser_sends(panel.input, {"type": "send", "id": "a1", "text": "What is the capital of France?"})
+        assert panel.is_running and replies == [{"type": "ack", "id": "a1", "accepted": True}]
+        assert panel.input.value == "W"  # the box belongs to the browser: a draft typed since stays
+        browser_sends(panel.input, {"type": "send", "id": "a2", "text": "typed while it answers"})
+        assert replies[-1] == {"type": "ack", "id": "a2", "accepted": False}  # the browser puts it back
+        assert "generation is running" in panel.notice
+        return await panel.wait()
+
+    answer = run(scenario())
+    assert answer["content"] == "Paris."
+    assert [t["content"] for t in panel.transcript] == ["What is the capital of France?", "Paris."]
+    browser_sends(panel.input, {"type": "send", "id": "a3", "text": "   "})
+    assert replies[-1]["accepted"] is False and panel.notice == "Type a message first."
+    for hostile in ({"type": "send", "id": 5, "text": "x"}, {"type": "send", "id": "x" * 65, "text": "x"},
+                    {"type": "send", "id": "b1", "text": ["x"]}, {"type": "other"}, "send"):
+        browser_sends(panel.input, hostile)
+    assert replies[-1] == {"type": "ack", "id": "b1", "accepted": False} and len(replies) == 4
+    browser_sends(panel.input, {"type": "send", "id": "b2", "text": "x" * (MAX_INPUT_CHARS + 1)})
+    assert replies[-1]["accepted"] is False and len(panel.transcript) == 2
+
+
+def test_submit_clears_the_box_and_puts_refused_text_back():
+    panel = ChatPanel(ScriptedAgent("Got it.", delay=0.001))
+    panel.enter_sends_input.value = False
+    assert panel.input.enter_sends is False  # the setting reaches the browser widget
+    panel.enter_sends_input.value = True
+
+    async def scenario():
+        panel.input.value = "first\nline"
+        assert panel.input.submit() is True and panel.input.value == ""
+        assert panel.input.submit("second") is False  # a generation is running: the text goes back
+        assert panel.input.value == "second"
+        return await panel.wait()
 
     answer = run(scenario())
     assert answer["content"] == "Got it."
@@ -582,7 +615,7 @@ def test_real_agent_streams_into_the_panel(tiny_agent):
 
     async def scenario():
         panel.input.value = "Hi there"
-        panel.send_button.click()
+        panel.input.submit()
         assert panel.is_running
         return await panel.wait()
 

@@ -20,10 +20,11 @@ so the cell returns at once and the kernel keeps processing button clicks: **Sto
 generation within a token or two and keeps the partial answer, marked as stopped. The
 transcript is refreshed at most every ``throttle`` seconds (0.1 by default) while streaming.
 
-Enter and Shift+Enter: ipywidgets' ``Textarea`` reports no key events, so the two keys cannot
-be told apart. With "Enter sends" ticked (the default) a line break typed at the *end* of the
-text sends it; a line break typed anywhere else stays. To compose several lines, untick
-"Enter sends" in Settings (or type the lines, then add the breaks inside the text) and press Send.
+Send sends what the box shows: the input (:class:`~.composer.ChatInput`) is a small browser
+widget that reads the box when **Send** is clicked or Enter pressed and sends that text with the
+action, so a busy kernel (another cell running) cannot receive a half-synced draft; the box
+clears at once and the message is shown as queued until the kernel takes it. Enter sends (untick
+"Enter sends" in Settings to make Enter a line break), Shift+Enter starts a new line.
 
 Nothing is lost when something fails: invalid settings are reported before anything is sent
 and the typed message stays in the input; an exception during generation (a prompt too long
@@ -58,7 +59,7 @@ Outside a running event loop (a plain script), ``send`` and ``regenerate`` run t
 and return the dict directly.
 
 Modules: :mod:`.transcript` (typed entries, checks, dict/Markdown/DataFrame exports),
-:mod:`.document` (the JSON file), :mod:`.render` (HTML and status text), :mod:`.generation`
+:mod:`.document` (the JSON file), :mod:`.composer` (the input box and Send), :mod:`.render` (HTML and status text), :mod:`.generation`
 (asking the agent), :mod:`.layout` (the widgets), :mod:`.panel` (the behaviour).
 """
 

@@ -13,6 +13,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from ..memory import format_bytes, memory_readout
+from .composer import ChatInput
 from .render import render_notice_html, render_status_html, render_title_html
 
 #: Seconds between two reads of the memory readout shown in the status line.
@@ -68,21 +69,19 @@ class ChatLayout:
                                   border="1px solid rgba(128,128,128,0.35)", padding="2px 6px"),
         )
         self.notice_html = widgets.HTML()
-        self.input = widgets.Textarea(
-            placeholder="Message… (Enter at the end sends; untick 'Enter sends' in Settings to write several lines)",
-            rows=3, continuous_update=True, layout=widgets.Layout(width="100%"))
+        self.input = ChatInput(placeholder="Message… (Enter sends, Shift+Enter: new line)", rows=3,
+                               enter_sends=enter_sends, layout=widgets.Layout(width="100%"))
         self._build_buttons()
         self.status_html = widgets.HTML()
         self._build_settings(system_prompt, temperature, max_new_tokens, greedy, enter_sends)
+        widgets.link((self.enter_sends_input, "value"), (self.input, "enter_sends"))
         self.widget = widgets.VBox([
             self.title_html, self.transcript_box, self.notice_html, self.input,
-            widgets.HBox([self.send_button, self.stop_button, self.regenerate_button, self.clear_button]),
+            widgets.HBox([self.stop_button, self.regenerate_button, self.clear_button]),
             self.status_html, self.settings_box,
         ], layout=widgets.Layout(width="100%"))
 
     def _build_buttons(self) -> None:
-        self.send_button = widgets.Button(description="Send", button_style="primary", icon="paper-plane",
-                                          tooltip="Send the message")
         self.stop_button = widgets.Button(description="Stop", button_style="warning", icon="stop", disabled=True,
                                           tooltip="Stop the running generation, keeping the partial answer")
         self.regenerate_button = widgets.Button(description="Regenerate", icon="redo",
@@ -147,7 +146,7 @@ class ChatLayout:
 
     def show_running(self, running: bool) -> None:
         """Enable Stop while an answer runs, and Send and Regenerate otherwise."""
-        self.send_button.disabled = running
+        self.input.busy = running
         self.regenerate_button.disabled = running
         self.stop_button.disabled = not running
 

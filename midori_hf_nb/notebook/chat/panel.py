@@ -15,6 +15,7 @@ from ...protocol import AgentPayload, MemoryEntryData, make_payload
 from ...settings import check_overrides
 from ..conversation import count_tokens
 from ..streaming import DEFAULT_THROTTLE, LiveView
+from .composer import MAX_INPUT_CHARS
 from .document import read_document, write_document
 from .generation import AnswerRun, GenerationPlan, agent_model, answer_entry, initial_settings, plan_generation, \
     tool_method
@@ -88,14 +89,12 @@ class ChatPanel(ChatLayout):
         self._stop_requested = False
         self._epoch = 0
         self._last_live_update = -1
-        self._input_guard = False
         super().__init__(title=title if title is not None else agent_model(agent), system_prompt=system_prompt,
                          enter_sends=enter_sends, height=height, **settings)
-        self.send_button.on_click(lambda _: self._submit())
+        self.input.on_send(self._on_send)
         self.stop_button.on_click(lambda _: self.stop())
         self.regenerate_button.on_click(lambda _: self._guarded(self.regenerate))
         self.clear_button.on_click(lambda _: self.clear())
-        self.input.observe(self._on_input_change, names="value")
         self._render_history()
         self.show_status("ready")
         self.show_running(False)
@@ -166,7 +165,7 @@ class ChatPanel(ChatLayout):
         history = payload_memory(self.memory)
         self.memory.append(MemoryEntryData(role="user", content=text, timestamp=time.time()))
         if from_input:
-            self._set_input("")
+            self.input.value = ""
         self.show_notice("")
         return self._launch(self._turn(len(self.memory) - 1, history, plan))
 
@@ -276,28 +275,16 @@ class ChatPanel(ChatLayout):
             self.show_notice(str(exc))
             return None
 
-    def _submit(self) -> Any:
-        """The Send button and Enter: send the input box; on refusal the text stays in the box."""
-        if not self.input.value.strip():
+    def _on_send(self, text: str) -> bool:
+        """Send (button or Enter) with the text the browser read from the box; False: refused
+        (a notice says why, and the input puts the text back)."""
+        if not text.strip():
             self.show_notice("Type a message first.")
-            return None
-        return self._guarded(self.send)
-
-    def _on_input_change(self, change: dict[str, Any]) -> None:
-        if self._input_guard or not self.enter_sends_input.value:
-            return
-        new, old = change["new"] or "", change["old"] or ""
-        if not (new.endswith("\n") and len(new) > len(old)):
-            return
-        self._set_input(new[:-1])  # the line break typed at the end means "send"
-        self._submit()
-
-    def _set_input(self, value: str) -> None:
-        self._input_guard = True
-        try:
-            self.input.value = value
-        finally:
-            self._input_guard = False
+            return False
+        if len(text) > MAX_INPUT_CHARS:
+            self.show_notice(f"The message has {len(text)} characters; at most {MAX_INPUT_CHARS} are allowed.")
+            return False
+        return self._guarded(self.send, text) is not None
 
     def _render_history(self) -> None:
         self.history_html.value = render_transcript_html(self.memory)
