@@ -57,14 +57,22 @@ SLOW_CELL = "import time; time.sleep(6)"
 #: Milliseconds between two key presses: a person typing at an ordinary speed.
 TYPING_DELAY_MS = 60
 
-#: Installed on the output area: records the text of the live answer view at every DOM change.
+#: Installed on the output area: records the text of the live answer view and of the status line
+#: at every DOM change.
 RECORD_LIVE_TEXT = """(root) => {
     window.midoriLiveTexts = [];
+    window.midoriStatusTexts = [];
     new MutationObserver(() => {
         root.querySelectorAll('.midori-stream .midori-answer').forEach(
             (el) => window.midoriLiveTexts.push(el.textContent));
+        root.querySelectorAll('.midori-chat-status').forEach(
+            (el) => window.midoriStatusTexts.push(el.textContent));
     }).observe(root, {subtree: true, childList: true, characterData: true});
 }"""
+
+#: True once the panel's status line shows the model loading.
+STATUS_LOADING = """() => [...document.querySelectorAll('.midori-chat-status')].some(
+    (el) => el.textContent.includes('loading model…'))"""
 
 
 def free_port() -> int:
@@ -199,6 +207,9 @@ def test_chat_panel_in_jupyterlab(jupyter_lab, artifacts_dir):
             output.scroll_into_view_if_needed()
             page.screenshot(path=str(artifacts_dir / "chat_send_under_load.png"))
             expect(queued).to_have_count(0, timeout=60_000)
+            # 2. the model loads on first use: the status line ticks "loading model… N s" with its stage
+            page.wait_for_function(STATUS_LOADING, timeout=60_000, polling=50)
+            page.screenshot(path=str(artifacts_dir / "chat_loading.png"))
             live = output.locator(".midori-stream .midori-answer")
             answers = output.locator(".midori-chat-assistant .midori-answer")
             expect(answers.first).to_be_visible(timeout=300_000)
@@ -212,10 +223,13 @@ def test_chat_panel_in_jupyterlab(jupyter_lab, artifacts_dir):
             assert partial_views, f"no partial answer was shown while the answer streamed: {seen!r}"
             assert all(final.startswith(p.rstrip()) for p in partial_views), (partial_views, final)
             expect(output.locator(".midori-chat-status")).to_contain_text("done")
+            statuses = page.evaluate("window.midoriStatusTexts")
+            loading = sorted({t.split(" · ")[0] for t in statuses if t.startswith("loading model…")})
+            assert len(loading) >= 2, f"the loading status did not tick: {statuses!r}"
             output.scroll_into_view_if_needed()
             page.screenshot(path=str(artifacts_dir / "chat_panel_answer.png"))
 
-            # 2. Clear, then a long request sent with Enter; Stop ends it and the panel shows it as stopped
+            # 3. Clear, then a long request sent with Enter; Stop ends it and the panel shows it as stopped
             button("Clear").click()
             expect(output.locator(".midori-chat-empty")).to_be_visible()
             box.fill("line one")

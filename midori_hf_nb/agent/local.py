@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..config import DEFAULTS, ConfigError, HuggingFaceConfig
@@ -25,6 +26,7 @@ from .tool_loop import ToolLoopStream
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine import LoadedModel
+    from ..load_progress import LoadProgress
 
 
 def _reasoning_kwargs(effort: Any) -> dict[str, Any]:
@@ -79,6 +81,8 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         self._reasoning_effort = validate_reasoning_effort(reasoning_effort, "reasoning_effort", error=ConfigError)
         self._lm: LoadedModel | None = None
         self._key: tuple | None = None
+        self._loading_key: tuple | None = None
+        self._load_began: "LoadProgress | None" = None
         self._load_lock = threading.Lock()
 
     @classmethod
@@ -122,11 +126,32 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
     def _acquire_sync(self) -> "LoadedModel":
         with self._load_lock:
             if self._lm is None:
-                from .. import engine
+                from ..load_progress import LoadProgress
 
-                self._lm = engine.acquire(self._config)
+                self._load_began = LoadProgress(model=str(self._config.model), stage="resolving",
+                                                detail="importing torch and transformers", started=time.monotonic())
+                try:
+                    from .. import engine
+
+                    self._loading_key = engine.spec_for(self._config).key
+                    self._lm = engine.acquire(self._config)
+                finally:
+                    self._load_began = None
                 self._key = self._lm.spec.key
             return self._lm
+
+    @property
+    def load_progress(self) -> "LoadProgress | None":
+        """Where the load of this agent's model stands while it loads (stage, seconds, weight
+        counts: :class:`~midori_hf_nb.load_progress.LoadProgress`); None when it is not loading."""
+        began = self._load_began
+        if began is None or self._lm is not None:
+            return None
+        key = self._loading_key
+        from ..load_progress import TRACKER
+
+        progress = TRACKER.current(key) if key is not None else None
+        return began if progress is None else replace(progress, started=began.started)
 
     async def ensure_loaded(self) -> "LoadedModel":
         """The loaded model, loading it (in a worker thread) on first use."""

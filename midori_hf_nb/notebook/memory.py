@@ -70,10 +70,25 @@ def system_memory() -> dict[str, Any]:
             "used_bytes": int(vm.total - vm.available), "percent": float(vm.percent)}
 
 
+def _loaded_name(module: str, *names: str) -> Any:
+    """``module.name1.name2...`` if that module is imported and has those names yet, else None.
+
+    A readout runs on the kernel's thread while another thread may be importing torch or the
+    engine (a model's first load): such a module is in ``sys.modules`` before its names exist,
+    and importing it here would wait for the whole import. The readout then reports what it
+    would before the import: no accelerator memory and no model.
+    """
+    value = sys.modules.get(module)
+    for name in names:
+        value = getattr(value, name, None)
+    return value
+
+
 def cuda_memory() -> list[dict[str, Any]]:
     """Allocated, reserved and total memory per CUDA device ([] without CUDA or before torch is imported)."""
     torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available():
+    is_available = _loaded_name("torch", "cuda", "is_available")
+    if torch is None or is_available is None or not is_available():
         return []
     devices = []
     for index in range(torch.cuda.device_count()):
@@ -91,8 +106,8 @@ def cuda_memory() -> list[dict[str, Any]]:
 def mps_memory() -> dict[str, int] | None:
     """Apple MPS allocated and driver memory, or None where MPS is absent."""
     torch = sys.modules.get("torch")
-    backend = getattr(getattr(torch, "backends", None), "mps", None)
-    if torch is None or backend is None or not backend.is_available():
+    backend = _loaded_name("torch", "backends", "mps")
+    if torch is None or getattr(backend, "is_available", None) is None or not backend.is_available():
         return None
     try:
         return {"allocated_bytes": int(torch.mps.current_allocated_memory()),
@@ -103,13 +118,13 @@ def mps_memory() -> dict[str, int] | None:
 
 def model_footprints() -> list[dict[str, Any]]:
     """The footprint of each model loaded in the shared registry ([] before the engine is imported)."""
-    engine = sys.modules.get("midori_hf_nb.engine")
-    if engine is None:
+    registry = _loaded_name("midori_hf_nb.engine", "REGISTRY")
+    if registry is None:
         return []
     models = []
-    for lm in engine.REGISTRY.loaded():
+    for lm in registry.loaded():
         footprint = dict(lm.footprint())
-        footprint["references"] = engine.REGISTRY.refcount(lm.spec.key)
+        footprint["references"] = registry.refcount(lm.spec.key)
         models.append(footprint)
     return models
 

@@ -14,7 +14,8 @@ from typing import Any, Awaitable, Callable
 from ...protocol import AgentPayload, MemoryEntryData, make_payload
 from ...settings import check_overrides
 from ..conversation import count_tokens
-from ..streaming import DEFAULT_THROTTLE, LiveView
+from ...load_progress import LoadProgress
+from ..streaming import DEFAULT_THROTTLE, LiveView, tick_while_waiting
 from .composer import MAX_INPUT_CHARS
 from .document import read_document, write_document
 from .generation import AnswerRun, GenerationPlan, agent_model, answer_entry, initial_settings, plan_generation, \
@@ -306,6 +307,16 @@ class ChatPanel(ChatLayout):
         self.show_running(True)
         return await self._task
 
+    def _waiting_status(self, progress: LoadProgress | None, started: float) -> None:
+        """The status line before the first piece of text: the model's load progress while it
+        loads, then the seconds waited for the first token."""
+        if self._stop_requested:  # "stopping…" stays
+            return
+        if progress is not None:
+            self.show_status(progress.text())
+        else:
+            self.show_status(f"waiting for the first token… {time.perf_counter() - started:.1f} s")
+
     def _live_status(self, view: LiveView, started: float) -> None:
         if view.updates == self._last_live_update or self._stop_requested:  # "stopping…" stays
             return
@@ -325,7 +336,12 @@ class ChatPanel(ChatLayout):
         self._run = run
         self.show_status("waiting for the model…")
         view.start()
-        outcome = await run.run()
+        ticker = asyncio.ensure_future(tick_while_waiting(
+            view, self.agent, on_tick=lambda progress: self._waiting_status(progress, started)))
+        try:
+            outcome = await run.run()
+        finally:
+            ticker.cancel()
         entry = answer_entry(outcome, view, model=agent_model(self.agent))
         self._run = None
         self.live_html.value = ""
