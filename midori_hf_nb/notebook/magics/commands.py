@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -212,8 +213,9 @@ class MidoriMagics(Magics):
         if not throttle >= 0:
             raise UsageError(f"%%midori: --throttle {throttle} is not allowed: expected seconds >= 0")
         agent = session.ensure_agent()
-        if is_local_agent(agent) and not agent.is_loaded:  # load first, so progress bars come before the answer
+        if args.no_stream and is_local_agent(agent) and not agent.is_loaded:  # streamed: the live view shows the load
             run(agent.load())
+        sent_at = time.time()
         system = session.system if args.system is None else args.system
         use_memory = not args.no_memory
         if use_memory:
@@ -231,7 +233,8 @@ class MidoriMagics(Magics):
             response = display_stream(agent, payload, view=view, **overrides)
             session.last_display = view.stats
         if use_memory:
-            session.conversation.add_exchange(message, response, user_tokens=count_tokens(agent, message))
+            session.conversation.add_exchange(message, response, user_tokens=count_tokens(agent, message),
+                                              sent_at=sent_at)
         session.last_response = response
         if args.name:
             self.shell.user_ns[args.name] = response
