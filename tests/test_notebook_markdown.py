@@ -68,6 +68,11 @@ def test_lists_emphasis_links_and_inline_code_are_rendered():
     assert_inert_html(html)
 
 
+def test_a_line_break_is_a_line_break():
+    html = render_markdown_html("1\n2\n3\n\nnext")
+    assert re.search(r"<p>1<br ?/?>\s*2<br ?/?>\s*3</p>\s*<p>next</p>", html), html
+
+
 def test_an_unknown_language_and_a_long_block_are_plain_escaped_code():
     assert "<span" not in highlight_code("<b>x</b>", "no-such-language")
     assert "&lt;b&gt;x&lt;/b&gt;" in highlight_code("<b>x</b>", "no-such-language")

@@ -2,7 +2,8 @@
 
 Model output is untrusted, so rendering it as Markdown goes through two walls:
 
-1. **The parser** (``markdown-it-py``, CommonMark plus tables and strikethrough) runs with raw
+1. **The parser** (``markdown-it-py``, CommonMark plus tables and strikethrough; a line break in
+   the answer is a ``<br>``, as in chat front ends) runs with raw
    HTML disabled (``<script>`` in an answer is text), images disabled (no remote fetches from an
    answer: ``![x](...)`` shows as text), no linkify, and links limited to :data:`LINK_SCHEMES`
    (``javascript:``, ``data:``, ``vbscript:`` ... destinations leave the link unrendered, as text).
@@ -159,7 +160,8 @@ def _highlight(code: str, language: str, _attrs: str) -> str:
 
 @lru_cache(maxsize=1)
 def _parser() -> MarkdownIt:
-    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False,
+    # breaks: a line break in an answer is a line break (models write poems, steps, one number per line)
+    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False, "breaks": True,
                                    "highlight": _highlight})
     md.enable(["table", "strikethrough"])
     md.disable("image")
