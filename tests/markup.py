@@ -21,10 +21,45 @@ PAYLOADS = [
     "<style>body{display:none}</style>",
 ]
 
+#: Hostile Markdown: what an answer rendered as Markdown must keep inert (links to unsafe schemes, images
+#: with handlers, raw HTML inside and outside fences, entities that spell markup, autolinks, reference links).
+MARKDOWN_PAYLOADS = [
+    "[x](javascript:alert(1))",
+    "[x](  JavaScript:alert(1) )",
+    "[x](<javascript:alert(1)>)",
+    "[x][r]\n\n[r]: javascript:alert(1)",
+    "<javascript:alert(1)>",
+    "[x](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)",
+    "[x](vbscript:msgbox(1))",
+    "![x](x onerror=alert(1))",
+    "![x](https://example.com/x.png)",
+    "![x](javascript:alert(1))",
+    "<script>alert(1)</script>",
+    "text <img src=x onerror=alert(1)> text",
+    "```html\n<script>alert(1)</script>\n```",
+    "```\n</code></pre><script>alert(1)</script>\n```",
+    "`<img src=x onerror=alert(1)>`",
+    "&lt;script&gt;alert(1)&lt;/script&gt;",
+    "&#60;img src=x onerror=alert(1)&#62;",
+    "<div onclick=alert(1)>\n\n*x*\n\n</div>",
+    "<!-- x --><style>body{display:none}</style>",
+    "- item\n\n    <img src=x onerror=alert(1)>",
+    "> quote <svg onload=alert(1)>",
+    "| a |\n|---|\n| <img src=x onerror=alert(1)> |",
+    "[x](https://ok.example/\"onmouseover=\"alert(1))",
+]
+
 #: Tags the notebook's own HTML views use.
-VIEW_TAGS = {"div", "details", "summary", "table", "thead", "tbody", "tr", "th", "td", "pre", "span"}
-#: Tags a Markdown renderer makes from the notebook's Markdown (no raw HTML, no links, no images).
-MARKDOWN_TAGS = {"p", "em", "strong", "blockquote", "pre", "code", "table", "thead", "tbody", "tr", "th", "td", "br"}
+VIEW_TAGS = {"div", "details", "summary", "table", "thead", "tbody", "tr", "th", "td", "pre", "span",
+             # an answer rendered as Markdown (midori_hf_nb.notebook.markdown's allow-list)
+             "p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "em", "strong", "s", "del", "code",
+             "blockquote", "ul", "ol", "li", "a"}
+#: Link schemes an ``href`` may have (anything without a scheme is a relative link).
+SAFE_SCHEMES = ("http:", "https:", "mailto:")
+#: Tags a Markdown renderer makes from the notebook's Markdown (no raw HTML, no images; an answer keeps its own
+#: lists, headings and links, and links may only have safe schemes: see ``problems``).
+MARKDOWN_TAGS = {"p", "em", "strong", "blockquote", "pre", "code", "table", "thead", "tbody", "tr", "th", "td", "br",
+                 "ul", "ol", "li", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "del", "s", "a"}
 
 
 class _Collector(HTMLParser):
@@ -57,6 +92,13 @@ def problems(html: str, allowed_tags: set[str]) -> list[str]:
         if tag not in allowed_tags:
             found.append(f"<{tag}>")
         for name, value in attrs:
+            if tag == "a" and name == "href":
+                scheme = re.match(r"\s*([a-zA-Z][a-zA-Z0-9+.\-]*:)", value or "")
+                if scheme and scheme.group(1).lower() not in SAFE_SCHEMES:
+                    found.append(f"<a href={value!r}>")
+                continue
+            if (tag, name) in (("a", "rel"), ("a", "title"), ("ol", "start")):
+                continue
             if name not in ("class", "style", "open", "align", "border"):
                 found.append(f"<{tag} {name}=...>")
             if name == "style" and re.search(r"url\(|expression|javascript|@import", value or "", re.I):

@@ -576,7 +576,7 @@ def test_export_import_round_trip_and_continue():
     assert {"turn", "tokens", "seconds", "timestamp", "thinking", "stopped", "error"} <= set(frame.columns)
 
     markdown = panel.to_markdown()
-    assert markdown.index("**You**") < markdown.index("Paris\\.") < markdown.index("Berlin\\.")
+    assert markdown.index("**You**") < markdown.index("\nParis.") < markdown.index("\nBerlin.")  # answers keep their Markdown
 
 
 def test_send_without_a_running_loop_blocks_and_returns_the_answer():

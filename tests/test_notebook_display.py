@@ -18,7 +18,7 @@ from midori_hf_nb.stats import ResponseStats
 from midori_hf_nb.testing import ScriptedAgent, ScriptedOutput
 
 from .conftest import loaded_agent, run
-from .markup import assert_inert_markdown
+from .markup import assert_inert_html, assert_inert_markdown, markdown_renderings, text_of
 
 HOSTILE = ("<think>I will say <b>hello</b> & <style>body{display:none}</style></think>"
            "Hi <script>alert(1)</script> and <img src=x onerror=alert(2)> done")
@@ -40,9 +40,8 @@ def hostile_response(agent):
 
 
 def assert_inert(html: str) -> None:
-    """No element from model text survives: only our own tags are present."""
-    tags = set(re.findall(r"<\s*([a-zA-Z]+)", html))
-    assert tags <= {"div", "details", "summary", "table", "thead", "tbody", "tr", "th", "td", "pre"}, tags
+    """No element from model text survives: only our own tags (and those of rendered Markdown) are present."""
+    assert_inert_html(html)
     for tag in re.findall(r"<[^>]*>", html):  # no event handler or script in any real tag
         assert "onerror" not in tag and "script" not in tag, tag
 
@@ -66,8 +65,10 @@ def test_thinking_is_collapsible_and_answer_follows(hostile_response):
 def test_markdown_escapes_too(hostile_response):
     md = render_response_markdown(hostile_response)
     assert "<script" not in md and "<img" not in md and "<b>" not in md
-    assert "&lt;script&gt;" in md and "&lt;img src\\=x onerror\\=alert\\(2\\)&gt;" in md
+    assert "Hi &lt;script>alert(1)&lt;/script> and &lt;img src=x onerror=alert(2)> done" in md  # only < and & escaped
     assert_inert_markdown(md)
+    for renderer, html in markdown_renderings(md).items():
+        assert ANSWER in text_of(html), renderer
 
 
 def test_plain_repr_is_the_answer(hostile_response):
@@ -107,7 +108,7 @@ def test_any_object_with_the_response_fields_is_shown():
                             metadata={"completion_tokens": 9, "finish_reason": "length", "tokens": "ignored"})
     html = render_response_html(entry)
     assert "From a transcript." in html and "mulling" in html and "9 tokens · finish: length" in html
-    assert "From a transcript\\." in render_response_markdown(entry)
+    assert "\nFrom a transcript.\n" in render_response_markdown(entry)  # the answer's Markdown as it is
 
 
 def test_a_scripted_response_is_shown_with_its_statistics():
@@ -122,7 +123,7 @@ def test_metadata_that_is_not_statistics_shows_no_footer(metadata):
     response = AgentResponse(thinking="", response="plain", metadata=metadata)
     html = render_response_html(response)
     assert "plain" in html and "midori-footer" not in html
-    assert render_response_markdown(response) == "plain  "
+    assert render_response_markdown(response) == "plain"
 
 
 def test_formatter_registered_by_the_extension(hostile_response):

@@ -143,12 +143,13 @@ def test_streamed_bundles_are_inert_at_every_step(payload):
     assert squash(payload) in text_of(sink.last["text/html"])
 
 
-def test_code_after_a_lone_carriage_return_stays_in_the_code_block():
-    response = AgentResponse(thinking="", response="see code", code="x\r<img src=x onerror=alert(1)>\r\ny")
+@pytest.mark.parametrize("answer", ["see code", "- an open list item", "> a quote", "```\nan open fence"])
+def test_code_after_a_lone_carriage_return_stays_in_the_code_block(answer):
+    response = AgentResponse(thinking="", response=answer, code="x\r<img src=x onerror=alert(1)>\r\ny")
     md = render_response_markdown(response)
-    code = md[md.index("    x"):]
+    code = md[md.rindex("```\nx"):]
     assert "\r" not in md
-    assert code.split("\n")[:3] == ["    x", "    <img src=x onerror=alert(1)>", "    y"]  # every line indented
+    assert code.split("\n")[:5] == ["```", "x", "<img src=x onerror=alert(1)>", "y", "```"]  # a fence at column 0
     for renderer, html in markdown_renderings(md).items():
         assert "<img" not in html, renderer
         assert "&lt;img src=x onerror=alert(1)&gt;" in html, renderer  # shown literally, as code

@@ -7,6 +7,7 @@ the first cell to the offline default model.
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -187,6 +188,24 @@ def test_response_markup_is_escaped_in_the_cell_output(scripted_shell):
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &lt;img src=x onerror=alert(2)&gt;" in html_of(captured)[-1]
     result, captured = execute(scripted_shell, "%%midori --no-stream\nAgain.")
     assert_inert_html(html_of(captured)[0])
+
+
+def test_answers_render_as_markdown_and_plain_keeps_the_text(scripted_shell):
+    answer = "Use:\n\n```python\nprint('hi')\n```\n\n- *one*\n- [bad](javascript:alert(1))"
+    for options in ("--throttle 0", "--no-stream"):
+        answer_with(answer, piece_chars=5)
+        result, captured = execute(scripted_shell, f"%%midori {options}\nShow code.")
+        assert result.success, captured.stderr
+        html = html_of(captured)[-1]
+        assert re.search(r'<pre class="midori-code highlight language-python"[^>]*><code><span class="nb"', html), html
+        assert re.search(r"<ul>\s*<li><em>one</em></li>", html) and "href" not in html
+        for shown in html_of(captured):
+            assert_inert_html(shown)
+        answer_with(answer, piece_chars=5)
+        result, captured = execute(scripted_shell, f"%%midori --plain {options}\nShow code.")
+        assert result.success, captured.stderr
+        html = html_of(captured)[-1]
+        assert "<pre" not in html and "<ul>" not in html and "```python\nprint(&#x27;hi&#x27;)\n```" in html
 
 
 def test_no_stream_shows_the_rich_view_once(scripted_shell):

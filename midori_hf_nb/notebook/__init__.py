@@ -10,7 +10,7 @@ import importlib.util
 from typing import Any
 
 #: what the notebook layer needs beyond the core: the ``notebook`` extra of the package
-NOTEBOOK_REQUIREMENTS = ("IPython", "ipywidgets", "ipykernel", "nest_asyncio2", "matplotlib")
+NOTEBOOK_REQUIREMENTS = ("IPython", "ipywidgets", "ipykernel", "nest_asyncio2", "matplotlib", "markdown_it", "pygments", "nh3")
 
 _missing = [name for name in NOTEBOOK_REQUIREMENTS if importlib.util.find_spec(name) is None]
 if _missing:
@@ -47,6 +47,10 @@ _EXPORTS: dict[str, str] = {
     "escape_html": "escaping",
     "escape_markdown": "escaping",
     "markdown_code_block": "escaping",
+    # answers as safe Markdown
+    "render_markdown_html": "markdown",
+    "markdown_for_export": "markdown",
+    "IncrementalMarkdown": "markdown",
     # DataFrames
     "tool_calls_frame": "frames",
     "thinking_frame": "frames",

@@ -4,11 +4,13 @@ The views take any object with ``.response``, ``.thinking``, ``.tool_calls`` and
 (the response of any Midori protocol agent, or a stand-in with those attributes) and read the
 statistics typed, through :func:`~midori_hf_nb.stats.stats_of` (:func:`response_stats`).
 
-Model output is untrusted input. Every value (answer, thinking, code, tool names, arguments
-and results, statistics) goes through :mod:`.escaping` before it is put into markup, so a
-response containing ``<script>`` or ``<img onerror=...>`` shows those characters as text. The
-Markdown form also backslash-escapes Markdown punctuation (Markdown renderers pass raw HTML
-through) line by line, after normalising every kind of line break.
+Model output is untrusted input. The answer is rendered as Markdown by :mod:`.markdown` (raw HTML
+off, safe link schemes only, highlighted code, sanitised by an allow-list); every other value
+(thinking, code, tool names, arguments and results, statistics) goes through :mod:`.escaping`
+before it is put into markup, so a response containing ``<script>`` or ``<img onerror=...>``
+shows those characters as text. The Markdown form keeps the answer's own Markdown
+(:func:`~.markdown.markdown_for_export`) and backslash-escapes everything else line by line,
+after normalising every kind of line break.
 
 ``ResponseView(response)`` is a thin wrapper with ``_repr_html_`` / ``_repr_markdown_``;
 ``%load_ext midori_hf_nb`` also registers the HTML form for every ``AgentResponse`` shown
@@ -21,7 +23,8 @@ import json
 from typing import Any, Mapping
 
 from ..stats import ResponseStats, StatsError, stats_of
-from .escaping import NO_MATH_CLASS, escape_html, escape_markdown, markdown_code_block, markdown_lines, to_text
+from .escaping import NO_MATH_CLASS, escape_html, escape_markdown, markdown_lines, to_text
+from .markdown import fenced_code, markdown_for_export, render_markdown_html
 
 #: Inline styles (Jupyter front ends keep inline styles; no <style> blocks needed).
 STYLE_BOX = "font-family:inherit;line-height:1.45;max-width:100%"
@@ -151,18 +154,28 @@ def tool_calls_html(rows: list[dict[str, Any]]) -> str:
             f'<tbody>{"".join(body)}</tbody></table>')
 
 
-def render_response_html(response: Any, *, title: str | None = None, show_thinking: bool = True) -> str:
+def answer_html(answer: Any, *, markdown: bool = True) -> str:
+    """The answer's ``<div class="midori-answer">``: rendered Markdown (:func:`~.markdown.render_markdown_html`)
+    or, with ``markdown=False``, the escaped plain text."""
+    if markdown:
+        return f'<div class="midori-answer">{render_markdown_html(answer)}</div>'
+    return f'<div class="midori-answer" style="{STYLE_ANSWER}">{escape(answer)}</div>'
+
+
+def render_response_html(response: Any, *, title: str | None = None, show_thinking: bool = True,
+                         markdown: bool = True) -> str:
     """The HTML of a response: title, collapsible thinking, answer, code, tool-call table, footer.
 
     ``response``: any object with ``.response``, ``.thinking``, ``.tool_calls`` and ``.metadata``
-    (``.code`` optional). Every value is escaped.
+    (``.code`` optional). The answer is rendered as safe Markdown (``markdown=False``: plain
+    escaped text); every other value is escaped.
     """
     parts = [f'<div class="midori-response {NO_MATH_CLASS}" style="{STYLE_BOX}">']
     if title:
         parts.append(f'<div style="{STYLE_SUMMARY}">{escape(title)}</div>')
     if show_thinking:
         parts.append(thinking_html(to_text(getattr(response, "thinking", ""))))
-    parts.append(f'<div class="midori-answer" style="{STYLE_ANSWER}">{escape(getattr(response, "response", ""))}</div>')
+    parts.append(answer_html(getattr(response, "response", ""), markdown=markdown))
     code = getattr(response, "code", None)
     if code:
         parts.append(f'<pre class="midori-code">{escape(code)}</pre>')
@@ -177,19 +190,21 @@ def render_response_html(response: Any, *, title: str | None = None, show_thinki
 def render_response_markdown(response: Any, *, show_thinking: bool = True) -> str:
     """The Markdown of a response (the same fields as :func:`render_response_html`).
 
-    Model text is HTML-escaped and Markdown-escaped line by line after every kind of line break
-    (``\\r\\n``, a lone ``\\r``, ...) is normalised, and code is an indented block whose every line
-    is indented, so no line of model text can start raw HTML or markup.
+    The answer keeps its own Markdown (code fences, indentation, lists; raw HTML, unsafe links and
+    ``$`` neutralised, an open fence closed: :func:`~.markdown.markdown_for_export`). Other model
+    text is HTML-escaped and Markdown-escaped line by line after every kind of line break
+    (``\\r\\n``, a lone ``\\r``, ...) is normalised, and code is a fenced block longer than any
+    backtick run in it (:func:`~.markdown.fenced_code`), so no line of model text can start raw HTML or markup.
     """
     lines: list[str] = []
     thinking = to_text(getattr(response, "thinking", ""))
     if show_thinking and thinking:
         lines += ["*Thinking*", "", "\n".join("> " + line for line in markdown_lines(thinking)), ""]
     answer = to_text(getattr(response, "response", ""))
-    lines += [line + "  " for line in markdown_lines(answer)] if answer else [""]
+    lines += [markdown_for_export(answer), ""] if answer else [""]
     code = getattr(response, "code", None)
     if code:
-        lines += ["", markdown_code_block(code)]  # code blocks show their text literally
+        lines += ["", fenced_code(code)]  # a fenced block at column 0 shows its text literally
     rows = tool_call_rows(response)
     if rows:
         lines += ["", "| step | tool | arguments | result | error |", "|---|---|---|---|---|"]
@@ -200,7 +215,7 @@ def render_response_markdown(response: Any, *, show_thinking: bool = True) -> st
     footer = format_footer(response_stats(response))
     if footer:
         lines += ["", "*" + escape_markdown(footer) + "*"]
-    return "\n".join(lines)
+    return "\n".join(lines).rstrip("\n")
 
 
 def render_response_text(response: Any) -> str:
@@ -218,16 +233,19 @@ class ResponseView:
     ``.response``; attribute access falls through to it.
     """
 
-    def __init__(self, response: Any, *, title: str | None = None, show_thinking: bool = True) -> None:
+    def __init__(self, response: Any, *, title: str | None = None, show_thinking: bool = True,
+                 markdown: bool = True) -> None:
         self.response = response
         self.title = title
         self.show_thinking = show_thinking
+        self.markdown = markdown
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.response, name)
 
     def _repr_html_(self) -> str:
-        return render_response_html(self.response, title=self.title, show_thinking=self.show_thinking)
+        return render_response_html(self.response, title=self.title, show_thinking=self.show_thinking,
+                                    markdown=self.markdown)
 
     def _repr_markdown_(self) -> str:
         return render_response_markdown(self.response, show_thinking=self.show_thinking)
@@ -264,6 +282,7 @@ def unregister_formatters(shell: Any) -> None:
 
 __all__ = [
     "ResponseView",
+    "answer_html",
     "compact_json",
     "decode_label",
     "escape",

@@ -23,7 +23,10 @@ events=True)`` when it has one, else its ``invoke`` (one update at the end); see
 * a one-line footer: tokens, seconds, tokens/s, finish reason, decoder (read typed, through
   :func:`~midori_hf_nb.stats.stats_of`).
 
-Every value shown is escaped (:mod:`.escaping`). The rendering is a pure function of a
+The answer is rendered as safe Markdown (:mod:`.markdown`; ``markdown=False`` shows plain
+text): while it streams, only its unsettled tail is re-rendered on each (throttled) update
+(:class:`~.markdown.IncrementalMarkdown`), and the final answer is rendered whole. Every other
+value shown is escaped (:mod:`.escaping`). The rendering is a pure function of a
 :class:`StreamState` (:func:`render_stream_html`), usable outside IPython. Output goes to
 a *sink* with an ``update(bundle)`` method: the IPython display handle inside a kernel, or
 a :class:`RecordingSink` anywhere else (it keeps the updates, for tests and benchmarks).
@@ -57,6 +60,7 @@ from .display import (
     STYLE_ANSWER,
     STYLE_BOX,
     STYLE_FOOTER,
+    answer_html,
     escape,
     format_footer,
     response_stats,
@@ -65,6 +69,7 @@ from .display import (
     tool_calls_html,
 )
 from .escaping import NO_MATH_CLASS, to_text
+from .markdown import IncrementalMarkdown, render_markdown_html
 
 #: Default seconds between two display updates.
 DEFAULT_THROTTLE = 0.1
@@ -99,8 +104,13 @@ class StreamState:
         return self.response is not None or self.error is not None
 
 
-def render_stream_html(state: StreamState, *, show_thinking: bool = True) -> str:
-    """The HTML of a stream's current state (pure: no IPython needed). Model text is escaped."""
+def render_stream_html(state: StreamState, *, show_thinking: bool = True, markdown: bool = True,
+                       renderer: IncrementalMarkdown | None = None) -> str:
+    """The HTML of a stream's current state (pure but for ``renderer``'s cache: no IPython needed).
+
+    The answer is safe Markdown (``markdown=False``: escaped plain text); while streaming,
+    ``renderer`` (an :class:`~.markdown.IncrementalMarkdown`) re-renders only the answer's
+    unsettled tail. Every other value is escaped."""
     parts = [f'<div class="midori-stream {NO_MATH_CLASS}" style="{STYLE_BOX}">']
     if state.title:
         parts.append(f'<div style="opacity:0.7;font-size:0.92em">{escape(state.title)}</div>')
@@ -112,7 +122,13 @@ def render_stream_html(state: StreamState, *, show_thinking: bool = True) -> str
     if show_thinking and thinking:
         parts.append(thinking_html(thinking, open_=not state.done and not answer, live=not state.done))
     cursor = "" if state.done else "▌"
-    parts.append(f'<div class="midori-answer" style="{STYLE_ANSWER}">{escape(answer)}{cursor}</div>')
+    if not markdown:
+        parts.append(f'<div class="midori-answer" style="{STYLE_ANSWER}">{escape(answer)}{cursor}</div>')
+    elif state.done:
+        parts.append(answer_html(answer))
+    else:
+        body = renderer.render(answer) if renderer is not None else render_markdown_html(answer)
+        parts.append(f'<div class="midori-answer">{body}<span class="midori-cursor">{cursor}</span></div>')
     parts.append(tool_calls_html(tool_call_rows(response) if response is not None else live_tool_rows(state)))
     parts.append(f'<div class="midori-footer" style="{STYLE_FOOTER}">{escape(stream_footer(state))}</div>')
     parts.append("</div>")
@@ -245,18 +261,22 @@ class LiveView:
         show_thinking: show reasoning (dimmed, collapsible) above the answer.
         title: an optional heading line (escaped).
         clock: the time source (``time.perf_counter``).
+        markdown: render the answer as safe Markdown (default) or, with False, as plain text.
 
     :attr:`stats` is the view's :class:`DisplayStats`, updated as it goes; ``updates``,
     ``events`` and ``render_seconds`` read it.
     """
 
     def __init__(self, sink: Any = None, *, throttle: float = DEFAULT_THROTTLE, show_thinking: bool = True,
-                 title: str | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
+                 title: str | None = None, clock: Callable[[], float] = time.perf_counter,
+                 markdown: bool = True) -> None:
         if isinstance(throttle, bool) or not isinstance(throttle, (int, float)) or not throttle >= 0:
             raise ValueError(f"throttle={throttle!r} is not allowed: expected seconds >= 0")
         self.sink = sink if sink is not None else default_sink()
         self.throttle = float(throttle)
         self.show_thinking = show_thinking
+        self.markdown = markdown
+        self.markdown_renderer = IncrementalMarkdown()
         self.clock = clock
         self.state = StreamState(title=title)
         self.stats = DisplayStats(throttle=self.throttle)
@@ -281,7 +301,8 @@ class LiveView:
 
     def bundle(self) -> dict[str, str]:
         """The current mime bundle (``text/html`` and ``text/plain``)."""
-        return {"text/html": render_stream_html(self.state, show_thinking=self.show_thinking),
+        return {"text/html": render_stream_html(self.state, show_thinking=self.show_thinking, markdown=self.markdown,
+                                                renderer=self.markdown_renderer),
                 "text/plain": render_stream_text(self.state)}
 
     def start(self) -> "LiveView":
@@ -396,7 +417,7 @@ def _start(agent: Any, payload: Any, on_interrupt: str, view: LiveView | None, t
 async def stream_to_cell(agent: Any, payload: Any, *, throttle: float = DEFAULT_THROTTLE,
                          show_thinking: bool = True, title: str | None = None, sink: Any = None,
                          on_interrupt: str = "return", tools: list | None = None,
-                         view: LiveView | None = None, **overrides: Any) -> Any:
+                         view: LiveView | None = None, markdown: bool = True, **overrides: Any) -> Any:
     """Stream the answer to ``payload`` into the current output cell; return the final response.
 
     Use with top-level ``await`` in a cell. Args:
@@ -414,10 +435,12 @@ async def stream_to_cell(agent: Any, payload: Any, *, throttle: float = DEFAULT_
             calls are shown, never executed here.
         view: a prepared :class:`LiveView` (overrides ``throttle``/``sink``/...); its ``stats``
             (:class:`DisplayStats`) count the updates afterwards.
+        markdown: render the answer as safe Markdown (default); False shows it as plain text.
         **overrides: per-call settings passed to the agent's method (e.g. ``max_new_tokens``).
     """
     view, stream = _start(agent, payload, on_interrupt, view, tools, overrides,
-                          sink=sink, throttle=throttle, show_thinking=show_thinking, title=title)
+                          sink=sink, throttle=throttle, show_thinking=show_thinking, title=title,
+                          markdown=markdown)
 
     async def consume() -> Any:
         async for event in stream:
@@ -454,7 +477,8 @@ async def stream_to_cell(agent: Any, payload: Any, *, throttle: float = DEFAULT_
 
 def display_stream(agent: Any, payload: Any, *, throttle: float = DEFAULT_THROTTLE, show_thinking: bool = True,
                    title: str | None = None, sink: Any = None, on_interrupt: str = "return",
-                   tools: list | None = None, view: LiveView | None = None, **overrides: Any) -> Any:
+                   tools: list | None = None, view: LiveView | None = None, markdown: bool = True,
+                   **overrides: Any) -> Any:
     """Blocking form of :func:`stream_to_cell`, for plain functions and magics.
 
     The stream runs in a worker thread; this thread renders. ``KeyboardInterrupt`` (interrupting
@@ -463,7 +487,8 @@ def display_stream(agent: Any, payload: Any, *, throttle: float = DEFAULT_THROTT
     after the display shows it. Arguments are those of :func:`stream_to_cell`.
     """
     view, stream = _start(agent, payload, on_interrupt, view, tools, overrides,
-                          sink=sink, throttle=throttle, show_thinking=show_thinking, title=title)
+                          sink=sink, throttle=throttle, show_thinking=show_thinking, title=title,
+                          markdown=markdown)
     pump = AsyncIterPump(stream, on_cancel=stream.cancel).start()
     interrupt: KeyboardInterrupt | None = None
     while True:

@@ -1,8 +1,9 @@
 """HTML of the chat panel: messages, the transcript, the title, notices and the status line.
 
 Everything shown comes from the model, the user, a transcript file or an exception, so every
-piece of text is HTML-escaped here (answers go through
-:func:`~midori_hf_nb.notebook.render_response_html`, which escapes them too). Statistics are read
+piece of text is HTML-escaped here; an answer's body goes through
+:func:`~midori_hf_nb.notebook.render_response_html`, which renders it as safe Markdown
+(:mod:`~midori_hf_nb.notebook.markdown`: raw HTML off, safe links only, sanitised). Statistics are read
 typed (:class:`~.transcript.TranscriptEntry`), never by metadata keys.
 """
 

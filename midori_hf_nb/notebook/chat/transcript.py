@@ -281,7 +281,9 @@ def role_label(role: str) -> str:
 
 
 def render_transcript_markdown(entries: list[MemoryEntryData], title: str | None = None) -> str:
-    """The transcript as Markdown; everything written from the transcript is HTML- and Markdown-escaped."""
+    """The transcript as Markdown: answers keep their own Markdown (made inert:
+    :func:`~midori_hf_nb.notebook.markdown.markdown_for_export`); everything else written from the
+    transcript (title, roles, user messages, errors) is HTML- and Markdown-escaped."""
     lines: list[str] = []
     if title:
         lines += [f"# {escape_markdown(title)}", ""]

@@ -226,10 +226,10 @@ class MidoriMagics(Magics):
             from IPython.display import display
 
             response = run(agent.invoke(payload, **overrides))
-            display(ResponseView(response, show_thinking=not args.hide_thinking))
+            display(ResponseView(response, show_thinking=not args.hide_thinking, markdown=not args.plain))
             session.last_display = None
         else:
-            view = LiveView(throttle=throttle, show_thinking=not args.hide_thinking)
+            view = LiveView(throttle=throttle, show_thinking=not args.hide_thinking, markdown=not args.plain)
             response = display_stream(agent, payload, view=view, **overrides)
             session.last_display = view.stats
         if use_memory:

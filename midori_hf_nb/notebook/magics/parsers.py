@@ -57,6 +57,8 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
                         help="wait for the whole answer, then show it (no live updates)")
     parser.add_argument("--raw", action="store_true", help="send the text as is: no {variable} interpolation")
     parser.add_argument("--hide-thinking", action="store_true", help="do not show the model's reasoning")
+    parser.add_argument("--plain", action="store_true",
+                        help="show the answer as plain text instead of rendered Markdown")
     parser.add_argument("--throttle", type=float, metavar="SECONDS",
                         help=f"seconds between display updates (default {DEFAULT_THROTTLE})")
 
