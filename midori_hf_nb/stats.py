@@ -61,6 +61,12 @@ class ResponseStats:
     thinking_blocks: list[str] = field(default_factory=list)
     raw_text: str | None = None
     parser: str | None = None
+    #: the API root of a served model (agents on an OpenAI-compatible server; never with a key)
+    base_url: str | None = None
+    #: what went wrong when ``finish_reason`` is "error" (e.g. the server dropped the stream midway)
+    error: str | None = None
+    #: the finish reason as the server sent it (e.g. "tool_calls", "content_filter")
+    server_finish_reason: str | None = None
     # ------------------------------------------------------------------ tools (None: no tools offered)
     tools_offered: list[str] | None = None
     tools_in_template: bool | None = None
@@ -76,13 +82,14 @@ class ResponseStats:
     # ------------------------------------------------------------------ conversion
 
     def as_dict(self) -> dict[str, Any]:
-        """The metadata dict of the protocol's ``AgentResponse`` (tool keys only when tools were used)."""
+        """The metadata dict of the protocol's ``AgentResponse`` (tool keys only when tools were used;
+        ``base_url``, ``error`` and ``server_finish_reason`` only when set)."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             if f.name == "extra":
                 continue
             value = getattr(self, f.name)
-            if f.name in _TOOL_FIELDS and value is None:
+            if f.name in _OMITTED_WHEN_NONE and value is None:
                 continue
             out[f.name] = list(value) if isinstance(value, list) else value
         out.update(self.extra)
@@ -121,6 +128,8 @@ class ResponseStats:
 
 _TOOL_FIELDS = frozenset({"tools_offered", "tools_in_template", "tool_parse_errors", "unknown_tool_calls",
                           "tool_steps", "steps", "max_steps_reached"})
+#: fields left out of :meth:`ResponseStats.as_dict` while None (tools, and what only served agents know)
+_OMITTED_WHEN_NONE = _TOOL_FIELDS | {"base_url", "error", "server_finish_reason"}
 
 
 def _bad(name: str, value: Any, allowed: str) -> StatsError:
@@ -202,7 +211,8 @@ _CHECKS = {
     "memory_dropped": _opt(_count), "used_chat_template": _opt(_flag), "device": _opt(_text),
     "dtype": _opt(_text), "quantization": _opt(_text), "seed": _opt(_integer), "do_sample": _opt(_flag),
     "temperature": _opt(_number), "max_new_tokens": _opt(_count), "thinking_blocks": _texts,
-    "raw_text": _opt(_text), "parser": _opt(_text), "tools_offered": _opt(_texts),
+    "raw_text": _opt(_text), "parser": _opt(_text), "base_url": _opt(_text), "error": _opt(_text),
+    "server_finish_reason": _opt(_text), "tools_offered": _opt(_texts),
     "tools_in_template": _opt(_flag), "tool_parse_errors": _opt(_texts), "unknown_tool_calls": _opt(_texts),
     "tool_steps": _opt(_records), "steps": _opt(_count), "max_steps_reached": _opt(_flag),
 }

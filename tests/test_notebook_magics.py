@@ -136,7 +136,7 @@ def test_help_flags_print_help_and_send_nothing(shell, code, expected):
     ("%midori load --greedy --set do_sample=true", "contradict each other"),
     ("%midori load --set seed=3", "seed is not a setting of the model"),
     ("%midori use no_such_variable_xyz", "'no_such_variable_xyz' names no variable in the notebook"),
-    ("%midori use", "the following arguments are required: VAR"),
+    ("%midori use", "expected a notebook variable holding an agent, or --backend openai"),
     ("%%midori --temperature 3\nhello", "temperature=3.0 is not allowed"),
     ("%%midori --seed 99999999999999999999999\nhello", "seed=99999999999999999999999 is not allowed"),
     ("%%midori --throttle -1\nhello", "--throttle -1.0 is not allowed"),

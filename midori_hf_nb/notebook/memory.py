@@ -194,7 +194,8 @@ class MemoryReadout:
                          "total_bytes": self.process["rss_bytes"], "detail": detail})
         for agent in self.remote:
             rows.append({"section": "model", "item": to_text(agent.get("model")), "bytes": None, "total_bytes": None,
-                         "detail": REMOTE_DETAIL + (f" ({to_text(agent.get('agent'))})" if agent.get("agent") else "")})
+                         "detail": REMOTE_DETAIL + (f" ({to_text(agent.get('agent'))})" if agent.get("agent") else "")
+                         + (f", served at {to_text(agent.get('base_url'))}" if agent.get("base_url") else "")})
         return rows
 
     def _note(self) -> str:
@@ -228,13 +229,18 @@ class MemoryReadout:
 
 
 def remote_models(agent: Any) -> list[dict[str, Any]]:
-    """``[{"model", "agent"}]`` for an agent whose model is not in this process (any protocol agent
-    but the local one); ``[]`` for a local agent (its model is in ``models`` while loaded) or None."""
+    """``[{"model", "agent"}]`` (and ``"base_url"`` for a served agent) for an agent whose model is not
+    in this process (any protocol agent but the local one); ``[]`` for a local agent (its model is
+    in ``models`` while loaded) or None."""
     from .agent_calls import agent_model_name, is_local_agent
 
     if agent is None or is_local_agent(agent):
         return []
-    return [{"model": agent_model_name(agent), "agent": type(agent).__name__}]
+    entry = {"model": agent_model_name(agent), "agent": type(agent).__name__}
+    base_url = getattr(agent, "base_url", None)  # a served agent's server (OpenAICompatibleAgent)
+    if isinstance(base_url, str) and base_url:
+        entry["base_url"] = base_url
+    return [entry]
 
 
 def memory_readout(agent: Any = None) -> MemoryReadout:
