@@ -70,19 +70,26 @@ class ResponseStats:
     tool_steps: list[dict[str, Any]] | None = None
     steps: int | None = None
     max_steps_reached: bool | None = None
+    # ------------------------------------------------------------------ structured output (None: not asked)
+    #: the name of the ``response_format`` the answer was constrained to ("json", a model's name, ...)
+    response_format: str | None = None
+    #: the ``tool_choice`` of the call ("auto", "required", "none" or a tool's name)
+    tool_choice: str | None = None
+    #: why ``response.parsed`` is None (the budget ran out before the JSON closed, cancelled, ...)
+    structured_error: str | None = None
     #: metadata keys this class does not know (kept as they are)
     extra: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ conversion
 
     def as_dict(self) -> dict[str, Any]:
-        """The metadata dict of the protocol's ``AgentResponse`` (tool keys only when tools were used)."""
+        """The metadata dict of the protocol's ``AgentResponse`` (tool keys only when tools were used, structured-output keys only when asked)."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             if f.name == "extra":
                 continue
             value = getattr(self, f.name)
-            if f.name in _TOOL_FIELDS and value is None:
+            if f.name in _OPTIONAL_FIELDS and value is None:
                 continue
             out[f.name] = list(value) if isinstance(value, list) else value
         out.update(self.extra)
@@ -121,6 +128,9 @@ class ResponseStats:
 
 _TOOL_FIELDS = frozenset({"tools_offered", "tools_in_template", "tool_parse_errors", "unknown_tool_calls",
                           "tool_steps", "steps", "max_steps_reached"})
+_STRUCTURED_FIELDS = frozenset({"response_format", "tool_choice", "structured_error"})
+#: fields left out of the metadata while None (tools not offered, structured output not asked)
+_OPTIONAL_FIELDS = _TOOL_FIELDS | _STRUCTURED_FIELDS
 
 
 def _bad(name: str, value: Any, allowed: str) -> StatsError:
@@ -205,6 +215,7 @@ _CHECKS = {
     "raw_text": _opt(_text), "parser": _opt(_text), "tools_offered": _opt(_texts),
     "tools_in_template": _opt(_flag), "tool_parse_errors": _opt(_texts), "unknown_tool_calls": _opt(_texts),
     "tool_steps": _opt(_records), "steps": _opt(_count), "max_steps_reached": _opt(_flag),
+    "response_format": _opt(_text), "tool_choice": _opt(_text), "structured_error": _opt(_text),
 }
 
 
