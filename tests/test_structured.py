@@ -393,3 +393,28 @@ def test_default_model_batch_and_forced_call(default_agent, payload):
                                                    tool_choice="required"))
     assert len(response.tool_calls) == 1
     assert_valid_call(response.tool_calls[0], {"weather", "add"})
+
+
+# ---------------------------------------------------------------- compare() grid setting
+
+
+def test_compare_grid_runs_free_and_constrained(tiny_tools_model):
+    from midori_hf_nb.compare import compare
+
+    def valid(row) -> bool:
+        try:
+            Label.model_validate_json(row["response"])
+        except ValueError:
+            return False
+        return True
+
+    table = compare(["Describe a label.", "Another label, please."], models=str(tiny_tools_model),
+                    settings={"response_format": [None, Label], "max_new_tokens": [48]},
+                    checks={"valid": valid}, progress=False, model_kwargs={"do_sample": False})
+    assert len(table) == 4 and (table["status"] == "ok").all()
+    constrained = table[table["response_format"].notna()]
+    free = table[table["response_format"].isna()]
+    assert len(constrained) == 2 and constrained["check: valid"].all()
+    assert not free["check: valid"].any()  # the random model's free text is never a Label
+    with pytest.raises(ValueError, match="response_format='yaml'"):
+        compare("x", models=str(tiny_tools_model), settings={"response_format": ["yaml"]}, progress=False)
