@@ -418,3 +418,48 @@ def test_compare_grid_runs_free_and_constrained(tiny_tools_model):
     assert not free["check: valid"].any()  # the random model's free text is never a Label
     with pytest.raises(ValueError, match="response_format='yaml'"):
         compare("x", models=str(tiny_tools_model), settings={"response_format": ["yaml"]}, progress=False)
+
+
+# ---------------------------------------------------------------- the chat panel's setting
+
+
+def test_chat_panel_response_format_setting(tiny_agent):
+    from midori_hf_nb.notebook import ChatPanel
+
+    async def send(panel, text):
+        return await panel.send(text)
+
+    panel = ChatPanel(tiny_agent, throttle=0, max_new_tokens=64)
+    assert panel.response_format_field.widget in panel.settings_box.children[0].children
+    panel.response_format_field.widget.value = json.dumps(SMALL)
+    for question in ("First.", "Second."):
+        answer = run(send(panel, question))
+        assert answer["finish_reason"] == "stop"
+        jsonschema.validate(json.loads(answer["content"]), SMALL)
+    panel.response_format_field.widget.value = "yaml please"
+    with pytest.raises(ValueError, match="Response format='yaml please' is not allowed: expected empty"):
+        panel.send("Third.")
+    panel.response_format_field.widget.value = '{"type": "nope"}'
+    with pytest.raises(ValueError, match="Response format: not a valid JSON schema"):
+        panel.send("Third.")
+    panel.response_format_field.widget.value = ""
+    assert "response_format" not in panel.generation_overrides()
+    # given to the panel: shown by name and used while the field keeps it
+    named = ChatPanel(tiny_agent, throttle=0, response_format=Label, max_new_tokens=64)
+    assert named.response_format_field.widget.value == "Label"
+    answer = run(send(named, "A label."))
+    assert Label.model_validate_json(answer["content"])
+
+
+def test_chat_panel_tool_loop_with_a_forced_first_call(tiny_agent):
+    from midori_hf_nb.notebook import ChatPanel
+
+    async def send(panel, text):
+        return await panel.send(text)
+
+    panel = ChatPanel(tiny_agent, tools=[paint], execute_tools=True, max_tool_steps=2, tool_choice="required",
+                      throttle=0, max_new_tokens=32)
+    answer = run(send(panel, "Paint the wall."))
+    rows = answer["tool_calls"]
+    assert rows and rows[0]["name"] == "paint" and rows[0]["executed"]
+    assert rows[0]["result"] == f"{rows[0]['arguments']['coats']} coats of {rows[0]['arguments']['colour']}"
