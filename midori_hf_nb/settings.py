@@ -11,6 +11,8 @@ rules live here alone:
   call, and a temperature of 0 decodes greedily;
 * ``seed`` is an integer torch accepts (``-2**63 <= seed < 2**64``);
 * every configuration field is validated by :class:`~midori_hf_nb.config.HuggingFaceConfig`;
+* ``response_format`` and ``tool_choice`` are validated by :mod:`midori_hf_nb.structured` (the
+  schema compiled once, here) and travel as typed fields of :class:`CallSettings`;
   anything else is a ``generate()`` option (checked against ``GenerationConfig`` by the engine).
 
 Nothing here imports torch or transformers.
@@ -22,9 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .config import ConfigError, HuggingFaceConfig, validate_generation_options, validate_seed
+from .structured.formats import ResponseFormat, ToolChoice, response_format_from, tool_choice_from
 
 #: Per-call overrides that change a configuration field.
 CONFIG_OVERRIDES = ("max_new_tokens", "temperature", "top_p", "top_k", "do_sample")
+#: Per-call overrides of structured output (validated by :mod:`midori_hf_nb.structured`).
+STRUCTURED_OVERRIDES = ("response_format", "tool_choice")
 
 
 @dataclass
@@ -42,6 +47,9 @@ class GenerationSettings:
     num_threads: int | str | None = None
     #: "auto" (the engine's decode loop when the settings allow it) or "generate" (always model.generate)
     decode_loop: str = "auto"
+    #: a compiled grammar (:class:`~midori_hf_nb.structured.GrammarConstraint`) the engine runs as a
+    #: logits processor: from ``response_format``, or a forced tool call; None: unconstrained
+    constraint: Any = None
 
     @property
     def greedy(self) -> bool:
@@ -56,6 +64,10 @@ class CallSettings:
 
     config: HuggingFaceConfig
     generation: GenerationSettings
+    #: the validated ``response_format`` (None: free text)
+    response_format: ResponseFormat | None = None
+    #: the validated ``tool_choice`` (None: "auto"); applied where tools are offered
+    tool_choice: ToolChoice | None = None
 
     @property
     def greedy(self) -> bool:
@@ -82,7 +94,10 @@ def split_overrides(overrides: Mapping[str, Any], *, streaming: bool = True,
     fields = {k: rest.pop(k) for k in CONFIG_OVERRIDES if k in rest and rest[k] is not None}
     for k in CONFIG_OVERRIDES:
         rest.pop(k, None)  # an override of None means "the configuration's value"
+    structured = {"response_format": response_format_from(rest.pop("response_format", None)),
+                  "tool_choice": tool_choice_from(rest.pop("tool_choice", None))}
     validate_generation_options(rest, field="", streaming=streaming)
+    rest.update({k: v for k, v in structured.items() if v is not None})
     temperature = fields.get("temperature")
     if "do_sample" not in fields and isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
         fields["do_sample"] = temperature > 0  # a temperature above 0 asks for sampling, 0 for greedy
@@ -94,11 +109,14 @@ def resolve_call_settings(config: HuggingFaceConfig, overrides: Mapping[str, Any
     """The settings one call runs with: ``config`` with ``overrides`` applied and validated.
 
     Overrides: ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``do_sample``,
-    ``greedy``, ``seed`` and any ``generate()`` option (e.g. ``repetition_penalty``,
+    ``greedy``, ``seed``, ``response_format`` and ``tool_choice`` (see
+    :mod:`midori_hf_nb.structured`) and any ``generate()`` option (e.g. ``repetition_penalty``,
     ``logits_processor``). Raises :class:`~midori_hf_nb.config.ConfigError` (a ``ValueError``)
     naming the field and what is allowed. ``streaming=False`` (a batch) allows beam search.
     """
     fields, seed, extra = split_overrides(overrides or {}, streaming=streaming)
+    response_format = extra.pop("response_format", None)
+    tool_choice = extra.pop("tool_choice", None)
     call_config = config.replace(**fields) if fields else config
     generation = GenerationSettings(
         max_new_tokens=call_config.max_new_tokens,
@@ -110,15 +128,18 @@ def resolve_call_settings(config: HuggingFaceConfig, overrides: Mapping[str, Any
         extra={**call_config.generation_kwargs, **extra},
         num_threads=call_config.num_threads,
         decode_loop=call_config.decode_loop,
+        constraint=response_format.constraint if response_format is not None else None,
     )
-    return CallSettings(call_config, generation)
+    return CallSettings(call_config, generation, response_format, tool_choice)
 
 
 def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Validate overrides without an agent (for a form or a magic before it calls one).
 
     Returns the overrides as an agent resolves them (``greedy`` and a temperature turned into
-    ``do_sample``, ``None`` values dropped); raises :class:`~midori_hf_nb.config.ConfigError`
+    ``do_sample``, ``None`` values dropped, ``response_format`` and ``tool_choice`` as their
+    validated :class:`~midori_hf_nb.structured.ResponseFormat` and
+    :class:`~midori_hf_nb.structured.ToolChoice`); raises :class:`~midori_hf_nb.config.ConfigError`
     naming the field and what is allowed.
     """
     fields, seed, extra = split_overrides(overrides)
@@ -130,5 +151,5 @@ def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
-__all__ = ["CONFIG_OVERRIDES", "CallSettings", "GenerationSettings",
+__all__ = ["CONFIG_OVERRIDES", "STRUCTURED_OVERRIDES", "CallSettings", "GenerationSettings",
            "check_overrides", "resolve_call_settings", "split_overrides"]

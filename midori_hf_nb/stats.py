@@ -76,14 +76,22 @@ class ResponseStats:
     tool_steps: list[dict[str, Any]] | None = None
     steps: int | None = None
     max_steps_reached: bool | None = None
+    # ------------------------------------------------------------------ structured output (None: not asked)
+    #: the name of the ``response_format`` the answer was constrained to ("json", a model's name, ...)
+    response_format: str | None = None
+    #: the ``tool_choice`` of the call ("auto", "required", "none" or a tool's name)
+    tool_choice: str | None = None
+    #: why ``response.parsed`` is None (the budget ran out before the JSON closed, cancelled, ...)
+    structured_error: str | None = None
     #: metadata keys this class does not know (kept as they are)
     extra: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ conversion
 
     def as_dict(self) -> dict[str, Any]:
-        """The metadata dict of the protocol's ``AgentResponse`` (tool keys only when tools were used;
-        ``base_url``, ``error`` and ``server_finish_reason`` only when set)."""
+        """The metadata dict of the protocol's ``AgentResponse`` (tool keys only when tools were used,
+        structured-output keys only when asked; ``base_url``, ``error`` and ``server_finish_reason``
+        only when set)."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             if f.name == "extra":
@@ -128,8 +136,10 @@ class ResponseStats:
 
 _TOOL_FIELDS = frozenset({"tools_offered", "tools_in_template", "tool_parse_errors", "unknown_tool_calls",
                           "tool_steps", "steps", "max_steps_reached"})
-#: fields left out of :meth:`ResponseStats.as_dict` while None (tools, and what only served agents know)
-_OMITTED_WHEN_NONE = _TOOL_FIELDS | {"base_url", "error", "server_finish_reason"}
+_STRUCTURED_FIELDS = frozenset({"response_format", "tool_choice", "structured_error"})
+#: fields left out of :meth:`ResponseStats.as_dict` while None (tools not offered, structured output
+#: not asked, and what only served agents know)
+_OMITTED_WHEN_NONE = _TOOL_FIELDS | _STRUCTURED_FIELDS | {"base_url", "error", "server_finish_reason"}
 
 
 def _bad(name: str, value: Any, allowed: str) -> StatsError:
@@ -215,6 +225,7 @@ _CHECKS = {
     "server_finish_reason": _opt(_text), "tools_offered": _opt(_texts),
     "tools_in_template": _opt(_flag), "tool_parse_errors": _opt(_texts), "unknown_tool_calls": _opt(_texts),
     "tool_steps": _opt(_records), "steps": _opt(_count), "max_steps_reached": _opt(_flag),
+    "response_format": _opt(_text), "tool_choice": _opt(_text), "structured_error": _opt(_text),
 }
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from ..parsing import StreamSplitter, prompt_opens_thinking
 from ..protocol import AgentPayload, AgentResponse
+from ..structured.tools import apply_tool_choice
 from ..tools import tool_names
 from ..validation import validate_payload
 from .events import EventStream, StreamEvent
@@ -97,7 +98,7 @@ async def run_generation(state: StreamState, agent: "GenerationHost", payload: A
     """The events of one generation (the body of :class:`AgentStream`)."""
     called_at = time.perf_counter()
     payload = await asyncio.to_thread(validate_payload, payload)  # refused before a model loads, naming the field
-    call = agent.resolve_settings(overrides)
+    call, schemas = apply_tool_choice(agent.resolve_settings(overrides), schemas)
     lm = await agent.ensure_loaded()
     from .. import engine
 

@@ -21,6 +21,7 @@ from .document import read_document, write_document
 from .generation import AnswerRun, GenerationPlan, agent_model, answer_entry, initial_settings, plan_generation, \
     tool_method
 from .layout import ChatLayout, WidgetSink
+from .structured_field import ResponseFormatField, attach
 from .render import final_status_text, live_status_text, render_transcript_html
 from .transcript import TOKENS_FIELD, TranscriptEntry, check_memory, entry_to_dict, payload_memory, \
     render_transcript_markdown, transcript_frame
@@ -63,7 +64,9 @@ class ChatPanel(ChatLayout):
         height: the transcript's maximum height (CSS), e.g. ``"420px"``.
         enter_sends: whether a line break typed at the end of the input sends it.
         **overrides: further per-message generation overrides (``seed``, ``repetition_penalty``,
-            ``logits_processor``...), as for :meth:`~midori_hf_nb.HuggingFaceLocalAgent.invoke`.
+            ``logits_processor``, ``tool_choice`` for the tools...), as for
+            :meth:`~midori_hf_nb.HuggingFaceLocalAgent.invoke`. A ``response_format`` is the first
+            value of the "Response format" setting (free text, ``json`` or a JSON schema).
     """
 
     def __init__(self, agent: Any, tools: list[Any] | None = None, *, execute_tools: bool = False,
@@ -97,6 +100,8 @@ class ChatPanel(ChatLayout):
         self.regenerate_button.on_click(lambda _: self._guarded(self.regenerate))
         self.clear_button.on_click(lambda _: self.clear())
         self._render_history()
+        self.response_format_field = ResponseFormatField(self.overrides.pop("response_format", None))
+        attach(self.settings_box, self.response_format_field)
         self.show_status("ready")
         self.show_running(False)
 
@@ -135,6 +140,7 @@ class ChatPanel(ChatLayout):
         if not settings["greedy"]:
             asked["temperature"] = settings["temperature"]
         try:
+            asked["response_format"] = self.response_format_field.value()
             return check_overrides(asked)
         except ValueError as exc:
             raise ValueError(f"Settings: {exc}") from exc
