@@ -97,7 +97,7 @@ def test_every_share_states_its_denominator_and_models_share_the_process_rows_on
                             system={"total_bytes": 1000, "available_bytes": 500, "used_bytes": 500, "percent": 50.0},
                             cuda=[{"device": "cuda:0", "name": "GPU", "allocated_bytes": 20, "reserved_bytes": 40,
                                    "total_bytes": 80}],
-                            models=[{"model": "m", "parameters": 1, "bytes": 200, "dtype": "float32",
+                            models=[{"model": "m", "parameters": 1, "bytes": 100, "dtype": "float32",
                                      "quantization": "none", "device": "cpu"}])
     frame = readout.to_frame()
     by_item = frame.set_index("item")
@@ -105,8 +105,8 @@ def test_every_share_states_its_denominator_and_models_share_the_process_rows_on
         assert by_item.loc[item, "total_bytes"] == 1000 and by_item.loc[item, "share_of"] == "system memory"
     assert set(frame[frame["section"] == "cuda:0"]["share_of"]) == {"cuda:0 memory"}
     assert set(frame[frame["section"] == "cuda:0"]["total_bytes"]) == {80}
-    assert "50.0% of the process's resident memory" in by_item.loc["m", "detail"]
+    assert "25.0% of the process's resident memory" in by_item.loc["m", "detail"]
     html = readout._repr_html_()
     assert "<th" in html and ">share of</th>" in html
     assert html.count("system memory (1000 B)") == 4 and html.count("cuda:0 memory (80 B)") == 2
-    assert "</div> 20.0%" in html and "</div> 50.0%" not in html  # the model: 200 of the machine's 1000, not of the RSS
+    assert "</div> 10.0%" in html and "</div> 25.0%" not in html  # the model: 100 of the machine's 1000, not of the RSS
