@@ -95,7 +95,7 @@ def test_a_local_agent_adds_no_remote_row():
 def test_every_share_states_its_denominator_and_models_share_the_process_rows_one():
     readout = MemoryReadout(process={"rss_bytes": 400, "peak_rss_bytes": 500, "vms_bytes": 900},
                             system={"total_bytes": 1000, "available_bytes": 500, "used_bytes": 500, "percent": 50.0},
-                            cuda=[{"device": "cuda:0", "name": "GPU", "allocated_bytes": 20, "reserved_bytes": 40,
+                            cuda=[{"device": "cuda:0", "name": "GPU", "allocated_bytes": 30, "reserved_bytes": 60,
                                    "total_bytes": 80}],
                             models=[{"model": "m", "parameters": 1, "bytes": 100, "dtype": "float32",
                                      "quantization": "none", "device": "cpu"}])
