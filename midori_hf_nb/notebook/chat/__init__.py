@@ -75,6 +75,7 @@ Undo clear), :mod:`.composer` (the input box and Send), :mod:`.options` (option 
 from __future__ import annotations
 
 from .document import JSON_FORMAT, JSON_VERSION, SETTINGS_KEYS, read_document, write_document
+from .export import ChatExport
 from .panel import ChatPanel
 from .render import render_entry_html, render_transcript_html
 from .transcript import (
@@ -89,6 +90,7 @@ from .transcript import (
 )
 
 __all__ = [
+    "ChatExport",
     "ChatPanel",
     "JSON_FORMAT",
     "JSON_VERSION",
