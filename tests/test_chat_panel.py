@@ -58,7 +58,7 @@ def record(widget) -> list[str]:
 # --------------------------------------------------------------------------- send, stream, status
 
 
-def test_send_button_streams_the_answer_into_the_transcript():
+def test_send_streams_the_answer_into_the_transcript():
     agent = ScriptedAgent("Hello from the panel.", delay=0.002, piece_chars=3)
     panel = ChatPanel(agent, throttle=0)
     live = record(panel.live_html)

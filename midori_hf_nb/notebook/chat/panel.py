@@ -49,7 +49,7 @@ class ChatPanel(ChatLayout):
         title: a heading shown above the transcript (default: the model name).
         throttle: minimum seconds between transcript updates while streaming.
         height: the transcript's maximum height (CSS), e.g. ``"420px"``.
-        enter_sends: whether a line break typed at the end of the input sends it.
+        enter_sends: whether Enter sends (Shift+Enter always starts a new line).
         **overrides: further per-message generation overrides (``seed``, ``repetition_penalty``,
             ``logits_processor``...), as for :meth:`~midori_hf_nb.HuggingFaceLocalAgent.invoke`.
     """
