@@ -62,7 +62,10 @@ TYPING_DELAY_MS = 60
 RECORD_LIVE_TEXT = """(root) => {
     window.midoriLiveTexts = [];
     window.midoriStatusTexts = [];
+    window.midoriLiveLabels = [];
     new MutationObserver(() => {
+        root.querySelectorAll('.midori-chat-live').forEach(
+            (el) => window.midoriLiveLabels.push(el.firstElementChild ? el.firstElementChild.textContent : ''));
         root.querySelectorAll('.midori-stream .midori-answer').forEach(
             (el) => window.midoriLiveTexts.push(el.textContent));
         root.querySelectorAll('.midori-chat-status').forEach(
@@ -161,7 +164,7 @@ def jupyter_lab(tmp_path):
             stop_process_tree(proc)
         else:
             pytest.fail("JupyterLab did not start: " + (tmp_path / "jupyter.log").read_text(errors="replace")[-3000:])
-        yield base, notebook.name
+        yield base, notebook.name, root
     finally:
         if proc is not None:
             stop_process_tree(proc)
@@ -171,7 +174,7 @@ def jupyter_lab(tmp_path):
 def test_chat_panel_in_jupyterlab(jupyter_lab, artifacts_dir):
     from playwright.sync_api import expect, sync_playwright
 
-    base, name = jupyter_lab
+    base, name, root = jupyter_lab
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
@@ -188,7 +191,7 @@ def test_chat_panel_in_jupyterlab(jupyter_lab, artifacts_dir):
             expect(box).to_be_visible(timeout=120_000)
 
             def button(label: str):
-                return output.locator("button.jupyter-button", has_text=label)
+                return output.locator("button.jupyter-button", has_text=re.compile(rf"^\s*{re.escape(label)}\s*$"))
 
             # 1. Send under load: another cell keeps the kernel busy while the question is typed at an
             # ordinary speed and Send is clicked; the message sent is exactly the text in the box.
@@ -229,6 +232,12 @@ def test_chat_panel_in_jupyterlab(jupyter_lab, artifacts_dir):
             statuses = page.evaluate("window.midoriStatusTexts")
             loading = sorted({t.split(" · ")[0] for t in statuses if t.startswith("loading model…")})
             assert len(loading) >= 2, f"the loading status did not tick: {statuses!r}"
+            assert "Assistant" in page.evaluate("window.midoriLiveLabels")  # labelled while it streamed
+            assert output.locator(".midori-chat-time").count() == 2  # when it was sent, when the answer ended
+            button("Export").click()
+            expect(output.locator(".midori-chat-info")).to_contain_text(".json")
+            exported = sorted(p.suffix for p in root.glob("chat-*"))
+            assert exported == [".json", ".md"], exported  # next to the notebook
             output.scroll_into_view_if_needed()
             page.screenshot(path=str(artifacts_dir / "chat_panel_answer.png"))
 

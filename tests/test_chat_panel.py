@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 
 import pytest
@@ -21,6 +22,7 @@ from midori_hf_nb.config import HuggingFaceConfig
 from midori_hf_nb.stats import ResponseStats, stats_of
 from midori_hf_nb.testing import ScriptedAgent
 from midori_hf_nb.notebook import ChatPanel
+from midori_hf_nb.notebook.chat import render_transcript_html
 from midori_hf_nb.notebook.chat.composer import MAX_INPUT_CHARS
 
 from .conftest import loaded_agent, run, scripted
@@ -56,7 +58,7 @@ def record(widget) -> list[str]:
 # --------------------------------------------------------------------------- send, stream, status
 
 
-def test_send_button_streams_the_answer_into_the_transcript():
+def test_send_streams_the_answer_into_the_transcript():
     agent = ScriptedAgent("Hello from the panel.", delay=0.002, piece_chars=3)
     panel = ChatPanel(agent, throttle=0)
     live = record(panel.live_html)
@@ -725,3 +727,103 @@ def test_default_model_answers_in_the_panel(default_agent):
     assert "Paris" in answer["content"] and "Paris" in panel.history_html.value
     assert answer["tokens"] > 0 and answer["tokens_per_second"] > 0
     assert "tokens/s" in panel.status
+
+
+# --------------------------------------------------------------------------- the panel, finished
+
+
+def test_the_answer_carries_the_assistant_label_while_it_streams():
+    panel = ChatPanel(ScriptedAgent("Streaming with a label.", delay=0.01, piece_chars=2), throttle=0)
+    live = record(panel.live_html)
+    run(_send(panel, "Hi"))
+    streaming = [html for html in live if "midori-stream" in html and "▌" in html]
+    assert streaming, live
+    for html in streaming:
+        assert html.startswith('<div class="midori-chat-live"') and ">Assistant</div>" in html
+        assert html.index(">Assistant</div>") < html.index('class="midori-answer"')
+    assert panel.live_html.value == ""  # the finished answer moved into the transcript
+
+
+def test_clear_can_be_undone_until_the_next_message():
+    panel = ChatPanel(ScriptedAgent(["One.", "Two.", "Three."]))
+    run(_send(panel, "first"))
+    run(_send(panel, "second"))
+    before = panel.transcript
+    assert panel.undo_clear_button.layout.display == "none"
+    panel.clear_button.click()
+    assert panel.memory == [] and "midori-chat-empty" in panel.history_html.value
+    assert panel.undo_clear_button.layout.display is None and "Undo clear" in panel.status
+    panel.undo_clear_button.click()
+    assert panel.transcript == before and panel.undo_clear_button.layout.display == "none"
+    assert "Two." in panel.history_html.value and panel.status.startswith("4 messages brought back")
+    panel.clear()
+    run(_send(panel, "third"))  # a new conversation: the cleared one is gone for good
+    assert panel.undo_clear_button.layout.display == "none"
+    with pytest.raises(ValueError, match="no cleared conversation"):
+        panel.undo_clear()
+    panel.undo_clear_button.click()  # a button shows the refusal as a notice
+    assert "no cleared conversation" in panel.notice
+    assert [t["content"] for t in panel.transcript] == ["third", "Three."]
+
+
+def test_export_writes_json_and_markdown_next_to_the_notebook_and_says_where(tmp_path, monkeypatch):
+    panel = ChatPanel(ScriptedAgent("The answer is `42`."))
+    run(_send(panel, "What is *the* answer?"))
+    monkeypatch.chdir(tmp_path)
+    panel.export_button.click()
+    written = sorted(tmp_path.iterdir())
+    assert [p.suffix for p in written] == [".json", ".md"] and written[0].stem == written[1].stem
+    assert written[0].stem.startswith("chat-")
+    assert str(written[0]) in panel.notice and str(written[1]) in panel.notice
+    assert 'class="midori-chat-info"' in panel.notice_html.value  # a note, not an error
+    again = ChatPanel.from_json(ScriptedAgent("x"), written[0].read_text())
+    assert again.transcript == panel.transcript
+    assert written[1].read_text() == panel.to_markdown()
+    first = panel.export(tmp_path, stem="mine")
+    second = panel.export(tmp_path, stem="mine")  # never overwrites
+    assert (first.json_path.name, second.json_path.name, second.markdown_path.name) == \
+        ("mine.json", "mine-2.json", "mine-2.md") and second.messages == 2
+    for stem in ("../escape", "a/b", "", ".hidden", "x" * 101):
+        with pytest.raises(ValueError, match="stem="):
+            panel.export(tmp_path, stem=stem)
+    with pytest.raises(ValueError, match="expected an existing folder"):
+        panel.export(tmp_path / "missing")
+    monkeypatch.chdir(tmp_path / "..")
+    (tmp_path / "locked").mkdir(mode=0o500)
+    monkeypatch.chdir(tmp_path / "locked")
+    if os.access(tmp_path / "locked", os.W_OK):  # root may write anywhere: nothing to refuse
+        return
+    panel.export_button.click()
+    assert panel.notice.startswith("Export failed:")
+
+
+def test_the_transcript_shows_when_a_message_was_sent_and_when_its_answer_ended():
+    panel = ChatPanel(ScriptedAgent("A rather slow answer.", delay=0.05, piece_chars=1))  # about 1 s
+    before = time.time()
+    answer = run(_send(panel, "Hello"))
+    user, assistant = panel.memory
+    assert before <= user.timestamp and assistant.timestamp - user.timestamp >= 0.8
+    assert answer["timestamp"] == assistant.timestamp
+    html = panel.history_html.value
+    for entry, what in ((user, "sent"), (assistant, "answer ended")):
+        shown = time.strftime("%H:%M:%S", time.localtime(entry.timestamp))
+        assert f">{shown}</span>" in html and f'title="{what} ' in html
+
+
+def test_a_long_transcript_is_paged_so_the_browser_gets_a_bounded_html(tmp_path):
+    memory = [MemoryEntryData(role="user" if i % 2 == 0 else "assistant", content=f"message {i} " + "x" * 1000)
+              for i in range(20_000)]
+    panel = ChatPanel(ScriptedAgent("x"), memory=memory)
+    sent = len(panel.history_html.get_state()["value"])  # what the browser receives for the transcript
+    whole = len(render_transcript_html(memory))
+    assert whole > 20_000 * 1000  # the whole transcript as one HTML string: over 20 MB
+    assert sent < 200_000 and whole / sent > 100
+    assert "message 19999 " in panel.history_html.value and "message 19899 " not in panel.history_html.value
+    assert "19900 earlier messages not shown" in panel.history_html.value
+    assert panel.earlier_button.layout.display is None and "19900 more" in panel.earlier_button.description
+    panel.earlier_button.click()
+    assert "message 19899 " in panel.history_html.value and "19800 earlier" in panel.history_html.value
+    assert panel.show_earlier() == 300 and len(panel.history_html.value) < 3 * 200_000
+    # the JSON document holds it all (more than the 10,000 messages it used to refuse)
+    again = ChatPanel.from_json(ScriptedAgent("x"), panel.to_json(indent=None))
+    assert len(again.memory) == 20_000 and len(again.history_html.value) < 200_000

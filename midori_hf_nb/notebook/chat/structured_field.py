@@ -48,10 +48,11 @@ class ResponseFormatField:
                          f"JSON schema of at most {MAX_SCHEMA_CHARS} characters starting with '{{'")
 
 
-def attach(settings_box: Any, field: ResponseFormatField) -> None:
-    """Add the field to the panel's settings box (at the end of its first page)."""
+def attach(settings_box: Any, field: ResponseFormatField) -> ResponseFormatField:
+    """Add the field to the panel's settings box (at the end of its first page); returns the field."""
     page = settings_box.children[0]
     page.children = (*page.children, field.widget)
+    return field
 
 
 __all__ = ["ResponseFormatField", "attach"]
