@@ -123,7 +123,8 @@ class TranscriptEntry:
         """This entry as protocol memory (the metadata layout of the module docstring)."""
         if self.is_answer:
             meta = {k: v for k, v in self.stats.as_dict().items() if v is not None and v != []}
-            meta.update({"thinking": self.thinking or None, "stopped": self.stopped or None, "error": self.error,
+            meta.update({"thinking": self.thinking or None, "stopped": self.stopped or None,
+                         "error": self.error or self.stats.error,
                          "display_updates": self.display_updates, "display_events": self.display_events})
         else:
             meta = {TOKENS_FIELD: self.tokens}
@@ -145,8 +146,11 @@ class TranscriptEntry:
         (:attr:`length`), ``stopped``, ``error``, ``tool_calls`` (:meth:`tool_rows`), then every
         :class:`~midori_hf_nb.stats.ResponseStats` field under its own name."""
         out = {"role": self.role, "content": self.content, "timestamp": self.timestamp, "thinking": self.thinking,
-               "tokens": self.length, "stopped": self.stopped, "error": self.error, "tool_calls": self.tool_rows()}
+               "tokens": self.length, "stopped": self.stopped, "error": self.error or self.stats.error,
+               "tool_calls": self.tool_rows()}
         for name in STATS_FIELDS:
+            if name in out:  # the entry's own field (``error``: the panel's, else the agent's) wins
+                continue
             value = getattr(self.stats, name)
             out[name] = list(value) if isinstance(value, list) else value
         return out
