@@ -109,3 +109,25 @@ def test_payload_messages_carry_system_profile_memory_and_tool_turns():
     plain = payload_messages(make_payload("And tomorrow?", memory=memory))
     assert all("tool_calls" not in m and m["role"] != "tool" for m in plain)
     assert any("get_weather" in m["content"] for m in plain)
+
+
+def test_the_core_works_without_the_openai_extra():
+    import subprocess
+    import sys
+
+    from .test_packaging import BLOCKER
+
+    blocked = BLOCKER.replace('"transformers"}', '"transformers", "openai"}')
+    assert blocked != BLOCKER
+    code = (
+        "import asyncio, sys\n"
+        "from midori_hf_nb import OpenAICompatibleAgent, get_agent, make_payload\n"
+        "agent = asyncio.run(get_agent(backend='openai', model='m', base_url='http://127.0.0.1:9/v1'))\n"
+        "assert 'openai' not in sys.modules\n"
+        "try:\n"
+        "    asyncio.run(agent.invoke(make_payload('q')))\n"
+        "except ImportError as exc:\n"
+        "    print('refused:', exc)\n")
+    out = subprocess.run([sys.executable, "-c", blocked + code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "refused: OpenAICompatibleAgent needs the openai client: pip install 'midori-hf-nb[openai]'" in out.stdout

@@ -30,6 +30,7 @@ from ..protocol import AgentPayload, AgentResponse
 from ..stats import ResponseStats
 from ..tools import tool_names
 from ..validation import validate_payload
+from .client import import_openai
 from .errors import scrub
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -265,7 +266,7 @@ async def _close(stream: Any) -> None:
 async def run_served(state: ServedState, agent: "OpenAICompatibleAgent", payload: AgentPayload,
                      overrides: dict[str, Any], schemas: list[dict] | None) -> AsyncIterator[StreamEvent]:
     """The events of one streamed answer (the body of :class:`ServedStream`)."""
-    import openai
+    openai = import_openai()
 
     called_at = time.perf_counter()
     payload = validate_payload(payload)
