@@ -33,6 +33,8 @@ from midori_hf_nb.served.local_server import free_port
 from .conftest import run
 from .served_server import start_server
 
+pytestmark = pytest.mark.slow  # the default model behind a real server
+
 PARIS = "What is the capital of France?"
 LONG = "Write a long story about a cat who travels around the world."
 SECRET = "sk-wrong-secret-key-987654321"
@@ -110,9 +112,9 @@ def test_invoke_and_stream_give_the_same_greedy_answer(served_agent):
 
 def test_memory_reaches_the_model(served_agent):
     memory = [MemoryEntryData("user", "My name is Ada."), MemoryEntryData("assistant", "Nice to meet you, Ada!")]
-    response = run(served_agent.invoke(make_payload("What is my name?", memory=memory), max_new_tokens=16))
+    response = run(served_agent.invoke(make_payload("What is my name?", memory=memory), max_new_tokens=12))
     assert "Ada" in response.response
-    without = run(served_agent.invoke(make_payload("What is my name?"), max_new_tokens=16))
+    without = run(served_agent.invoke(make_payload("What is my name?"), max_new_tokens=12))
     assert "Ada" not in without.response
 
 
@@ -143,7 +145,7 @@ def test_a_server_refusal_names_the_field(served_agent):
 
 
 def test_tool_call_read_from_the_answer(served_agent):
-    response = run(served_agent.invoke_with_tools(weather_payload("Rome"), [get_weather], max_new_tokens=40))
+    response = run(served_agent.invoke_with_tools(weather_payload("Rome"), [get_weather], max_new_tokens=32))
     assert [(c["name"], c["arguments"]) for c in response.tool_calls] == [("get_weather", {"city": "Rome"})]
     assert response.tool_calls[0]["id"]
     stats = stats_of(response)
@@ -153,7 +155,7 @@ def test_tool_call_read_from_the_answer(served_agent):
 
 def test_tool_call_streams_as_an_event(served_agent):
     async def go():
-        stream = served_agent.stream_with_tools(weather_payload("Madrid"), [get_weather], max_new_tokens=40)
+        stream = served_agent.stream_with_tools(weather_payload("Madrid"), [get_weather], max_new_tokens=32)
         return [e async for e in stream], stream.response
 
     events, response = run(go())
