@@ -353,6 +353,15 @@ def test_unknown_model_lists_what_the_server_serves(served_server):
     assert served_server.model in str(info.value) and info.value.available == [served_server.model]
 
 
+def test_a_base_url_without_the_api_root_is_hinted(served_server):
+    from midori_hf_nb.served import ServerRequestError
+
+    root = served_server.base_url.removesuffix("/v1")
+    agent = OpenAICompatibleAgent(model=served_server.model, base_url=root)
+    with pytest.raises(ServerRequestError, match=r"HTTP 404.*base_url is the API root, e.g. http://HOST:PORT/v1"):
+        run(agent.invoke(make_payload(PARIS)))
+
+
 def test_timeout_of_a_server_that_never_answers():
     with socket.socket() as silent:  # accepts connections (the kernel does) and never answers
         silent.bind(("127.0.0.1", 0))

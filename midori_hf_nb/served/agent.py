@@ -224,8 +224,10 @@ class OpenAICompatibleAgent(MidoriAiAgentProtocol):
                     return UnknownModelError(
                         f"the server at {url} does not serve model {model!r} (HTTP {status}: {detail}); it serves: "
                         f"{shown}", status=status, available=available, **where)
+            hint = ("; check that base_url is the API root, e.g. http://HOST:PORT/v1"
+                    if status == 404 and not url.rstrip("/").endswith("/v1") else "")
             return ServerRequestError(f"the server at {url} refused the request for model {model!r} "
-                                      f"(HTTP {status}: {detail})", status=status, **where)
+                                      f"(HTTP {status}: {detail}){hint}", status=status, **where)
         return ServerRequestError(scrub(f"the request to {url} for model {model!r} failed: "
                                         f"{type(exc).__name__}: {exc}", key), **where)
 
