@@ -33,6 +33,8 @@ from midori_hf_nb.served.local_server import free_port
 from .conftest import run
 from .served_server import start_server
 
+pytestmark = pytest.mark.slow  # the default model behind a real server
+
 PARIS = "What is the capital of France?"
 LONG = "Write a long story about a cat who travels around the world."
 SECRET = "sk-wrong-secret-key-987654321"
@@ -110,9 +112,9 @@ def test_invoke_and_stream_give_the_same_greedy_answer(served_agent):
 
 def test_memory_reaches_the_model(served_agent):
     memory = [MemoryEntryData("user", "My name is Ada."), MemoryEntryData("assistant", "Nice to meet you, Ada!")]
-    response = run(served_agent.invoke(make_payload("What is my name?", memory=memory), max_new_tokens=16))
+    response = run(served_agent.invoke(make_payload("What is my name?", memory=memory), max_new_tokens=12))
     assert "Ada" in response.response
-    without = run(served_agent.invoke(make_payload("What is my name?"), max_new_tokens=16))
+    without = run(served_agent.invoke(make_payload("What is my name?"), max_new_tokens=12))
     assert "Ada" not in without.response
 
 
@@ -143,7 +145,7 @@ def test_a_server_refusal_names_the_field(served_agent):
 
 
 def test_tool_call_read_from_the_answer(served_agent):
-    response = run(served_agent.invoke_with_tools(weather_payload("Rome"), [get_weather], max_new_tokens=40))
+    response = run(served_agent.invoke_with_tools(weather_payload("Rome"), [get_weather], max_new_tokens=32))
     assert [(c["name"], c["arguments"]) for c in response.tool_calls] == [("get_weather", {"city": "Rome"})]
     assert response.tool_calls[0]["id"]
     stats = stats_of(response)
@@ -153,7 +155,7 @@ def test_tool_call_read_from_the_answer(served_agent):
 
 def test_tool_call_streams_as_an_event(served_agent):
     async def go():
-        stream = served_agent.stream_with_tools(weather_payload("Madrid"), [get_weather], max_new_tokens=40)
+        stream = served_agent.stream_with_tools(weather_payload("Madrid"), [get_weather], max_new_tokens=32)
         return [e async for e in stream], stream.response
 
     events, response = run(go())
@@ -170,6 +172,80 @@ def test_tools_are_sent_as_openai_tools(served_agent):
     body = served_agent.request_body(weather_payload(), call, tool_schemas([get_weather]))
     assert body["tools"][0]["type"] == "function" and body["tools"][0]["function"]["name"] == "get_weather"
     assert body["stream"] is True and body["temperature"] == 0.0 and body["max_tokens"] == 24
+
+
+# --------------------------------------------------------------------------- a server that parses answers
+
+#: ``transformers serve`` reads a tokenizer's ``response_template`` and sends what it matches as
+#: ``tool_calls`` and ``reasoning_content`` (ChatML markers, as the default model's template has them)
+RESPONSE_TEMPLATE = {
+    "defaults": {"role": "assistant"},
+    "start_anchor": "<|im_start|>assistant\n",
+    "fields": {
+        "reasoning_content": {"open": "<think>", "close": "</think>", "content": "text"},
+        "tool_calls": {"open_pattern": r"\s*<tool_call>", "close": "</tool_call>", "repeats": True, "content": "json",
+                       "transform": {"type": "function", "function": "{content}"}},
+        "content": {"close_pattern": r"\s*(?:<\|im_end\|>|<\|endoftext\|>)", "content": "text"},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def parsing_server(tmp_path_factory, default_model_dir):
+    """``transformers serve`` on the default model's weights with a response template: the server
+    itself sends tool calls as ``tool_calls`` and thinking as ``reasoning_content``."""
+    folder = tmp_path_factory.mktemp("parsing") / "model"
+    folder.mkdir()
+    for item in default_model_dir.iterdir():
+        if item.is_file() and item.name != "tokenizer_config.json":
+            (folder / item.name).symlink_to(item)
+    config = json.loads((default_model_dir / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "response_template": RESPONSE_TEMPLATE}))
+    server = start_server(folder)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_tool_calls_sent_by_the_server(parsing_server):
+    agent = agent_on(parsing_server, max_new_tokens=40)
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "%s"}}\n</tool_call>'
+    memory = [MemoryEntryData("user", "Weather in Paris?"), MemoryEntryData("assistant", call % "Paris"),
+              MemoryEntryData("user", "Weather in Berlin?"), MemoryEntryData("assistant", call % "Berlin")]
+
+    async def go():
+        stream = agent.stream_with_tools(make_payload("Weather in Rome?", "Answer with a tool call.", memory=memory),
+                                         [get_weather])
+        return [e async for e in stream], stream.response
+
+    events, response = run(go())
+    assert [(c["name"], c["arguments"]) for c in response.tool_calls] == [("get_weather", {"city": "Rome"})]
+    stats = stats_of(response)
+    assert stats.server_finish_reason == "tool_calls" and stats.finish_reason == "stop" and stats.parser == "server"
+    assert stats.raw_text == ""  # the server took the call out of the text
+    calls = [e for e in events if e.kind == "tool_call"]
+    assert len(calls) == 1 and calls[0].data["id"] == response.tool_calls[0]["id"]  # the server's id
+
+
+def test_reasoning_content_sent_by_the_server(parsing_server):
+    agent = agent_on(parsing_server)
+    memory = [MemoryEntryData("user", "What is 2+2?"),
+              MemoryEntryData("assistant", "<think>Two plus two makes four.</think>The answer is 4."),
+              MemoryEntryData("user", "What is 3+3?"),
+              MemoryEntryData("assistant", "<think>Three plus three makes six.</think>The answer is 6.")]
+
+    async def go():
+        stream = agent.stream(make_payload("What is 4+4?", memory=memory), events=True)
+        return [e async for e in stream], stream.response
+
+    events, response = run(go())
+    thinking = "".join(e.text for e in events if e.kind == "thinking")
+    assert thinking and response.thinking == thinking.strip() and "four" in thinking.lower()
+    assert "".join(e.text for e in events if e.kind == "text") == response.response and "8" in response.response
+    kinds = [e.kind for e in events]
+    assert kinds.index("thinking") < kinds.index("text")  # thinking streamed first, apart from the answer
+    assert stats_of(response).thinking_blocks == [response.thinking]
 
 
 # --------------------------------------------------------------------------- cancellation
@@ -275,6 +351,15 @@ def test_unknown_model_lists_what_the_server_serves(served_server):
         run(agent.invoke(make_payload(PARIS)))
     assert "does not serve model 'no-such-model'" in str(info.value)
     assert served_server.model in str(info.value) and info.value.available == [served_server.model]
+
+
+def test_a_base_url_without_the_api_root_is_hinted(served_server):
+    from midori_hf_nb.served import ServerRequestError
+
+    root = served_server.base_url.removesuffix("/v1")
+    agent = OpenAICompatibleAgent(model=served_server.model, base_url=root)
+    with pytest.raises(ServerRequestError, match=r"HTTP 404.*base_url is the API root, e.g. http://HOST:PORT/v1"):
+        run(agent.invoke(make_payload(PARIS)))
 
 
 def test_timeout_of_a_server_that_never_answers():

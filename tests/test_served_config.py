@@ -109,3 +109,59 @@ def test_payload_messages_carry_system_profile_memory_and_tool_turns():
     plain = payload_messages(make_payload("And tomorrow?", memory=memory))
     assert all("tool_calls" not in m and m["role"] != "tool" for m in plain)
     assert any("get_weather" in m["content"] for m in plain)
+
+
+def test_the_core_works_without_the_openai_extra():
+    import subprocess
+    import sys
+
+    from .test_packaging import BLOCKER
+
+    blocked = BLOCKER.replace('"transformers"}', '"transformers", "openai"}')
+    assert blocked != BLOCKER
+    code = (
+        "import asyncio, sys\n"
+        "from midori_hf_nb import OpenAICompatibleAgent, get_agent, make_payload\n"
+        "agent = asyncio.run(get_agent(backend='openai', model='m', base_url='http://127.0.0.1:9/v1'))\n"
+        "assert 'openai' not in sys.modules\n"
+        "try:\n"
+        "    asyncio.run(agent.invoke(make_payload('q')))\n"
+        "except ImportError as exc:\n"
+        "    print('refused:', exc)\n")
+    out = subprocess.run([sys.executable, "-c", blocked + code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "refused: OpenAICompatibleAgent needs the openai client: pip install 'midori-hf-nb[openai]'" in out.stdout
+
+
+def test_compare_runs_an_agent_s_own_concurrency_unless_told_otherwise():
+    import asyncio
+
+    from midori_hf_nb import AgentResponse, compare
+    from midori_hf_nb.compare.run import concurrency_for
+
+    class CountingAgent:
+        """A protocol agent that records how many of its calls overlap (no model)."""
+
+        def __init__(self, concurrency):
+            self.concurrency = concurrency
+            self.running = self.most = 0
+
+        async def invoke(self, payload, **overrides):
+            self.running += 1
+            self.most = max(self.most, self.running)
+            await asyncio.sleep(0.05)
+            self.running -= 1
+            return AgentResponse(thinking="", response="ok", metadata={"finish_reason": "stop"})
+
+        async def invoke_with_tools(self, payload, tools, **overrides):
+            return await self.invoke(payload)
+
+    agent = CountingAgent(3)
+    frame = compare([f"p{i}" for i in range(7)], models=agent, progress=False)
+    assert (frame["status"] == "ok").all() and agent.most == 3
+    told = CountingAgent(3)
+    compare([f"p{i}" for i in range(4)], models=told, concurrency=1, progress=False)
+    assert told.most == 1
+    served = OpenAICompatibleAgent(model="m", base_url="http://h/v1", concurrency=6)
+    assert concurrency_for(served, None) == 6 and concurrency_for(served, 2) == 2
+    assert concurrency_for(object(), None) == 4

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from ..protocol import AgentPayload
 from .columns import STATUS_NOT_RUN
 from .frames import frame_from_rows
-from .grid import DEFAULT_CONCURRENCY, build_grid, run_options
+from .grid import build_grid, run_options
 from .run import CompareEvent, run_grid
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,7 +72,7 @@ def compare(
     repeats: int = 1,
     seed: int | None = 0,
     batch_size: int | None = None,
-    concurrency: int = DEFAULT_CONCURRENCY,
+    concurrency: int | None = None,
     checks: Any = None,
     tools: list[Any] | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
@@ -102,7 +102,8 @@ def compare(
         seed: base seed (see the module documentation); None leaves the random state alone.
         batch_size: rows per ``generate_batch`` call of an agent that batches; None picks one
             from the free memory (:func:`midori_hf_nb.engine.suggest_batch_size`).
-        concurrency: how many ``invoke`` calls run at once for an agent without batching.
+        concurrency: how many ``invoke`` calls run at once for an agent without batching. None: the
+            agent's own ``concurrency`` where it has one (a served agent's setting), else 4.
         checks: optional checks of each answer, shown as ``"check: NAME"`` columns and a
             ``passed`` column: a substring (str), a compiled regex (``re.compile``), a callable
             that receives the row as a dict and returns a truth value, a list of these, or a dict

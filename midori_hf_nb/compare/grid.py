@@ -115,7 +115,8 @@ class RunOptions:
 
     seed: int | None = 0
     batch_size: int | None = None
-    concurrency: int = DEFAULT_CONCURRENCY
+    #: None: each agent's own ``concurrency`` (see :func:`~.agents.concurrency_for`)
+    concurrency: int | None = None
     tools: list[Any] | None = None
 
 
@@ -179,7 +180,7 @@ def run_options(*, seed: Any, batch_size: Any, concurrency: Any, tools: Any) -> 
     """Validated :class:`RunOptions`."""
     check_seed(seed)
     positive_int("batch_size", batch_size, allow_none=True)
-    positive_int("concurrency", concurrency)
+    positive_int("concurrency", concurrency, allow_none=True)
     if tools is not None and not isinstance(tools, (list, tuple)):
         raise not_allowed("tools", tools, "expected None or a list of tools")
     return RunOptions(seed=seed, batch_size=batch_size, concurrency=concurrency,

@@ -19,7 +19,7 @@ from .batched import batches, run_batch
 from .checks import Check, apply_checks
 from .columns import STATUS_ERROR, setting_text
 from .concurrent import ConcurrentCalls, row_calls
-from .grid import Grid, RunOptions
+from .grid import DEFAULT_CONCURRENCY, Grid, RunOptions
 from .rows import Outcome, Row, result_of
 
 
@@ -103,6 +103,17 @@ def run_batched(entry: ModelEntry, rows: list[Row], options: RunOptions, sink: R
         sink.finished(entry.label, run_batch(entry.agent, batch, options.tools, sink.next_batch))
 
 
+def concurrency_for(agent: Any, requested: int | None) -> int:
+    """How many ``invoke`` calls run at once for ``agent``: ``requested`` when given, else the agent's
+    own ``concurrency`` (a positive integer, as a served agent has), else :data:`DEFAULT_CONCURRENCY`."""
+    if requested is not None:
+        return requested
+    own = getattr(agent, "concurrency", None)
+    if isinstance(own, int) and not isinstance(own, bool) and own > 0:
+        return own
+    return DEFAULT_CONCURRENCY
+
+
 def run_concurrently(entry: ModelEntry, rows: list[Row], options: RunOptions, sink: RowSink) -> None:
     """An agent's rows through ``invoke``, ``options.concurrency`` at a time (seeded only when
     the agent's ``invoke`` takes overrides).
@@ -110,9 +121,10 @@ def run_concurrently(entry: ModelEntry, rows: list[Row], options: RunOptions, si
     On an interrupt the calls still running are cancelled; answers that arrived meanwhile are
     kept, without running their checks.
     """
-    sink.status(f"{entry.label} | {options.concurrency} at a time")
+    limit = concurrency_for(entry.agent, options.concurrency)
+    sink.status(f"{entry.label} | {limit} at a time")
     seed = options.seed if takes_overrides(entry.agent) else None  # invoke(payload) alone cannot take one
-    worker = ConcurrentCalls(entry.agent, row_calls(rows, seed), options.concurrency, options.tools).worker()
+    worker = ConcurrentCalls(entry.agent, row_calls(rows, seed), limit, options.tools).worker()
     items = worker.items()
     try:
         for call, outcome in items:
@@ -161,4 +173,4 @@ def run_grid(grid: Grid, options: RunOptions, *, progress: bool,
     return False
 
 
-__all__ = ["CompareEvent", "RowSink", "run_batched", "run_concurrently", "run_grid", "run_model"]
+__all__ = ["CompareEvent", "RowSink", "concurrency_for", "run_batched", "run_concurrently", "run_grid", "run_model"]

@@ -18,6 +18,7 @@ from ..config import ConfigError
 from ..protocol import AgentPayload, AgentResponse, MidoriAiAgentProtocol, ReasoningEffort
 from ..tools import tool_schemas
 from ..validation import validate_reasoning_effort
+from .client import import_openai
 from .config import SERVED_DEFAULTS, OpenAIConfig
 from .errors import (
     ServedAgentError,
@@ -33,14 +34,6 @@ from .stream import ServedStream
 
 #: the most characters of a server's error text put into an error message
 MAX_DETAIL_CHARS = 400
-
-
-def _import_openai() -> Any:
-    try:
-        import openai
-    except ImportError:  # pragma: no cover - the extra is in the lock
-        raise ImportError("OpenAICompatibleAgent needs the openai client: pip install 'midori-hf-nb[openai]'") from None
-    return openai
 
 
 def _detail(exc: Any) -> str:
@@ -154,7 +147,7 @@ class OpenAICompatibleAgent(MidoriAiAgentProtocol):
         with self._clients_lock:
             client = self._clients.get(loop)
             if client is None:
-                openai = _import_openai()
+                openai = import_openai()
                 c = self._config
                 client = openai.AsyncOpenAI(
                     api_key=c.api_key.reveal(), base_url=c.server, max_retries=c.max_retries,
@@ -187,7 +180,7 @@ class OpenAICompatibleAgent(MidoriAiAgentProtocol):
 
     async def list_models(self) -> list[str]:
         """The model ids the server serves (``GET /v1/models``); errors as for a call."""
-        openai = _import_openai()
+        openai = import_openai()
         try:
             page = await self.client().models.list()
         except openai.OpenAIError as exc:
@@ -204,7 +197,7 @@ class OpenAICompatibleAgent(MidoriAiAgentProtocol):
         """The :class:`ServedAgentError` for an ``openai`` exception: which server, which model,
         what to check (asks the server for its models when a request was refused, to tell an
         unknown model apart). The key is never part of it."""
-        openai = _import_openai()
+        openai = import_openai()
         c = self._config
         url, model, key = c.server, c.model, c.api_key.reveal()
         where = dict(base_url=url, model=model)
@@ -231,8 +224,10 @@ class OpenAICompatibleAgent(MidoriAiAgentProtocol):
                     return UnknownModelError(
                         f"the server at {url} does not serve model {model!r} (HTTP {status}: {detail}); it serves: "
                         f"{shown}", status=status, available=available, **where)
+            hint = ("; check that base_url is the API root, e.g. http://HOST:PORT/v1"
+                    if status == 404 and not url.rstrip("/").endswith("/v1") else "")
             return ServerRequestError(f"the server at {url} refused the request for model {model!r} "
-                                      f"(HTTP {status}: {detail})", status=status, **where)
+                                      f"(HTTP {status}: {detail}){hint}", status=status, **where)
         return ServerRequestError(scrub(f"the request to {url} for model {model!r} failed: "
                                         f"{type(exc).__name__}: {exc}", key), **where)
 

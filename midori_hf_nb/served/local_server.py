@@ -3,11 +3,14 @@ model directory, on 127.0.0.1 and a free port, for notebooks, benchmarks and tes
 
 The server is a separate process (transformers' ``serving`` extra: fastapi and uvicorn), started
 with the model directory as its forced model and ``HF_HUB_OFFLINE=1``, waited for until
-``GET /v1/models`` answers, and stopped by its process id. Nothing here imports torch.
+``GET /v1/models`` answers, and stopped by its process id; on Linux it also ends when the process
+that started it ends (a notebook kernel shut down mid-way leaves no server behind). Nothing here
+imports torch.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -23,6 +26,17 @@ from typing import Any
 
 #: how ``transformers serve`` is run: the ``transformers`` command of this Python
 _SERVE = "import sys; from transformers.cli.transformers import main; sys.argv[0] = 'transformers'; sys.exit(main())"
+
+
+def _end_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the server gets SIGTERM when the process that started it ends (a kernel that is shut
+    down or killed leaves no server behind). Elsewhere nothing happens: call :meth:`stop`."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class ServerStartError(RuntimeError):
@@ -116,7 +130,9 @@ class TransformersServer:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
         with open(self._log_path, "wb") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+                                            stdin=subprocess.DEVNULL, start_new_session=True,
+                                            preexec_fn=_end_with_parent if sys.platform == "linux" else None)
+        atexit.register(self.stop)
         try:
             self.wait_ready(timeout)
         except BaseException:

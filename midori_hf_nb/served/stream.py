@@ -30,6 +30,7 @@ from ..protocol import AgentPayload, AgentResponse
 from ..stats import ResponseStats
 from ..tools import tool_names
 from ..validation import validate_payload
+from .client import import_openai
 from .errors import scrub
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -262,49 +263,113 @@ async def _close(stream: Any) -> None:
         logger.debug("closing the HTTP stream: %s: %s", type(exc).__name__, exc)
 
 
+class _Collector:
+    """Turns the chunks of one stream into events, keeping what arrived (:class:`_Reading`)."""
+
+    def __init__(self, schemas: list[dict] | None) -> None:
+        self.reading = _Reading()
+        self.server_calls = _ServerCalls()
+        self.splitter = StreamSplitter(start_in_thinking=False, tools=schemas is not None)
+        self.offered = set(tool_names(schemas or []))
+        self.live_calls: list[dict] = []  # tool calls written as text, announced while streaming
+
+    def absorb(self, chunk: Any) -> list[StreamEvent]:
+        """The events of one chunk (reasoning, text, tool calls in the text), its usage and finish reason."""
+        reading = self.reading
+        if getattr(chunk, "usage", None) is not None:
+            reading.usage = chunk.usage
+        events: list[StreamEvent] = []
+        for choice in getattr(chunk, "choices", None) or []:
+            delta = getattr(choice, "delta", None)
+            if getattr(choice, "index", 0) not in (0, None) or delta is None:
+                continue
+            thought = _reasoning_of(delta)
+            if thought:
+                reading.reasoning.append(thought)
+                events.append(StreamEvent("thinking", thought))
+            text = getattr(delta, "content", None)
+            if isinstance(text, str) and text:
+                reading.content.append(text)
+                for piece in self.splitter.feed(text):
+                    events.extend(_piece_events(piece, self.offered, self.live_calls))
+            deltas = getattr(delta, "tool_calls", None)
+            if deltas:
+                self.server_calls.feed(deltas)
+            if thought or text or deltas:
+                reading.pieces += 1
+                if reading.first_at is None:
+                    reading.first_at = time.perf_counter()
+            if getattr(choice, "finish_reason", None):
+                reading.finish = str(choice.finish_reason)
+        return events
+
+    def finish(self) -> list[StreamEvent]:
+        """The events of the text the splitter still holds."""
+        return [event for piece in self.splitter.finish() for event in _piece_events(piece, self.offered,
+                                                                                        self.live_calls)]
+
+
+def _midway_error(exc: BaseException, openai: Any, agent: "OpenAICompatibleAgent", timeout: float) -> str:
+    """What went wrong with a stream the server had started to send (never with the key)."""
+    url = agent.config.server
+    if isinstance(exc, openai.APITimeoutError):
+        text = f"no piece of the answer arrived within timeout={timeout} s: the server at {url} stopped sending"
+    elif isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc
+        text = f"the server at {url} dropped the stream midway ({type(cause).__name__}: {cause})"
+    else:
+        text = f"the server at {url} sent an error midway: {exc}"
+    return scrub(text, agent.config.api_key.reveal())
+
+
+async def _open(state: ServedState, agent: "OpenAICompatibleAgent", body: dict[str, Any], waker: asyncio.Future,
+                openai: Any) -> Any:
+    """The server's stream for ``body``, or None when the stream was stopped before the server answered."""
+    opening = asyncio.ensure_future(agent.client().chat.completions.create(**body))
+    try:
+        await asyncio.wait({opening, waker}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        opening.cancel()
+        raise
+    if not opening.done():  # stopped first
+        await _settle(opening)
+        if not opening.cancelled() and opening.exception() is None:  # it answered meanwhile
+            await _close(opening.result())
+        return None
+    try:
+        stream = opening.result()
+    except openai.OpenAIError as exc:
+        raise await agent.explain(exc) from None
+    state.http = stream.response
+    return stream
+
+
 async def run_served(state: ServedState, agent: "OpenAICompatibleAgent", payload: AgentPayload,
                      overrides: dict[str, Any], schemas: list[dict] | None) -> AsyncIterator[StreamEvent]:
     """The events of one streamed answer (the body of :class:`ServedStream`)."""
-    import openai
-
+    openai = import_openai()
     called_at = time.perf_counter()
     payload = validate_payload(payload)
     call = agent.resolve_settings(overrides)
     body = agent.request_body(payload, call, schemas)
-    state.loop = asyncio.get_running_loop()
-    state.wake = asyncio.Event()
+    state.loop, state.wake = asyncio.get_running_loop(), asyncio.Event()
     if state.stop.is_set():
         state.wake.set()
-    client = agent.client()
-    reading = _Reading()
-    server_calls = _ServerCalls()
-    splitter = StreamSplitter(start_in_thinking=False, tools=schemas is not None)
-    offered = set(tool_names(schemas or []))
-    live_calls: list[dict] = []
-    key = agent.config.api_key.reveal()
+    collector = _Collector(schemas)
+    reading = collector.reading
+
+    def respond() -> AgentResponse:
+        state.response = build_served_response(agent, payload, call, schemas, reading, collector.server_calls,
+                                               called_at, sent_at)
+        return state.response
 
     sent_at = time.perf_counter()
-    opening = asyncio.ensure_future(client.chat.completions.create(**body))
     waker = asyncio.ensure_future(state.wake.wait())
     stream = None
     try:
-        try:
-            await asyncio.wait({opening, waker}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            opening.cancel()
-            raise
-        if not opening.done():  # stopped before the server answered
-            await _settle(opening)
-            reading.cancelled = True
-            if not opening.cancelled() and opening.exception() is None:  # it answered meanwhile
-                await _close(opening.result())
-        else:
-            try:
-                stream = opening.result()
-            except openai.OpenAIError as exc:
-                raise await agent.explain(exc) from None
-            state.http = stream.response
-        while stream is not None:
+        stream = await _open(state, agent, body, waker, openai)
+        reading.cancelled = stream is None
+        while stream is not None and not reading.cancelled:
             if state.stop.is_set():
                 reading.cancelled = True
                 break
@@ -315,10 +380,9 @@ async def run_served(state: ServedState, agent: "OpenAICompatibleAgent", payload
                 following.cancel()
                 reading.cancelled = True
                 await _close(stream)
-                state.response = build_served_response(agent, payload, call, schemas, reading, server_calls,
-                                                       called_at, sent_at)
+                respond()
                 raise
-            if not following.done():
+            if not following.done():  # stopped while waiting for the next piece
                 await _settle(following)
                 reading.cancelled = True
                 break
@@ -328,62 +392,24 @@ async def run_served(state: ServedState, agent: "OpenAICompatibleAgent", payload
                 if reading.finish is None:
                     reading.error = "the server ended the stream without saying why (no finish_reason)"
                 break
-            except openai.APITimeoutError:
-                reading.error = (f"no piece of the answer arrived within timeout={call.config.timeout} s: the server "
-                                 "at {url} stopped sending".format(url=agent.config.server))
-                break
-            except openai.APIConnectionError as exc:
-                cause = exc.__cause__ or exc
-                reading.error = scrub(f"the server at {agent.config.server} dropped the stream midway "
-                                      f"({type(cause).__name__}: {cause})", key)
-                break
             except openai.OpenAIError as exc:
-                reading.error = scrub(f"the server at {agent.config.server} sent an error midway: {exc}", key)
+                reading.error = _midway_error(exc, openai, agent, call.config.timeout)
                 break
-            if getattr(chunk, "usage", None) is not None:
-                reading.usage = chunk.usage
-            for choice in chunk.choices or []:
-                if getattr(choice, "index", 0) not in (0, None):
-                    continue
-                delta = choice.delta
-                events: list[StreamEvent] = []
-                thought = _reasoning_of(delta) if delta is not None else ""
-                if thought:
-                    reading.reasoning.append(thought)
-                    events.append(StreamEvent("thinking", thought))
-                text = getattr(delta, "content", None) if delta is not None else None
-                if isinstance(text, str) and text:
-                    reading.content.append(text)
-                    for piece in splitter.feed(text):
-                        events.extend(_piece_events(piece, offered, live_calls))
-                deltas = getattr(delta, "tool_calls", None) if delta is not None else None
-                if deltas:
-                    server_calls.feed(deltas)
-                if thought or text or deltas:
-                    reading.pieces += 1
-                    if reading.first_at is None:
-                        reading.first_at = time.perf_counter()
-                if choice.finish_reason:
-                    reading.finish = str(choice.finish_reason)
-                for event in events:
-                    yield event
-        for piece in splitter.finish():
-            for event in _piece_events(piece, offered, live_calls):
+            for event in collector.absorb(chunk):
                 yield event
+        for event in collector.finish():
+            yield event
         if stream is not None:
             await _close(stream)
-        response = build_served_response(agent, payload, call, schemas, reading, server_calls, called_at, sent_at)
-        state.response = response
+        response = respond()
         if reading.error:
             logger.warning("%s (model %r): %s; the partial answer is kept", type(agent).__name__,
                            agent.config.model, reading.error)
-        for found in adopt_live_ids(response.tool_calls or [], live_calls):
+        for found in adopt_live_ids(response.tool_calls or [], collector.live_calls):
             yield StreamEvent("tool_call", found["name"], found)
         yield StreamEvent("done", response.response, response)
     finally:
         waker.cancel()
-        if not opening.done():
-            opening.cancel()
         if stream is not None:
             await _close(stream)
 
