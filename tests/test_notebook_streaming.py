@@ -125,16 +125,19 @@ def test_overrides_reach_the_agent_and_its_statistics_are_read_typed():
 
 
 class InterruptingSink(RecordingSink):
-    """Raises KeyboardInterrupt in the rendering thread once enough text has arrived (a user interrupt)."""
+    """Raises KeyboardInterrupt in the rendering thread once enough text has arrived (a user interrupt):
+    after ``after_pieces`` updates showing streamed text (loading and waiting ticks do not count)."""
 
     def __init__(self, after_pieces: int) -> None:
         super().__init__(keep=True)
         self.after = after_pieces
         self.fired = False
+        self.streamed = 0
 
     def update(self, bundle):
         super().update(bundle)
-        if not self.fired and self.updates >= self.after:
+        self.streamed += "[streaming…" in bundle.get("text/plain", "")
+        if not self.fired and self.streamed >= self.after:
             self.fired = True
             raise KeyboardInterrupt
 
