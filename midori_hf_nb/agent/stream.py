@@ -97,8 +97,9 @@ async def run_generation(state: StreamState, agent: "GenerationHost", payload: A
     """The events of one generation (the body of :class:`AgentStream`)."""
     called_at = time.perf_counter()
     payload = await asyncio.to_thread(validate_payload, payload)  # refused before a model loads, naming the field
-    call = agent.resolve_settings(overrides)
+    agent.resolve_settings(overrides)  # refused before a model loads, naming the field
     lm = await agent.ensure_loaded()
+    call = agent.resolve_settings(overrides)  # with the loaded model's own generation defaults
     from .. import engine
 
     engine.check_generation_kwargs(call.generation.extra)
