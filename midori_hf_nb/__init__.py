@@ -16,6 +16,7 @@ from .factory import get_agent, get_agent_from_config
 from .integrity import CacheRepairWarning, CorruptModelError
 from .parsing import extract_reasoning, parse_tool_calls
 from .prompting import ContextWindowError
+from .served import OpenAICompatibleAgent, OpenAIConfig, ServedAgentError
 from .protocol import (
     AgentPayload,
     AgentResponse,
@@ -45,9 +46,12 @@ __all__ = [
     "MemoryEntryData",
     "MidoriAiAgentProtocol",
     "ModelSourceError",
+    "OpenAICompatibleAgent",
+    "OpenAIConfig",
     "PayloadError",
     "ReasoningEffort",
     "ResponseStats",
+    "ServedAgentError",
     "StreamEvent",
     "ToolLoopStream",
     "ToolSchemaError",

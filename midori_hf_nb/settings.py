@@ -19,6 +19,8 @@ rules live here alone:
 * ``stop_on_repetition`` (on by default) ends a looping answer with ``finish_reason="repetition"``
   (:class:`RepetitionGuard`);
 * every configuration field is validated by :class:`~midori_hf_nb.config.HuggingFaceConfig`;
+* ``response_format`` and ``tool_choice`` are validated by :mod:`midori_hf_nb.structured` (the
+  schema compiled once, here) and travel as typed fields of :class:`CallSettings`;
   anything else is a ``generate()`` option (checked against ``GenerationConfig`` by the engine).
 
 Nothing here imports torch or transformers.
@@ -26,14 +28,18 @@ Nothing here imports torch or transformers.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .config import MODEL_DEFAULT_FIELDS, ConfigError, HuggingFaceConfig, validate_generation_options, validate_seed
+from .structured.formats import ResponseFormat, ToolChoice, response_format_from, tool_choice_from
 
 #: Per-call overrides that change a configuration field.
 CONFIG_OVERRIDES = ("max_new_tokens", "temperature", "top_p", "top_k", "do_sample", "stop_on_repetition")
+#: Per-call overrides of structured output (validated by :mod:`midori_hf_nb.structured`).
+STRUCTURED_OVERRIDES = ("response_format", "tool_choice")
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,9 @@ class GenerationSettings:
     decode_loop: str = "auto"
     #: ends a looping generation with finish_reason "repetition"; None lets it run to max_new_tokens
     repetition_guard: RepetitionGuard | None = None
+    #: a compiled grammar (:class:`~midori_hf_nb.structured.GrammarConstraint`) the engine runs as a
+    #: logits processor: from ``response_format``, or a forced tool call; None: unconstrained
+    constraint: Any = None
 
     @property
     def greedy(self) -> bool:
@@ -95,6 +104,10 @@ class CallSettings:
 
     config: HuggingFaceConfig
     generation: GenerationSettings
+    #: the validated ``response_format`` (None: free text)
+    response_format: ResponseFormat | None = None
+    #: the validated ``tool_choice`` (None: "auto"); applied where tools are offered
+    tool_choice: ToolChoice | None = None
     #: where each generation setting came from: "call", "agent" (set by the user), "model" (its
     #: generation_config.json) or "default" (:data:`~midori_hf_nb.config.GENERATION_DEFAULTS`)
     origins: Mapping[str, str] = field(default_factory=dict)
@@ -159,7 +172,10 @@ def split_overrides(overrides: Mapping[str, Any], *, streaming: bool = True,
     fields = {k: rest.pop(k) for k in CONFIG_OVERRIDES if k in rest and rest[k] is not None}
     for k in CONFIG_OVERRIDES:
         rest.pop(k, None)  # an override of None means "the configuration's value"
+    structured = {"response_format": response_format_from(rest.pop("response_format", None)),
+                  "tool_choice": tool_choice_from(rest.pop("tool_choice", None))}
     validate_generation_options(rest, field="", streaming=streaming)
+    rest.update({k: v for k, v in structured.items() if v is not None})
     temperature = fields.get("temperature")
     if "do_sample" not in fields and isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
         fields["do_sample"] = temperature > 0  # a temperature above 0 asks for sampling, 0 for greedy
@@ -171,14 +187,17 @@ def resolve_call_settings(config: HuggingFaceConfig, overrides: Mapping[str, Any
     """The settings one call runs with: ``config`` with ``overrides`` applied and validated.
 
     Overrides: ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``do_sample``,
-    ``greedy``, ``seed``, ``stop_on_repetition`` and any ``generate()`` option (e.g.
-    ``repetition_penalty``, ``logits_processor``). ``model_defaults``: what the model's
-    ``generation_config.json`` supplies (:func:`model_generation_defaults`), used for the fields
-    neither the call nor the user's configuration sets (``config.unset_fields``). Raises
+    ``greedy``, ``seed``, ``stop_on_repetition``, ``response_format`` and ``tool_choice`` (see
+    :mod:`midori_hf_nb.structured`) and any ``generate()`` option (e.g. ``repetition_penalty``,
+    ``logits_processor``). ``model_defaults``: what the model's ``generation_config.json``
+    supplies (:func:`model_generation_defaults`), used for the fields neither the call nor the
+    user's configuration sets (``config.unset_fields``). Raises
     :class:`~midori_hf_nb.config.ConfigError` (a ``ValueError``) naming the field and what is
     allowed. ``streaming=False`` (a batch) allows beam search.
     """
     fields, seed, extra = split_overrides(overrides or {}, streaming=streaming)
+    response_format = extra.pop("response_format", None)
+    tool_choice = extra.pop("tool_choice", None)
     from_model = {name: value for name, value in (model_defaults or {}).items()
                   if name in config.unset_fields and name not in fields and name in MODEL_DEFAULT_FIELDS}
     origins = {name: "call" if name in fields else "model" if name in from_model
@@ -196,15 +215,26 @@ def resolve_call_settings(config: HuggingFaceConfig, overrides: Mapping[str, Any
         num_threads=call_config.num_threads,
         decode_loop=call_config.decode_loop,
         repetition_guard=DEFAULT_REPETITION_GUARD if call_config.stop_on_repetition else None,
+        constraint=response_format.constraint if response_format is not None else None,
     )
-    return CallSettings(call_config, generation, origins)
+    return CallSettings(call_config, generation, response_format, tool_choice, origins)
+
+
+def with_model_defaults(call: CallSettings, resolved: CallSettings) -> CallSettings:
+    """``call`` with the configuration, generation values and origins of ``resolved`` (the same
+    overrides resolved again once the model, and so its own generation defaults, is loaded),
+    keeping ``call``'s grammar constraint (set by a ``tool_choice`` that forces a call)."""
+    generation = dataclasses.replace(resolved.generation, constraint=call.generation.constraint)
+    return dataclasses.replace(call, config=resolved.config, generation=generation, origins=resolved.origins)
 
 
 def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Validate overrides without an agent (for a form or a magic before it calls one).
 
     Returns the overrides as an agent resolves them (``greedy`` and a temperature turned into
-    ``do_sample``, ``None`` values dropped); raises :class:`~midori_hf_nb.config.ConfigError`
+    ``do_sample``, ``None`` values dropped, ``response_format`` and ``tool_choice`` as their
+    validated :class:`~midori_hf_nb.structured.ResponseFormat` and
+    :class:`~midori_hf_nb.structured.ToolChoice`); raises :class:`~midori_hf_nb.config.ConfigError`
     naming the field and what is allowed.
     """
     fields, seed, extra = split_overrides(overrides)
@@ -216,5 +246,6 @@ def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
-__all__ = ["CONFIG_OVERRIDES", "DEFAULT_REPETITION_GUARD", "CallSettings", "GenerationSettings", "RepetitionGuard",
-           "check_overrides", "model_generation_defaults", "resolve_call_settings", "split_overrides"]
+__all__ = ["CONFIG_OVERRIDES", "DEFAULT_REPETITION_GUARD", "STRUCTURED_OVERRIDES", "CallSettings", "GenerationSettings",
+           "RepetitionGuard", "check_overrides", "model_generation_defaults", "resolve_call_settings",
+           "split_overrides", "with_model_defaults"]

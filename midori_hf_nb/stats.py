@@ -62,6 +62,12 @@ class ResponseStats:
     thinking_blocks: list[str] = field(default_factory=list)
     raw_text: str | None = None
     parser: str | None = None
+    #: the API root of a served model (agents on an OpenAI-compatible server; never with a key)
+    base_url: str | None = None
+    #: what went wrong when ``finish_reason`` is "error" (e.g. the server dropped the stream midway)
+    error: str | None = None
+    #: the finish reason as the server sent it (e.g. "tool_calls", "content_filter")
+    server_finish_reason: str | None = None
     # ------------------------------------------------------------------ tools (None: no tools offered)
     tools_offered: list[str] | None = None
     tools_in_template: bool | None = None
@@ -71,19 +77,28 @@ class ResponseStats:
     tool_steps: list[dict[str, Any]] | None = None
     steps: int | None = None
     max_steps_reached: bool | None = None
+    # ------------------------------------------------------------------ structured output (None: not asked)
+    #: the name of the ``response_format`` the answer was constrained to ("json", a model's name, ...)
+    response_format: str | None = None
+    #: the ``tool_choice`` of the call ("auto", "required", "none" or a tool's name)
+    tool_choice: str | None = None
+    #: why ``response.parsed`` is None (the budget ran out before the JSON closed, cancelled, ...)
+    structured_error: str | None = None
     #: metadata keys this class does not know (kept as they are)
     extra: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ conversion
 
     def as_dict(self) -> dict[str, Any]:
-        """The metadata dict of the protocol's ``AgentResponse`` (tool keys only when tools were used)."""
+        """The metadata dict of the protocol's ``AgentResponse`` (tool keys only when tools were used,
+        structured-output keys only when asked; ``base_url``, ``error`` and ``server_finish_reason``
+        only when set)."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             if f.name == "extra":
                 continue
             value = getattr(self, f.name)
-            if f.name in _TOOL_FIELDS and value is None:
+            if f.name in _OMITTED_WHEN_NONE and value is None:
                 continue
             out[f.name] = list(value) if isinstance(value, list) else value
         out.update(self.extra)
@@ -122,6 +137,10 @@ class ResponseStats:
 
 _TOOL_FIELDS = frozenset({"tools_offered", "tools_in_template", "tool_parse_errors", "unknown_tool_calls",
                           "tool_steps", "steps", "max_steps_reached"})
+_STRUCTURED_FIELDS = frozenset({"response_format", "tool_choice", "structured_error"})
+#: fields left out of :meth:`ResponseStats.as_dict` while None (tools not offered, structured output
+#: not asked, and what only served agents know)
+_OMITTED_WHEN_NONE = _TOOL_FIELDS | _STRUCTURED_FIELDS | {"base_url", "error", "server_finish_reason"}
 
 
 def _bad(name: str, value: Any, allowed: str) -> StatsError:
@@ -203,9 +222,11 @@ _CHECKS = {
     "memory_dropped": _opt(_count), "used_chat_template": _opt(_flag), "device": _opt(_text),
     "dtype": _opt(_text), "quantization": _opt(_text), "seed": _opt(_integer), "do_sample": _opt(_flag),
     "temperature": _opt(_number), "max_new_tokens": _opt(_count), "thinking_blocks": _texts,
-    "raw_text": _opt(_text), "parser": _opt(_text), "tools_offered": _opt(_texts),
+    "raw_text": _opt(_text), "parser": _opt(_text), "base_url": _opt(_text), "error": _opt(_text),
+    "server_finish_reason": _opt(_text), "tools_offered": _opt(_texts),
     "tools_in_template": _opt(_flag), "tool_parse_errors": _opt(_texts), "unknown_tool_calls": _opt(_texts),
     "tool_steps": _opt(_records), "steps": _opt(_count), "max_steps_reached": _opt(_flag),
+    "response_format": _opt(_text), "tool_choice": _opt(_text), "structured_error": _opt(_text),
 }
 
 

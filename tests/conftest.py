@@ -118,3 +118,7 @@ def artifacts_dir() -> Path:
 
 def python_exe() -> str:
     return sys.executable
+
+
+# Real servers for the served-agent tests (tests/served_server.py): started once, stopped by PID.
+from .served_server import gateway, served_agent, served_server  # noqa: E402,F401

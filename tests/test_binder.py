@@ -55,7 +55,7 @@ def test_the_lock_satisfies_the_ranges_of_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     locked = pins(LOCK.read_text())
     wanted = list(project["dependencies"])
-    for extra in ("notebook", "dev", "quantization", "openai"):
+    for extra in ("notebook", "dev", "quantization", "openai", "structured"):
         wanted += project["optional-dependencies"][extra]
     for line in wanted:
         requirement = Requirement(line)

@@ -4,9 +4,12 @@ The test writes a notebook into a temporary folder, starts JupyterLab on a free 
 token (temporary config, runtime and data folders; the news pop-up disabled), opens the
 notebook in Debian's ``/usr/bin/chromium`` (never a downloaded browser), runs the cell that
 shows a :class:`~midori_hf_nb.notebook.ChatPanel` on the offline default model, types a
-question, presses Send and checks that the answer streams into the page; then presses Clear,
+question at an ordinary typing speed while another cell keeps the kernel busy, presses Send and
+checks that exactly the typed text was sent (shown as queued meanwhile) and that the answer
+streams into the page; then presses Clear, checks that Shift+Enter makes a new line,
 sends a long request with Enter, presses Stop and checks that the panel shows the answer as stopped.
-Screenshots go to ``tests/artifacts/chat_panel_answer.png`` (the streamed answer) and
+Screenshots go to ``tests/artifacts/chat_send_under_load.png`` (the queued message),
+``tests/artifacts/chat_panel_answer.png`` (the streamed answer) and
 ``tests/artifacts/chat_panel.png`` (the stopped answer). The server and its kernels are stopped
 at the end, whatever happened.
 
@@ -32,6 +35,7 @@ import pytest
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
+REPO_ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TOKEN = "midori-browser-test-token"
@@ -47,15 +51,31 @@ panel = ChatPanel(agent, system_prompt="You are a helpful assistant.", greedy=Tr
 panel
 """
 
+#: A cell that keeps the kernel busy while the user types into the panel.
+SLOW_CELL = "import time; time.sleep(6)"
 
-#: Installed on the output area: records the text of the live answer view at every DOM change.
+#: Milliseconds between two key presses: a person typing at an ordinary speed.
+TYPING_DELAY_MS = 60
+
+#: Installed on the output area: records the text of the live answer view and of the status line
+#: at every DOM change.
 RECORD_LIVE_TEXT = """(root) => {
     window.midoriLiveTexts = [];
+    window.midoriStatusTexts = [];
+    window.midoriLiveLabels = [];
     new MutationObserver(() => {
+        root.querySelectorAll('.midori-chat-live').forEach(
+            (el) => window.midoriLiveLabels.push(el.firstElementChild ? el.firstElementChild.textContent : ''));
         root.querySelectorAll('.midori-stream .midori-answer').forEach(
             (el) => window.midoriLiveTexts.push(el.textContent));
+        root.querySelectorAll('.midori-chat-status').forEach(
+            (el) => window.midoriStatusTexts.push(el.textContent));
     }).observe(root, {subtree: true, childList: true, characterData: true});
 }"""
+
+#: True once the panel's status line shows the model loading.
+STATUS_LOADING = """() => [...document.querySelectorAll('.midori-chat-status')].some(
+    (el) => el.textContent.includes('loading model…'))"""
 
 
 def free_port() -> int:
@@ -69,7 +89,7 @@ def write_notebook(folder: Path) -> Path:
 
     notebook = nbformat.v4.new_notebook(metadata={
         "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}})
-    notebook.cells = [nbformat.v4.new_code_cell(SETUP_CELL)]
+    notebook.cells = [nbformat.v4.new_code_cell(SETUP_CELL), nbformat.v4.new_code_cell(SLOW_CELL)]
     path = folder / "chat.ipynb"
     nbformat.write(notebook, path)
     return path
@@ -118,6 +138,8 @@ def jupyter_lab(tmp_path):
     (settings / "notification.jupyterlab-settings").write_text(
         json.dumps({"fetchNews": "false", "checkForUpdates": False}))
     env["TOKENIZERS_PARALLELISM"] = "false"
+    # the kernel imports this checkout's package (not whichever copy is installed in the environment)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     log = open(tmp_path / "jupyter.log", "wb")
     proc = None
     try:
@@ -142,7 +164,7 @@ def jupyter_lab(tmp_path):
             stop_process_tree(proc)
         else:
             pytest.fail("JupyterLab did not start: " + (tmp_path / "jupyter.log").read_text(errors="replace")[-3000:])
-        yield base, notebook.name
+        yield base, notebook.name, root
     finally:
         if proc is not None:
             stop_process_tree(proc)
@@ -152,7 +174,7 @@ def jupyter_lab(tmp_path):
 def test_chat_panel_in_jupyterlab(jupyter_lab, artifacts_dir):
     from playwright.sync_api import expect, sync_playwright
 
-    base, name = jupyter_lab
+    base, name, root = jupyter_lab
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
@@ -169,16 +191,34 @@ def test_chat_panel_in_jupyterlab(jupyter_lab, artifacts_dir):
             expect(box).to_be_visible(timeout=120_000)
 
             def button(label: str):
-                return output.locator("button.jupyter-button", has_text=label)
+                return output.locator("button.jupyter-button", has_text=re.compile(rf"^\s*{re.escape(label)}\s*$"))
 
-            # 1. a question, sent with the Send button; the answer streams into the page.
+            # 1. Send under load: another cell keeps the kernel busy while the question is typed at an
+            # ordinary speed and Send is clicked; the message sent is exactly the text in the box.
             # A MutationObserver records every text the live (streaming) view shows, so no state is missed.
             output.evaluate(RECORD_LIVE_TEXT)
-            box.fill(QUESTION)
+            expect(page.get_by_role("button", name=re.compile(r"Python 3 \(ipykernel\) \| Idle"))).to_be_visible()
+            page.locator(".jp-NotebookPanel .jp-Cell .cm-content").nth(1).click()
+            page.keyboard.press("Shift+Enter")  # time.sleep(6)
+            expect(page.get_by_role("button", name=re.compile(r"Python 3 \(ipykernel\) \| Busy"))).to_be_visible()
+            box.click()
+            box.press_sequentially(QUESTION, delay=TYPING_DELAY_MS)
             button("Send").click()
+            assert box.input_value() == ""  # cleared on the click, not when the kernel gets to it
+            queued = output.locator(".midori-composer-queued")
+            expect(queued).to_contain_text(QUESTION)  # shown as queued while the kernel is busy
+            output.scroll_into_view_if_needed()
+            page.screenshot(path=str(artifacts_dir / "chat_send_under_load.png"))
+            expect(queued).to_have_count(0, timeout=60_000)
+            # 2. the model loads on first use: the status line ticks "loading model… N s" with its stage
+            page.wait_for_function(STATUS_LOADING, timeout=60_000, polling=50)
+            page.screenshot(path=str(artifacts_dir / "chat_loading.png"))
             live = output.locator(".midori-stream .midori-answer")
             answers = output.locator(".midori-chat-assistant .midori-answer")
             expect(answers.first).to_be_visible(timeout=300_000)
+            sent = output.locator(".midori-chat-user .midori-chat-text").first.inner_text()
+            assert sent == QUESTION, f"the panel sent {sent!r}; the box held {QUESTION!r}"
+            assert box.input_value() == ""
             final = answers.first.inner_text()
             assert "Paris" in final
             seen = page.evaluate("window.midoriLiveTexts")
@@ -189,13 +229,25 @@ def test_chat_panel_in_jupyterlab(jupyter_lab, artifacts_dir):
             flat = " ".join(final.split())
             assert all(flat.startswith(" ".join(p.split())) for p in partial_views), (partial_views, final)
             expect(output.locator(".midori-chat-status")).to_contain_text("done")
-            assert QUESTION in output.locator(".midori-chat-user").first.inner_text()
+            statuses = page.evaluate("window.midoriStatusTexts")
+            loading = sorted({t.split(" · ")[0] for t in statuses if t.startswith("loading model…")})
+            assert len(loading) >= 2, f"the loading status did not tick: {statuses!r}"
+            assert "Assistant" in page.evaluate("window.midoriLiveLabels")  # labelled while it streamed
+            assert output.locator(".midori-chat-time").count() == 2  # when it was sent, when the answer ended
+            button("Export").click()
+            expect(output.locator(".midori-chat-info")).to_contain_text(".json")
+            exported = sorted(p.suffix for p in root.glob("chat-*"))
+            assert exported == [".json", ".md"], exported  # next to the notebook
             output.scroll_into_view_if_needed()
             page.screenshot(path=str(artifacts_dir / "chat_panel_answer.png"))
 
-            # 2. Clear, then a long request sent with Enter; Stop ends it and the panel shows it as stopped
+            # 3. Clear, then a long request sent with Enter; Stop ends it and the panel shows it as stopped
             button("Clear").click()
             expect(output.locator(".midori-chat-empty")).to_be_visible()
+            box.fill("line one")
+            box.press("Shift+Enter")  # a new line, not a send
+            box.press_sequentially("line two")
+            assert box.input_value() == "line one\nline two" and output.locator(".midori-chat-user").count() == 0
             box.fill(LONG_REQUEST)
             box.press("End")
             box.press("Enter")

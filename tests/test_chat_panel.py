@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 
 import pytest
@@ -21,6 +22,8 @@ from midori_hf_nb.config import HuggingFaceConfig
 from midori_hf_nb.stats import ResponseStats, stats_of
 from midori_hf_nb.testing import ScriptedAgent
 from midori_hf_nb.notebook import ChatPanel
+from midori_hf_nb.notebook.chat import render_transcript_html
+from midori_hf_nb.notebook.chat.composer import MAX_INPUT_CHARS
 
 from .conftest import loaded_agent, run, scripted
 
@@ -55,15 +58,15 @@ def record(widget) -> list[str]:
 # --------------------------------------------------------------------------- send, stream, status
 
 
-def test_send_button_streams_the_answer_into_the_transcript():
+def test_send_streams_the_answer_into_the_transcript():
     agent = ScriptedAgent("Hello from the panel.", delay=0.002, piece_chars=3)
     panel = ChatPanel(agent, throttle=0)
     live = record(panel.live_html)
 
     async def scenario():
         panel.input.value = "Hi there"
-        panel.send_button.click()
-        assert panel.is_running and panel.send_button.disabled and not panel.stop_button.disabled
+        assert panel.input.submit() is True  # Send, as the browser sends it
+        assert panel.is_running and panel.input.busy and not panel.stop_button.disabled
         assert panel.regenerate_button.disabled and panel.input.value == ""  # sent: the box is cleared
         return await panel.wait()
 
@@ -78,7 +81,7 @@ def test_send_button_streams_the_answer_into_the_transcript():
     partial = [html for html in live if "▌" in html and "Hello" in html]
     assert len(partial) >= 3 and "Hello from the panel.▌" not in partial[0]
     assert panel.live_html.value == "" and "Hello from the panel." in panel.history_html.value
-    assert not panel.is_running and not panel.send_button.disabled and panel.stop_button.disabled
+    assert not panel.is_running and not panel.input.busy and panel.stop_button.disabled
     # the next message carries the conversation as payload memory
     assert [(m.role, m.content) for m in panel.payload("And then?").memory] == [
         ("user", "Hi there"), ("assistant", "Hello from the panel.")]
@@ -142,7 +145,7 @@ def test_stop_keeps_the_partial_answer_and_the_conversation_goes_on():
     assert stopped["stopped"] and stopped["finish_reason"] == "cancelled"
     assert STORY.startswith(stopped["content"]) and seen <= len(stopped["content"]) <= seen + 10
     assert "stopped" in panel.history_html.value and panel.status.startswith("stopped")
-    assert not panel.is_running and panel.stop_button.disabled and not panel.send_button.disabled
+    assert not panel.is_running and panel.stop_button.disabled and not panel.input.busy
     nxt = run(_send(panel, "Now briefly."))
     assert nxt["content"] == "Short." and len(panel.memory) == 4
     assert agent.calls[1].payload.memory[1].content == stopped["content"]  # the stopped answer was sent
@@ -157,7 +160,7 @@ def test_stop_when_idle_and_refusals_while_busy():
         with pytest.raises(RuntimeError, match="generation is running"):
             panel.send("second")
         panel.input.value = "typed meanwhile"
-        panel.send_button.click()  # refused, shown as a notice; the input stays
+        assert panel.input.submit() is False  # refused, shown as a notice; the text goes back into the box
         assert "generation is running" in panel.notice and panel.input.value == "typed meanwhile"
         with pytest.raises(RuntimeError):
             panel.regenerate()
@@ -181,7 +184,7 @@ def test_cancelling_the_task_from_outside_records_the_answer_then_propagates():
 
     run(scenario())
     assert panel.transcript[-1]["stopped"] and STORY.startswith(panel.transcript[-1]["content"])
-    assert not panel.is_running and not panel.send_button.disabled
+    assert not panel.is_running and not panel.input.busy
 
 
 def test_regenerate_replaces_the_last_answer():
@@ -253,7 +256,7 @@ def test_invalid_settings_are_reported_and_the_input_is_kept():
     panel.greedy_input.value = False
     panel.temperature_input.value = -1.0
     panel.input.value = "my carefully typed question"
-    panel.send_button.click()
+    assert panel.input.submit() is False
     assert "temperature" in panel.notice and "0.0 to 2.0" in panel.notice
     assert panel.input.value == "my carefully typed question" and panel.memory == []
     with pytest.raises(ValueError, match="temperature"):
@@ -470,7 +473,7 @@ def test_model_user_and_transcript_text_is_escaped_on_every_html_surface():
     assert failed["error"] == f"RuntimeError: {HOSTILE}"
     panel.input.value = "<b>x</b>"
     panel.max_new_tokens_input.value = -5
-    panel.send_button.click()  # a notice
+    panel.input.submit()  # a notice
     assert len(seen) > 10
     for html in seen:
         assert "<script" not in html and "<img" not in html and "<b>" not in html, html
@@ -483,20 +486,52 @@ def test_model_user_and_transcript_text_is_escaped_on_every_html_surface():
 # --------------------------------------------------------------------------- Enter sends
 
 
-def test_enter_at_the_end_sends_and_elsewhere_makes_a_new_line():
-    panel = ChatPanel(ScriptedAgent("Got it.", delay=0.001))
+def browser_sends(widget, content) -> None:
+    """Deliver a custom message to ``widget`` as the kernel receives one from the browser."""
+    widget._handle_msg({"content": {"data": {"method": "custom", "content": content}, "comm_id": widget.model_id},
+                        "buffers": []})
+
+
+def test_send_uses_the_text_that_came_with_the_click_not_the_synced_draft():
+    panel = ChatPanel(ScriptedAgent(["Paris.", "Later."], delay=0.02, piece_chars=1))
+    replies = []
+    panel.input.send = replies.append  # what goes back to the browser
 
     async def scenario():
-        panel.input.value = "first line"
-        panel.input.value = "first\nline"  # a line break inside the text stays
-        assert not panel.is_running and panel.input.value == "first\nline"
-        panel.input.value = "first\nline\n"  # Enter at the end sends
-        assert panel.is_running and panel.input.value == ""
-        answer = await panel.wait()
-        panel.enter_sends_input.value = False
-        panel.input.value = "draft\n"  # with Enter sends off, it is a new line
-        assert not panel.is_running and panel.input.value == "draft\n"
-        return answer
+        panel.input.value = "W"  # the draft the browser had synced when the click arrived
+        browser_sends(panel.input, {"type": "send", "id": "a1", "text": "What is the capital of France?"})
+        assert panel.is_running and replies == [{"type": "ack", "id": "a1", "accepted": True}]
+        assert panel.input.value == "W"  # the box belongs to the browser: a draft typed since stays
+        browser_sends(panel.input, {"type": "send", "id": "a2", "text": "typed while it answers"})
+        assert replies[-1] == {"type": "ack", "id": "a2", "accepted": False}  # the browser puts it back
+        assert "generation is running" in panel.notice
+        return await panel.wait()
+
+    answer = run(scenario())
+    assert answer["content"] == "Paris."
+    assert [t["content"] for t in panel.transcript] == ["What is the capital of France?", "Paris."]
+    browser_sends(panel.input, {"type": "send", "id": "a3", "text": "   "})
+    assert replies[-1]["accepted"] is False and panel.notice == "Type a message first."
+    for hostile in ({"type": "send", "id": 5, "text": "x"}, {"type": "send", "id": "x" * 65, "text": "x"},
+                    {"type": "send", "id": "b1", "text": ["x"]}, {"type": "other"}, "send"):
+        browser_sends(panel.input, hostile)
+    assert replies[-1] == {"type": "ack", "id": "b1", "accepted": False} and len(replies) == 4
+    browser_sends(panel.input, {"type": "send", "id": "b2", "text": "x" * (MAX_INPUT_CHARS + 1)})
+    assert replies[-1]["accepted"] is False and len(panel.transcript) == 2
+
+
+def test_submit_clears_the_box_and_puts_refused_text_back():
+    panel = ChatPanel(ScriptedAgent("Got it.", delay=0.001))
+    panel.enter_sends_input.value = False
+    assert panel.input.enter_sends is False  # the setting reaches the browser widget
+    panel.enter_sends_input.value = True
+
+    async def scenario():
+        panel.input.value = "first\nline"
+        assert panel.input.submit() is True and panel.input.value == ""
+        assert panel.input.submit("second") is False  # a generation is running: the text goes back
+        assert panel.input.value == "second"
+        return await panel.wait()
 
     answer = run(scenario())
     assert answer["content"] == "Got it."
@@ -582,7 +617,7 @@ def test_real_agent_streams_into_the_panel(tiny_agent):
 
     async def scenario():
         panel.input.value = "Hi there"
-        panel.send_button.click()
+        panel.input.submit()
         assert panel.is_running
         return await panel.wait()
 
@@ -692,3 +727,103 @@ def test_default_model_answers_in_the_panel(default_agent):
     assert "Paris" in answer["content"] and "Paris" in panel.history_html.value
     assert answer["tokens"] > 0 and answer["tokens_per_second"] > 0
     assert "tokens/s" in panel.status
+
+
+# --------------------------------------------------------------------------- the panel, finished
+
+
+def test_the_answer_carries_the_assistant_label_while_it_streams():
+    panel = ChatPanel(ScriptedAgent("Streaming with a label.", delay=0.01, piece_chars=2), throttle=0)
+    live = record(panel.live_html)
+    run(_send(panel, "Hi"))
+    streaming = [html for html in live if "midori-stream" in html and "▌" in html]
+    assert streaming, live
+    for html in streaming:
+        assert html.startswith('<div class="midori-chat-live"') and ">Assistant</div>" in html
+        assert html.index(">Assistant</div>") < html.index('class="midori-answer"')
+    assert panel.live_html.value == ""  # the finished answer moved into the transcript
+
+
+def test_clear_can_be_undone_until_the_next_message():
+    panel = ChatPanel(ScriptedAgent(["One.", "Two.", "Three."]))
+    run(_send(panel, "first"))
+    run(_send(panel, "second"))
+    before = panel.transcript
+    assert panel.undo_clear_button.layout.display == "none"
+    panel.clear_button.click()
+    assert panel.memory == [] and "midori-chat-empty" in panel.history_html.value
+    assert panel.undo_clear_button.layout.display is None and "Undo clear" in panel.status
+    panel.undo_clear_button.click()
+    assert panel.transcript == before and panel.undo_clear_button.layout.display == "none"
+    assert "Two." in panel.history_html.value and panel.status.startswith("4 messages brought back")
+    panel.clear()
+    run(_send(panel, "third"))  # a new conversation: the cleared one is gone for good
+    assert panel.undo_clear_button.layout.display == "none"
+    with pytest.raises(ValueError, match="no cleared conversation"):
+        panel.undo_clear()
+    panel.undo_clear_button.click()  # a button shows the refusal as a notice
+    assert "no cleared conversation" in panel.notice
+    assert [t["content"] for t in panel.transcript] == ["third", "Three."]
+
+
+def test_export_writes_json_and_markdown_next_to_the_notebook_and_says_where(tmp_path, monkeypatch):
+    panel = ChatPanel(ScriptedAgent("The answer is `42`."))
+    run(_send(panel, "What is *the* answer?"))
+    monkeypatch.chdir(tmp_path)
+    panel.export_button.click()
+    written = sorted(tmp_path.iterdir())
+    assert [p.suffix for p in written] == [".json", ".md"] and written[0].stem == written[1].stem
+    assert written[0].stem.startswith("chat-")
+    assert str(written[0]) in panel.notice and str(written[1]) in panel.notice
+    assert 'class="midori-chat-info"' in panel.notice_html.value  # a note, not an error
+    again = ChatPanel.from_json(ScriptedAgent("x"), written[0].read_text())
+    assert again.transcript == panel.transcript
+    assert written[1].read_text() == panel.to_markdown()
+    first = panel.export(tmp_path, stem="mine")
+    second = panel.export(tmp_path, stem="mine")  # never overwrites
+    assert (first.json_path.name, second.json_path.name, second.markdown_path.name) == \
+        ("mine.json", "mine-2.json", "mine-2.md") and second.messages == 2
+    for stem in ("../escape", "a/b", "", ".hidden", "x" * 101):
+        with pytest.raises(ValueError, match="stem="):
+            panel.export(tmp_path, stem=stem)
+    with pytest.raises(ValueError, match="expected an existing folder"):
+        panel.export(tmp_path / "missing")
+    monkeypatch.chdir(tmp_path / "..")
+    (tmp_path / "locked").mkdir(mode=0o500)
+    monkeypatch.chdir(tmp_path / "locked")
+    if os.access(tmp_path / "locked", os.W_OK):  # root may write anywhere: nothing to refuse
+        return
+    panel.export_button.click()
+    assert panel.notice.startswith("Export failed:")
+
+
+def test_the_transcript_shows_when_a_message_was_sent_and_when_its_answer_ended():
+    panel = ChatPanel(ScriptedAgent("A rather slow answer.", delay=0.05, piece_chars=1))  # about 1 s
+    before = time.time()
+    answer = run(_send(panel, "Hello"))
+    user, assistant = panel.memory
+    assert before <= user.timestamp and assistant.timestamp - user.timestamp >= 0.8
+    assert answer["timestamp"] == assistant.timestamp
+    html = panel.history_html.value
+    for entry, what in ((user, "sent"), (assistant, "answer ended")):
+        shown = time.strftime("%H:%M:%S", time.localtime(entry.timestamp))
+        assert f">{shown}</span>" in html and f'title="{what} ' in html
+
+
+def test_a_long_transcript_is_paged_so_the_browser_gets_a_bounded_html(tmp_path):
+    memory = [MemoryEntryData(role="user" if i % 2 == 0 else "assistant", content=f"message {i} " + "x" * 1000)
+              for i in range(20_000)]
+    panel = ChatPanel(ScriptedAgent("x"), memory=memory)
+    sent = len(panel.history_html.get_state()["value"])  # what the browser receives for the transcript
+    whole = len(render_transcript_html(memory))
+    assert whole > 20_000 * 1000  # the whole transcript as one HTML string: over 20 MB
+    assert sent < 200_000 and whole / sent > 100
+    assert "message 19999 " in panel.history_html.value and "message 19899 " not in panel.history_html.value
+    assert "19900 earlier messages not shown" in panel.history_html.value
+    assert panel.earlier_button.layout.display is None and "19900 more" in panel.earlier_button.description
+    panel.earlier_button.click()
+    assert "message 19899 " in panel.history_html.value and "19800 earlier" in panel.history_html.value
+    assert panel.show_earlier() == 300 and len(panel.history_html.value) < 3 * 200_000
+    # the JSON document holds it all (more than the 10,000 messages it used to refuse)
+    again = ChatPanel.from_json(ScriptedAgent("x"), panel.to_json(indent=None))
+    assert len(again.memory) == 20_000 and len(again.history_html.value) < 200_000

@@ -16,7 +16,7 @@ from midori_hf_nb import MemoryEntryData
 from midori_hf_nb.notebook import ChatPanel
 from midori_hf_nb.notebook.chat import document as chat_document
 from midori_hf_nb.notebook.chat import read_document, render_transcript_html
-from midori_hf_nb.stats import MAX_ITEMS
+from midori_hf_nb.notebook.chat.transcript import MAX_MESSAGES
 from midori_hf_nb.testing import ScriptedAgent
 
 from .conftest import ROOT, run
@@ -132,8 +132,8 @@ HOSTILE_FILES = [
      r"nests lists and objects more than 64 levels deep"),
     ("100 levels inside an answer's metadata", with_answer_metadata(v2_document, deep=json.loads(nested(100))),
      r"nests lists and objects more than 64 levels deep"),
-    ("too many messages", raw(FORMAT + '"memory": [' + ",".join(['{"role": "user", "content": "x"}'] * (MAX_ITEMS + 1))
-                              + "]}"), rf"{MAX_ITEMS + 1} messages are not allowed: expected at most {MAX_ITEMS}"),
+    ("too many messages", raw(FORMAT + '"memory": [' + ",".join(['{"role": "user", "content": "x"}'] * (MAX_MESSAGES + 1))
+                              + "]}"), rf"{MAX_MESSAGES + 1} messages are not allowed: expected at most {MAX_MESSAGES}"),
     ("not JSON", raw("not json"), r"the text is not valid JSON"),
     ("other format", raw('{"format": "other"}'), r"expected a document with format 'midori-hf-nb/chat-panel'"),
     ("unknown version", raw('{"format": "midori-hf-nb/chat-panel", "version": 9, "memory": []}'),

@@ -17,8 +17,8 @@ def test_get_agent_huggingface_ignores_api_key():
 
 
 def test_unknown_backend_names_valid_ones():
-    with pytest.raises(ValueError, match="'openai'.*'huggingface'"):
-        run(get_agent(backend="openai", model="gpt", api_key="x"))
+    with pytest.raises(ValueError, match="'langchain'.*'huggingface', 'openai'"):
+        run(get_agent(backend="langchain", model="gpt", api_key="x"))
 
 
 def write(path, text):

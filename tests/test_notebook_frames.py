@@ -113,6 +113,20 @@ def test_conversation_frame_from_exchanges_with_any_agent():
     assert frame["timestamp"].notna().all() and frame["turn"].tolist() == [0, 1, 2, 3]
 
 
+def test_conversation_stamps_the_message_when_sent_and_the_answer_when_it_ended():
+    conversation = Conversation()
+    agent = ScriptedAgent("Slowly now.", delay=0.05, piece_chars=1)  # 11 pieces: about 0.55 s
+    run(conversation.ask(agent, "q1"))
+    run(conversation.stream(agent, "q2", sink=RecordingSink()))
+    stamps = [t.timestamp() for t in conversation.frame()["timestamp"]]
+    assert stamps == sorted(stamps)
+    for sent, ended in (stamps[0:2], stamps[2:4]):
+        assert ended - sent >= 0.4  # the message is stamped when sent, not when its answer arrived
+    with pytest.raises(ValueError, match=r"add\(timestamp=-1\) is not allowed"):
+        conversation.add("user", "x", timestamp=-1)
+    assert conversation.add("user", "x", timestamp=5.0).timestamp == 5.0
+
+
 def test_an_answer_turn_keeps_the_statistics_under_their_own_names():
     conversation = Conversation()
     response = run(conversation.ask(ScriptedAgent("abcdefgh"), "q"))

@@ -8,6 +8,7 @@ the first cell to the offline default model.
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
@@ -135,7 +136,7 @@ def test_help_flags_print_help_and_send_nothing(shell, code, expected):
     ("%midori load --greedy --set do_sample=true", "contradict each other"),
     ("%midori load --set seed=3", "seed is not a setting of the model"),
     ("%midori use no_such_variable_xyz", "'no_such_variable_xyz' names no variable in the notebook"),
-    ("%midori use", "the following arguments are required: VAR"),
+    ("%midori use", "expected a notebook variable holding an agent, or --backend openai"),
     ("%%midori --temperature 3\nhello", "temperature=3.0 is not allowed"),
     ("%%midori --seed 99999999999999999999999\nhello", "seed=99999999999999999999999 is not allowed"),
     ("%%midori --throttle -1\nhello", "--throttle -1.0 is not allowed"),
@@ -254,6 +255,18 @@ def test_conversation_memory_history_and_reset(scripted_shell):
     result, captured = execute(scripted_shell, "%midori history --name h2")
     assert ns["h2"].empty and list(ns["h2"].columns) == list(TURN_COLUMNS)
     assert "The conversation is empty." in captured.stdout
+
+
+def test_history_stamps_the_message_when_sent_and_the_answer_when_it_ended(scripted_shell):
+    answer_with("A slow answer.", delay=0.05, piece_chars=1)  # 14 pieces: about 0.7 s
+    before = time.time()
+    execute(scripted_shell, "%%midori\nA question.")
+    after = time.time()
+    result, _ = execute(scripted_shell, "%midori history --name h")
+    frame = scripted_shell.user_ns["h"]
+    sent, ended = (t.timestamp() for t in frame["timestamp"])
+    assert before <= sent < ended <= after
+    assert ended - sent >= 0.5  # the answer took its time: the user turn is not stamped when it arrived
 
 
 def test_ask_sends_a_line(scripted_shell):

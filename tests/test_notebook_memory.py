@@ -90,3 +90,23 @@ def test_a_local_agent_adds_no_remote_row():
     agent = HuggingFaceLocalAgent(model=DEFAULT_MODEL)  # not loaded: nothing to list, and nothing loads
     readout = memory_readout(agent)
     assert readout.remote == [] and not agent.is_loaded
+
+
+def test_every_share_states_its_denominator_and_models_share_the_process_rows_one():
+    readout = MemoryReadout(process={"rss_bytes": 400, "peak_rss_bytes": 500, "vms_bytes": 900},
+                            system={"total_bytes": 1000, "available_bytes": 500, "used_bytes": 500, "percent": 50.0},
+                            cuda=[{"device": "cuda:0", "name": "GPU", "allocated_bytes": 30, "reserved_bytes": 60,
+                                   "total_bytes": 80}],
+                            models=[{"model": "m", "parameters": 1, "bytes": 100, "dtype": "float32",
+                                     "quantization": "none", "device": "cpu"}])
+    frame = readout.to_frame()
+    by_item = frame.set_index("item")
+    for item in ("resident (RSS)", "peak resident", "used", "m"):  # one denominator: the machine's memory
+        assert by_item.loc[item, "total_bytes"] == 1000 and by_item.loc[item, "share_of"] == "system memory"
+    assert set(frame[frame["section"] == "cuda:0"]["share_of"]) == {"cuda:0 memory"}
+    assert set(frame[frame["section"] == "cuda:0"]["total_bytes"]) == {80}
+    assert "25.0% of the process's resident memory" in by_item.loc["m", "detail"]
+    html = readout._repr_html_()
+    assert "<th" in html and ">share of</th>" in html
+    assert html.count("system memory (1000 B)") == 4 and html.count("cuda:0 memory (80 B)") == 2
+    assert "</div> 10.0%" in html and "</div> 25.0%" not in html  # the model: 100 of the machine's 1000, not of the RSS

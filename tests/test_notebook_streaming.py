@@ -52,7 +52,8 @@ def test_every_piece_updates_with_throttle_zero(agent):
     assert isinstance(stats, DisplayStats) and "display" not in response.metadata  # the response is left alone
     pieces = stats.events - 1  # every event but "done" is a piece
     assert pieces >= 5
-    assert stats.updates == sink.updates == pieces + 1  # one per piece, plus the final update
+    # one per piece, plus the final update, plus the ticks of the waiting display before the first piece
+    assert stats.updates == sink.updates == pieces + 1 + stats.ticks
     assert len(sink.bundles) == sink.updates + 1  # the initial display, then updates of it
     final = sink.last["text/html"]
     assert "The answer is forty two, said the model." in final
@@ -104,7 +105,7 @@ def test_time_based_throttle_counts_updates_with_a_controlled_clock():
     # start() reads tick 0; each piece's refresh reads one tick; an update is due every 3 ticks; one final update
     assert view.updates == pieces // 3 + 1 == view.stats.updates
     assert view.stats.as_dict() == {"updates": view.updates, "render_seconds": view.render_seconds,
-                                    "events": pieces + 1, "throttle": 3.0}
+                                    "events": pieces + 1, "throttle": 3.0, "ticks": 0}
 
 
 def test_display_stream_blocking_form_matches():

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..config import DEFAULTS, ConfigError, HuggingFaceConfig
 from ..prompting import Prompt, build_prompt, template_supports_tools
 from ..protocol import AgentPayload, AgentResponse, MidoriAiAgentProtocol, ReasoningEffort
-from ..settings import CallSettings, resolve_call_settings
+from ..settings import CallSettings, resolve_call_settings, with_model_defaults
+from ..structured.tools import apply_tool_choice
 from ..tools import DEFAULT_MAX_RESULT_CHARS, DEFAULT_TOOL_TIMEOUT, tool_instructions, tool_schemas
 from ..validation import validate_payloads, validate_reasoning_effort
 from .responses import build_response
@@ -25,6 +27,7 @@ from .tool_loop import ToolLoopStream
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine import LoadedModel
+    from ..load_progress import LoadProgress
 
 
 def _reasoning_kwargs(effort: Any) -> dict[str, Any]:
@@ -82,6 +85,8 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         self._reasoning_effort = validate_reasoning_effort(reasoning_effort, "reasoning_effort", error=ConfigError)
         self._lm: LoadedModel | None = None
         self._key: tuple | None = None
+        self._loading_key: tuple | None = None
+        self._load_began: "LoadProgress | None" = None
         self._load_lock = threading.Lock()
 
     @classmethod
@@ -125,11 +130,32 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
     def _acquire_sync(self) -> "LoadedModel":
         with self._load_lock:
             if self._lm is None:
-                from .. import engine
+                from ..load_progress import LoadProgress
 
-                self._lm = engine.acquire(self._config)
+                self._load_began = LoadProgress(model=str(self._config.model), stage="resolving",
+                                                detail="importing torch and transformers", started=time.monotonic())
+                try:
+                    from .. import engine
+
+                    self._loading_key = engine.spec_for(self._config).key
+                    self._lm = engine.acquire(self._config)
+                finally:
+                    self._load_began = None
                 self._key = self._lm.spec.key
             return self._lm
+
+    @property
+    def load_progress(self) -> "LoadProgress | None":
+        """Where the load of this agent's model stands while it loads (stage, seconds, weight
+        counts: :class:`~midori_hf_nb.load_progress.LoadProgress`); None when it is not loading."""
+        began = self._load_began
+        if began is None or self._lm is not None:
+            return None
+        key = self._loading_key
+        from ..load_progress import TRACKER
+
+        progress = TRACKER.current(key) if key is not None else None
+        return began if progress is None else replace(progress, started=began.started)
 
     async def ensure_loaded(self) -> "LoadedModel":
         """The loaded model, loading it (in a worker thread) on first use."""
@@ -214,13 +240,13 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         if not payloads:
             return []
         schemas = tool_schemas(tools) if tools else None
-        call = self.resolve_settings(overrides, streaming=False)
+        call, schemas = apply_tool_choice(self.resolve_settings(overrides, streaming=False), schemas)
         from .. import engine
 
         started = time.perf_counter()
         engine.check_generation_kwargs(call.generation.extra)
         lm = self._acquire_sync()
-        call = self.resolve_settings(overrides, streaming=False)  # now with the model's own defaults
+        call = with_model_defaults(call, self.resolve_settings(overrides, streaming=False))  # the model's defaults
         prompts = [self.build_prompt(lm, payload, call, schemas, None) for payload in payloads]
         if len(prompts) == 1:  # no padding: the single-sequence path of invoke
             results = [engine.generate(lm, prompts[0].input_ids, call.generation, stop_event=stop_event)]
@@ -248,6 +274,14 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         ``generate()`` option (e.g. ``logits_processor``, ``stop_strings``). A ``temperature``
         above 0 given without ``do_sample`` or ``greedy`` turns sampling on for the call.
         Cancelling the calling task stops the generation within a token.
+
+        ``response_format`` (a pydantic model class, a JSON schema dict, a Python type or
+        ``"json"``) constrains the answer token by token to JSON matching it; the response is then
+        a :class:`~midori_hf_nb.agent.responses.StructuredResponse` whose ``parsed`` is the model
+        instance, value or decoded JSON (None, with ``finish_reason="length"``, when
+        ``max_new_tokens`` ran out before the JSON closed) and whose ``response`` is the raw text.
+        Needs the ``structured`` extra; refusals raise
+        :class:`~midori_hf_nb.structured.StructuredOutputError` naming what to change.
         """
         return await AgentStream(self, payload, events=True, overrides=overrides).collect()
 
@@ -261,32 +295,44 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         """
         return AgentStream(self, payload, events=events, overrides=overrides)
 
-    async def invoke_with_tools(self, payload: AgentPayload, tools: list[Any], **overrides: Any) -> AgentResponse:
+    async def invoke_with_tools(self, payload: AgentPayload, tools: list[Any], *, tool_choice: Any = None,
+                                **overrides: Any) -> AgentResponse:
         """Answer ``payload`` with ``tools`` offered to the model; calls are parsed, never executed.
 
         ``tools``: typed, documented callables, OpenAI-format function dicts, or dicts with
         ``name`` and ``description``. Templates that support ``tools=`` receive the schemas;
         others get a tool description in the system message. Parsed calls are in
         ``response.tool_calls``; calls to names not offered carry ``"unknown": True``.
+
+        ``tool_choice``: ``"auto"`` (default: the model decides), ``"none"`` (no tools offered),
+        ``"required"`` (exactly one call, to one of the tools) or ``{"name": tool}`` (exactly one
+        call to it). ``required`` and a name generate the call under the grammar of the tools'
+        schemas (the ``structured`` extra), so it always parses and its arguments validate.
         """
         schemas = tool_schemas(tools)
+        if tool_choice is not None:
+            overrides["tool_choice"] = tool_choice
         return await AgentStream(self, payload, events=True, overrides=overrides, schemas=schemas).collect()
 
     def stream_with_tools(self, payload: AgentPayload, tools: list[Any], *, events: bool = True,
-                          **overrides: Any) -> AgentStream:
+                          tool_choice: Any = None, **overrides: Any) -> AgentStream:
         """Like :meth:`invoke_with_tools`, streamed (typed events by default); nothing is executed.
 
         Events arrive live: ``thinking`` and ``text`` pieces, and a ``tool_call`` event (``data``
         is the parsed call, flagged ``"unknown"`` when not offered) as soon as a call's text is
         complete; tool-call text never appears as ``text``. The ``done`` event carries the final
         response, whose ``tool_calls`` have the same ids. It is authoritative: prose streamed as
-        ``text`` before a call counts as reasoning there (``response.thinking``).
+        ``text`` before a call counts as reasoning there (``response.thinking``). ``tool_choice``
+        is that of :meth:`invoke_with_tools`.
         """
+        if tool_choice is not None:
+            overrides["tool_choice"] = tool_choice
         return AgentStream(self, payload, events=events, overrides=overrides, schemas=tool_schemas(tools))
 
     async def run_tools(self, payload: AgentPayload, tools: list[Any], max_steps: int = 5, *,
                         tool_timeout: float | None = DEFAULT_TOOL_TIMEOUT,
-                        max_result_chars: int = DEFAULT_MAX_RESULT_CHARS, **overrides: Any) -> AgentResponse:
+                        max_result_chars: int = DEFAULT_MAX_RESULT_CHARS, tool_choice: Any = None,
+                        **overrides: Any) -> AgentResponse:
         """Opt-in tool execution loop.
 
         Each step generates with the tools offered; the parsed calls of callable tools are run
@@ -305,16 +351,24 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         context window has room for, is cut with a ``[truncated: N of M characters]`` note.
         A tool that raises (even ``SystemExit``), times out or returns something that cannot be
         written as text gives an error result; only ``KeyboardInterrupt`` and cancellation pass.
+
+        ``tool_choice`` (see :meth:`invoke_with_tools`) applies to the first step: ``"required"``
+        or a name forces a call there; later steps are ``"auto"``, so the model can answer with
+        the results. ``"none"`` offers no tools at all.
         """
         return await self.stream_tools(payload, tools, max_steps=max_steps, tool_timeout=tool_timeout,
-                                       max_result_chars=max_result_chars, **overrides).collect()
+                                       max_result_chars=max_result_chars, tool_choice=tool_choice,
+                                       **overrides).collect()
 
     def stream_tools(self, payload: AgentPayload, tools: list[Any], max_steps: int = 5, *,
                      tool_timeout: float | None = DEFAULT_TOOL_TIMEOUT,
-                     max_result_chars: int = DEFAULT_MAX_RESULT_CHARS, **overrides: Any) -> ToolLoopStream:
+                     max_result_chars: int = DEFAULT_MAX_RESULT_CHARS, tool_choice: Any = None,
+                     **overrides: Any) -> ToolLoopStream:
         """The opt-in tool loop of :meth:`run_tools`, streamed as :class:`StreamEvent` objects.
 
         Yields each step's ``thinking``, ``text`` and ``tool_call`` events, a ``tool_result`` event
         per executed call (``data``: the step record), and a final ``done`` event with the response.
         """
+        if tool_choice is not None:
+            overrides["tool_choice"] = tool_choice
         return ToolLoopStream(self, payload, tools, max_steps, overrides, tool_timeout, max_result_chars)

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..parsing import extract_reasoning_blocks, normalise_call, parse_tool_calls_detailed, unique_ids
 from ..protocol import AgentPayload, AgentResponse
 from ..stats import ResponseStats
+from ..structured import StructuredOutputError
 from ..tools import tool_names
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -19,6 +21,32 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..settings import CallSettings
 
 logger = logging.getLogger("midori_hf_nb")
+
+
+@dataclass
+class StructuredResponse(AgentResponse):
+    """The response of a call with a ``response_format``: an :class:`AgentResponse` whose
+    ``response`` is the raw JSON text, plus ``parsed``: the answer as the requested object (a
+    pydantic model instance, a validated Python value, or the decoded JSON), or None when the
+    answer is not complete (``finish_reason`` "length" or "cancelled"; the reason is in
+    ``metadata["structured_error"]``). Never a half object."""
+
+    parsed: Any = None
+
+
+def parse_structured(call: "CallSettings", result: "GenerationResult", answer: str) -> tuple[Any, str | None]:
+    """(parsed object, None) for a complete answer of a call with a ``response_format``, else
+    (None, why)."""
+    fmt = call.response_format
+    if result.finish_reason == "length":
+        return None, (f"the answer reached max_new_tokens={call.generation.max_new_tokens} before the JSON "
+                      "closed; raise max_new_tokens")
+    if result.finish_reason != "stop":
+        return None, f"the generation ended with finish_reason={result.finish_reason!r} before the JSON closed"
+    try:
+        return fmt.parse(answer), None
+    except StructuredOutputError as exc:
+        return None, str(exc)
 
 
 def native_parse(tokenizer: Any, text: str, prefix: str, schemas: list[dict] | None) -> dict[str, Any] | None:
@@ -93,6 +121,13 @@ def build_response(model_name: str, lm: "LoadedModel", prompt: "Prompt", result:
         stats.tool_parse_errors = list(parsed.errors)
         stats.unknown_tool_calls = [c["name"] for c in parsed.calls if c["name"] not in offered]
     stats.thinking_blocks = list(blocks)
+    if call.tool_choice is not None:
+        stats.tool_choice = call.tool_choice.describe()
+    if call.response_format is not None:
+        stats.response_format = call.response_format.name
+        parsed, stats.structured_error = parse_structured(call, result, answer)
+        return StructuredResponse(thinking="\n\n".join(blocks), response=answer, code=None, tool_calls=calls,
+                                  metadata=stats.as_dict(), parsed=parsed)
     return AgentResponse(thinking="\n\n".join(blocks), response=answer, code=None, tool_calls=calls,
                          metadata=stats.as_dict())
 

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from ..parsing import StreamSplitter, prompt_opens_thinking
 from ..protocol import AgentPayload, AgentResponse
+from ..settings import with_model_defaults
+from ..structured.tools import apply_tool_choice
 from ..tools import tool_names
 from ..validation import validate_payload
 from .events import EventStream, StreamEvent
@@ -97,9 +99,9 @@ async def run_generation(state: StreamState, agent: "GenerationHost", payload: A
     """The events of one generation (the body of :class:`AgentStream`)."""
     called_at = time.perf_counter()
     payload = await asyncio.to_thread(validate_payload, payload)  # refused before a model loads, naming the field
-    agent.resolve_settings(overrides)  # refused before a model loads, naming the field
+    call, schemas = apply_tool_choice(agent.resolve_settings(overrides), schemas)  # refused before a model loads
     lm = await agent.ensure_loaded()
-    call = agent.resolve_settings(overrides)  # with the loaded model's own generation defaults
+    call = with_model_defaults(call, agent.resolve_settings(overrides))  # the loaded model's own defaults
     from .. import engine
 
     engine.check_generation_kwargs(call.generation.extra)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 from ..prompting import assistant_tool_call_message, template_supports_tools, tool_result_message
 from ..protocol import AgentPayload, AgentResponse
 from ..stats import ResponseStats
+from ..structured.formats import tool_choice_from
 from ..tools import DEFAULT_MAX_RESULT_CHARS, DEFAULT_TOOL_TIMEOUT, ToolRunner, check_tool_options
 from .events import EventStream, StreamEvent
 from .stream import AgentStream
@@ -70,6 +71,15 @@ class ToolLoopStream(EventStream):
         await self._iterator.aclose()
 
 
+def later_step_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The overrides of the steps after the first: a ``tool_choice`` that forces a call
+    ("required", a name) applies to the first step only, so the model can answer with the results."""
+    choice = tool_choice_from(overrides.get("tool_choice"))
+    if choice is None or not choice.forces_call:
+        return overrides
+    return {**overrides, "tool_choice": None}
+
+
 async def run_tool_loop(state: ToolLoopState, agent: "GenerationHost", payload: AgentPayload,
                         tools: list[Any], max_steps: int, overrides: dict[str, Any],
                         tool_timeout: float | None = DEFAULT_TOOL_TIMEOUT,
@@ -85,7 +95,8 @@ async def run_tool_loop(state: ToolLoopState, agent: "GenerationHost", payload: 
     response: AgentResponse | None = None
     step = 0
     for step in range(1, max_steps + 1):
-        state.current = AgentStream(agent, payload, events=True, overrides=overrides, schemas=schemas,
+        step_overrides = overrides if step == 1 else later_step_overrides(overrides)
+        state.current = AgentStream(agent, payload, events=True, overrides=step_overrides, schemas=schemas,
                                     continuation=list(continuation))
         if state.cancelled:
             state.current.cancel()

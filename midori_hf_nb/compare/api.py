@@ -89,7 +89,9 @@ def compare(
         settings: a grid of generation options, e.g. ``{"temperature": [0, 0.7],
             "max_new_tokens": [64]}``; every combination is run. Options are those of
             :meth:`HuggingFaceLocalAgent.invoke` (``max_new_tokens``, ``temperature``, ``top_p``,
-            ``top_k``, ``do_sample``, ``greedy``, and ``generate()`` options such as
+            ``top_k``, ``do_sample``, ``greedy``, ``response_format`` (e.g. ``[None, MyModel]``:
+            free against constrained generation; see :mod:`midori_hf_nb.structured`),
+            ``tool_choice`` (with ``tools``), and ``generate()`` options such as
             ``repetition_penalty``), checked once with :func:`midori_hf_nb.settings.check_overrides`
             and, for agents that resolve their own settings, against each agent's configuration.
             None runs each agent's own configuration.

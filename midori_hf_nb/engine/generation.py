@@ -215,6 +215,20 @@ def choose_decode_path(lm: LoadedModel, settings: GenerationSettings, cfg: Any, 
     return ENGINE
 
 
+def with_constraint(lm: LoadedModel, settings: GenerationSettings, call_kwargs: dict[str, Any],
+                    rows: int) -> dict[str, Any]:
+    """``call_kwargs`` with the settings' constraint (structured output) added as one more logits
+    processor, made fresh for this generation of ``rows`` sequences; unchanged without one.
+
+    The engine's single-sequence loop runs it like any logits processor (the decode path stays
+    ``"engine"``); a batch with it decodes through ``model.generate``, which runs it per step.
+    """
+    if settings.constraint is None:
+        return call_kwargs
+    processor = settings.constraint.logits_processor(lm, rows)
+    return {**call_kwargs, "logits_processor": [*(call_kwargs.get("logits_processor") or []), processor]}
+
+
 def _lean_generate(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings: GenerationSettings,
                    stop_event: threading.Event | None, streamer: Any = None,
                    governor: ThreadGovernor | None = None,
@@ -382,6 +396,7 @@ def generate(
         streamer = (capabilities.callback_streamer(lm.tokenizer, on_text, lm.tokenizer_lock)
                     if on_text is not None else None)
         cfg, call_kwargs = generation_config(lm, settings)
+        call_kwargs = with_constraint(lm, settings, call_kwargs, 1)
         path = choose_decode_path(lm, settings, cfg, call_kwargs)
         if path is ENGINE:
             tokens, first_token_at, started = _lean_generate(lm, ids, cfg, settings, stop_event, streamer, governor,
@@ -426,6 +441,7 @@ def generate_batch(
         input_ids = torch.tensor(rows, dtype=torch.long, device=lm.input_device)
         attention_mask = torch.tensor(mask, dtype=torch.long, device=lm.input_device)
         cfg, call_kwargs = generation_config(lm, settings)
+        call_kwargs = with_constraint(lm, settings, call_kwargs, len(batch))
         path = choose_decode_path(lm, settings, cfg, call_kwargs, rows=len(batch))
         if path is ENGINE:
             generated, first_token_at, started = _lean_generate_batch(lm, input_ids, attention_mask, cfg,

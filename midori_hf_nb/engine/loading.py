@@ -24,6 +24,7 @@ from ..sources import ModelSource, ModelSourceError, hub_offline, resolve_source
 from . import capabilities
 from .capabilities import DecodeLoopSupport
 from .convert import progress_bars, convert_gguf, dtype_variant
+from ..load_progress import TRACKER
 from .devices import TORCH_DTYPES, trim_heap, mps_available, resolve_device, resolve_dtype
 from .layers import QuantizationError, quantize_weights, use_bf16_cpu_linears
 
@@ -156,56 +157,71 @@ def _explain_load_error(spec: LoadSpec, path: str, exc: Exception) -> None:
 
 
 def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
-    """Load the model and tokenizer of ``spec`` (converting a GGUF file on first use)."""
-    from tqdm.auto import tqdm
+    """Load the model and tokenizer of ``spec`` (converting a GGUF file on first use).
+
+    The stages and the counts of transformers' progress bars are reported to
+    :data:`~midori_hf_nb.load_progress.TRACKER` under ``spec.key`` while the load runs; with ``progress`` a
+    text progress bar (``tqdm.std``, never a notebook widget) shows them too.
+    """
+    from tqdm.std import tqdm
 
     started = time.perf_counter()
+    key = spec.key
+    TRACKER.begin(key, spec.source.name)
     bar = tqdm(total=3, desc=f"Loading {spec.source.name}", unit="step", disable=not progress, leave=False)
+
+    def stage(name: str, detail: str) -> None:
+        TRACKER.stage(key, name, detail)
+        bar.set_postfix_str(detail)
+
     try:
-        bar.set_postfix_str("converting GGUF (first use only)" if spec.source.kind == "gguf" else "resolving source")
-        path = str(convert_gguf(spec.source.location, progress) if spec.source.kind == "gguf" else spec.source.location)
-        if spec.source.kind == "gguf" and spec.dtype in ("bfloat16", "float16") \
-                and spec.quantization not in ("8bit", "4bit"):
-            bar.set_postfix_str(f"saving a {spec.dtype} copy (first use only)")
-            path = str(dtype_variant(path, spec.dtype, progress))
-        bar.update(1)
-        common = {"trust_remote_code": spec.trust_remote_code}
-        bar.set_postfix_str("tokenizer")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path, **common)
-        except Exception as exc:
-            _explain_load_error(spec, path, exc)
-            raise
-        bar.update(1)
-        bar.set_postfix_str("weights")
-        kwargs: dict[str, Any] = {"dtype": TORCH_DTYPES[spec.dtype], **common}
-        if spec.quantization in ("int8", "int4") and spec.device != "cpu":
-            raise QuantizationError(
-                f"quantize_weights={spec.quantization!r} is supported on device='cpu' only (got "
-                f"device={spec.device!r}); use device='cpu', or bitsandbytes (load_in_8bit/load_in_4bit) on a GPU"
-            )
-        if spec.quantization in ("8bit", "4bit"):
-            kwargs["quantization_config"] = _quantization_config(spec)
-            kwargs["device_map"] = {"": spec.device if spec.device != "cuda" else 0}
-        elif spec.device == "cuda":
-            kwargs["device_map"] = "auto"  # accelerate spreads a large model over the GPUs (and CPU)
-        elif spec.device != "cpu":
-            kwargs["device_map"] = {"": spec.device}
-        try:
-            with progress_bars(progress):
-                model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        except Exception as exc:
-            _explain_load_error(spec, path, exc)
-            raise
-        model.eval()
-        if spec.quantization in ("int8", "int4"):
-            quantize_weights(model, spec.quantization)
-        if spec.device == "cpu" and spec.dtype == "bfloat16" and spec.quantization not in ("8bit", "4bit") \
-                and not capabilities.cpu_has_native_bf16_gemm():
-            use_bf16_cpu_linears(model)  # the layers left in bfloat16 (an int4 model's output head)
-        bar.update(1)
+        with capabilities.observe_progress_bars(lambda label, done, total: TRACKER.count(key, label, done, total)):
+            if spec.source.kind == "gguf":
+                stage("converting", "converting GGUF (first use only)")
+            path = str(convert_gguf(spec.source.location, progress) if spec.source.kind == "gguf" else spec.source.location)
+            if spec.source.kind == "gguf" and spec.dtype in ("bfloat16", "float16") \
+                    and spec.quantization not in ("8bit", "4bit"):
+                stage("dtype copy", f"saving a {spec.dtype} copy (first use only)")
+                path = str(dtype_variant(path, spec.dtype, progress))
+            bar.update(1)
+            common = {"trust_remote_code": spec.trust_remote_code}
+            stage("tokenizer", "tokenizer")
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(path, **common)
+            except Exception as exc:
+                _explain_load_error(spec, path, exc)
+                raise
+            bar.update(1)
+            stage("weights", "weights")
+            kwargs: dict[str, Any] = {"dtype": TORCH_DTYPES[spec.dtype], **common}
+            if spec.quantization in ("int8", "int4") and spec.device != "cpu":
+                raise QuantizationError(
+                    f"quantize_weights={spec.quantization!r} is supported on device='cpu' only (got "
+                    f"device={spec.device!r}); use device='cpu', or bitsandbytes (load_in_8bit/load_in_4bit) on a GPU"
+                )
+            if spec.quantization in ("8bit", "4bit"):
+                kwargs["quantization_config"] = _quantization_config(spec)
+                kwargs["device_map"] = {"": spec.device if spec.device != "cuda" else 0}
+            elif spec.device == "cuda":
+                kwargs["device_map"] = "auto"  # accelerate spreads a large model over the GPUs (and CPU)
+            elif spec.device != "cpu":
+                kwargs["device_map"] = {"": spec.device}
+            try:
+                with progress_bars(progress):
+                    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            except Exception as exc:
+                _explain_load_error(spec, path, exc)
+                raise
+            model.eval()
+            if spec.quantization in ("int8", "int4"):
+                quantize_weights(model, spec.quantization)
+            if spec.device == "cpu" and spec.dtype == "bfloat16" and spec.quantization not in ("8bit", "4bit") \
+                    and not capabilities.cpu_has_native_bf16_gemm():
+                use_bf16_cpu_linears(model)  # the layers left in bfloat16 (an int4 model's output head)
+            bar.update(1)
     finally:
         bar.close()
+        TRACKER.end(key)
     lm = LoadedModel(spec=spec, model=model, tokenizer=tokenizer, load_seconds=time.perf_counter() - started, path=path)
     lm.base_generation_config = model.generation_config
     lm.generation_defaults = model_generation_defaults(model.generation_config.to_diff_dict(),

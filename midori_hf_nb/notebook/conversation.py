@@ -9,6 +9,9 @@ An answer's turn keeps the response's statistics under their own names (read typ
 :func:`~midori_hf_nb.stats.stats_of`, nothing renamed): ``completion_tokens``,
 ``total_seconds``, ``tokens_per_second`` and ``finish_reason`` in the turn's ``metadata``. A
 turn added by hand (:meth:`Conversation.add`) carries its own ``tokens`` and ``seconds``.
+
+Timestamps: a user turn is stamped when its message was sent, an answer when it ended, so
+:meth:`Conversation.frame` (and ``%midori history``) show both moments of each exchange.
 """
 
 from __future__ import annotations
@@ -47,8 +50,11 @@ class Conversation:
 
     def add(self, role: str, content: str, *, tokens: int | None = None, seconds: float | None = None,
             finish_reason: str | None = None, tool_calls: list[dict] | None = None,
-            stats: ResponseStats | None = None) -> MemoryEntryData:
+            stats: ResponseStats | None = None, timestamp: float | None = None) -> MemoryEntryData:
         """Append one turn and return it.
+
+        ``timestamp``: when the turn happened, in seconds since the epoch (default: now) — a user
+        turn when its message was sent, an answer when it ended.
 
         ``tokens``, ``seconds`` and ``finish_reason`` describe a turn written by hand (``tokens`` of a
         user turn is its message's token count); ``stats`` are an answer's response statistics, of
@@ -61,19 +67,28 @@ class Conversation:
         if stats is not None and not isinstance(stats, ResponseStats):
             raise ValueError(f"Conversation.add(stats={type(stats).__name__}) is not allowed: expected ResponseStats "
                              "(midori_hf_nb.stats.stats_of(response)) or None")
+        if timestamp is not None and (isinstance(timestamp, bool) or not isinstance(timestamp, (int, float))
+                                      or not timestamp >= 0):
+            raise ValueError(f"Conversation.add(timestamp={timestamp!r}) is not allowed: expected seconds since "
+                             "the epoch (a number >= 0) or None")
         meta = {k: v for k, v in (("tokens", tokens), ("seconds", seconds), ("finish_reason", finish_reason))
                 if v is not None}
         if stats is not None:
             meta.update({k: getattr(stats, k) for k in TURN_STATISTICS if getattr(stats, k) is not None})
-        entry = MemoryEntryData(role=role, content=content, timestamp=time.time(), tool_calls=tool_calls,
+        entry = MemoryEntryData(role=role, content=content,
+                                timestamp=time.time() if timestamp is None else float(timestamp), tool_calls=tool_calls,
                                 metadata=meta or None)
         self.entries.append(entry)
         if self.max_turns is not None and len(self.entries) > self.max_turns:
             del self.entries[: len(self.entries) - self.max_turns]
         return entry
 
-    def add_exchange(self, user_message: str, response: AgentResponse, *, user_tokens: int | None = None) -> None:
+    def add_exchange(self, user_message: str, response: AgentResponse, *, user_tokens: int | None = None,
+                     sent_at: float | None = None) -> None:
         """Record a user message and the agent's answer (a partial answer is recorded as it is).
+
+        ``sent_at``: when the message was sent (``time.time()``; default: now). The answer's turn
+        is stamped now, when it ended.
 
         ``response`` is any protocol response; its statistics are read with
         :func:`~midori_hf_nb.stats.stats_of` (metadata that is not a dict records none).
@@ -84,7 +99,7 @@ class Conversation:
             stats = ResponseStats()
         calls = getattr(response, "tool_calls", None)
         answer = getattr(response, "response", "")
-        self.add("user", user_message, tokens=user_tokens)
+        self.add("user", user_message, tokens=user_tokens, timestamp=sent_at)
         self.add("assistant", answer if isinstance(answer, str) else str(answer or ""), stats=stats,
                  tool_calls=calls if isinstance(calls, list) else None)
 
@@ -116,17 +131,19 @@ class Conversation:
         exchange and returns the response. ``overrides`` go to ``invoke`` as keyword arguments."""
         from .agent_calls import require_agent
 
+        sent_at = time.time()
         response = await require_agent(agent, "Conversation.ask").invoke(self.payload(user_message, system_context),
                                                                          **overrides)
-        self.add_exchange(user_message, response, user_tokens=count_tokens(agent, user_message))
+        self.add_exchange(user_message, response, user_tokens=count_tokens(agent, user_message), sent_at=sent_at)
         return response
 
     async def stream(self, agent: Any, user_message: str, system_context: str = "", **options: Any) -> AgentResponse:
         """Like :meth:`ask`, streamed into the current cell with :func:`~midori_hf_nb.notebook.stream_to_cell`."""
         from .streaming import stream_to_cell
 
+        sent_at = time.time()
         response = await stream_to_cell(agent, self.payload(user_message, system_context), **options)
-        self.add_exchange(user_message, response, user_tokens=count_tokens(agent, user_message))
+        self.add_exchange(user_message, response, user_tokens=count_tokens(agent, user_message), sent_at=sent_at)
         return response
 
 

@@ -42,7 +42,7 @@ tokens         Int64                tokens of the turn (``completion_tokens`` fo
                                     the message's token count for user turns), or <NA>
 seconds        Float64              generation seconds of an answer (``total_seconds``), or <NA>
 finish_reason  string               stop, length or cancelled for answers, else <NA>
-timestamp      datetime64[ns, UTC]  when the turn was recorded, or NaT
+timestamp      datetime64[ns, UTC]  a user turn: when it was sent; an answer: when it ended; or NaT
 =============  ===================  ====================================================
 """
 

@@ -14,6 +14,11 @@ with bars); ``.as_dict()`` gives plain values:
   protocol agent), one entry (``model``, ``agent``) saying that its model's memory is not in this
   process: the readout shows a row "model: remote/unknown" instead of failing.
 
+The table's "share" column divides each row by one stated denominator, named in its "share of"
+column (``share_of`` in :meth:`MemoryReadout.to_frame`): the machine's memory for the process,
+the system and every model; the device's memory for accelerator rows. A CPU model's share of
+the process's resident memory is in its details.
+
 It works on CPU-only machines. torch and the engine are *not* imported for a readout: if
 they are not loaded yet, no model can be loaded and no accelerator memory is in use.
 """
@@ -30,6 +35,9 @@ import psutil
 
 from .display import STYLE_BOX, STYLE_CELL, STYLE_FOOTER, STYLE_TABLE
 from .escaping import NO_MATH_CLASS, css_percent, escape_html, to_text
+
+#: The denominator of the share of process, system and model rows.
+SYSTEM_MEMORY = "system memory"
 
 #: What the readout says of an agent whose model is not in this process.
 REMOTE_DETAIL = "remote/unknown: this agent's model memory is not in this process"
@@ -70,10 +78,25 @@ def system_memory() -> dict[str, Any]:
             "used_bytes": int(vm.total - vm.available), "percent": float(vm.percent)}
 
 
+def _loaded_name(module: str, *names: str) -> Any:
+    """``module.name1.name2...`` if that module is imported and has those names yet, else None.
+
+    A readout runs on the kernel's thread while another thread may be importing torch or the
+    engine (a model's first load): such a module is in ``sys.modules`` before its names exist,
+    and importing it here would wait for the whole import. The readout then reports what it
+    would before the import: no accelerator memory and no model.
+    """
+    value = sys.modules.get(module)
+    for name in names:
+        value = getattr(value, name, None)
+    return value
+
+
 def cuda_memory() -> list[dict[str, Any]]:
     """Allocated, reserved and total memory per CUDA device ([] without CUDA or before torch is imported)."""
     torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available():
+    is_available = _loaded_name("torch", "cuda", "is_available")
+    if torch is None or is_available is None or not is_available():
         return []
     devices = []
     for index in range(torch.cuda.device_count()):
@@ -91,8 +114,8 @@ def cuda_memory() -> list[dict[str, Any]]:
 def mps_memory() -> dict[str, int] | None:
     """Apple MPS allocated and driver memory, or None where MPS is absent."""
     torch = sys.modules.get("torch")
-    backend = getattr(getattr(torch, "backends", None), "mps", None)
-    if torch is None or backend is None or not backend.is_available():
+    backend = _loaded_name("torch", "backends", "mps")
+    if torch is None or getattr(backend, "is_available", None) is None or not backend.is_available():
         return None
     try:
         return {"allocated_bytes": int(torch.mps.current_allocated_memory()),
@@ -103,13 +126,13 @@ def mps_memory() -> dict[str, int] | None:
 
 def model_footprints() -> list[dict[str, Any]]:
     """The footprint of each model loaded in the shared registry ([] before the engine is imported)."""
-    engine = sys.modules.get("midori_hf_nb.engine")
-    if engine is None:
+    registry = _loaded_name("midori_hf_nb.engine", "REGISTRY")
+    if registry is None:
         return []
     models = []
-    for lm in engine.REGISTRY.loaded():
+    for lm in registry.loaded():
         footprint = dict(lm.footprint())
-        footprint["references"] = engine.REGISTRY.refcount(lm.spec.key)
+        footprint["references"] = registry.refcount(lm.spec.key)
         models.append(footprint)
     return models
 
@@ -144,49 +167,57 @@ class MemoryReadout:
         return sum(int(m.get("bytes") or 0) for m in self.models)
 
     def to_frame(self):
-        """One row per measured quantity: ``section``, ``item``, ``bytes``, ``total_bytes``."""
+        """One row per measured quantity: ``section``, ``item``, ``bytes``, ``total_bytes`` (the
+        denominator of the row's share), ``share_of`` (what that denominator is: "system memory"
+        for the process, the system and models; "<device> memory" for an accelerator) and ``detail``."""
         import pandas as pd
 
         rows = self._rows()
-        frame = pd.DataFrame(rows, columns=["section", "item", "bytes", "total_bytes", "detail"])
+        frame = pd.DataFrame(rows, columns=["section", "item", "bytes", "total_bytes", "share_of", "detail"])
         return frame.astype({"section": "string", "item": "string", "bytes": "Int64", "total_bytes": "Int64",
-                             "detail": "string"})
+                             "share_of": "string", "detail": "string"})
 
     def _rows(self) -> list[dict[str, Any]]:
+        system_total = self.system["total_bytes"]
         rows = [
             {"section": "process", "item": "resident (RSS)", "bytes": self.process["rss_bytes"],
-             "total_bytes": self.system["total_bytes"], "detail": ""},
+             "total_bytes": system_total, "share_of": SYSTEM_MEMORY, "detail": ""},
             {"section": "process", "item": "peak resident", "bytes": self.process["peak_rss_bytes"],
-             "total_bytes": self.system["total_bytes"], "detail": ""},
+             "total_bytes": system_total, "share_of": SYSTEM_MEMORY, "detail": ""},
             {"section": "system", "item": "used", "bytes": self.system["used_bytes"],
-             "total_bytes": self.system["total_bytes"], "detail": f"{self.system['percent']:.0f}% used"},
+             "total_bytes": system_total, "share_of": SYSTEM_MEMORY, "detail": f"{self.system['percent']:.0f}% used"},
         ]
         for dev in self.cuda:
-            rows.append({"section": dev["device"], "item": "allocated", "bytes": dev["allocated_bytes"],
-                         "total_bytes": dev["total_bytes"], "detail": dev["name"]})
-            rows.append({"section": dev["device"], "item": "reserved", "bytes": dev["reserved_bytes"],
-                         "total_bytes": dev["total_bytes"], "detail": dev["name"]})
+            for item, key in (("allocated", "allocated_bytes"), ("reserved", "reserved_bytes")):
+                rows.append({"section": dev["device"], "item": item, "bytes": dev[key], "total_bytes": dev["total_bytes"],
+                             "share_of": f"{dev['device']} memory", "detail": dev["name"]})
         if self.mps is not None:
             rows.append({"section": "mps", "item": "allocated", "bytes": self.mps["allocated_bytes"],
-                         "total_bytes": None, "detail": ""})
+                         "total_bytes": None, "share_of": None, "detail": ""})
             rows.append({"section": "mps", "item": "driver allocated", "bytes": self.mps["driver_allocated_bytes"],
-                         "total_bytes": None, "detail": ""})
+                         "total_bytes": None, "share_of": None, "detail": ""})
+        rss = self.process["rss_bytes"]
         for model in self.models:
             detail = (f"{model.get('parameters', 0):,} parameters · {model.get('dtype')} · "
                       f"quantization {model.get('quantization')} · {model.get('device')} · "
                       f"{model.get('references', 1)} reference(s)")
-            rows.append({"section": "model", "item": to_text(model.get("model")), "bytes": model.get("bytes"),
-                         "total_bytes": self.process["rss_bytes"], "detail": detail})
+            weights = model.get("bytes")
+            if isinstance(weights, (int, float)) and not isinstance(weights, bool) and rss and model.get("device") == "cpu":
+                detail += f" · {css_percent(weights / rss)} of the process's resident memory"
+            rows.append({"section": "model", "item": to_text(model.get("model")), "bytes": weights,
+                         "total_bytes": system_total, "share_of": SYSTEM_MEMORY, "detail": detail})
         for agent in self.remote:
             rows.append({"section": "model", "item": to_text(agent.get("model")), "bytes": None, "total_bytes": None,
-                         "detail": REMOTE_DETAIL + (f" ({to_text(agent.get('agent'))})" if agent.get("agent") else "")})
+                         "share_of": None,
+                         "detail": REMOTE_DETAIL + (f" ({to_text(agent.get('agent'))})" if agent.get("agent") else "")
+                         + (f", served at {to_text(agent.get('base_url'))}" if agent.get("base_url") else "")})
         return rows
 
     def _note(self) -> str:
         return "" if self.models or self.remote else "no model loaded"
 
     def _repr_html_(self) -> str:
-        head = "".join(f'<th style="{STYLE_CELL}">{h}</th>' for h in ("", "", "size", "share", "details"))
+        head = "".join(f'<th style="{STYLE_CELL}">{h}</th>' for h in ("", "", "size", "share", "share of", "details"))
         body = []
         for row in self._rows():
             total, count = row["total_bytes"], row["bytes"]
@@ -197,8 +228,9 @@ class MemoryReadout:
                 bar = (f'<div style="width:8em;height:0.7em;background:rgba(128,128,128,0.2);display:inline-block">'
                        f'<div style="width:{css_percent(share)};height:100%;background:rgba(70,130,180,0.85)"></div>'
                        f"</div> {escape_html(css_percent(share))}")
+            of = f"{row['share_of']} ({format_bytes(total)})" if share is not None and row["share_of"] else ""
             cells = [escape_html(row["section"]), escape_html(row["item"]), escape_html(format_bytes(count)), bar,
-                     escape_html(row["detail"])]
+                     escape_html(of), escape_html(row["detail"])]
             body.append("<tr>" + "".join(f'<td style="{STYLE_CELL}">{c}</td>' for c in cells) + "</tr>")
         note = f'<div style="{STYLE_FOOTER}">{escape_html(self._note())}</div>' if self._note() else ""
         return (f'<div class="midori-memory {NO_MATH_CLASS}" style="{STYLE_BOX}"><table style="{STYLE_TABLE}">'
@@ -213,13 +245,18 @@ class MemoryReadout:
 
 
 def remote_models(agent: Any) -> list[dict[str, Any]]:
-    """``[{"model", "agent"}]`` for an agent whose model is not in this process (any protocol agent
-    but the local one); ``[]`` for a local agent (its model is in ``models`` while loaded) or None."""
+    """``[{"model", "agent"}]`` (and ``"base_url"`` for a served agent) for an agent whose model is not
+    in this process (any protocol agent but the local one); ``[]`` for a local agent (its model is
+    in ``models`` while loaded) or None."""
     from .agent_calls import agent_model_name, is_local_agent
 
     if agent is None or is_local_agent(agent):
         return []
-    return [{"model": agent_model_name(agent), "agent": type(agent).__name__}]
+    entry = {"model": agent_model_name(agent), "agent": type(agent).__name__}
+    base_url = getattr(agent, "base_url", None)  # a served agent's server (OpenAICompatibleAgent)
+    if isinstance(base_url, str) and base_url:
+        entry["base_url"] = base_url
+    return [entry]
 
 
 def memory_readout(agent: Any = None) -> MemoryReadout:
@@ -244,6 +281,7 @@ def show_memory(agent: Any = None) -> MemoryReadout:
 
 __all__ = [
     "MemoryReadout",
+    "SYSTEM_MEMORY",
     "cuda_memory",
     "format_bytes",
     "memory_readout",

@@ -17,6 +17,9 @@ events=True)`` when it has one, else its ``invoke`` (one update at the end); see
   cancellation ipykernel uses for ``await`` cells in :func:`stream_to_cell`) stops the
   generation within a token and keeps the partial text; the response then has
   ``finish_reason == "cancelled"``;
+* while the model loads, a ticking "loading model… N s" line with the load's stage and counts
+  (conversion, weights) above the answer (:func:`load_progress_of`); the seconds tick while
+  waiting for the first token too;
 * a one-line footer: tokens, seconds, tokens/s, finish reason, decoder (read typed, through
   :func:`~midori_hf_nb.stats.stats_of`).
 
@@ -50,6 +53,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..load_progress import LoadProgress
 from ..loop_thread import AsyncIterPump
 from .agent_calls import open_event_stream
 from .display import (
@@ -70,6 +74,12 @@ from .markdown import IncrementalMarkdown, render_markdown_html
 #: Default seconds between two display updates.
 DEFAULT_THROTTLE = 0.1
 
+#: Seconds between two refreshes of the display while no text has arrived (the ticking seconds
+#: and the model's load progress).
+WAIT_TICK = 0.25
+
+STYLE_LOADING = "opacity:0.8;font-size:0.92em;margin:0.1em 0 0.3em 0"
+
 INTERRUPT_MODES = ("return", "raise")
 
 
@@ -87,6 +97,7 @@ class StreamState:
     interrupted: bool = False
     error: str | None = None
     title: str | None = None
+    loading: LoadProgress | None = None  #: the model's load progress while it loads (before any text)
 
     @property
     def done(self) -> bool:
@@ -103,6 +114,8 @@ def render_stream_html(state: StreamState, *, show_thinking: bool = True, markdo
     parts = [f'<div class="midori-stream {NO_MATH_CLASS}" style="{STYLE_BOX}">']
     if state.title:
         parts.append(f'<div style="opacity:0.7;font-size:0.92em">{escape(state.title)}</div>')
+    if state.loading is not None and not state.done:
+        parts.append(f'<div class="midori-loading" style="{STYLE_LOADING}">{escape(state.loading.text())}</div>')
     response = state.response
     thinking = to_text(getattr(response, "thinking", "") if response is not None else state.thinking)
     answer = to_text(getattr(response, "response", "") if response is not None else state.answer)
@@ -137,6 +150,8 @@ def stream_footer(state: StreamState) -> str:
     if state.interrupted:
         return f"stopping… {state.elapsed:.1f} s"
     if state.pieces == 0:
+        if state.loading is not None:
+            return f"loading the model… {state.elapsed:.1f} s"
         return f"waiting for the first token… {state.elapsed:.1f} s"
     return f"streaming… {state.elapsed:.1f} s"
 
@@ -218,7 +233,8 @@ def default_sink() -> Any:
 class DisplayStats:
     """What showing one stream cost the display (kept apart from the response's own statistics).
 
-    ``updates``: display updates after the initial display; ``events``: stream events received;
+    ``updates``: display updates after the initial display (``ticks`` of them refreshed the
+    waiting display before the first piece: seconds, load progress); ``events``: stream events received;
     ``render_seconds``: time spent rendering and updating; ``throttle``: the minimum seconds
     between updates.
     """
@@ -227,11 +243,12 @@ class DisplayStats:
     updates: int = 0
     events: int = 0
     render_seconds: float = 0.0
+    ticks: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        """The statistics as a plain dict (``updates``, ``render_seconds``, ``events``, ``throttle``)."""
+        """The statistics as a plain dict (``updates``, ``render_seconds``, ``events``, ``throttle``, ``ticks``)."""
         return {"updates": self.updates, "render_seconds": self.render_seconds, "events": self.events,
-                "throttle": self.throttle}
+                "throttle": self.throttle, "ticks": self.ticks}
 
 
 class LiveView:
@@ -304,9 +321,11 @@ class LiveView:
         if kind == "text":
             self.state.answer += text
             self.state.pieces += 1
+            self.state.loading = None
         elif kind == "thinking":
             self.state.thinking += text
             self.state.pieces += 1
+            self.state.loading = None
         elif kind == "tool_call" and isinstance(data, dict):
             self.state.tool_calls.append(data)
         elif kind == "tool_result" and isinstance(data, dict):  # a tool loop ran a call: announced -> run
@@ -334,6 +353,17 @@ class LiveView:
         self._dirty = False
         return True
 
+    def tick(self, loading: LoadProgress | None = None) -> bool:
+        """While no text has arrived: show the seconds waited and ``loading`` (the model's load
+        progress, None once loaded). Returns whether the display was refreshed."""
+        if self.state.done or self.state.pieces:
+            return False
+        self.state.loading = loading
+        self._dirty = True
+        refreshed = self.refresh(force=True)
+        self.stats.ticks += refreshed
+        return refreshed
+
     def mark_interrupted(self) -> None:
         """Note that the user interrupted; the next refresh says so."""
         self.state.interrupted = True
@@ -341,11 +371,34 @@ class LiveView:
 
     def finish(self, response: Any = None, error: BaseException | None = None) -> None:
         """Show the final state (always one update). The response is left as it is."""
+        self.state.loading = None
         if response is not None:
             self.state.response = response
         if error is not None:
             self.state.error = f"{type(error).__name__}: {error}"
         self.refresh(force=True)
+
+
+def load_progress_of(agent: Any) -> LoadProgress | None:
+    """The load progress of ``agent``'s model while it loads (an agent with a ``load_progress``
+    property, such as :class:`~midori_hf_nb.HuggingFaceLocalAgent`); None otherwise."""
+    if not isinstance(getattr(type(agent), "load_progress", None), property):
+        return None
+    progress = agent.load_progress
+    return progress if isinstance(progress, LoadProgress) else None
+
+
+async def tick_while_waiting(view: LiveView, agent: Any, *, period: float = WAIT_TICK,
+                             on_tick: Callable[[LoadProgress | None], None] | None = None) -> None:
+    """Until the first piece of text arrives (or the answer ends), refresh ``view`` every
+    ``period`` seconds with the seconds waited and the model's load progress; ``on_tick`` gets
+    the progress too (the chat panel's status line). Run it as a task beside the stream."""
+    while not view.state.done and view.state.pieces == 0:
+        await asyncio.sleep(period)
+        progress = load_progress_of(agent)
+        view.tick(progress)
+        if on_tick is not None and not view.state.done and view.state.pieces == 0:
+            on_tick(progress)
 
 
 def _start(agent: Any, payload: Any, on_interrupt: str, view: LiveView | None, tools: list | None,
@@ -395,6 +448,8 @@ async def stream_to_cell(agent: Any, payload: Any, *, throttle: float = DEFAULT_
         return stream.response
 
     consumer = asyncio.ensure_future(consume())
+    ticker = asyncio.ensure_future(tick_while_waiting(view, agent))
+    consumer.add_done_callback(lambda _: ticker.cancel())
     try:
         response = await asyncio.shield(consumer)
     except asyncio.CancelledError:
@@ -438,7 +493,11 @@ def display_stream(agent: Any, payload: Any, *, throttle: float = DEFAULT_THROTT
     interrupt: KeyboardInterrupt | None = None
     while True:
         try:
-            kind, value = pump.get()
+            try:
+                kind, value = pump.get(timeout=WAIT_TICK)
+            except queue.Empty:  # nothing yet: tick the waiting display (seconds, load progress)
+                view.tick(load_progress_of(agent))
+                continue
             if kind == "item":
                 view.feed(value)
                 continue
@@ -452,8 +511,6 @@ def display_stream(agent: Any, payload: Any, *, throttle: float = DEFAULT_THROTT
                 stream.cancel()
                 view.mark_interrupted()
             continue  # keep draining: the generation stops within a token, then "done" arrives
-        except queue.Empty:  # pragma: no cover - get() blocks without a timeout
-            continue
     view.finish(stream.response)
     if interrupt is not None and on_interrupt == "raise":
         raise interrupt
@@ -467,9 +524,12 @@ __all__ = [
     "LiveView",
     "RecordingSink",
     "StreamState",
+    "WAIT_TICK",
     "display_stream",
+    "load_progress_of",
     "render_stream_html",
     "render_stream_text",
     "stream_footer",
     "stream_to_cell",
+    "tick_while_waiting",
 ]

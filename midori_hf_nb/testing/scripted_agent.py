@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Sequence
 
 from ..agent.events import EventStream, StreamEvent
+from ..load_progress import LoadProgress, LoadTracker
 from ..parsing import StreamSplitter, extract_reasoning_blocks, parse_tool_calls_detailed
 from ..protocol import AgentPayload, AgentResponse, MidoriAiAgentProtocol
 from ..stats import ResponseStats
@@ -51,6 +52,8 @@ class ScriptedAgent(MidoriAiAgentProtocol):
         context_window: what :meth:`get_context_window` reports.
         model: the model name put into the response statistics.
         fail_after: for an exception reply, how many pieces stream before it is raised.
+        load_seconds: seconds the first call spends "loading the model" before its first piece,
+            reporting stages and counts through :attr:`load_progress` as a real load does.
 
     ``calls`` records every call (payload, overrides, tools). ``max_new_tokens`` (per call)
     bounds the number of pieces, with ``finish_reason="length"``; stopping a stream gives
@@ -59,7 +62,7 @@ class ScriptedAgent(MidoriAiAgentProtocol):
 
     def __init__(self, replies: str | BaseException | Sequence[str | BaseException], *, delay: float = 0.0,
                  piece_chars: int = 4, context_window: int = 4096, model: str = "scripted",
-                 fail_after: int = 0) -> None:
+                 fail_after: int = 0, load_seconds: float = 0.0) -> None:
         self.replies = [replies] if isinstance(replies, (str, BaseException)) else list(replies)
         if not self.replies:
             raise ValueError("ScriptedAgent needs at least one reply")
@@ -70,7 +73,33 @@ class ScriptedAgent(MidoriAiAgentProtocol):
         self.context_window = context_window
         self.model = model
         self.fail_after = fail_after
+        self.load_seconds = float(load_seconds)
         self.calls: list[ScriptedCall] = []
+        self._loading: LoadProgress | None = None
+        self._loaded = self.load_seconds <= 0
+
+    @property
+    def load_progress(self) -> LoadProgress | None:
+        """The simulated load's progress while it runs (None before and after)."""
+        return self._loading
+
+    async def _load(self) -> None:
+        """The simulated load: a tokenizer stage, then the weights counted 0..10."""
+        if self._loaded:
+            return
+        tracker, key = LoadTracker(), object()
+        tracker.begin(key, self.model)
+        tracker.stage(key, "tokenizer")
+        self._loading = tracker.current(key)
+        steps = 10
+        for done in range(steps + 1):
+            await asyncio.sleep(self.load_seconds / (steps + 1))
+            if done == 0:
+                tracker.stage(key, "weights")
+            tracker.count(key, "Loading weights", done, steps)
+            self._loading = tracker.current(key)
+        self._loading = None
+        self._loaded = True
 
     def __repr__(self) -> str:
         return f"ScriptedAgent({len(self.replies)} replies, model={self.model!r})"
@@ -144,6 +173,7 @@ async def _run(state: _State, agent: ScriptedAgent, reply: str | BaseException, 
     pieces = [text[i:i + agent.piece_chars] for i in range(0, len(text), agent.piece_chars)]
     if isinstance(reply, BaseException):
         pieces = ["fail"] * agent.fail_after
+    await agent._load()
     splitter = StreamSplitter(tools=tools is not None)
     sent: list[str] = []
     first: float | None = None

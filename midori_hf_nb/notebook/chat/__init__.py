@@ -3,10 +3,17 @@
 ``panel = ChatPanel(agent)`` as a cell's last expression shows:
 
 * a scrolling transcript (newest at the bottom), every message HTML-escaped, the model's
-  reasoning in a collapsible block and tool calls as a small table under the answer;
-* a multi-line input with **Send**, **Stop**, **Regenerate** and **Clear** buttons;
-* a status line: tokens, tokens/s, finish reason, model and the memory readout (process RSS
-  and the weights of loaded models, from :func:`~midori_hf_nb.notebook.memory_readout`);
+  reasoning in a collapsible block and tool calls as a small table under the answer; each
+  message shows when it was sent (an answer: when it ended), and the answer being generated
+  carries its "Assistant" label from its first piece;
+* long conversations are paged (:mod:`.pages`): the transcript shows the latest 100 messages
+  and **Show earlier** adds more, so the browser never receives the whole history at once;
+* a multi-line input with **Send**, then **Stop**, **Regenerate**, **Clear** (with **Undo
+  clear** until the next message is sent) and **Export** (:meth:`ChatPanel.export`: JSON and
+  Markdown files next to the notebook; the notice says where);
+* a status line: "loading model… N s" with the load's stage and counts while the model loads,
+  then tokens, tokens/s, finish reason, model and the memory readout (process RSS and the
+  weights of loaded models, from :func:`~midori_hf_nb.notebook.memory_readout`);
 * a collapsed **Settings** area: system prompt, temperature, max new tokens, greedy toggle
   and "Enter sends"; settings apply to the next message and are checked by
   :func:`~midori_hf_nb.settings.check_overrides`.
@@ -20,10 +27,11 @@ so the cell returns at once and the kernel keeps processing button clicks: **Sto
 generation within a token or two and keeps the partial answer, marked as stopped. The
 transcript is refreshed at most every ``throttle`` seconds (0.1 by default) while streaming.
 
-Enter and Shift+Enter: ipywidgets' ``Textarea`` reports no key events, so the two keys cannot
-be told apart. With "Enter sends" ticked (the default) a line break typed at the *end* of the
-text sends it; a line break typed anywhere else stays. To compose several lines, untick
-"Enter sends" in Settings (or type the lines, then add the breaks inside the text) and press Send.
+Send sends what the box shows: the input (:class:`~.composer.ChatInput`) is a small browser
+widget that reads the box when **Send** is clicked or Enter pressed and sends that text with the
+action, so a busy kernel (another cell running) cannot receive a half-synced draft; the box
+clears at once and the message is shown as queued until the kernel takes it. Enter sends (untick
+"Enter sends" in Settings to make Enter a line break), Shift+Enter starts a new line.
 
 Nothing is lost when something fails: invalid settings are reported before anything is sent
 and the typed message stays in the input; an exception during generation (a prompt too long
@@ -51,20 +59,23 @@ Programmatic use (for notebooks and tests)::
     task = panel.send("Tell me a long story")                      # returns at once (an asyncio.Task)
     panel.stop(); await panel.wait()
     await panel.regenerate()
-    panel.clear()
+    panel.clear(); panel.undo_clear()
+    panel.export()                                                 # ChatExport(json_path, markdown_path, ...)
     panel.transcript                                               # list of dicts
 
 Outside a running event loop (a plain script), ``send`` and ``regenerate`` run to completion
 and return the dict directly.
 
 Modules: :mod:`.transcript` (typed entries, checks, dict/Markdown/DataFrame exports),
-:mod:`.document` (the JSON file), :mod:`.render` (HTML and status text), :mod:`.generation`
+:mod:`.document` (the JSON file), :mod:`.export` (the files of Export), :mod:`.pages` (paging and
+Undo clear), :mod:`.composer` (the input box and Send), :mod:`.options` (option checks), :mod:`.render` (HTML and status text), :mod:`.generation`
 (asking the agent), :mod:`.layout` (the widgets), :mod:`.panel` (the behaviour).
 """
 
 from __future__ import annotations
 
 from .document import JSON_FORMAT, JSON_VERSION, SETTINGS_KEYS, read_document, write_document
+from .export import ChatExport
 from .panel import ChatPanel
 from .render import render_entry_html, render_transcript_html
 from .transcript import (
@@ -79,6 +90,7 @@ from .transcript import (
 )
 
 __all__ = [
+    "ChatExport",
     "ChatPanel",
     "JSON_FORMAT",
     "JSON_VERSION",

@@ -15,7 +15,7 @@ is read by giving those two their version 2 names, once, when it is read.
 Reading (:func:`read_document`) trusts nothing: the text is bounded (:data:`MAX_CHARS`), numbers
 must be finite and at most :data:`MAX_INT_DIGITS` digits long, nesting is bounded
 (:data:`MAX_DEPTH`, with Python's own recursion limit as the last wall), the number of messages
-is bounded, each message is checked with :func:`~.transcript.check_entry` and the settings with
+is bounded (:data:`~.transcript.MAX_MESSAGES`), each message is checked with :func:`~.transcript.check_entry` and the settings with
 :func:`~midori_hf_nb.settings.check_overrides`. Every refusal is a ``ValueError`` that names the
 message and the field and says what is allowed.
 """
@@ -29,8 +29,8 @@ from typing import Any
 
 from ...protocol import MemoryEntryData
 from ...settings import check_overrides
-from ...stats import MAX_ITEMS, MAX_TEXT
-from .transcript import TranscriptError, check_entry
+from ...stats import MAX_TEXT
+from .transcript import MAX_MESSAGES, TranscriptError, check_entry
 
 #: The ``format`` field of a chat panel document.
 JSON_FORMAT = "midori-hf-nb/chat-panel"
@@ -212,8 +212,8 @@ def read_document(text: Any) -> ChatDocument:
     items = document.get("memory")
     if not isinstance(items, list):
         raise TranscriptError(f"{_SOURCE}: 'memory' must be a list of messages")
-    if len(items) > MAX_ITEMS:
-        raise TranscriptError(f"{_SOURCE}: {len(items)} messages are not allowed: expected at most {MAX_ITEMS}")
+    if len(items) > MAX_MESSAGES:
+        raise TranscriptError(f"{_SOURCE}: {len(items)} messages are not allowed: expected at most {MAX_MESSAGES}")
     if version == 1:
         items = [upgrade_v1_item(item) if isinstance(item, dict) else item for item in items]
     memory = [read_item(item, f"{_SOURCE}: transcript message {i}") for i, item in enumerate(items)]

@@ -8,30 +8,36 @@ through the escaping renderers of :mod:`.render`.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import ipywidgets as widgets
 
+from ...load_progress import LoadProgress
 from ..memory import format_bytes, memory_readout
-from .render import render_notice_html, render_status_html, render_title_html
+from .export import ChatExport
+from .composer import ChatInput
+from .render import render_info_html, render_notice_html, render_status_html, render_title_html
 
 #: Seconds between two reads of the memory readout shown in the status line.
 MEMORY_REFRESH_SECONDS = 1.0
 
 
 class WidgetSink:
-    """A :class:`~midori_hf_nb.notebook.LiveView` sink that writes the HTML into an ``HTML`` widget."""
+    """A :class:`~midori_hf_nb.notebook.LiveView` sink that writes the HTML into an ``HTML`` widget
+    (through ``wrap``, e.g. :func:`~.render.render_live_html`, when given)."""
 
-    def __init__(self, target: widgets.HTML) -> None:
+    def __init__(self, target: widgets.HTML, wrap: Callable[[str], str] | None = None) -> None:
         self.target = target
+        self.wrap = wrap
 
     def display(self, bundle: dict[str, str]) -> None:
         """Show the first bundle."""
-        self.target.value = bundle["text/html"]
+        self.update(bundle)
 
     def update(self, bundle: dict[str, str]) -> None:
         """Show a newer bundle in place."""
-        self.target.value = bundle["text/html"]
+        html = bundle["text/html"]
+        self.target.value = self.wrap(html) if self.wrap is not None else html
 
 
 def memory_text() -> str:
@@ -61,33 +67,41 @@ class ChatLayout:
         self.title_html = widgets.HTML(render_title_html(title))
         self.history_html = widgets.HTML(layout=widgets.Layout(flex="0 0 auto", width="100%"))
         self.live_html = widgets.HTML(layout=widgets.Layout(flex="0 0 auto", width="100%"))
+        self.earlier_button = widgets.Button(description="Show earlier", icon="angle-up",
+                                             tooltip="Show earlier messages of the transcript",
+                                             layout=widgets.Layout(display="none", flex="0 0 auto"))
         # column-reverse keeps the scroll position at the bottom (the newest message).
         self.transcript_box = widgets.Box(
-            [self.live_html, self.history_html],
+            [self.live_html, self.history_html, self.earlier_button],
             layout=widgets.Layout(flex_flow="column-reverse", overflow="auto", max_height=height, width="100%",
                                   border="1px solid rgba(128,128,128,0.35)", padding="2px 6px"),
         )
         self.notice_html = widgets.HTML()
-        self.input = widgets.Textarea(
-            placeholder="Message… (Enter at the end sends; untick 'Enter sends' in Settings to write several lines)",
-            rows=3, continuous_update=True, layout=widgets.Layout(width="100%"))
+        self.input = ChatInput(placeholder="Message… (Enter sends, Shift+Enter: new line)", rows=3,
+                               enter_sends=enter_sends, layout=widgets.Layout(width="100%"))
         self._build_buttons()
         self.status_html = widgets.HTML()
         self._build_settings(system_prompt, temperature, max_new_tokens, greedy, enter_sends)
+        widgets.link((self.enter_sends_input, "value"), (self.input, "enter_sends"))
         self.widget = widgets.VBox([
             self.title_html, self.transcript_box, self.notice_html, self.input,
-            widgets.HBox([self.send_button, self.stop_button, self.regenerate_button, self.clear_button]),
+            widgets.HBox([self.stop_button, self.regenerate_button, self.clear_button, self.undo_clear_button,
+                          self.export_button]),
             self.status_html, self.settings_box,
         ], layout=widgets.Layout(width="100%"))
 
     def _build_buttons(self) -> None:
-        self.send_button = widgets.Button(description="Send", button_style="primary", icon="paper-plane",
-                                          tooltip="Send the message")
         self.stop_button = widgets.Button(description="Stop", button_style="warning", icon="stop", disabled=True,
                                           tooltip="Stop the running generation, keeping the partial answer")
         self.regenerate_button = widgets.Button(description="Regenerate", icon="redo",
                                                 tooltip="Answer the last message again")
-        self.clear_button = widgets.Button(description="Clear", icon="trash", tooltip="Forget the conversation")
+        self.clear_button = widgets.Button(description="Clear", icon="trash",
+                                           tooltip="Forget the conversation (Undo clear brings it back)")
+        self.undo_clear_button = widgets.Button(description="Undo clear", icon="undo",
+                                                tooltip="Bring back the conversation that Clear removed",
+                                                layout=widgets.Layout(display="none"))
+        self.export_button = widgets.Button(description="Export", icon="download",
+                                            tooltip="Write the conversation as JSON and Markdown next to the notebook")
 
     def _build_settings(self, system_prompt: str, temperature: float, max_new_tokens: int, greedy: bool,
                         enter_sends: bool) -> None:
@@ -126,10 +140,16 @@ class ChatLayout:
         """The last notice shown above the input ('' when none): refused sends, invalid settings."""
         return self._notice
 
-    def show_notice(self, text: str) -> None:
-        """Show ``text`` above the input ('' removes the notice)."""
+    def show_notice(self, text: str, *, error: bool = True) -> None:
+        """Show ``text`` above the input ('' removes the notice); ``error=False`` for a note that
+        is not a refusal (where an export was written)."""
         self._notice = text
-        self.notice_html.value = render_notice_html(text)
+        self.notice_html.value = render_notice_html(text) if error else render_info_html(text)
+
+    @staticmethod
+    def show_widget(widget: widgets.DOMWidget, shown: bool) -> None:
+        """Show or hide ``widget`` (a button that applies only sometimes)."""
+        widget.layout.display = None if shown else "none"
 
     def show_status(self, text: str, *, fresh_memory: bool = False) -> None:
         """Show ``text`` in the status line, followed by the memory readout (read at most once a
@@ -141,13 +161,29 @@ class ChatLayout:
         self._status = f"{text} · {self._memory_text}" if self._memory_text else text
         self.status_html.value = render_status_html(self._status)
 
+    def show_waiting(self, progress: LoadProgress | None, seconds: float) -> None:
+        """The status before the first piece of an answer: the model's load progress while it
+        loads (:class:`~midori_hf_nb.load_progress.LoadProgress`), else the seconds waited."""
+        self.show_status(progress.text() if progress is not None else f"waiting for the first token… {seconds:.1f} s")
+
+    def show_history(self, html: str, *, hidden: int) -> None:
+        """Show the transcript's HTML, with "Show earlier" while ``hidden`` earlier messages are not shown."""
+        self.history_html.value = html
+        self.earlier_button.description = f"Show earlier ({hidden} more)" if hidden > 0 else "Show earlier"
+        self.show_widget(self.earlier_button, hidden > 0)
+
+    def show_exported(self, written: ChatExport) -> None:
+        """Say where an export was written."""
+        self.show_notice(f"Exported {written.messages} messages to {written.json_path} and {written.markdown_path}",
+                         error=False)
+
     def show_title(self, title: str) -> None:
         """Show ``title`` (a model name) above the transcript."""
         self.title_html.value = render_title_html(title)
 
     def show_running(self, running: bool) -> None:
         """Enable Stop while an answer runs, and Send and Regenerate otherwise."""
-        self.send_button.disabled = running
+        self.input.busy = running
         self.regenerate_button.disabled = running
         self.stop_button.disabled = not running
 

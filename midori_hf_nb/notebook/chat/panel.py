@@ -8,37 +8,28 @@ loop, the status line, and export and import of the conversation.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from ...protocol import AgentPayload, MemoryEntryData, make_payload
 from ...settings import check_overrides
 from ..conversation import count_tokens
-from ..streaming import DEFAULT_THROTTLE, LiveView
+from ...load_progress import LoadProgress
+from ..streaming import DEFAULT_THROTTLE, LiveView, tick_while_waiting
+from .composer import MAX_INPUT_CHARS
 from .document import read_document, write_document
+from .export import ChatExport, write_export
 from .generation import AnswerRun, GenerationPlan, agent_model, answer_entry, initial_settings, plan_generation, \
     tool_method
 from .layout import ChatLayout, WidgetSink
-from .render import final_status_text, live_status_text, render_transcript_html
+from .options import check_panel_options
+from .pages import TranscriptPages
+from .render import final_status_text, live_status_text, render_live_html
+from .structured_field import ResponseFormatField, attach
 from .transcript import TOKENS_FIELD, TranscriptEntry, check_memory, entry_to_dict, payload_memory, \
     render_transcript_markdown, transcript_frame
-
-
-def check_panel_options(*, tools: Any, execute_tools: Any, max_tool_steps: Any, throttle: Any,
-                        system_prompt: Any, enter_sends: Any) -> None:
-    """Refuse options of :class:`ChatPanel` that are not allowed, naming each one."""
-    if not isinstance(execute_tools, bool):
-        raise ValueError(f"ChatPanel(execute_tools={execute_tools!r}) is not allowed: expected True or False")
-    if execute_tools and not tools:
-        raise ValueError("ChatPanel(execute_tools=True) needs tools=[...]: the tools that may run")
-    if isinstance(max_tool_steps, bool) or not isinstance(max_tool_steps, int) or max_tool_steps < 1:
-        raise ValueError(f"ChatPanel(max_tool_steps={max_tool_steps!r}) is not allowed: expected a positive integer")
-    if isinstance(throttle, bool) or not isinstance(throttle, (int, float)) or throttle < 0:
-        raise ValueError(f"ChatPanel(throttle={throttle!r}) is not allowed: expected seconds >= 0")
-    if not isinstance(system_prompt, str):
-        raise ValueError(f"ChatPanel(system_prompt=...) expects a string, got {type(system_prompt).__name__}")
-    if not isinstance(enter_sends, bool):
-        raise ValueError(f"ChatPanel(enter_sends={enter_sends!r}) is not allowed: expected True or False")
 
 
 class ChatPanel(ChatLayout):
@@ -59,9 +50,11 @@ class ChatPanel(ChatLayout):
         title: a heading shown above the transcript (default: the model name).
         throttle: minimum seconds between transcript updates while streaming.
         height: the transcript's maximum height (CSS), e.g. ``"420px"``.
-        enter_sends: whether a line break typed at the end of the input sends it.
+        enter_sends: whether Enter sends (Shift+Enter always starts a new line).
         **overrides: further per-message generation overrides (``seed``, ``repetition_penalty``,
-            ``logits_processor``...), as for :meth:`~midori_hf_nb.HuggingFaceLocalAgent.invoke`.
+            ``logits_processor``, ``tool_choice`` for the tools...), as for
+            :meth:`~midori_hf_nb.HuggingFaceLocalAgent.invoke`. A ``response_format`` is the first
+            value of the "Response format" setting (free text, ``json`` or a JSON schema).
     """
 
     def __init__(self, agent: Any, tools: list[Any] | None = None, *, execute_tools: bool = False,
@@ -88,15 +81,19 @@ class ChatPanel(ChatLayout):
         self._stop_requested = False
         self._epoch = 0
         self._last_live_update = -1
-        self._input_guard = False
+        self.pages = TranscriptPages()
         super().__init__(title=title if title is not None else agent_model(agent), system_prompt=system_prompt,
                          enter_sends=enter_sends, height=height, **settings)
-        self.send_button.on_click(lambda _: self._submit())
+        self.input.on_send(self._on_send)
         self.stop_button.on_click(lambda _: self.stop())
         self.regenerate_button.on_click(lambda _: self._guarded(self.regenerate))
         self.clear_button.on_click(lambda _: self.clear())
-        self.input.observe(self._on_input_change, names="value")
+        self.undo_clear_button.on_click(lambda _: self._guarded(self.undo_clear))
+        self.export_button.on_click(lambda _: self._export_clicked())
+        self.earlier_button.on_click(lambda _: self.show_earlier())
         self._render_history()
+        self.response_format_field = attach(self.settings_box,
+                                            ResponseFormatField(self.overrides.pop("response_format", None)))
         self.show_status("ready")
         self.show_running(False)
 
@@ -121,7 +118,6 @@ class ChatPanel(ChatLayout):
     def entries(self) -> list[TranscriptEntry]:
         """The conversation as typed :class:`~.transcript.TranscriptEntry` objects, oldest first."""
         return [TranscriptEntry.from_memory(e) for e in self.memory]
-
     @property
     def transcript(self) -> list[dict[str, Any]]:
         """The conversation as dicts (see :meth:`~.transcript.TranscriptEntry.as_dict`), oldest first."""
@@ -135,6 +131,7 @@ class ChatPanel(ChatLayout):
         if not settings["greedy"]:
             asked["temperature"] = settings["temperature"]
         try:
+            asked["response_format"] = self.response_format_field.value()
             return check_overrides(asked)
         except ValueError as exc:
             raise ValueError(f"Settings: {exc}") from exc
@@ -163,10 +160,12 @@ class ChatPanel(ChatLayout):
             raise ValueError("ChatPanel.send: the message is empty; type something first")
         self._check_idle("send")
         plan = self._plan_or_notice()
+        self.pages.cleared = None  # a new message: Undo clear no longer applies
+        self.show_widget(self.undo_clear_button, False)
         history = payload_memory(self.memory)
         self.memory.append(MemoryEntryData(role="user", content=text, timestamp=time.time()))
         if from_input:
-            self._set_input("")
+            self.input.value = ""
         self.show_notice("")
         return self._launch(self._turn(len(self.memory) - 1, history, plan))
 
@@ -188,10 +187,8 @@ class ChatPanel(ChatLayout):
         return self._launch(self._turn(index, history, plan))
 
     def stop(self) -> bool:
-        """Stop the running generation (within a token or two); its partial answer is kept, marked as stopped.
-
-        Returns True if a generation was running.
-        """
+        """Stop the running generation within a token or two, keeping its partial answer marked as
+        stopped; returns True if a generation was running."""
         if not self.is_running:
             return False
         self._stop_requested = True
@@ -201,23 +198,49 @@ class ChatPanel(ChatLayout):
         return True
 
     def clear(self) -> int:
-        """Forget the conversation (stopping a running generation first); returns how many messages there were."""
+        """Forget the conversation (stopping a running generation first); returns how many messages
+        there were. :meth:`undo_clear` brings them back until the next message is sent."""
         self.stop()
         self._epoch += 1  # a generation still finishing is not recorded
         count = len(self.memory)
+        self.pages.keep_cleared(self.memory)
         self.memory.clear()
         self.live_html.value = ""
         self.show_notice("")
         self._render_history()
-        self.show_status("cleared")
+        self.show_widget(self.undo_clear_button, self.pages.cleared is not None)
+        self.show_status(f"cleared {count} messages" + (" (Undo clear brings them back)" if count else ""))
         return count
+
+    def undo_clear(self) -> int:
+        """Bring back the conversation the last :meth:`clear` removed; returns how many messages came
+        back. Raises ``ValueError`` when there is nothing to bring back (nothing was cleared, or a
+        message was sent since) and ``RuntimeError`` while a generation runs."""
+        self._check_idle("undo_clear")
+        restored = self.pages.take_cleared()
+        self.memory[:0] = restored
+        self._render_history()
+        self.show_widget(self.undo_clear_button, False)
+        self.show_status(f"{len(restored)} messages brought back")
+        return len(restored)
+
+    def show_earlier(self) -> int:
+        """Show :data:`~.pages.PAGE_SIZE` more of the earlier messages; returns how many are shown now."""
+        shown = self.pages.show_more(self.memory)
+        self._render_history()
+        return shown
+
+    def export(self, folder: str | os.PathLike[str] | None = None, *, stem: str | None = None) -> ChatExport:
+        """Write :meth:`to_json` and :meth:`to_markdown` into ``folder`` (default: the working
+        directory, the notebook's folder in Jupyter) as ``<stem>.json`` and ``<stem>.md``, never
+        overwriting a file (see :func:`~.export.write_export`)."""
+        return write_export(Path.cwd() if folder is None else Path(folder), stem,
+                            {".json": self.to_json(), ".md": self.to_markdown()}, messages=len(self.memory))
 
     async def wait(self) -> dict[str, Any] | None:
         """Wait for the running generation (if any); returns its answer's transcript dict."""
         task = self._task
-        if task is None:
-            return None
-        return await asyncio.shield(task) if not task.done() else task.result()
+        return None if task is None else (await asyncio.shield(task) if not task.done() else task.result())
 
     # ------------------------------------------------------------------ export / import
 
@@ -234,10 +257,8 @@ class ChatPanel(ChatLayout):
     def from_json(cls, agent: Any, text: str, **options: Any) -> "ChatPanel":
         """A new panel on ``agent`` continuing the conversation saved by :meth:`to_json`.
 
-        Reads the current format and version 1 and checks every message and setting (see
-        :func:`~.document.read_document`). The saved settings (system prompt, temperature, max new
-        tokens, greedy, Enter sends) and session id apply unless given in ``options`` (the keyword
-        arguments of :class:`ChatPanel`).
+        Checks every message and setting (:func:`~.document.read_document`, current format and
+        version 1). The saved settings and session id apply unless given in ``options``.
         """
         document = read_document(text)
         for key, value in document.settings.items():
@@ -276,31 +297,27 @@ class ChatPanel(ChatLayout):
             self.show_notice(str(exc))
             return None
 
-    def _submit(self) -> Any:
-        """The Send button and Enter: send the input box; on refusal the text stays in the box."""
-        if not self.input.value.strip():
+    def _on_send(self, text: str) -> bool:
+        """Send (button or Enter) with the text the browser read from the box; False: refused
+        (a notice says why, and the input puts the text back)."""
+        if not text.strip():
             self.show_notice("Type a message first.")
-            return None
-        return self._guarded(self.send)
+            return False
+        if len(text) > MAX_INPUT_CHARS:
+            self.show_notice(f"The message has {len(text)} characters; at most {MAX_INPUT_CHARS} are allowed.")
+            return False
+        return self._guarded(self.send, text) is not None
 
-    def _on_input_change(self, change: dict[str, Any]) -> None:
-        if self._input_guard or not self.enter_sends_input.value:
-            return
-        new, old = change["new"] or "", change["old"] or ""
-        if not (new.endswith("\n") and len(new) > len(old)):
-            return
-        self._set_input(new[:-1])  # the line break typed at the end means "send"
-        self._submit()
-
-    def _set_input(self, value: str) -> None:
-        self._input_guard = True
+    def _export_clicked(self) -> None:
+        """The Export button: write the files and say where (or why not)."""
         try:
-            self.input.value = value
-        finally:
-            self._input_guard = False
+            self.show_exported(self.export())
+        except (OSError, ValueError) as exc:
+            self.show_notice(f"Export failed: {exc}")
 
     def _render_history(self) -> None:
-        self.history_html.value = render_transcript_html(self.memory)
+        """Show the latest page of messages (:mod:`.pages`: a long transcript stays small in the browser)."""
+        self.show_history(self.pages.html(self.memory), hidden=self.pages.hidden(self.memory))
 
     def _launch(self, coro: Awaitable[Any]) -> Any:
         try:
@@ -319,6 +336,10 @@ class ChatPanel(ChatLayout):
         self.show_running(True)
         return await self._task
 
+    def _waiting_status(self, progress: LoadProgress | None, started: float) -> None:
+        if not self._stop_requested:  # "stopping…" stays
+            self.show_waiting(progress, time.perf_counter() - started)
+
     def _live_status(self, view: LiveView, started: float) -> None:
         if view.updates == self._last_live_update or self._stop_requested:  # "stopping…" stays
             return
@@ -331,14 +352,19 @@ class ChatPanel(ChatLayout):
         user_entry = self.memory[user_index]
         self._render_history()
         title = "running the tool loop (tools execute)…" if self.execute_tools else None
-        view = LiveView(WidgetSink(self.live_html), throttle=self.throttle, title=title)
+        view = LiveView(WidgetSink(self.live_html, wrap=render_live_html), throttle=self.throttle, title=title)
         started = time.perf_counter()
         run = AnswerRun(self.agent, self.payload(user_entry.content, memory=history), plan, view,
                         on_event=lambda: self._live_status(view, started), stopped=self._stop_requested)
         self._run = run
         self.show_status("waiting for the model…")
         view.start()
-        outcome = await run.run()
+        ticker = asyncio.ensure_future(tick_while_waiting(
+            view, self.agent, on_tick=lambda progress: self._waiting_status(progress, started)))
+        try:
+            outcome = await run.run()
+        finally:
+            ticker.cancel()
         entry = answer_entry(outcome, view, model=agent_model(self.agent))
         self._run = None
         self.live_html.value = ""
@@ -371,4 +397,4 @@ class ChatPanel(ChatLayout):
             self.show_running(self.is_running)
 
 
-__all__ = ["ChatPanel", "check_panel_options"]
+__all__ = ["ChatExport", "ChatPanel", "check_panel_options"]

@@ -9,6 +9,8 @@ typed (:class:`~.transcript.TranscriptEntry`), never by metadata keys.
 
 from __future__ import annotations
 
+import time
+
 from ...protocol import MemoryEntryData
 from ..display import STYLE_BOX, STYLE_FOOTER, decode_label, escape, render_response_html
 from .transcript import ROLES, TranscriptEntry, role_label
@@ -24,6 +26,9 @@ STYLE_BADGE = "font-size:0.75em;font-weight:600;padding:0 0.4em;border-radius:3p
 STYLE_STOPPED = STYLE_BADGE + ";background:rgba(230,140,0,0.2);color:#8a5200"
 STYLE_FAILED = STYLE_BADGE + ";background:rgba(176,0,32,0.15);color:#b00020"
 
+STYLE_TIME = "font-weight:400;margin-left:0.5em;opacity:0.85"
+STYLE_INFO = "white-space:pre-wrap;word-break:break-word;font-size:0.85em;padding:0.2em 0.5em;opacity:0.85"
+
 #: Shown under a failed answer.
 RETRY_HINT = "The transcript is kept; fix the cause and press Regenerate to retry."
 
@@ -32,9 +37,21 @@ def _role_class(role: str) -> str:
     return f"midori-chat-{role if role in ROLES else 'other'}"
 
 
+def render_time_html(timestamp: float | None, what: str) -> str:
+    """A message's time ("14:03:12", the date and ``what`` in its tooltip); '' without one."""
+    if timestamp is None:
+        return ""
+    local = time.localtime(timestamp)
+    full = f"{what} {time.strftime('%Y-%m-%d %H:%M:%S', local)}"
+    return (f'<span class="midori-chat-time" title="{escape(full)}" style="{STYLE_TIME}">'
+            f"{time.strftime('%H:%M:%S', local)}</span>")
+
+
 def render_typed_entry_html(entry: TranscriptEntry) -> str:
-    """One typed message as HTML; all text is escaped."""
-    label = escape(role_label(entry.role))
+    """One typed message as HTML; all text is escaped. The role line shows when a message was
+    sent (an answer: when it ended)."""
+    what = "answer ended" if entry.is_answer else "sent"
+    label = escape(role_label(entry.role)) + render_time_html(entry.timestamp, what)
     if not entry.is_answer:
         style = STYLE_USER if entry.role == "user" else STYLE_ASSISTANT
         return (f'<div class="{_role_class(entry.role)}" style="{style}">'
@@ -58,13 +75,27 @@ def render_entry_html(entry: MemoryEntryData) -> str:
     return render_typed_entry_html(TranscriptEntry.from_memory(entry))
 
 
-def render_transcript_html(entries: list[MemoryEntryData]) -> str:
-    """The whole transcript as HTML (a placeholder line when it is empty)."""
+def render_transcript_html(entries: list[MemoryEntryData], *, limit: int | None = None) -> str:
+    """The transcript as HTML, or only its last ``limit`` messages with a line saying how many
+    earlier ones are not shown (a placeholder line when it is empty)."""
     if not entries:
         return (f'<div class="midori-chat-empty" style="{STYLE_BOX};{STYLE_FOOTER}">'
                 "No messages yet: type below and press Send.</div>")
-    return (f'<div class="midori-chat-transcript" style="{STYLE_BOX}">'
-            + "".join(render_entry_html(e) for e in entries) + "</div>")
+    hidden = max(0, len(entries) - limit) if limit is not None else 0
+    note = ""
+    if hidden:
+        note = (f'<div class="midori-chat-hidden" style="{STYLE_FOOTER}">{hidden} earlier message'
+                f'{"s" if hidden != 1 else ""} not shown (Show earlier; Export writes them all)</div>')
+    return (f'<div class="midori-chat-transcript" style="{STYLE_BOX}">{note}'
+            + "".join(render_entry_html(e) for e in entries[hidden:]) + "</div>")
+
+
+def render_live_html(body: str) -> str:
+    """The answer being generated (``body``: the live view's HTML) under the "Assistant" label."""
+    if not body:
+        return ""
+    return (f'<div class="midori-chat-live" style="{STYLE_ASSISTANT}">'
+            f'<div style="{STYLE_ROLE}">{escape(role_label("assistant"))}</div>{body}</div>')
 
 
 def render_title_html(model: str) -> str:
@@ -75,6 +106,11 @@ def render_title_html(model: str) -> str:
 def render_notice_html(text: str) -> str:
     """A notice above the input (refused sends, invalid settings); '' for no notice."""
     return f'<div style="{STYLE_ERROR}">{escape(text)}</div>' if text else ""
+
+
+def render_info_html(text: str) -> str:
+    """A note above the input that is not an error (where an export was written); '' for none."""
+    return f'<div class="midori-chat-info" style="{STYLE_INFO}">{escape(text)}</div>' if text else ""
 
 
 def render_status_html(text: str) -> str:
@@ -125,8 +161,11 @@ __all__ = [
     "final_status_text",
     "live_status_text",
     "render_entry_html",
+    "render_info_html",
+    "render_live_html",
     "render_notice_html",
     "render_status_html",
+    "render_time_html",
     "render_title_html",
     "render_transcript_html",
     "render_typed_entry_html",

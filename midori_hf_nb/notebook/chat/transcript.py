@@ -30,6 +30,10 @@ from ...stats import MAX_ITEMS, MAX_TEXT, ResponseStats, StatsError
 from ..conversation import ROLES
 from ..display import escape_markdown, render_response_markdown, tool_call_rows
 
+#: Messages a transcript may hold (``ChatPanel(memory=...)``, a JSON document). The panel shows a
+#: page of them at a time, so the browser never receives the whole transcript at once.
+MAX_MESSAGES = 100_000
+
 #: How each role is labelled in the transcript (HTML and Markdown).
 ROLE_LABELS = {"user": "You", "assistant": "Assistant", "system": "System", "tool": "Tool"}
 #: Metadata fields of an answer that the panel owns (the rest are response statistics).
@@ -119,7 +123,8 @@ class TranscriptEntry:
         """This entry as protocol memory (the metadata layout of the module docstring)."""
         if self.is_answer:
             meta = {k: v for k, v in self.stats.as_dict().items() if v is not None and v != []}
-            meta.update({"thinking": self.thinking or None, "stopped": self.stopped or None, "error": self.error,
+            meta.update({"thinking": self.thinking or None, "stopped": self.stopped or None,
+                         "error": self.error or self.stats.error,
                          "display_updates": self.display_updates, "display_events": self.display_events})
         else:
             meta = {TOKENS_FIELD: self.tokens}
@@ -141,8 +146,11 @@ class TranscriptEntry:
         (:attr:`length`), ``stopped``, ``error``, ``tool_calls`` (:meth:`tool_rows`), then every
         :class:`~midori_hf_nb.stats.ResponseStats` field under its own name."""
         out = {"role": self.role, "content": self.content, "timestamp": self.timestamp, "thinking": self.thinking,
-               "tokens": self.length, "stopped": self.stopped, "error": self.error, "tool_calls": self.tool_rows()}
+               "tokens": self.length, "stopped": self.stopped, "error": self.error or self.stats.error,
+               "tool_calls": self.tool_rows()}
         for name in STATS_FIELDS:
+            if name in out:  # the entry's own field (``error``: the panel's, else the agent's) wins
+                continue
             value = getattr(self.stats, name)
             out[name] = list(value) if isinstance(value, list) else value
         return out
@@ -240,15 +248,15 @@ def check_entry(entry: Any, where: str) -> MemoryEntryData:
 
 
 def check_memory(entries: Iterable[Any] | None, source: str) -> list[MemoryEntryData]:
-    """Every entry of ``entries`` checked with :func:`check_entry` (at most :data:`MAX_ITEMS`);
+    """Every entry of ``entries`` checked with :func:`check_entry` (at most :data:`MAX_MESSAGES`);
     errors name ``source`` and the message's position (from 0)."""
     if entries is None:
         return []
     if isinstance(entries, (str, bytes, Mapping)) or not isinstance(entries, Iterable):
         raise TranscriptError(f"{source}: expected a list of MemoryEntryData, got {type(entries).__name__}")
     items = list(entries)
-    if len(items) > MAX_ITEMS:
-        raise TranscriptError(f"{source}: {len(items)} messages are not allowed: expected at most {MAX_ITEMS}")
+    if len(items) > MAX_MESSAGES:
+        raise TranscriptError(f"{source}: {len(items)} messages are not allowed: expected at most {MAX_MESSAGES}")
     return [check_entry(item, f"{source}: transcript message {index}") for index, item in enumerate(items)]
 
 
@@ -328,6 +336,7 @@ def transcript_frame(entries: list[MemoryEntryData]):
 
 
 __all__ = [
+    "MAX_MESSAGES",
     "PANEL_FIELDS",
     "ROLES",
     "ROLE_LABELS",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -115,7 +116,19 @@ class MidoriMagics(Magics):
               + ("greedy" if config.greedy else f"temperature={config.temperature}") + ".")
 
     def _cmd_use(self, args: argparse.Namespace) -> None:
+        if args.backend is not None:
+            self._use_served(args)
+            return
+        served_options = [f"--{k.replace('_', '-')}" for k in ("base_url", "model", "api_key_env", "name",
+                                                                 "max_new_tokens", "temperature")
+                          if getattr(args, k) is not None] + (["--greedy"] if args.greedy else [])
+        if served_options:
+            raise UsageError(f"%midori use: {', '.join(served_options)} go with --backend openai "
+                             "(e.g. %midori use --backend openai --base-url URL --model NAME)")
         name = args.variable
+        if name is None:
+            raise UsageError("%midori use: expected a notebook variable holding an agent, or --backend openai "
+                             "--base-url URL --model NAME")
         if name not in self.shell.user_ns:
             raise UsageError(f"%midori use: {name!r} names no variable in the notebook: expected a variable "
                              "holding an agent (e.g. agent = HuggingFaceLocalAgent(...))")
@@ -130,6 +143,42 @@ class MidoriMagics(Magics):
         where = "in this process" if is_local_agent(agent) else "not in this process"
         print(f"Using {name} ({type(agent).__name__}, model {agent_model_name(agent)}, {where}) for the "
               "session's messages.")
+
+    def _use_served(self, args: argparse.Namespace) -> None:
+        """``%midori use --backend openai --base-url URL --model NAME``: a served model for the session."""
+        import os
+
+        from ...config import ConfigError
+        from ...served import OpenAICompatibleAgent
+
+        if args.variable is not None:
+            raise UsageError(f"%midori use: give a variable ({args.variable!r}) or --backend, not both")
+        if not args.model:
+            raise UsageError("%midori use --backend openai: --model NAME is required (the model id the server "
+                             "serves; GET /v1/models lists them)")
+        key = None
+        if args.api_key_env:
+            key = os.environ.get(args.api_key_env)
+            if not key:
+                raise UsageError(f"%midori use: the environment variable {args.api_key_env!r} (--api-key-env) is "
+                                 "not set or empty")
+        options: dict[str, Any] = {}
+        if args.max_new_tokens is not None:
+            options["max_new_tokens"] = args.max_new_tokens
+        if args.greedy:
+            options["do_sample"] = False
+        elif args.temperature is not None:
+            options.update(temperature=args.temperature, do_sample=args.temperature > 0)
+        try:
+            agent = OpenAICompatibleAgent(model=args.model, base_url=args.base_url, api_key=key, **options)
+        except ConfigError as exc:
+            raise UsageError(f"%midori use: {exc}") from None
+        self.session.release()
+        self.session.set_agent(agent, owned=True)
+        if args.name:
+            self.shell.user_ns[args.name] = agent
+        print(f"Using {agent_model_name(agent)} on the server at {agent.base_url} (OpenAICompatibleAgent, not in "
+              "this process) for the session's messages.")
 
     def _cmd_ask(self, args: argparse.Namespace) -> None:
         self._send(args, " ".join(args.message))
@@ -180,6 +229,8 @@ class MidoriMagics(Magics):
               "The next message loads it again.")
 
     def _cmd_status(self, args: argparse.Namespace) -> None:
+        from ...served import OpenAICompatibleAgent
+
         session = self.session
         agent = session.agent
         if agent is None:
@@ -190,6 +241,12 @@ class MidoriMagics(Magics):
                   f"max_new_tokens={c.max_new_tokens}, "
                   + ("greedy" if c.greedy else f"temperature={c.temperature}, top_p={c.top_p}, top_k={c.top_k}")
                   + f", context_window={c.context_window}")
+        elif isinstance(agent, OpenAICompatibleAgent):
+            c = agent.config
+            print(f"{agent!r}\n  served: the model's memory is on the server, not in this process; "
+                  f"max_new_tokens={c.max_new_tokens}, "
+                  + ("greedy" if c.greedy else f"temperature={c.temperature}, top_p={c.top_p}")
+                  + f", timeout={c.timeout} s")
         else:
             print(f"{type(agent).__name__} (model {agent_model_name(agent)}): not a local agent; its settings are "
                   "its own and its model's memory is not in this process")
@@ -212,8 +269,9 @@ class MidoriMagics(Magics):
         if not throttle >= 0:
             raise UsageError(f"%%midori: --throttle {throttle} is not allowed: expected seconds >= 0")
         agent = session.ensure_agent()
-        if is_local_agent(agent) and not agent.is_loaded:  # load first, so progress bars come before the answer
+        if args.no_stream and is_local_agent(agent) and not agent.is_loaded:  # streamed: the live view shows the load
             run(agent.load())
+        sent_at = time.time()
         system = session.system if args.system is None else args.system
         use_memory = not args.no_memory
         if use_memory:
@@ -231,7 +289,8 @@ class MidoriMagics(Magics):
             response = display_stream(agent, payload, view=view, **overrides)
             session.last_display = view.stats
         if use_memory:
-            session.conversation.add_exchange(message, response, user_tokens=count_tokens(agent, message))
+            session.conversation.add_exchange(message, response, user_tokens=count_tokens(agent, message),
+                                              sent_at=sent_at)
         session.last_response = response
         if args.name:
             self.shell.user_ns[args.name] = response

@@ -115,10 +115,20 @@ def build_parsers() -> tuple[MagicParser, MagicParser, dict[str, MagicParser]]:
     commands["load"] = load
 
     use = sub.add_parser(
-        "use", help="use an agent from a notebook variable (any Midori protocol agent)",
+        "use", help="use an agent from a notebook variable, or a model on an OpenAI-compatible server",
         description="Send the session's messages to the agent in notebook variable VAR: a HuggingFaceLocalAgent "
-                    "or any other Midori protocol agent. The session does not unload an agent it did not create.")
-    use.add_argument("variable", metavar="VAR", help="the notebook variable holding the agent")
+                    "or any other Midori protocol agent. The session does not unload an agent it did not create. "
+                    "With --backend openai --base-url URL --model NAME instead: a model on an OpenAI-compatible "
+                    "server (transformers serve, vLLM, TGI, llama.cpp, Ollama); the key comes from the "
+                    "environment (OPENAI_API_KEY, or the variable named by --api-key-env), never from the line.")
+    use.add_argument("variable", metavar="VAR", nargs="?", help="the notebook variable holding the agent")
+    use.add_argument("--backend", choices=("openai",), help="create an agent for a served model: openai")
+    use.add_argument("--base-url", metavar="URL", help="the server's API root, e.g. http://127.0.0.1:8000/v1")
+    use.add_argument("-m", "--model", metavar="NAME", help="the model id the server serves")
+    use.add_argument("--api-key-env", metavar="ENV", help="the environment variable holding the API key "
+                                                           "(default OPENAI_API_KEY)")
+    use.add_argument("--name", metavar="VAR", help="also store the created agent in this notebook variable")
+    _add_decoding_options(use, "default ")
     commands["use"] = use
 
     ask = sub.add_parser("ask", help="send a one-line message (same options as the cell magic)",

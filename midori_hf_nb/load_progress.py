@@ -1,0 +1,97 @@
+"""Progress of model loads in this process, readable from any thread while a load runs.
+
+:func:`~midori_hf_nb.engine.loading.load` reports each stage (GGUF conversion on first use, a
+dtype copy, the tokenizer, the weights) and the counts of transformers' own progress bars (for
+example "Loading weights 120/272") to :data:`TRACKER`, keyed by the model's load key. A front end
+(the notebook's live view, the chat panel's status line) reads the latest
+:class:`LoadProgress` with :meth:`LoadTracker.current` while it waits, on its own clock, so
+nothing of the load calls into a display.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Hashable
+
+#: The stages of a load, in order.
+STAGES = ("resolving", "converting", "dtype copy", "tokenizer", "weights", "ready")
+
+
+@dataclass(frozen=True)
+class LoadProgress:
+    """Where one model load stands.
+
+    ``model``: the model's name; ``stage``: one of :data:`STAGES`; ``detail``: what runs now
+    (e.g. "converting GGUF (first use only)"); ``started``: ``time.monotonic()`` when the load
+    began; ``done``/``total``: the count of the progress bar that runs now (weights or tensors),
+    when there is one.
+    """
+
+    model: str
+    stage: str
+    detail: str
+    started: float
+    done: int | None = None
+    total: int | None = None
+
+    def seconds(self, now: float | None = None) -> float:
+        """Seconds since the load began."""
+        return (time.monotonic() if now is None else now) - self.started
+
+    def text(self, now: float | None = None) -> str:
+        """One line for a status display: "loading model… 3.2 s · weights · Loading weights 120/272"."""
+        parts = [f"loading model… {self.seconds(now):.1f} s", self.detail or self.stage]
+        if self.total:
+            parts[-1] += f" {min(self.done or 0, self.total)}/{self.total}"
+        return " · ".join(parts)
+
+
+class LoadTracker:
+    """The latest :class:`LoadProgress` of each load that runs now (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loads: dict[Hashable, LoadProgress] = {}
+
+    def begin(self, key: Hashable, model: str) -> LoadProgress:
+        """Note that the load of ``key`` began."""
+        progress = LoadProgress(model=model, stage="resolving", detail="resolving the source",
+                                started=time.monotonic())
+        with self._lock:
+            self._loads[key] = progress
+        return progress
+
+    def stage(self, key: Hashable, stage: str, detail: str = "") -> None:
+        """Note that the load of ``key`` entered ``stage`` (one of :data:`STAGES`)."""
+        if stage not in STAGES:
+            raise ValueError(f"stage={stage!r} is not allowed: expected one of {', '.join(STAGES)}")
+        with self._lock:
+            current = self._loads.get(key)
+            if current is not None:
+                self._loads[key] = replace(current, stage=stage, detail=detail or stage, done=None, total=None)
+
+    def count(self, key: Hashable, label: str, done: int, total: int | None) -> None:
+        """Note a progress-bar count of the load of ``key`` (``label``: the bar's description)."""
+        with self._lock:
+            current = self._loads.get(key)
+            if current is not None:
+                detail = f"{current.stage}: {label}" if label and label != current.stage else current.stage
+                self._loads[key] = replace(current, detail=detail, done=done, total=total)
+
+    def end(self, key: Hashable) -> None:
+        """Note that the load of ``key`` ended (loaded or failed)."""
+        with self._lock:
+            self._loads.pop(key, None)
+
+    def current(self, key: Hashable) -> LoadProgress | None:
+        """The latest progress of the load of ``key``; None when it is not loading."""
+        with self._lock:
+            return self._loads.get(key)
+
+
+#: The loads of this process.
+TRACKER = LoadTracker()
+
+__all__ = ["LoadProgress", "LoadTracker", "STAGES", "TRACKER"]
