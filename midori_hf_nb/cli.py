@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="hub id, local model directory or .gguf file (default: the offline default model)")
     parser.add_argument("--system", "-s", default="You are a helpful assistant.", help="system prompt")
     parser.add_argument("--max-new-tokens", "-n", type=int, default=256, help="maximum tokens to generate (default 256)")
-    parser.add_argument("--temperature", "-t", type=float, default=0.7, help="sampling temperature 0.0-2.0 (default 0.7)")
+    parser.add_argument("--temperature", "-t", type=float, default=None,
+                        help="sampling temperature 0.0-2.0 (default: the model's own, else 0.2)")
     parser.add_argument("--greedy", action="store_true", help="greedy decoding (deterministic)")
     parser.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="device (default auto)")
@@ -49,7 +50,8 @@ async def _run(args: argparse.Namespace, question: str) -> int:
         torch_dtype=args.dtype,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
-        do_sample=not args.greedy,
+        # --greedy decodes greedily, a --temperature samples; neither: the model's own choice, else sampling
+        do_sample=False if args.greedy else (True if args.temperature is not None else None),
     )
     started = time.perf_counter()
     await agent.load()

@@ -20,6 +20,25 @@ DECODE_LOOPS = ("auto", "generate")
 WEIGHT_QUANTIZATIONS = ("int8", "int4")
 _CUDA_INDEXED = re.compile(r"^cuda:\d+$")
 
+#: Generation settings a model's own ``generation_config.json`` may supply when the user sets none
+#: (see :func:`midori_hf_nb.settings.resolve_call_settings`).
+MODEL_DEFAULT_FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k", "do_sample")
+
+#: The project's defaults for the settings of :data:`MODEL_DEFAULT_FIELDS` that neither the user nor
+#: the model's ``generation_config.json`` sets, chosen for small chat models (the offline default is
+#: a 135M model):
+#:
+#: * ``temperature=0.2`` with ``top_p=0.9``, ``top_k=50`` and sampling on: small models lose the
+#:   thread quickly when they sample from a flat distribution (at 0.7 the default model answered
+#:   "What is the capital of France?" with French gibberish); 0.2 sharpens the distribution about
+#:   fivefold, so answers stay close to greedy decoding while Regenerate still gives another answer
+#:   (it is also the setting SmolLM2's model card uses);
+#: * ``max_new_tokens=512``: room for a code answer; a looping answer is ended much earlier by the
+#:   repetition guard (``stop_on_repetition``), not by this bound.
+GENERATION_DEFAULTS: dict[str, Any] = {
+    "max_new_tokens": 512, "temperature": 0.2, "top_p": 0.9, "top_k": 50, "do_sample": True,
+}
+
 CONFIG_SECTION = "midori_ai_agent_base"
 CONFIG_FILENAME = "config.toml"
 
@@ -149,6 +168,16 @@ class HuggingFaceConfig:
         top_p: nucleus sampling mass, in (0, 1].
         top_k: top-k sampling (> 0).
         do_sample: sample (True) or decode greedily (False).
+            Each of these five left unset (``None``) is taken from the model's own
+            ``generation_config.json`` when it has the value, else from
+            :data:`GENERATION_DEFAULTS` (chosen for small chat models: temperature 0.2, top_p 0.9,
+            top_k 50, sampling, 512 new tokens). The attribute reads the project default until a
+            call resolves it; :attr:`unset_fields` names the fields left unset.
+        stop_on_repetition: end a generation whose last tokens repeat one pattern (a loop such as
+            "Ada, ada, ada, ...") with ``finish_reason="repetition"`` instead of running on to
+            ``max_new_tokens`` (:class:`midori_hf_nb.settings.RepetitionGuard`).
+        unset_fields: the generation fields the user did not set (filled in from ``None`` values;
+            kept by :meth:`replace`); not normally given by hand.
         context_window: maximum tokens of prompt plus answer (> 0); the oldest memory is
             dropped to fit.
         trust_remote_code: allow model repositories to run their own Python code. Off by default.
@@ -181,11 +210,11 @@ class HuggingFaceConfig:
     model: str
     device: str = "auto"
     torch_dtype: str = "auto"
-    max_new_tokens: int = 512
-    temperature: float = 0.7
-    top_p: float = 0.9
-    top_k: int = 50
-    do_sample: bool = True
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    do_sample: bool | None = None
     context_window: int = 4096
     trust_remote_code: bool = False
     load_in_8bit: bool = False
@@ -195,8 +224,19 @@ class HuggingFaceConfig:
     num_threads: int | str | None = "auto"
     decode_loop: str = "auto"
     quantize_weights: str | None = None
+    stop_on_repetition: bool = True
+    unset_fields: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
+        given = self.unset_fields if self.unset_fields is not None else frozenset()
+        if not isinstance(given, (set, frozenset, list, tuple)) or not set(given) <= set(MODEL_DEFAULT_FIELDS):
+            _fail("unset_fields", self.unset_fields, "expected names among " + ", ".join(MODEL_DEFAULT_FIELDS))
+        unset = set(given)
+        for name in MODEL_DEFAULT_FIELDS:
+            if getattr(self, name) is None:
+                unset.add(name)
+                setattr(self, name, GENERATION_DEFAULTS[name])
+        self.unset_fields = frozenset(unset)
         if isinstance(self.model, os.PathLike):
             self.model = os.fspath(self.model)
         if not isinstance(self.model, str) or not self.model.strip():
@@ -214,7 +254,7 @@ class HuggingFaceConfig:
             _fail("top_p", self.top_p, "expected a number in (0, 1]")
         _check_positive_int("top_k", self.top_k)
         _check_positive_int("context_window", self.context_window)
-        for name in ("do_sample", "trust_remote_code", "load_in_8bit", "load_in_4bit", "progress"):
+        for name in ("do_sample", "trust_remote_code", "load_in_8bit", "load_in_4bit", "progress", "stop_on_repetition"):
             _check_bool(name, getattr(self, name))
         if self.load_in_8bit and self.load_in_4bit:
             raise ConfigError(
@@ -254,7 +294,10 @@ class HuggingFaceConfig:
         return not self.do_sample or self.temperature == 0
 
     def replace(self, **changes: Any) -> "HuggingFaceConfig":
-        """A validated copy with ``changes`` applied."""
+        """A validated copy with ``changes`` applied (a field given a value is no longer unset)."""
+        if "unset_fields" not in changes:
+            set_now = {name for name, value in changes.items() if value is not None}
+            changes["unset_fields"] = frozenset(self.unset_fields - set_now)
         return dataclasses.replace(self, **changes)
 
     def options(self) -> dict[str, Any]:
@@ -279,9 +322,11 @@ class HuggingFaceConfig:
         return cls(model=model, generation_kwargs=generation_kwargs, **options)
 
 
-#: The default of every :class:`HuggingFaceConfig` field that has one (the one place they are written).
+#: The default of every :class:`HuggingFaceConfig` field that has one (the one place they are written);
+#: the generation fields read :data:`GENERATION_DEFAULTS` (what an unset field means without a model).
 DEFAULTS: dict[str, Any] = {
-    f.name: f.default for f in dataclasses.fields(HuggingFaceConfig) if f.default is not dataclasses.MISSING
+    **{f.name: f.default for f in dataclasses.fields(HuggingFaceConfig) if f.default is not dataclasses.MISSING},
+    **GENERATION_DEFAULTS,
 }
 
 

@@ -15,8 +15,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-#: finish reasons: the model ended, the token budget ended it, it was stopped, or it failed
-FINISH_REASONS = ("stop", "length", "cancelled", "error")
+#: finish reasons: the model ended, the token budget ended it, it was stopped, it failed, or the repetition
+#: guard ended a loop (``stop_on_repetition``)
+FINISH_REASONS = ("stop", "length", "cancelled", "error", "repetition")
 #: the most list items / characters read from one metadata field
 MAX_ITEMS = 10_000
 MAX_TEXT = 10_000_000

@@ -286,7 +286,7 @@ def test_an_abandoned_stream_is_freed_at_once_and_stops_its_generation(tiny_mode
     import weakref
 
     agent = HuggingFaceLocalAgent(model=str(tiny_model), do_sample=False, max_new_tokens=3000, context_window=4096,
-                                  progress=False, device="cpu")
+                                  progress=False, device="cpu", stop_on_repetition=False)  # a long generation
 
     async def scenario():
         await agent.load()

@@ -81,7 +81,7 @@ def test_grid_schema_row_count_and_batches(tiny_model, payload):
     prompts = ["Hello there", payload("What is two plus two?", system="ignored")]
     grid = {"temperature": [0, 0.9], "max_new_tokens": [3]}
     df = compare(prompts, systems=["Be brief.", "Be kind."], settings=grid, models=agent, repeats=2,
-                 progress=False)
+                 progress=False, warmup=False)  # the warm-up's own generate call: test_compare_timing.py
 
     assert list(df.columns) == ["model", "prompt_id", "prompt", "system", "temperature", "max_new_tokens",
                                 *RESULT_COLUMNS]
@@ -105,7 +105,7 @@ def test_grid_schema_row_count_and_batches(tiny_model, payload):
     # an explicit batch size cuts each group into batches; batch k of a group is seeded seed + k
     recorder.calls.clear()
     df3 = compare(prompts, systems=["Be brief.", "Be kind."], settings=grid, models=agent, repeats=2,
-                  batch_size=3, seed=10, progress=False)
+                  batch_size=3, seed=10, progress=False, warmup=False)
     assert recorder.calls == [3, 3, 2, 3, 3, 2]
     assert df3["batch"].nunique() == 6
     for _, group in df3.groupby("temperature"):
@@ -206,8 +206,8 @@ def test_models_released_between_model_groups(tiny_model, tiny_plain_model):
                  on_event=on_event, progress=False)
     assert (df["status"] == "ok").all() and df["model"].unique().tolist() == ["A", "B"]
     kinds = [(kind, model) for kind, model, _ in events]
-    assert kinds == [("model_loaded", "A"), ("batch", "A"), ("model_released", "A"),
-                     ("model_loaded", "B"), ("batch", "B"), ("model_released", "B")]
+    assert kinds == [("model_loaded", "A"), ("warmup", "A"), ("batch", "A"), ("model_released", "A"),
+                     ("model_loaded", "B"), ("warmup", "B"), ("batch", "B"), ("model_released", "B")]
     loaded_at = {(kind, model): keys for kind, model, keys in events}
     assert loaded_at[("model_loaded", "A")] == {key_of(first)}
     assert loaded_at[("model_released", "A")] == set()
@@ -249,7 +249,7 @@ def test_interrupt_keeps_finished_rows(tiny_model, where):
     grid = {"temperature": [0, 0.9, 1.2], "max_new_tokens": [3]}
     with pytest.warns(RuntimeWarning, match="interrupted"):
         df = compare(["hi", "hello"], settings=grid, models=agent, checks=[check] if where == "check" else None,
-                     progress=False)
+                     progress=False, warmup=False)  # InterruptAt counts generate calls: no warm-up call
     assert len(df) == 6 and df.attrs["interrupted"] is True
     finished = df[df["temperature"] == 0]
     assert (finished["status"] == "ok").all()

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import DEFAULTS, ConfigError, HuggingFaceConfig
 from ..prompting import Prompt, build_prompt, template_supports_tools
 from ..protocol import AgentPayload, AgentResponse, MidoriAiAgentProtocol, ReasoningEffort
-from ..settings import CallSettings, resolve_call_settings
+from ..settings import CallSettings, resolve_call_settings, with_model_defaults
 from ..structured.tools import apply_tool_choice
 from ..tools import DEFAULT_MAX_RESULT_CHARS, DEFAULT_TOOL_TIMEOUT, tool_instructions, tool_schemas
 from ..validation import validate_payloads, validate_reasoning_effort
@@ -46,7 +46,10 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
             :data:`midori_hf_nb.DEFAULT_MODEL` (offline SmolLM2-135M-Instruct).
         device, torch_dtype, max_new_tokens, temperature, top_p, top_k, do_sample,
         context_window, trust_remote_code, load_in_8bit, load_in_4bit: see
-            :class:`HuggingFaceConfig`; invalid values raise ``ValueError`` naming the field.
+            :class:`HuggingFaceConfig`; invalid values raise ``ValueError`` naming the field. The
+            five generation settings left as ``None`` come from the model's own
+            ``generation_config.json`` where it has them, else from the project defaults for small
+            chat models (:data:`midori_hf_nb.config.GENERATION_DEFAULTS`).
         reasoning_effort: default :class:`ReasoningEffort` for payloads that carry none.
         **kwargs: further :class:`HuggingFaceConfig` options (``num_threads``, ``decode_loop``,
             ``quantize_weights``, ``progress``) and ``generate()`` options (e.g. ``repetition_penalty``).
@@ -60,11 +63,11 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         model: str,
         device: str = DEFAULTS["device"],
         torch_dtype: str = DEFAULTS["torch_dtype"],
-        max_new_tokens: int = DEFAULTS["max_new_tokens"],
-        temperature: float = DEFAULTS["temperature"],
-        top_p: float = DEFAULTS["top_p"],
-        top_k: int = DEFAULTS["top_k"],
-        do_sample: bool = DEFAULTS["do_sample"],
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        do_sample: bool | None = None,
         context_window: int = DEFAULTS["context_window"],
         trust_remote_code: bool = DEFAULTS["trust_remote_code"],
         load_in_8bit: bool = DEFAULTS["load_in_8bit"],
@@ -193,8 +196,11 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
     def resolve_settings(self, overrides: dict[str, Any] | None = None, *, streaming: bool = True) -> CallSettings:
         """The settings a call with ``overrides`` runs with (see :mod:`midori_hf_nb.settings`);
         raises ``ValueError`` naming a field that is not allowed (``streaming=False``: a batch,
-        where beam search is allowed)."""
-        return resolve_call_settings(self._config, overrides or {}, streaming=streaming)
+        where beam search is allowed). Once the model is loaded, the settings the user did not
+        set come from its ``generation_config.json`` where it has them."""
+        lm = self._lm
+        return resolve_call_settings(self._config, overrides or {}, streaming=streaming,
+                                     model_defaults=lm.generation_defaults if lm is not None else None)
 
     def build_prompt(self, lm: "LoadedModel", payload: AgentPayload, call: CallSettings,
                      schemas: list[dict] | None = None, continuation: list[dict] | None = None) -> Prompt:
@@ -240,6 +246,7 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         started = time.perf_counter()
         engine.check_generation_kwargs(call.generation.extra)
         lm = self._acquire_sync()
+        call = with_model_defaults(call, self.resolve_settings(overrides, streaming=False))  # the model's defaults
         prompts = [self.build_prompt(lm, payload, call, schemas, None) for payload in payloads]
         if len(prompts) == 1:  # no padding: the single-sequence path of invoke
             results = [engine.generate(lm, prompts[0].input_ids, call.generation, stop_event=stop_event)]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from ..parsing import StreamSplitter, prompt_opens_thinking
 from ..protocol import AgentPayload, AgentResponse
+from ..settings import with_model_defaults
 from ..structured.tools import apply_tool_choice
 from ..tools import tool_names
 from ..validation import validate_payload
@@ -98,8 +99,9 @@ async def run_generation(state: StreamState, agent: "GenerationHost", payload: A
     """The events of one generation (the body of :class:`AgentStream`)."""
     called_at = time.perf_counter()
     payload = await asyncio.to_thread(validate_payload, payload)  # refused before a model loads, naming the field
-    call, schemas = apply_tool_choice(agent.resolve_settings(overrides), schemas)
+    call, schemas = apply_tool_choice(agent.resolve_settings(overrides), schemas)  # refused before a model loads
     lm = await agent.ensure_loaded()
+    call = with_model_defaults(call, agent.resolve_settings(overrides))  # the loaded model's own defaults
     from .. import engine
 
     engine.check_generation_kwargs(call.generation.extra)

@@ -78,6 +78,7 @@ def compare(
     model_kwargs: Mapping[str, Any] | None = None,
     progress: bool = True,
     on_event: Callable[[CompareEvent], None] | None = None,
+    warmup: bool | None = None,
 ) -> "pd.DataFrame":
     """Run every prompt under every system prompt, setting and model, and tabulate the answers.
 
@@ -111,12 +112,19 @@ def compare(
         tools: tools offered to the model (parsed into ``tool_calls``, never executed).
         model_kwargs: constructor options for agents built from model sources.
         progress: show a progress bar (tqdm; the widget flavour in a notebook).
-        on_event: called with a :class:`CompareEvent` when a model is ready, after each call
-            (a batch, or one row of an agent without batching) and when a model is released.
+        on_event: called with a :class:`CompareEvent` when a model is ready, after its warm-up,
+            after each call (a batch, or one row of an agent without batching) and when a model
+            is released.
+        warmup: before a model's rows are timed, one short untimed generation pays for what a
+            first call costs once (kernels, memory, the thread count), so the order of the grid
+            does not change the speed columns (:mod:`midori_hf_nb.compare.warmup`). None
+            (default): agents that batch (local models); True: every agent (one extra ``invoke``
+            of its first prompt, answer dropped); False: none. The seconds are in
+            ``df.attrs["warmup_seconds"]`` (per model label).
 
     Returns:
         A DataFrame, one row per (model, prompt, system, setting, repeat); see the module
-        documentation for the columns. Interrupting (Ctrl-C, a kernel interrupt) keeps the
+        documentation for the columns (``df.attrs``: ``interrupted``, ``seed``, ``warmup_seconds``). Interrupting (Ctrl-C, a kernel interrupt) keeps the
         finished rows and marks the others ``"not run"``; ``df.attrs["interrupted"]`` is then
         True. A batch that fails is retried one row at a time, and an ``invoke`` that raises
         fails its row only, so only the failing rows get ``status="error"`` and an ``error``.
@@ -124,16 +132,17 @@ def compare(
     Raises:
         ValueError: an argument or grid value is not allowed (the message names it).
     """
-    options = run_options(seed=seed, batch_size=batch_size, concurrency=concurrency, tools=tools)
+    options = run_options(seed=seed, batch_size=batch_size, concurrency=concurrency, tools=tools, warmup=warmup)
     grid = build_grid(prompts, systems=systems, settings=settings, models=models, repeats=repeats, checks=checks,
                       tools=tools, model_kwargs=model_kwargs, progress=progress)
-    interrupted = run_grid(grid, options, progress=progress, on_event=on_event)
+    warmups: dict[str, float] = {}
+    interrupted = run_grid(grid, options, progress=progress, on_event=on_event, warmups=warmups)
     if interrupted:
         not_run = sum(row.result.status == STATUS_NOT_RUN for row in grid.rows)
         warnings.warn(f"compare was interrupted: {not_run} of {len(grid.rows)} rows were not run",
                       RuntimeWarning, stacklevel=2)
     frame = frame_from_rows(grid.rows, grid.setting_names, grid.check_names)
-    frame.attrs.update(interrupted=interrupted, seed=seed)
+    frame.attrs.update(interrupted=interrupted, seed=seed, warmup_seconds=warmups)
     return frame
 
 

@@ -118,6 +118,8 @@ class RunOptions:
     #: None: each agent's own ``concurrency`` (see :func:`~.agents.concurrency_for`)
     concurrency: int | None = None
     tools: list[Any] | None = None
+    #: warm-up before timing: None (agents that batch), True (every agent) or False (none)
+    warmup: bool | None = None
 
 
 @dataclass
@@ -176,15 +178,17 @@ def build_grid(prompts: Any, *, systems: Any, settings: Any, models: Any, repeat
     return grid
 
 
-def run_options(*, seed: Any, batch_size: Any, concurrency: Any, tools: Any) -> RunOptions:
+def run_options(*, seed: Any, batch_size: Any, concurrency: Any, tools: Any, warmup: Any = None) -> RunOptions:
     """Validated :class:`RunOptions`."""
+    if warmup is not None and not isinstance(warmup, bool):
+        raise not_allowed("warmup", warmup, "expected None (warm up agents that batch), True (every agent) or False")
     check_seed(seed)
     positive_int("batch_size", batch_size, allow_none=True)
     positive_int("concurrency", concurrency, allow_none=True)
     if tools is not None and not isinstance(tools, (list, tuple)):
         raise not_allowed("tools", tools, "expected None or a list of tools")
     return RunOptions(seed=seed, batch_size=batch_size, concurrency=concurrency,
-                      tools=list(tools) if tools is not None else None)
+                      tools=list(tools) if tools is not None else None, warmup=warmup)
 
 
 __all__ = ["DEFAULT_CONCURRENCY", "Grid", "RunOptions", "as_list", "build_grid", "check_seed", "lay_out",

@@ -21,6 +21,7 @@ from .columns import STATUS_ERROR, setting_text
 from .concurrent import ConcurrentCalls, row_calls
 from .grid import DEFAULT_CONCURRENCY, Grid, RunOptions
 from .rows import Outcome, Row, result_of
+from .warmup import warm_up
 
 
 @dataclass
@@ -28,7 +29,8 @@ class CompareEvent:
     """What :func:`~midori_hf_nb.compare.compare` reports to its ``on_event`` callback.
 
     ``kind`` is ``"model_loaded"`` (the model is ready and its rows are about to run; loaded
-    first when the agent manages a model), ``"batch"`` (a call finished: a batch, or one row of
+    first when the agent manages a model), ``"warmup"`` (its untimed warm-up generation ran:
+    ``seconds``; see :mod:`.warmup`), ``"batch"`` (a call finished: a batch, or one row of
     an agent without batching; ``rows`` are its rows as dicts) or ``"model_released"`` (the
     model's rows are done and compare has released the model it loaded).
     """
@@ -38,6 +40,7 @@ class CompareEvent:
     done: int
     total: int
     rows: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float | None = None  #: the warm-up's seconds (``kind="warmup"``)
 
 
 class RowSink:
@@ -53,6 +56,7 @@ class RowSink:
         self.on_event = on_event
         self.batch_numbers = itertools.count()
         self.bar = tqdm(total=total, desc="compare", unit="row", disable=not progress)
+        self.warmup_seconds: dict[str, float] = {}  #: model label -> seconds of its warm-up
 
     def next_batch(self) -> int:
         """The next batch number (the ``batch`` column)."""
@@ -149,6 +153,11 @@ def run_model(entry: ModelEntry, rows: list[Row], options: RunOptions, sink: Row
         return
     try:
         sink.emit(CompareEvent("model_loaded", entry.label, sink.done, sink.total))
+        sink.status(f"warming up {entry.label}")
+        seconds = warm_up(entry, rows, options.warmup, options.batch_size)  # untimed: no row pays for it
+        if seconds is not None:
+            sink.warmup_seconds[entry.label] = seconds
+            sink.emit(CompareEvent("warmup", entry.label, sink.done, sink.total, seconds=seconds))
         if offers_batching(entry.agent):
             run_batched(entry, rows, options, sink)
         else:
@@ -159,10 +168,13 @@ def run_model(entry: ModelEntry, rows: list[Row], options: RunOptions, sink: Row
 
 
 def run_grid(grid: Grid, options: RunOptions, *, progress: bool,
-             on_event: Callable[[CompareEvent], None] | None) -> bool:
+             on_event: Callable[[CompareEvent], None] | None, warmups: dict[str, float] | None = None) -> bool:
     """Run every row of ``grid``, model by model; returns True when interrupted (Ctrl-C, a
-    kernel interrupt), with the finished rows kept and the others ``"not run"``."""
+    kernel interrupt), with the finished rows kept and the others ``"not run"``. ``warmups``,
+    when given, receives the seconds of each model's warm-up."""
     sink = RowSink(len(grid.rows), grid.checks, progress, on_event)
+    if warmups is not None:
+        sink.warmup_seconds = warmups
     try:
         for index, entry in enumerate(grid.models):
             run_model(entry, grid.rows_of(index), options, sink)

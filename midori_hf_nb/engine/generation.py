@@ -15,6 +15,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from ..settings import GenerationSettings
 from . import capabilities
+from .repetition import LoopDetector, RepetitionStop, first_loop_end
 from .threads import ThreadGovernor, apply_threads
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,7 +35,7 @@ class GenerationResult:
 
     token_ids: list[int]
     text: str
-    finish_reason: str  #: "stop", "length" or "cancelled"
+    finish_reason: str  #: "stop", "length", "cancelled" or "repetition" (the repetition guard ended a loop)
     prompt_tokens: int
     completion_tokens: int
     time_to_first_token: float | None
@@ -119,12 +120,25 @@ def generation_config(lm: LoadedModel, settings: GenerationSettings) -> tuple[An
     return cfg, call_kwargs
 
 
-def _finish_reason(tokens: list[int], eos: frozenset[int], max_new_tokens: int, cancelled: bool) -> str:
+def _finish_reason(tokens: list[int], eos: frozenset[int], max_new_tokens: int, cancelled: bool,
+                   repeated: bool = False) -> str:
     if tokens and tokens[-1] in eos:
         return "stop"
+    if repeated:
+        return "repetition"
     if cancelled:
         return "cancelled"
     return "length" if len(tokens) >= max_new_tokens else "stop"
+
+
+def _finish(tokens: list[int], eos: frozenset[int], settings: GenerationSettings, cancelled: bool,
+            ) -> tuple[list[int], str]:
+    """A sequence's tokens (cut where the repetition guard noticed a loop, which drops the padding
+    ``generate`` adds after a row it stopped) and its finish reason."""
+    loop_end = first_loop_end(tokens, settings.repetition_guard)
+    if loop_end is not None:
+        return tokens[:loop_end], "repetition"
+    return tokens, _finish_reason(tokens, eos, settings.max_new_tokens, cancelled)
 
 
 #: ``GenerationConfig`` entries the engine's decode loop honours; any other non-default entry
@@ -235,6 +249,7 @@ def _lean_generate(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings:
     eos = lm.eos_token_ids
     warpers = capabilities.sampling_warpers(cfg) if cfg.do_sample else None
     max_new = int(cfg.max_new_tokens)
+    loops = LoopDetector(settings.repetition_guard) if settings.repetition_guard is not None else None
     tokens: list[int] = []
     first_token_at: float | None = None
     if settings.seed is not None:
@@ -272,6 +287,8 @@ def _lean_generate(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings:
                 streamer.put(next_token.cpu())
             if token in eos or len(tokens) >= max_new or (stop_event is not None and stop_event.is_set()):
                 break
+            if loops is not None and loops.push(token):
+                break
             out = model(input_ids=next_token[:, None], use_cache=True, **{cache_argument: cache})
     if streamer is not None:
         streamer.end()
@@ -280,7 +297,7 @@ def _lean_generate(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings:
 
 def _lean_generate_batch(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, cfg: Any,
                          stop_event: threading.Event | None, governor: ThreadGovernor | None = None,
-                         ) -> tuple[list[list[int]], float | None, float]:
+                         guard: Any = None) -> tuple[list[list[int]], float | None, float]:
     """Greedy decoding of a left-padded batch that drops each sequence from the batch once it ends.
 
     ``model.generate`` keeps computing finished sequences (as padding) until the longest one
@@ -294,6 +311,7 @@ def _lean_generate_batch(lm: LoadedModel, input_ids: torch.Tensor, attention_mas
     max_new = int(cfg.max_new_tokens)
     count = input_ids.shape[0]
     tokens: list[list[int]] = [[] for _ in range(count)]
+    loops = [LoopDetector(guard) for _ in range(count)] if guard is not None else None
     alive = list(range(count))  # original row of each row still in the batch
     first_token_at: float | None = None
     started = time.perf_counter()
@@ -314,7 +332,7 @@ def _lean_generate_batch(lm: LoadedModel, input_ids: torch.Tensor, attention_mas
             for index, token in enumerate(next_tokens.tolist()):
                 row = tokens[alive[index]]
                 row.append(token)
-                if token not in eos and len(row) < max_new:
+                if token not in eos and len(row) < max_new and not (loops and loops[alive[index]].push(token)):
                     keep.append(index)
             if not keep or (stop_event is not None and stop_event.is_set()):
                 break
@@ -339,6 +357,8 @@ def _run_generate(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torc
     started = time.perf_counter()
     timer = _StopAndTime(stop_event, started, governor)
     criteria = StoppingCriteriaList([timer, *call_kwargs.pop("stopping_criteria", [])])
+    if settings.repetition_guard is not None:
+        criteria.append(RepetitionStop(settings.repetition_guard, input_ids.shape[0]))
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
     with torch.inference_mode():
@@ -387,7 +407,7 @@ def generate(
             tokens, first_token_at = output[0, ids.shape[1]:].tolist(), timer.first_token_at
         seconds = time.perf_counter() - started
         cancelled = bool(stop_event is not None and stop_event.is_set())
-        finish = _finish_reason(tokens, lm.eos_token_ids, settings.max_new_tokens, cancelled)
+        tokens, finish = _finish(tokens, lm.eos_token_ids, settings, cancelled)
         text_tokens = tokens[:-1] if finish == "stop" and tokens and tokens[-1] in lm.eos_token_ids else tokens
         with lm.tokenizer_lock:
             text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
@@ -425,7 +445,7 @@ def generate_batch(
         path = choose_decode_path(lm, settings, cfg, call_kwargs, rows=len(batch))
         if path is ENGINE:
             generated, first_token_at, started = _lean_generate_batch(lm, input_ids, attention_mask, cfg,
-                                                                      stop_event, governor)
+                                                                      stop_event, governor, settings.repetition_guard)
         else:
             output, timer, started = _run_generate(lm, input_ids, attention_mask, settings, stop_event,
                                                    prepared=(cfg, call_kwargs), governor=governor)
@@ -439,7 +459,7 @@ def generate_batch(
                 tokens.append(token)
                 if token in lm.eos_token_ids:
                     break
-            finish = _finish_reason(tokens, lm.eos_token_ids, settings.max_new_tokens, cancelled)
+            tokens, finish = _finish(tokens, lm.eos_token_ids, settings, cancelled)
             text_tokens = tokens[:-1] if finish == "stop" and tokens and tokens[-1] in lm.eos_token_ids else tokens
             with lm.tokenizer_lock:
                 text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)

@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..config import HuggingFaceConfig
+from ..settings import model_generation_defaults
 from ..integrity import damaged_folder_error
 from ..registry import ModelRegistry
 from ..sources import ModelSource, ModelSourceError, hub_offline, resolve_source
@@ -56,6 +57,9 @@ class LoadedModel:
     #: serialises use of the (Rust) tokenizer across threads: prompt encoding and streamed decoding
     tokenizer_lock: threading.RLock = field(default_factory=threading.RLock)
     base_generation_config: Any = None
+    #: the generation settings the model's generation_config.json supplies (checked; see
+    #: :func:`midori_hf_nb.settings.model_generation_defaults`)
+    generation_defaults: dict = field(default_factory=dict)
     eos_token_ids: frozenset[int] = frozenset()
     pad_token_id: int | None = None
     #: whether (and how) the engine's own decode loop can drive this model
@@ -220,6 +224,8 @@ def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
         TRACKER.end(key)
     lm = LoadedModel(spec=spec, model=model, tokenizer=tokenizer, load_seconds=time.perf_counter() - started, path=path)
     lm.base_generation_config = model.generation_config
+    lm.generation_defaults = model_generation_defaults(model.generation_config.to_diff_dict(),
+                                                       source=f"{spec.source.name}: generation_config.json")
     lm.decode_support = capabilities.decode_loop_support(model)
     if not lm.decode_support.supported:
         capabilities.fallback(f"decode_loop:{type(model).__name__}", (

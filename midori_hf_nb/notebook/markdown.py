@@ -65,6 +65,7 @@ ALLOWED_ATTRIBUTES = {
     "pre": {"class", "style"},
     "code": {"class", "style"},
     "div": {"class", "style"},
+    "table": {"style"},
     "th": {"style"},
     "td": {"style"},
 }
@@ -72,6 +73,7 @@ ALLOWED_ATTRIBUTES = {
 ALLOWED_STYLE_PROPERTIES = frozenset({
     "color", "background-color", "font-style", "font-weight", "font-family", "font-size",
     "text-align", "padding", "margin", "border-radius", "overflow-x", "white-space", "line-height",
+    "border", "border-collapse",
 })
 
 #: The root of rendered Markdown (the caller's box sets fonts; this resets ``pre-wrap`` of the old views).
@@ -81,6 +83,8 @@ STYLE_PRE = ("background-color:rgba(128,128,128,0.12);padding:0.5em 0.7em;"
              "font-family:var(--jp-code-font-family,monospace);font-size:0.92em")
 STYLE_CODE_INLINE = ("background-color:rgba(128,128,128,0.15);padding:0 0.25em;"
                      "border-radius:3px;font-family:var(--jp-code-font-family,monospace);font-size:0.92em")
+STYLE_TABLE = "border-collapse:collapse;margin:0.4em 0"
+STYLE_TABLE_CELL = "border:1px solid rgba(128,128,128,0.4);padding:2px 8px"
 STYLE_TRUNCATED = "white-space:pre-wrap;word-break:break-word"
 STYLE_NOTE = "opacity:0.6;font-size:0.85em;margin:0.3em 0"
 
@@ -171,6 +175,16 @@ def _parser() -> MarkdownIt:
         return f'<code style="{STYLE_CODE_INLINE}">{_escape(tokens[idx].content, quote=False)}</code>'
 
     md.add_render_rule("code_inline", code_inline)
+
+    def style_tables(state):  # tables look like tables outside JupyterLab's own stylesheet too
+        for token in state.tokens:
+            if token.type == "table_open":
+                token.attrSet("style", STYLE_TABLE)
+            elif token.type in ("th_open", "td_open"):
+                align = token.attrGet("style")
+                token.attrSet("style", STYLE_TABLE_CELL + (f";{align}" if align else ""))
+
+    md.core.ruler.push("midori_table_style", style_tables)
     return md
 
 
