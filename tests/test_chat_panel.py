@@ -344,7 +344,9 @@ class InvokeOnlyAgent(MidoriAiAgentProtocol):
 
 def test_an_agent_without_stream_is_invoked_and_the_settings_it_does_not_take_are_named():
     agent = InvokeOnlyAgent()
-    panel = ChatPanel(agent)
+    untouched = ChatPanel(agent)  # settings the user neither gave nor changed are not sent
+    assert untouched.generation_overrides() == {}
+    panel = ChatPanel(agent, max_new_tokens=40, temperature=0.5)
     assert "Chat · InvokeOnlyAgent()" in panel.title_html.value
     first = run(_send(panel, "Hello?"))
     assert first["content"] == "From invoke." and first["completion_tokens"] == 3 and first["total_seconds"] == 0.5

@@ -98,6 +98,27 @@ def test_a_loaded_model_supplies_what_the_user_did_not_set(model_with_config):
         run(agent.unload_model())
 
 
+def test_the_chat_panel_leaves_unset_settings_to_the_model_and_sends_what_the_user_changes(model_with_config):
+    pytest.importorskip("ipywidgets")
+    from midori_hf_nb.notebook import ChatPanel
+
+    agent = HuggingFaceLocalAgent(model=str(model_with_config), progress=False, device="cpu")
+    panel = ChatPanel(agent, stop_on_repetition=False, seed=1)
+    try:
+        assert not {"max_new_tokens", "temperature", "greedy"} & set(panel.generation_overrides())
+        answer = panel.send("hi")  # no running loop: runs to completion
+        assert answer["max_new_tokens"] == 9 and answer["completion_tokens"] <= 9  # the model's own value
+        panel.max_new_tokens_input.value = 4
+        panel.greedy_input.value = True
+        assert panel.generation_overrides()["max_new_tokens"] == 4
+        answer = panel.send("hi again")
+        assert answer["max_new_tokens"] == 4 and answer["do_sample"] is False and answer["completion_tokens"] <= 4
+        given = ChatPanel(agent, max_new_tokens=6)  # given as a keyword: always sent
+        assert given.generation_overrides()["max_new_tokens"] == 6
+    finally:
+        run(agent.unload_model())
+
+
 # --------------------------------------------------------------------------- the repetition guard
 
 

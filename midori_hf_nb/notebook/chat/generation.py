@@ -75,6 +75,39 @@ def initial_settings(agent: Any, overrides: Mapping[str, Any], *, temperature: A
     return settings, rest
 
 
+@dataclass(frozen=True)
+class SettingsBaseline:
+    """The panel's first settings and which of them the user gave (as keywords or overrides).
+
+    :meth:`asked` sends a setting with a message only when the user gave it or changed it in the
+    panel since; the others are left to the agent, so its own precedence applies (the model's
+    ``generation_config.json``, then the package defaults; see :mod:`midori_hf_nb.settings`).
+    """
+
+    initial: Mapping[str, Any]
+    given: frozenset[str]
+
+    @classmethod
+    def of(cls, settings: Mapping[str, Any], overrides: Mapping[str, Any], **keywords: Any) -> "SettingsBaseline":
+        """The baseline of ``settings`` (from :func:`initial_settings`) for the panel's keywords and overrides."""
+        given = {name for name, value in keywords.items() if value is not None}
+        given |= {name for name in ("temperature", "max_new_tokens", "greedy") if name in overrides}
+        return cls(dict(settings), frozenset(given | ({"greedy"} if "do_sample" in overrides else set())))
+
+    def asked(self, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """The generation settings of ``settings`` (the panel's current ones) to send with a message."""
+        changed = {n for n in ("temperature", "max_new_tokens", "greedy")
+                   if n in self.given or settings[n] != self.initial[n]}
+        asked: dict[str, Any] = {}
+        if "max_new_tokens" in changed:
+            asked["max_new_tokens"] = settings["max_new_tokens"]
+        if changed & {"greedy", "temperature"}:
+            asked["greedy"] = settings["greedy"]
+            if not settings["greedy"]:
+                asked["temperature"] = settings["temperature"]
+        return asked
+
+
 # --------------------------------------------------------------------------- the plan
 
 
@@ -264,6 +297,7 @@ __all__ = [
     "agent_model",
     "answer_entry",
     "initial_settings",
+    "SettingsBaseline",
     "plan_generation",
     "tool_method",
 ]

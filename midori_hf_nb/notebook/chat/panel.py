@@ -22,7 +22,7 @@ from .composer import MAX_INPUT_CHARS
 from .document import read_document, write_document
 from .export import ChatExport, write_export
 from .generation import AnswerRun, GenerationPlan, agent_model, answer_entry, initial_settings, plan_generation, \
-    tool_method
+    SettingsBaseline, tool_method
 from .layout import ChatLayout, WidgetSink
 from .options import check_panel_options
 from .pages import TranscriptPages
@@ -68,6 +68,8 @@ class ChatPanel(ChatLayout):
         tool_method(agent, tools, execute_tools)  # refuses a tool loop the agent cannot run
         settings, self.overrides = initial_settings(agent, overrides, temperature=temperature,
                                                     max_new_tokens=max_new_tokens, greedy=greedy)
+        self._baseline = SettingsBaseline.of(settings, overrides, temperature=temperature,
+                                             max_new_tokens=max_new_tokens, greedy=greedy)
         self.memory: list[MemoryEntryData] = check_memory(memory, "ChatPanel(memory=...)")
         self.agent = agent
         self.tools = list(tools) if tools else None
@@ -124,12 +126,10 @@ class ChatPanel(ChatLayout):
         return [entry_to_dict(e) for e in self.memory]
 
     def generation_overrides(self) -> dict[str, Any]:
-        """The overrides the next message is generated with, checked by
+        """The overrides the next message is generated with (settings the user neither gave nor changed
+        are left to the agent, see :class:`~.generation.SettingsBaseline`), checked by
         :func:`~midori_hf_nb.settings.check_overrides`; raises ``ValueError`` naming a bad setting."""
-        settings = self.settings()
-        asked = {**self.overrides, "max_new_tokens": settings["max_new_tokens"], "greedy": settings["greedy"]}
-        if not settings["greedy"]:
-            asked["temperature"] = settings["temperature"]
+        asked = {**self.overrides, **self._baseline.asked(self.settings())}
         try:
             asked["response_format"] = self.response_format_field.value()
             return check_overrides(asked)
