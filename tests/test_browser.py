@@ -10,7 +10,8 @@ streams into the page; then presses Clear, checks that Shift+Enter makes a new l
 sends a long request with Enter, presses Stop and checks that the panel shows the answer as stopped.
 Screenshots go to ``tests/artifacts/chat_send_under_load.png`` (the queued message),
 ``tests/artifacts/chat_panel_answer.png`` (the streamed answer) and
-``tests/artifacts/chat_panel.png`` (the stopped answer). The server and its kernels are stopped
+``tests/artifacts/chat_panel.png`` (the stopped answer); a last request for code checks that the
+answer renders as Markdown with highlighted code (``tests/artifacts/chat_markdown_answer.png``). The server and its kernels are stopped
 at the end, whatever happened.
 
 Skipped (with a message) only where Chromium is not installed: ``make browser`` installs it.
@@ -41,6 +42,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 TOKEN = "midori-browser-test-token"
 QUESTION = "What is the capital of France?"
 LONG_REQUEST = "Count from 1 to 500, one number per line."
+#: Answered by the default model (greedy) with a fenced Python block.
+CODE_REQUEST = "Write a Python function that adds two numbers."
 
 SETUP_CELL = """\
 from midori_hf_nb import DEFAULT_MODEL, HuggingFaceLocalAgent
@@ -270,5 +273,21 @@ def test_chat_panel_in_jupyterlab(jupyter_lab, artifacts_dir):
 
             output.scroll_into_view_if_needed()
             page.screenshot(path=str(artifacts_dir / "chat_panel.png"))
+
+            # 4. a Markdown answer: the model's fenced code shows as a highlighted code block, no fences
+            button("Clear").click()
+            box.fill(CODE_REQUEST)
+            button("Send").click()
+            code = answers.first.locator("pre.midori-code code")
+            expect(code.first).to_be_visible(timeout=300_000)
+            expect(output.locator(".midori-chat-status")).to_contain_text("done", timeout=300_000)
+            assert "def " in code.first.inner_text() and "return" in code.first.inner_text()
+            keyword = code.first.locator("span.k", has_text="def").first
+            colour = keyword.evaluate("e => getComputedStyle(e).color")
+            plain = code.first.evaluate("e => getComputedStyle(e).color")
+            assert colour != plain, f"the keyword is not highlighted: {colour} against {plain}"
+            assert "```" not in answers.first.inner_text()
+            output.scroll_into_view_if_needed()
+            page.screenshot(path=str(artifacts_dir / "chat_markdown_answer.png"))
         finally:
             browser.close()
