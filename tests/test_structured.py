@@ -463,3 +463,41 @@ def test_chat_panel_tool_loop_with_a_forced_first_call(tiny_agent):
     rows = answer["tool_calls"]
     assert rows and rows[0]["name"] == "paint" and rows[0]["executed"]
     assert rows[0]["result"] == f"{rows[0]['arguments']['coats']} coats of {rows[0]['arguments']['colour']}"
+
+
+# ---------------------------------------------------------------- %%midori --schema NAME
+
+
+def test_cell_magic_schema_names_a_notebook_variable(tiny_tools_model):
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    def execute(code):
+        with capture_output() as captured:
+            result = shell.run_cell(code)
+        return result, captured
+
+    shell = InteractiveShell.instance()
+    assert execute("%load_ext midori_hf_nb")[0].success
+    try:
+        result, captured = execute(f"%midori load --model {tiny_tools_model} --greedy --max-new-tokens 64 "
+                                   "--no-progress")
+        assert result.success, captured.stderr
+        shell.user_ns.update({"Label": Label, "small_schema": SMALL, "point": Point, "not_a_schema": 42})
+        for name, check in (("Label", lambda r: isinstance(r.parsed, Label)),
+                            ("small_schema", lambda r: jsonschema.validate(r.parsed, SMALL) is None),
+                            ("json", lambda r: isinstance(r.parsed, dict))):
+            result, captured = execute(f"%%midori --schema {name} --name answer --no-memory\nDescribe it.")
+            assert result.success, captured.stderr
+            response = shell.user_ns["answer"]
+            assert response.metadata["finish_reason"] == "stop", response.response
+            assert check(response), response.response
+        result, captured = execute("%%midori --schema missing_variable\nDescribe it.")
+        assert not result.success
+        assert "--schema 'missing_variable' names no variable in the notebook" in str(result.error_in_exec)
+        result, captured = execute("%%midori --schema not_a_schema\nDescribe it.")
+        assert not result.success
+        assert "--schema not_a_schema: response_format=42 (int) is not allowed" in str(result.error_in_exec)
+    finally:
+        execute("%midori unload")
+        execute("%unload_ext midori_hf_nb")
