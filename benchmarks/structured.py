@@ -7,7 +7,9 @@ runs of a prompt follow each other, and which goes first alternates). An answer 
 its whole text is JSON matching the schema; *valid somewhere* also counts a matching JSON object
 found inside the text (after prose, in a code fence). Decode tok/s is the agent's own statistic
 (tokens after the first over the time from the first to the last token); the ratio is the median
-constrained over the median free, on the same machine in the same run.
+constrained over the median free, on the same machine in the same run. Free and constrained answers
+are different texts (free ones are longer, with whitespace), so the script also times the
+constraint alone: each constrained answer replayed token by token through a fresh logits processor.
 
     .venv/bin/python benchmarks/structured.py            # 20 prompts, 96 new tokens (a few minutes)
     .venv/bin/python benchmarks/structured.py --smoke    # 2 prompts, 24 tokens: checks that it runs
@@ -154,6 +156,39 @@ def summary(rows: list[dict], constrained: bool) -> dict:
     }
 
 
+def mask_cost(agent, rows: list[dict]) -> dict:
+    """The constraint's own time per token, replayed: each constrained answer's tokens (and the
+    end token) go through a fresh logits processor, timed per call, with random logits. This is
+    the cost the constraint adds to a decode step, apart from the model and the machine's load."""
+    import torch
+
+    from midori_hf_nb.structured import response_format_from
+    from midori_hf_nb.structured.processor import logits_width
+
+    lm = agent.loaded_model
+    width = logits_width(lm)
+    eos = min(lm.eos_token_ids)
+    models = {model.__name__: model for model in SCHEMAS}
+    times = []
+    for row in rows:
+        if not row["constrained"]:
+            continue
+        processor = response_format_from(models[row["schema"]]).constraint.logits_processor(lm, 1)
+        tokens = lm.tokenizer.encode(row["text"], add_special_tokens=False) + [eos]
+        sequence = torch.zeros((1, 1), dtype=torch.long)
+        for token in tokens:
+            scores = torch.randn(1, width)
+            started = time.perf_counter()
+            out = processor(sequence, scores)
+            times.append(time.perf_counter() - started)
+            if not torch.isfinite(out[0, token]):
+                break  # the re-tokenized text differs from what was generated: stop this answer here
+            sequence = torch.cat([sequence, torch.tensor([[token]])], dim=1)
+    times.sort()
+    return {"calls": len(times), "median_ms": statistics.median(times) * 1e3,
+            "p90_ms": times[int(len(times) * 0.9)] * 1e3, "max_ms": times[-1] * 1e3}
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="2 prompts, 24 new tokens: checks that it runs")
@@ -180,6 +215,9 @@ async def main() -> None:
                   f"valid={row['valid']!s:5s} tok/s={row['decode_tokens_per_second'] or 0:6.1f} "
                   f"{row['text'][:70]!r}", flush=True)
     free, constrained = summary(rows, False), summary(rows, True)
+    cost = mask_cost(agent, rows)
+    step_ms = 1e3 / constrained["median_decode_tok_s"] if constrained["median_decode_tok_s"] else None
+    cost["share_of_a_decode_step"] = cost["median_ms"] / step_ms if step_ms else None
     ratio = (constrained["median_decode_tok_s"] / free["median_decode_tok_s"]
              if free["median_decode_tok_s"] and constrained["median_decode_tok_s"] else None)
     result = {
@@ -189,6 +227,7 @@ async def main() -> None:
                     "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "model": str(DEFAULT_MODEL), "max_new_tokens": max_new, "greedy": True,
         "free": free, "constrained": constrained, "decode_tok_s_ratio_constrained_over_free": ratio,
+        "constraint_time_per_token": cost,
         "rows": rows,
     }
     print()
@@ -198,6 +237,9 @@ async def main() -> None:
               f" {part['finish_length']:>19d} {part['median_decode_tok_s'] or 0:>20.1f}")
     if ratio is not None:
         print(f"decode tok/s, constrained / free: {ratio:.3f}")
+    print(f"the constraint's own time per token (replayed, {cost['calls']} calls): median {cost['median_ms']:.3f} ms, "
+          f"p90 {cost['p90_ms']:.3f} ms, max {cost['max_ms']:.1f} ms"
+          + (f"; {cost['share_of_a_decode_step']:.1%} of a median constrained decode step" if step_ms else ""))
     out = args.output or ROOT / "benchmarks" / "results" / (
         f"structured-{time.strftime('%Y%m%d-%H%M%S')}{'-smoke' if args.smoke else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from midori_hf_nb.structured import (
     tool_choice_from,
 )
 from midori_hf_nb.structured import backend
-from midori_hf_nb.structured.processor import allowed_tokens
+from midori_hf_nb.structured.processor import allowed_tokens, masked
 from midori_hf_nb.structured.tools import call_schema
 
 from .conftest import loaded_agent, run
@@ -248,6 +248,13 @@ def test_matcher_masks_follow_the_grammar(default_model_dir):
     assert texts and all(t.isdigit() and len(t) <= 3 for t in texts.values()), sorted(texts.values())[:20]
     digits = [i for i in range(width) if tokenizer.decode([i]) in {str(d) for d in range(10)}]
     assert all(allowed[i] for i in digits)
+    import torch
+
+    scores = torch.randn(1, width + 5)
+    for dtype in (torch.float32, torch.bfloat16):  # numpy masking, and torch's for other dtypes and devices
+        out = masked(scores.to(dtype), allowed_tokens(mask, width + 5))
+        assert out.dtype == dtype and torch.isinf(out[0, ~torch.from_numpy(allowed)]).all()
+        assert torch.equal(out[0, torch.from_numpy(allowed)], scores.to(dtype)[0, torch.from_numpy(allowed)])
     assert matcher.consume(tokenizer.convert_tokens_to_ids("4"))
     assert matcher.accepting and not matcher.stopped
     assert matcher.consume(eos[0]) and matcher.stopped
