@@ -28,7 +28,7 @@ from midori_hf_nb.structured import (
     tool_choice_from,
 )
 from midori_hf_nb.structured import backend
-from midori_hf_nb.structured.processor import allowed_tokens
+from midori_hf_nb.structured.processor import allowed_tokens, masked
 from midori_hf_nb.structured.tools import call_schema
 
 from .conftest import loaded_agent, run
@@ -248,6 +248,13 @@ def test_matcher_masks_follow_the_grammar(default_model_dir):
     assert texts and all(t.isdigit() and len(t) <= 3 for t in texts.values()), sorted(texts.values())[:20]
     digits = [i for i in range(width) if tokenizer.decode([i]) in {str(d) for d in range(10)}]
     assert all(allowed[i] for i in digits)
+    import torch
+
+    scores = torch.randn(1, width + 5)
+    for dtype in (torch.float32, torch.bfloat16):  # numpy masking, and torch's for other dtypes and devices
+        out = masked(scores.to(dtype), allowed_tokens(mask, width + 5))
+        assert out.dtype == dtype and torch.isinf(out[0, ~torch.from_numpy(allowed)]).all()
+        assert torch.equal(out[0, torch.from_numpy(allowed)], scores.to(dtype)[0, torch.from_numpy(allowed)])
     assert matcher.consume(tokenizer.convert_tokens_to_ids("4"))
     assert matcher.accepting and not matcher.stopped
     assert matcher.consume(eos[0]) and matcher.stopped
@@ -463,3 +470,41 @@ def test_chat_panel_tool_loop_with_a_forced_first_call(tiny_agent):
     rows = answer["tool_calls"]
     assert rows and rows[0]["name"] == "paint" and rows[0]["executed"]
     assert rows[0]["result"] == f"{rows[0]['arguments']['coats']} coats of {rows[0]['arguments']['colour']}"
+
+
+# ---------------------------------------------------------------- %%midori --schema NAME
+
+
+def test_cell_magic_schema_names_a_notebook_variable(tiny_tools_model):
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    def execute(code):
+        with capture_output() as captured:
+            result = shell.run_cell(code)
+        return result, captured
+
+    shell = InteractiveShell.instance()
+    assert execute("%load_ext midori_hf_nb")[0].success
+    try:
+        result, captured = execute(f"%midori load --model {tiny_tools_model} --greedy --max-new-tokens 64 "
+                                   "--no-progress")
+        assert result.success, captured.stderr
+        shell.user_ns.update({"Label": Label, "small_schema": SMALL, "point": Point, "not_a_schema": 42})
+        for name, check in (("Label", lambda r: isinstance(r.parsed, Label)),
+                            ("small_schema", lambda r: jsonschema.validate(r.parsed, SMALL) is None),
+                            ("json", lambda r: isinstance(r.parsed, dict))):
+            result, captured = execute(f"%%midori --schema {name} --name answer --no-memory\nDescribe it.")
+            assert result.success, captured.stderr
+            response = shell.user_ns["answer"]
+            assert response.metadata["finish_reason"] == "stop", response.response
+            assert check(response), response.response
+        result, captured = execute("%%midori --schema missing_variable\nDescribe it.")
+        assert not result.success
+        assert "--schema 'missing_variable' names no variable in the notebook" in str(result.error_in_exec)
+        result, captured = execute("%%midori --schema not_a_schema\nDescribe it.")
+        assert not result.success
+        assert "--schema not_a_schema: response_format=42 (int) is not allowed" in str(result.error_in_exec)
+    finally:
+        execute("%midori unload")
+        execute("%unload_ext midori_hf_nb")

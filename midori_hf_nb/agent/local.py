@@ -232,7 +232,9 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         Loads the model on first use. ``overrides`` are those of :meth:`invoke` and apply to every
         payload; a ``seed`` seeds the whole call once, so a sampled answer depends on the batch it
         ran in (its companions and its position). ``tools`` are offered as in
-        :meth:`invoke_with_tools` (parsed, never executed). Timing metadata (``total_seconds``,
+        :meth:`invoke_with_tools` (parsed, never executed; ``tool_choice`` among the overrides as
+        there). A ``response_format`` constrains every answer; a batch with it decodes through
+        ``model.generate``. Timing metadata (``total_seconds``,
         ``time_to_first_token``) is that of the whole batch. Setting ``stop_event`` stops every
         sequence within a token (``finish_reason="cancelled"``).
         """

@@ -21,9 +21,6 @@ from .errors import StructuredOutputError
 if TYPE_CHECKING:  # pragma: no cover
     from .formats import GrammarConstraint
 
-_SHIFTS = torch.arange(32, dtype=torch.int32)
-
-
 def logits_width(lm: Any) -> int:
     """The width of the model's logits (at least the tokenizer's length)."""
     width = len(lm.tokenizer)
@@ -34,15 +31,31 @@ def logits_width(lm: Any) -> int:
     return max(width, int(vocab)) if isinstance(vocab, int) else width
 
 
-def allowed_tokens(bitmask: np.ndarray, width: int) -> torch.Tensor:
-    """A (rows, width) boolean tensor of the tokens a bitmask allows (bit ``i % 32`` of word ``i // 32``)."""
-    words = torch.from_numpy(bitmask)
-    bits = (words.unsqueeze(-1) >> _SHIFTS) & 1
-    allowed = bits.view(words.shape[0], -1).bool()
-    if allowed.shape[1] >= width:
-        return allowed[:, :width]
-    pad = torch.zeros((allowed.shape[0], width - allowed.shape[1]), dtype=torch.bool)
-    return torch.cat([allowed, pad], dim=1)
+def allowed_tokens(bitmask: np.ndarray, width: int) -> np.ndarray:
+    """A (rows, width) boolean array of the tokens a bitmask allows (bit ``i % 32`` of 32-bit word
+    ``i // 32``); tokens beyond the bitmask are not allowed.
+
+    Unpacked by numpy in the calling thread: torch would spread these small operations over its
+    intra-op threads, which on a busy CPU costs far more than the work itself.
+    """
+    words = np.ascontiguousarray(bitmask, dtype="<i4")  # little-endian words: byte k holds bits 8k..8k+7
+    bits = np.unpackbits(words.view(np.uint8), axis=1, bitorder="little").view(bool)
+    if bits.shape[1] >= width:
+        return bits[:, :width]
+    return np.concatenate([bits, np.zeros((bits.shape[0], width - bits.shape[1]), dtype=bool)], axis=1)
+
+
+def masked(scores: torch.Tensor, allowed: np.ndarray) -> torch.Tensor:
+    """``scores`` with every token ``allowed`` does not allow set to ``-inf`` (a new tensor).
+
+    float32 scores on the CPU (the engine's loop) are masked in numpy; any other dtype or device
+    through torch.
+    """
+    if scores.device.type == "cpu" and scores.dtype == torch.float32:
+        values = scores.detach().numpy().copy()
+        values[~allowed] = -np.inf
+        return torch.from_numpy(values)
+    return scores.masked_fill(~torch.from_numpy(allowed).to(scores.device), float("-inf"))
 
 
 class GrammarLogitsProcessor(LogitsProcessor):
@@ -97,8 +110,7 @@ class GrammarLogitsProcessor(LogitsProcessor):
                     words[row, eos // 32] |= np.uint32(1 << (eos % 32))
             else:
                 matcher.fill(self.bitmask, row)
-        allowed = allowed_tokens(self.bitmask, scores.shape[-1]).to(scores.device)
-        return scores.masked_fill(~allowed, float("-inf"))
+        return masked(scores, allowed_tokens(self.bitmask, scores.shape[-1]))
 
 
-__all__ = ["GrammarLogitsProcessor", "allowed_tokens", "logits_width"]
+__all__ = ["GrammarLogitsProcessor", "allowed_tokens", "logits_width", "masked"]

@@ -264,7 +264,7 @@ class MidoriMagics(Magics):
         message = (text if args.raw else interpolate(text, self.shell.user_ns)).strip()
         if not message:
             raise UsageError("%%midori: the message is empty: write it in the cell body, below the %%midori line")
-        overrides = message_overrides(args, session.overrides)  # refused before anything loads
+        overrides = message_overrides(args, session.overrides, self.shell.user_ns)  # refused before anything loads
         throttle = session.throttle if args.throttle is None else args.throttle
         if not throttle >= 0:
             raise UsageError(f"%%midori: --throttle {throttle} is not allowed: expected seconds >= 0")

@@ -50,6 +50,10 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
                         help="system prompt for this message (default: the session's, set with `load --system`)")
     _add_decoding_options(parser, "")
     parser.add_argument("--seed", type=int, metavar="N", help="random seed for sampling")
+    parser.add_argument("--schema", metavar="NAME",
+                        help="constrain the answer to JSON matching the notebook variable NAME (a pydantic model "
+                             "class, a JSON schema dict or a Python type; `json`: any JSON object); the response's "
+                             ".parsed holds the result (store it with --name)")
     parser.add_argument("--name", metavar="VAR", help="store the AgentResponse in this notebook variable")
     parser.add_argument("--no-memory", action="store_true",
                         help="send without the conversation so far, and do not record this exchange")

@@ -32,15 +32,35 @@ def _refuse(where: str, exc: BaseException) -> UsageError:
     return UsageError(f"{where}: {exc}")
 
 
-def message_overrides(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, Any]:
+def schema_variable(name: str | None, namespace: dict[str, Any] | None) -> Any:
+    """The ``response_format`` of ``--schema NAME``: the notebook variable ``NAME`` (or ``"json"``
+    for the word json when no variable has that name); None without ``--schema``."""
+    if name is None:
+        return None
+    if namespace is not None and name in namespace:
+        return namespace[name]
+    if name == "json":
+        return "json"
+    raise UsageError(f"%%midori: --schema {name!r} names no variable in the notebook: expected a variable holding "
+                     "a pydantic model class, a JSON schema dict or a Python type (or --schema json)")
+
+
+def message_overrides(args: argparse.Namespace, defaults: dict[str, Any],
+                      namespace: dict[str, Any] | None = None) -> dict[str, Any]:
     """The per-call settings of one message: the session's ``defaults``, then the cell's options
-    (``-n``, ``-t``/``-g``, ``--seed``) checked through :func:`~midori_hf_nb.settings.check_overrides`."""
+    (``-n``, ``-t``/``-g``, ``--seed``, ``--schema`` read from ``namespace``) checked through
+    :func:`~midori_hf_nb.settings.check_overrides`."""
     given = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
              "greedy": True if args.greedy else None, "seed": args.seed}
+    schema = schema_variable(getattr(args, "schema", None), namespace)
     try:
         checked = check_overrides(given)
+        if schema is not None:
+            checked.update(check_overrides({"response_format": schema}))
     except ConfigError as exc:
-        raise _refuse("%%midori", exc) from None
+        where = f"%%midori --schema {args.schema}" if schema is not None and "response_format" in str(exc) \
+            else "%%midori"
+        raise _refuse(where, exc) from None
     return {**defaults, **checked}
 
 
