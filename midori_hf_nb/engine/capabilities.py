@@ -167,6 +167,46 @@ def cache_can_drop_rows() -> bool:
     return callable(getattr(DynamicCache, "batch_select_indices", None))
 
 
+def cache_prefix_reuse_support(model: Any) -> DecodeLoopSupport:
+    """Whether a finished generation's ``DynamicCache`` can be cut back to a prefix and extended
+    by the next prompt (the conversation KV cache reuse of :mod:`.prefix_cache`).
+
+    Relies on ``Cache.crop`` with a negative count removing that many positions from every layer
+    (transformers 4.38 through 5.24: before 5.x a negative ``max_length`` meant the same), on
+    ``Cache.get_seq_length()``, and on ``Cache.is_sliding`` / ``Cache.is_linear`` (5.x) to refuse
+    sliding-window and linear-attention layers, whose cache cannot be cut back. The reason is
+    given when it cannot be used.
+    """
+    cache = new_dynamic_cache(model)
+    for name in ("crop", "get_seq_length"):
+        if not callable(getattr(cache, name, None)):
+            return DecodeLoopSupport(False, reason=f"transformers {transformers.__version__}'s DynamicCache has no {name}")
+    sliding = getattr(cache, "is_sliding", None)
+    if sliding is None:
+        return DecodeLoopSupport(False, reason=f"transformers {transformers.__version__}'s Cache has no is_sliding")
+    if any(sliding) or any(getattr(cache, "is_linear", None) or []):
+        return DecodeLoopSupport(False, reason="the model has sliding-window or linear-attention layers")
+    return DecodeLoopSupport(True)
+
+
+def cache_length(cache: Any) -> int:
+    """Positions held by a KV cache (``Cache.get_seq_length()``)."""
+    return int(cache.get_seq_length())
+
+
+def crop_cache(cache: Any, length: int) -> None:
+    """Cut ``cache`` back to its first ``length`` positions, in place (``Cache.crop`` with the
+    negative count of positions to remove; see :func:`cache_prefix_reuse_support`)."""
+    remove = cache_length(cache) - length
+    if remove < 0:
+        raise ValueError(f"length={length} is not allowed: the cache holds {cache_length(cache)} positions")
+    if remove:
+        cache.crop(-remove)
+    if cache_length(cache) != length:
+        raise RuntimeError(f"Cache.crop left {cache_length(cache)} positions, expected {length} "
+                           f"(transformers {transformers.__version__})")
+
+
 #: ``GenerationConfig.to_diff_dict()`` keys that carry no generation setting: bookkeeping that
 #: transformers adds (``_from_model_config``, ``transformers_version``) in 4.x and 5.x.
 CONFIG_BOOKKEEPING_KEYS = frozenset({"_from_model_config", "transformers_version"})
@@ -329,7 +369,7 @@ def parse_google_docstring(doc: str) -> tuple[str | None, dict[str, str] | None,
 
 
 __all__ = [
-    "CACHE_ARGUMENT_NAMES", "CONFIG_BOOKKEEPING_KEYS", "DecodeLoopSupport", "FastPathWarning", "INT4_KERNELS",
+    "CACHE_ARGUMENT_NAMES", "CONFIG_BOOKKEEPING_KEYS", "cache_length", "cache_prefix_reuse_support", "crop_cache", "DecodeLoopSupport", "FastPathWarning", "INT4_KERNELS",
     "INT8_KERNEL", "cache_can_drop_rows", "callback_streamer", "changed_generation_options", "cpu_capability",
     "cpu_has_native_bf16_gemm", "decode_loop_support", "fallback", "forward_cache_argument", "int4_pack",
     "int4_weight_matmul", "int8_weight_matmul", "make_gguf_model_saveable", "missing_weight_kernels",
