@@ -94,6 +94,7 @@ def build_response(model_name: str, lm: "LoadedModel", prompt: "Prompt", result:
         stats.unknown_tool_calls = [c["name"] for c in parsed.calls if c["name"] not in offered]
     stats.thinking_blocks = list(blocks)
     stats.extra["reused_prompt_tokens"] = result.reused_prompt_tokens
+    stats.extra["shared_rows"] = result.shared_rows
     return AgentResponse(thinking="\n\n".join(blocks), response=answer, code=None, tool_calls=calls,
                          metadata=stats.as_dict())
 

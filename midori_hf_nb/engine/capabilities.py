@@ -207,6 +207,63 @@ def crop_cache(cache: Any, length: int) -> None:
                            f"(transformers {transformers.__version__})")
 
 
+def _layer_states(cache: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    layer = cache.layers[index]
+    return layer.keys, layer.values
+
+
+_rows_support: bool | None = None
+
+
+def cache_rows_support() -> bool:
+    """True when KV caches of separate sequences can be stacked into one batch
+    (:func:`stack_cache_rows`), which lets concurrent generations share one decode loop.
+
+    Relies on ``Cache.layers`` holding layers whose ``keys`` / ``values`` are the
+    ``[batch, heads, positions, head_dim]`` tensors (``DynamicLayer``, transformers 4.56 through
+    5.24) and on ``Cache.update(keys, values, layer_idx)``; probed once on a small cache. When
+    it fails, :func:`fallback` names it and generations on one model run one after another.
+    """
+    global _rows_support
+    if _rows_support is None:
+        from transformers import DynamicCache
+
+        reason = None
+        try:
+            cache = DynamicCache()
+            keys = torch.zeros((1, 2, 3, 4))
+            cache.update(keys, keys.clone(), 0)
+            got_keys, got_values = _layer_states(cache, 0)
+            if tuple(got_keys.shape) != (1, 2, 3, 4) or tuple(got_values.shape) != (1, 2, 3, 4):
+                reason = f"its layers hold keys of shape {tuple(got_keys.shape)}, not [batch, heads, positions, dim]"
+        except (AttributeError, IndexError, TypeError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        _rows_support = reason is None
+        if reason is not None:
+            fallback("cache_rows", (
+                f"transformers {transformers.__version__}'s DynamicCache cannot be stacked ({reason}): concurrent "
+                "generations on one model run one after another"))
+    return _rows_support
+
+
+def stack_cache_rows(model: Any, parts: list[tuple[Any, int]]) -> Any:
+    """One ``DynamicCache`` holding the rows of every ``(cache, left_padding)`` in ``parts``, in
+    order, each left-padded with ``left_padding`` zero positions so all have the same length
+    (the padding is masked out by the caller's attention mask). See :func:`cache_rows_support`."""
+    stacked = new_dynamic_cache(model)
+    for index in range(len(parts[0][0].layers)):
+        keys, values = [], []
+        for cache, padding in parts:
+            k, v = _layer_states(cache, index)
+            if padding:
+                k = torch.nn.functional.pad(k, (0, 0, padding, 0))
+                v = torch.nn.functional.pad(v, (0, 0, padding, 0))
+            keys.append(k)
+            values.append(v)
+        stacked.update(torch.cat(keys), torch.cat(values), index)
+    return stacked
+
+
 #: ``GenerationConfig.to_diff_dict()`` keys that carry no generation setting: bookkeeping that
 #: transformers adds (``_from_model_config``, ``transformers_version``) in 4.x and 5.x.
 CONFIG_BOOKKEEPING_KEYS = frozenset({"_from_model_config", "transformers_version"})
@@ -369,7 +426,7 @@ def parse_google_docstring(doc: str) -> tuple[str | None, dict[str, str] | None,
 
 
 __all__ = [
-    "CACHE_ARGUMENT_NAMES", "CONFIG_BOOKKEEPING_KEYS", "cache_length", "cache_prefix_reuse_support", "crop_cache", "DecodeLoopSupport", "FastPathWarning", "INT4_KERNELS",
+    "CACHE_ARGUMENT_NAMES", "CONFIG_BOOKKEEPING_KEYS", "cache_length", "cache_rows_support", "stack_cache_rows", "cache_prefix_reuse_support", "crop_cache", "DecodeLoopSupport", "FastPathWarning", "INT4_KERNELS",
     "INT8_KERNEL", "cache_can_drop_rows", "callback_streamer", "changed_generation_options", "cpu_capability",
     "cpu_has_native_bf16_gemm", "decode_loop_support", "fallback", "forward_cache_argument", "int4_pack",
     "int4_weight_matmul", "int8_weight_matmul", "make_gguf_model_saveable", "missing_weight_kernels",

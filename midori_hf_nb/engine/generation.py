@@ -16,6 +16,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 from ..settings import GenerationSettings
 from . import capabilities
 from .prefix_cache import NO_REUSE, kv_bytes_per_token
+from .shared_decode import SharedRequest
 from .threads import ThreadGovernor, apply_threads
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,6 +49,8 @@ class GenerationResult:
     first_token_at: float | None = None
     #: prompt tokens taken from a kept KV cache of the same owner's previous turn (not prefilled)
     reused_prompt_tokens: int = 0
+    #: the most sequences that decoded together with this one (1: it ran alone)
+    shared_rows: int = 1
 
     @property
     def tokens_per_second(self) -> float:
@@ -365,7 +368,16 @@ def generate(
     engine's loop starts from the KV cache that key's previous generation left, cut back to the
     prefix the two prompts share, and leaves its own cache for the next one; the tokens are
     those of a full prefill. ``result.reused_prompt_tokens`` says how many were not prefilled.
+
+    On the engine's loop, generations that overlap in time share one decode loop
+    (:mod:`.shared_decode`): a request that arrives while another runs joins it at the next
+    step instead of waiting for the whole answer (``lm.share_decoding=False`` turns this off).
     """
+    if lm.share_decoding and lm.model is not None:
+        cfg, call_kwargs = generation_config(lm, settings)
+        path = choose_decode_path(lm, settings, cfg, call_kwargs)
+        if path is ENGINE and capabilities.cache_rows_support():
+            return _generate_shared(lm, input_ids, settings, cfg, call_kwargs, on_text, stop_event, reuse_key)
     with lm.generation_lock:
         if lm.model is None:
             raise RuntimeError(f"model {lm.spec.source.name!r} was unloaded")
@@ -402,6 +414,35 @@ def generate(
     ttft = first_token_at - started if first_token_at is not None else None
     return GenerationResult(tokens, text, finish, len(input_ids), len(tokens), ttft, seconds, path.name, path.reason,
                             first_token_at, reused)
+
+
+def _generate_shared(lm: LoadedModel, input_ids: list[int], settings: GenerationSettings, cfg: Any,
+                     call_kwargs: dict[str, Any], on_text: Callable[[str], None] | None,
+                     stop_event: threading.Event | None, reuse_key: Hashable | None) -> GenerationResult:
+    """:func:`generate` through the model's shared decode loop."""
+    if stop_event is not None and stop_event.is_set():
+        return GenerationResult([], "", "cancelled", len(input_ids), 0, None, 0.0)
+    streamer = (capabilities.callback_streamer(lm.tokenizer, on_text, lm.tokenizer_lock)
+                if on_text is not None else None)
+    processors = call_kwargs.get("logits_processor")
+    if processors:
+        from transformers import LogitsProcessorList
+
+        processors = LogitsProcessorList(processors)
+    request = lm.shared_decoder.run(SharedRequest(list(input_ids), settings, cfg, processors or None, streamer,
+                                                  stop_event, reuse_key))
+    if request.error is not None:
+        raise request.error
+    tokens = request.tokens
+    started = request.started if request.started is not None else time.perf_counter()
+    seconds = time.perf_counter() - started
+    cancelled = bool(stop_event is not None and stop_event.is_set())
+    finish = _finish_reason(tokens, lm.eos_token_ids, settings.max_new_tokens, cancelled)
+    text = request.text
+    first = request.first_token_at
+    ttft = first - started if first is not None else None
+    return GenerationResult(tokens, text, finish, len(input_ids), len(tokens), ttft, seconds, ENGINE.name, None, first,
+                            request.reused, request.peak_rows)
 
 
 def generate_batch(

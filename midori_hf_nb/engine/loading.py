@@ -26,6 +26,7 @@ from .convert import progress_bars, convert_gguf, dtype_variant
 from .devices import TORCH_DTYPES, trim_heap, mps_available, resolve_device, resolve_dtype
 from .layers import QuantizationError, quantize_weights, use_bf16_cpu_linears
 from .prefix_cache import PrefixCacheStore
+from .shared_decode import SharedDecoder
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,19 @@ class LoadedModel:
     prefix_support: DecodeLoopSupport = DecodeLoopSupport(False, reason="not probed")
     #: conversation KV caches kept between turns (see :mod:`~midori_hf_nb.engine.prefix_cache`)
     prefix_caches: PrefixCacheStore = field(default_factory=PrefixCacheStore)
+    #: concurrent single-sequence generations join one decode loop (see :mod:`.shared_decode`);
+    #: False runs them one after another
+    share_decoding: bool = True
+    _shared_decoder: SharedDecoder | None = field(default=None, repr=False)
+
+    @property
+    def shared_decoder(self) -> SharedDecoder:
+        """The model's shared decode loop (created on first use)."""
+        if self._shared_decoder is None:
+            with self.tokenizer_lock:
+                if self._shared_decoder is None:
+                    self._shared_decoder = SharedDecoder(self)
+        return self._shared_decoder
 
     @property
     def lean_capable(self) -> bool:
