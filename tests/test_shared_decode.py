@@ -125,3 +125,29 @@ def test_stacked_caches_give_the_logits_of_separate_sequences(tiny_model):
                     use_cache=True, **{argument: stacked}).logits[:, -1]
     torch.testing.assert_close(out[0], expected[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out[1], expected[1], rtol=1e-4, atol=1e-4)
+
+
+class _FailsAfter:
+    """A logits processor that raises on its third call."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, input_ids, scores):
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("processor failed")
+        return scores
+
+
+def test_a_failing_request_ends_alone_with_its_error(fp32_agent):
+    async def main():
+        payloads = _payloads()
+        return await asyncio.gather(
+            fp32_agent.invoke(payloads[0], max_new_tokens=12, greedy=True),
+            fp32_agent.invoke(payloads[1], max_new_tokens=12, logits_processor=[_FailsAfter()]),
+            return_exceptions=True)
+
+    good, bad = run(main())
+    assert isinstance(bad, RuntimeError) and "processor failed" in str(bad)
+    assert stats_of(good).completion_tokens > 3 and stats_of(good).finish_reason in ("stop", "length")

@@ -51,6 +51,8 @@ class SharedRequest:
     #: the most rows this request's steps ran with
     peak_rows: int = 1
     error: BaseException | None = None
+    #: what failed while choosing this row's token (its logits processors): only this row ends
+    failure: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
     # ------------------------------------------------------------------ loop state
     cache: Any = None  #: its own cache until it joins a batch
@@ -60,6 +62,8 @@ class SharedRequest:
     prompt: torch.Tensor | None = None
 
     def finished(self, eos: frozenset[int]) -> bool:
+        if self.failure is not None:
+            return True
         if not self.tokens:
             return False
         return (self.tokens[-1] in eos or len(self.tokens) >= int(self.cfg.max_new_tokens)
@@ -99,9 +103,20 @@ class SharedDecoder:
             return new
 
     def _loop(self) -> None:
+        batch = _Batch(self.lm)
+        try:
+            self._serve(batch)
+        except BaseException as exc:  # a failure outside a step: every waiting request gets it
+            with self._cond:
+                pending, self._pending = self._pending, []
+                self._running = False
+            for request in [*batch.rows, *pending]:
+                if not request.done.is_set():
+                    self._finish(request, error=exc)
+
+    def _serve(self, batch: "_Batch") -> None:
         lm = self.lm
         with lm.generation_lock:
-            batch = _Batch(lm)
             while True:
                 new = self._take_pending(batch.rows)
                 if new is None:
@@ -115,10 +130,10 @@ class SharedDecoder:
                 except BaseException as exc:  # delivered to every row of the failed step
                     for row in batch.rows:
                         self._finish(row, error=exc)
-                    batch = _Batch(lm)
+                    batch.clear()
                     continue
                 for row in batch.finished_rows():
-                    self._finish(row)
+                    self._finish(row, error=row.failure)
 
     def _admit(self, batch: "_Batch", request: SharedRequest) -> None:
         lm = self.lm
@@ -135,26 +150,35 @@ class SharedDecoder:
         if request.finished(lm.eos_token_ids):
             self._finish(request)
             return
-        batch.join(request)
+        try:
+            batch.join(request)
+        except BaseException as exc:
+            self._finish(request, error=exc)
+            return
         self.peak_rows = max(self.peak_rows, len(batch.rows))
 
     def _finish(self, request: SharedRequest, error: BaseException | None = None) -> None:
-        request.error = error
+        """End a request: its text, its kept cache, and wake its caller (whatever happens here)."""
         lm = self.lm
-        if error is None:
-            if request.streamer is not None:
-                request.streamer.end()
-            tokens = request.tokens
-            text_tokens = tokens[:-1] if tokens and tokens[-1] in lm.eos_token_ids else tokens
-            with lm.tokenizer_lock:
-                request.text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
-        keep = request.reuse_key is not None and lm.prefix_support.supported
-        if error is None and keep and request.cache is not None and request.tokens:
-            held = list(request.input_ids) + request.tokens[:-1]
-            if capabilities.cache_length(request.cache) == len(held):
-                lm.prefix_caches.put(request.reuse_key, held, request.cache, kv_bytes_per_token(lm.model))
-        request.cache = request.sequence = request.next_token = request.prompt = None
-        request.done.set()
+        try:
+            if error is None:
+                if request.streamer is not None:
+                    request.streamer.end()
+                tokens = request.tokens
+                text_tokens = tokens[:-1] if tokens and tokens[-1] in lm.eos_token_ids else tokens
+                with lm.tokenizer_lock:
+                    request.text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
+                keep = request.reuse_key is not None and lm.prefix_support.supported
+                if keep and request.cache is not None and request.tokens:
+                    held = list(request.input_ids) + request.tokens[:-1]
+                    if capabilities.cache_length(request.cache) == len(held):
+                        lm.prefix_caches.put(request.reuse_key, held, request.cache, kv_bytes_per_token(lm.model))
+        except BaseException as exc:  # delivered to the caller
+            error = exc
+        finally:
+            request.error = error
+            request.cache = request.sequence = request.next_token = request.prompt = None
+            request.done.set()
 
 
 class _Batch:
@@ -167,6 +191,10 @@ class _Batch:
         self.mask: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None  # next position of each row
         self.governor = None
+
+    def clear(self) -> None:
+        """Forget every row (after a failed step)."""
+        self.rows, self.cache, self.mask, self.positions, self.governor = [], None, None, None, None
 
     # ------------------------------------------------------------------ a row joins
 
@@ -235,7 +263,7 @@ class _Batch:
             if self.cache is None:  # one row on its own cache: the single-sequence loop
                 row = self.rows[0]
                 out = lm.model(input_ids=row.next_token[:, None], use_cache=True, **{argument: row.cache})
-                self._choose(row, out.logits[:, -1, :])
+                self._choose_or_fail(row, out.logits[:, -1, :])
             else:
                 tokens = torch.cat([row.next_token for row in self.rows])[:, None]
                 self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
@@ -244,9 +272,15 @@ class _Batch:
                 self.positions = self.positions + 1
                 logits = out.logits[:, -1, :]
                 for index, row in enumerate(self.rows):
-                    self._choose(row, logits[index:index + 1])
+                    self._choose_or_fail(row, logits[index:index + 1])
         if self.governor is not None:
             self.governor.step()
+
+    def _choose_or_fail(self, row: SharedRequest, logits: torch.Tensor) -> None:
+        try:
+            self._choose(row, logits)
+        except Exception as exc:  # the row's own processors failed: the row ends with the error
+            row.failure = exc
 
     def _choose(self, row: SharedRequest, logits: torch.Tensor) -> None:
         """The row's next token from its logits (its processors, then argmax or its warpers and a draw)."""
