@@ -26,6 +26,10 @@ from . import capabilities
 from .prefix_cache import NO_REUSE, kv_bytes_per_token
 from .threads import apply_threads
 
+#: The key of the thread governor of stacked batches in ``LoadedModel.governors`` (batch sizes are
+#: positive, so it never collides with ``generate_batch``'s).
+STACKED_GOVERNOR = -1
+
 if TYPE_CHECKING:  # pragma: no cover
     from ..settings import GenerationSettings
     from .loading import LoadedModel
@@ -248,10 +252,15 @@ class _Batch:
         self.mask = torch.cat([pad(self.mask, width - self.mask.shape[1]),
                                pad(torch.ones((1, own), dtype=torch.long, device=lm.input_device), width - own)])
         self.positions = torch.cat([self.positions, torch.tensor([[own]], dtype=torch.long, device=lm.input_device)])
+        if len(self.rows) == 1:
+            # one thread governor for every stacked batch size, kept while the rows change (a new
+            # governor per size would probe every core again at each join and leave)
+            self.governor = apply_threads(lm, self.rows[0].settings.num_threads, rows=STACKED_GOVERNOR)
+        elif self.governor is not None:
+            self.governor.resume()  # the batch's count again after the joiner's prefill
         self.rows.append(request)
         for row in self.rows:
             row.peak_rows = max(row.peak_rows, len(self.rows))
-        self.governor = apply_threads(lm, self.rows[0].settings.num_threads, rows=len(self.rows))
 
     # ------------------------------------------------------------------ one step
 
@@ -320,8 +329,6 @@ class _Batch:
             else:
                 self.cache = self.mask = self.positions = None
         self.rows = [self.rows[index] for index in keep]
-        if self.rows and self.cache is not None:
-            self.governor = apply_threads(self.lm, self.rows[0].settings.num_threads, rows=len(self.rows))
         return done
 
 

@@ -84,6 +84,12 @@ class ThreadGovernor:
         if torch.get_num_threads() != count:
             torch.set_num_threads(count)
 
+    def resume(self) -> None:
+        """Apply the best count again (after something else changed torch's threads), without
+        starting a new measurement."""
+        self._set(self.best())
+        self._last = time.perf_counter()
+
     def start(self) -> None:
         """Call before a generation: applies the best thread count (also for the prompt)."""
         self._set(self.best())
