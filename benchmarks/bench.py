@@ -17,7 +17,10 @@ Figures (see benchmarks/README.md for what each one means):
   converted cache versus loading the GGUF file into an empty cache (conversion included);
 * streaming into a cell: decode tokens/s of the agent streamed through the notebook helper
   (``stream_to_cell`` with an IPython display handle, no kernel attached) versus raw generation;
-* the comparison grid: ``compare()`` over 8 prompts batched versus one by one (aggregate tokens/s).
+* the comparison grid: ``compare()`` over 8 prompts batched versus one by one (aggregate tokens/s);
+* a 10-turn conversation: time to first token of turn 1 and turn 10, with the conversation's KV
+  cache kept between turns (``kv_reuse=True``, the default) and without;
+* 8 concurrent ``invoke`` calls versus the same 8 in a row (aggregate tokens/s).
 
 It prints a table of medians, minima and maxima with ratios to the baseline and writes
 ``benchmarks/results/bench-<time>.json``. The machine may be shared: only ratios measured in the
@@ -50,6 +53,14 @@ SYSTEM = "You are a helpful assistant."
 USER = "Write a detailed essay about the history of the steam engine, its inventors and its impact on industry."
 #: The comparison grid's prompts: the first eight of compare_batched.py's (this folder).
 GRID_PROMPTS = PROMPTS[:8]
+#: The user turns of the conversation rows (each turn carries the previous ones as memory).
+TURNS = ["What is the capital of France?", "And of Italy?", "Name a famous dish from there.", "How is it made?",
+         "What wine goes with it?", "Tell me a fun fact about Rome.", "What is the Colosseum?", "Who built it?",
+         "How many people did it hold?", "Summarise our conversation in two sentences."]
+#: New tokens per answer in the conversation and concurrency rows (--turn-tokens).
+TURN_TOKENS = 32
+#: The rows besides the decode rows (--extras): each runs in its own worker.
+EXTRA_ROWS = ("stream", "grid", "turns", "concurrent")
 
 #: name -> (kind, options, description). The first row is the baseline of every ratio.
 ROWS: dict[str, tuple[str, dict[str, Any], str]] = {
@@ -285,6 +296,75 @@ class Worker:
         self.runners[f"{name}:cell-every-piece"] = cell(0.0)
         self.info[name] = self._agent_info(agent)
 
+    def _setup_turns(self, name: str, options: dict[str, Any], n: int) -> None:
+        """A 10-turn conversation (:data:`TURNS`), with and without the kept KV cache."""
+        from midori_hf_nb import make_payload
+        from midori_hf_nb.stats import stats_of
+
+        agent = self._agent({k: v for k, v in options.items() if k not in ("turn_tokens", "turn_count")}, n)
+        tokens = options.get("turn_tokens", TURN_TOKENS)
+        counter = iter(range(10**9))
+
+        def mode(reuse: bool):
+            def run(max_new: int) -> dict[str, Any]:
+                agent.kv_reuse = reuse
+                session = f"bench-{next(counter)}"  # a new conversation: nothing kept from an earlier run
+                memory: list[dict[str, str]] = []
+                ttfts, prompts, reused, produced = [], [], [], 0
+                started = time.perf_counter()
+                for question in TURNS[:options.get("turn_count", len(TURNS))]:
+                    payload = make_payload(question, SYSTEM, memory=list(memory), session_id=session)
+                    response = self.loop.run_until_complete(agent.invoke(payload, max_new_tokens=min(tokens, max_new)))
+                    stats = stats_of(response)
+                    ttfts.append(stats.call_to_first_token)
+                    prompts.append(stats.prompt_tokens)
+                    reused.append(stats.extra.get("reused_prompt_tokens", 0))
+                    produced += stats.completion_tokens or 0
+                    memory += [{"role": "user", "content": question}, {"role": "assistant", "content": response.response}]
+                # "turn 10": the last turn (the third with --smoke)
+                return {"ttft_turn1": ttfts[0], "ttft_turn10": ttfts[-1], "turn10_over_turn1": ttfts[-1] / ttfts[0],
+                        "ttfts": ttfts, "prompt_tokens": prompts, "reused_tokens": reused, "tokens": produced,
+                        "total": time.perf_counter() - started,
+                        "answers_start": [m["content"][:40] for m in memory[1::2]]}
+            return run
+
+        self.runners[f"{name}:reuse"] = mode(True)
+        self.runners[f"{name}:no-reuse"] = mode(False)
+        self.info[name] = self._agent_info(agent)
+
+    def _setup_concurrent(self, name: str, options: dict[str, Any], n: int) -> None:
+        """8 ``invoke`` calls at once (``asyncio.gather``) versus the same 8 one after another."""
+        from midori_hf_nb import make_payload
+        from midori_hf_nb.stats import stats_of
+
+        agent = self._agent({k: v for k, v in options.items() if k not in ("turn_tokens", "turn_count")}, n)
+        tokens = options.get("turn_tokens", TURN_TOKENS)
+        payloads = [make_payload(p, SYSTEM, session_id=f"concurrent-{i}") for i, p in enumerate(GRID_PROMPTS)]
+        agent.kv_reuse = False  # every call prefills its whole prompt, in both modes
+
+        def mode(concurrent: bool):
+            def run(max_new: int) -> dict[str, Any]:
+                limit = min(tokens, max_new)
+
+                async def all_at_once() -> list[Any]:
+                    return await asyncio.gather(*(agent.invoke(p, max_new_tokens=limit) for p in payloads))
+
+                async def in_a_row() -> list[Any]:
+                    return [await agent.invoke(p, max_new_tokens=limit) for p in payloads]
+
+                started = time.perf_counter()
+                responses = self.loop.run_until_complete(all_at_once() if concurrent else in_a_row())
+                total = time.perf_counter() - started
+                produced = sum(stats_of(r).completion_tokens or 0 for r in responses)
+                return {"tokens": produced, "total": total, "aggregate_tps": produced / total,
+                        "ttft_max": max(stats_of(r).call_to_first_token or 0 for r in responses),
+                        "texts": [r.response[:40] for r in responses]}
+            return run
+
+        self.runners[f"{name}:concurrent"] = mode(True)
+        self.runners[f"{name}:sequential"] = mode(False)
+        self.info[name] = self._agent_info(agent)
+
     def _setup_grid(self, name: str, options: dict[str, Any], n: int) -> None:
         from midori_hf_nb.compare import compare
 
@@ -303,7 +383,13 @@ class Worker:
 
         self.runners[f"{name}:batched"] = mode(len(GRID_PROMPTS))
         self.runners[f"{name}:one-by-one"] = mode(1)
-        self.info[name] = self._agent_info(agent)
+        from midori_hf_nb import make_payload
+        from midori_hf_nb.stats import stats_of
+
+        probe = agent.generate_batch([make_payload(p, SYSTEM) for p in GRID_PROMPTS[:2]], max_new_tokens=2)
+        first = stats_of(probe[0])
+        self.info[name] = {**self._agent_info(agent), "batch_decode_path": first.decode_path,
+                           "batch_decode_path_reason": first.decode_path_reason}
 
     # ------------------------------------------------------------------ protocol
 
@@ -399,6 +485,8 @@ def stats(values: list[float | None]) -> dict[str, Any] | None:
 
 
 def rotated(items: list[Any], shift: int) -> list[Any]:
+    if not items:
+        return []
     shift %= len(items)
     return items[shift:] + items[:shift]
 
@@ -469,6 +557,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold-rounds", type=int, default=None, help="cold starts of each kind (default 2; 1 with --smoke)")
     parser.add_argument("--no-cold", action="store_true", help="skip the cold-start figures")
     parser.add_argument("--no-gguf", action="store_true", help="skip the cold start from the GGUF file")
+    parser.add_argument("--extras", default=None,
+                        help=f"comma-separated extra rows (default: all of {', '.join(EXTRA_ROWS)}; 'none' for none)")
+    parser.add_argument("--turn-tokens", type=int, default=None,
+                        help=f"new tokens per answer of the turns/concurrent rows (default {TURN_TOKENS}; 2 with --smoke)")
     parser.add_argument("--output", default=None, help="JSON path (default benchmarks/results/bench-<time>.json)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -480,6 +572,10 @@ def main(argv: list[str] | None = None) -> int:
     cold_rounds = args.cold_rounds or (1 if args.smoke else 2)
     skip_gguf = args.no_gguf or args.smoke
     names = args.rows.split(",") if args.rows else list(SMOKE_ROWS if args.smoke else ROWS)
+    extras = [] if args.extras == "none" else (args.extras.split(",") if args.extras else list(EXTRA_ROWS))
+    if [e for e in extras if e not in EXTRA_ROWS]:
+        parser.error(f"unknown extras {extras}; choose from {', '.join(EXTRA_ROWS)}")
+    turn_tokens = args.turn_tokens or (2 if args.smoke else TURN_TOKENS)
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
@@ -513,7 +609,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"starting workers ({'smoke' if args.smoke else 'full'} mode: {max_new} new tokens, {rounds} round(s))",
           file=sys.stderr)
     decode_rows = {n: (ROWS[n][0], ROWS[n][1]) for n in names}
-    extra_rows = {"stream": ("stream", {}), "grid": ("grid", {})}
+    pair_options = {"turn_tokens": turn_tokens, **({"turn_count": 3} if args.smoke else {})}  # smoke: 3 turns
+    extra_rows = {e: (e, pair_options if e in ("turns", "concurrent") else {}) for e in extras}
     if args.smoke:  # one process: memory figures are then not per row
         groups = [{**decode_rows, **extra_rows}]
     else:
@@ -556,7 +653,17 @@ def main(argv: list[str] | None = None) -> int:
         stream_samples: dict[str, list[dict[str, Any]]] = {n: [] for n in stream_names}
         grid_names = [n for n in ("grid:batched", "grid:one-by-one") if n in by_runner]
         grid_samples: dict[str, list[dict[str, Any]]] = {n: [] for n in grid_names}
+        pair_names = [n for n in ("turns:reuse", "turns:no-reuse", "concurrent:concurrent", "concurrent:sequential")
+                      if n in by_runner]
+        pair_samples: dict[str, list[dict[str, Any]]] = {n: [] for n in pair_names}
         for r in range(rounds):
+            for name in rotated(pair_names, r):
+                result = run(name)
+                if result is not None:
+                    pair_samples[name].append(result)
+                    figure = (f"turn 1 TTFT {result['ttft_turn1']:.3f} s, turn 10 {result['ttft_turn10']:.3f} s"
+                              if name.startswith("turns") else f"{result['aggregate_tps']:.2f} tok/s aggregate")
+                    print(f"  round {r + 1}/{rounds} {name}: {figure}", file=sys.stderr)
             for name in rotated(stream_names, r):
                 result = run(name)
                 if result is not None:
@@ -624,6 +731,14 @@ def main(argv: list[str] | None = None) -> int:
                       "updates": [x.get("updates") for x in v]} for n, v in stream_samples.items()}
     grid_out = {n: {"aggregate_tps": stats([x["aggregate_tps"] for x in v]), "total": stats([x["total"] for x in v]),
                     "tokens": [x["tokens"] for x in v]} for n, v in grid_samples.items()}
+    turns_out = {n: {"ttft_turn1": stats([x["ttft_turn1"] for x in v]), "ttft_turn10": stats([x["ttft_turn10"] for x in v]),
+                     "turn10_over_turn1": stats([x["turn10_over_turn1"] for x in v]),
+                     "prompt_tokens": v[-1]["prompt_tokens"] if v else None,
+                     "reused_tokens": v[-1]["reused_tokens"] if v else None, "samples": v}
+                 for n, v in pair_samples.items() if n.startswith("turns")}
+    concurrent_out = {n: {"aggregate_tps": stats([x["aggregate_tps"] for x in v]), "total": stats([x["total"] for x in v]),
+                          "tokens": [x["tokens"] for x in v]}
+                      for n, v in pair_samples.items() if n.startswith("concurrent")}
     cold_out = {k: {"seconds": stats([x["seconds"] for x in v]),
                     "after_interpreter_start": stats([x["after_interpreter_start"] for x in v])} for k, v in cold.items()}
 
@@ -667,14 +782,32 @@ def main(argv: list[str] | None = None) -> int:
     if grid_samples.get("grid:batched") and grid_samples.get("grid:one-by-one"):
         per_round = paired(grid_samples["grid:batched"], grid_samples["grid:one-by-one"], "aggregate_tps")
         value = per_round["median"] if per_round else None
-        targets["grid of 8 prompts: batched >= 6x one by one"] = {"value": value, "goal": 6.0,
-                                                                 "met": value is not None and value >= 6.0,
+        targets["grid of 8 prompts: batched >= 3x one by one"] = {"value": value, "goal": 3.0,
+                                                                 "met": value is not None and value >= 3.0,
                                                                  "per_round_ratio": per_round}
+    if pair_samples.get("turns:reuse"):
+        value = turns_out["turns:reuse"]["turn10_over_turn1"]["median"]
+        targets["turn-10 TTFT <= 1.5x turn-1 TTFT with KV reuse"] = {"value": value, "goal": 1.5, "met": value <= 1.5}
+    if pair_samples.get("turns:no-reuse"):
+        targets["(reference) turn-10 / turn-1 TTFT without reuse"] = {
+            "value": turns_out["turns:no-reuse"]["turn10_over_turn1"]["median"], "goal": None, "met": None}
+    if pair_samples.get("turns:reuse") and pair_samples.get("turns:no-reuse"):
+        per_round = paired(pair_samples["turns:no-reuse"], pair_samples["turns:reuse"], "ttft_turn10")
+        targets["(reference) turn-10 TTFT, without / with reuse"] = {
+            "value": per_round["median"] if per_round else None, "goal": None, "met": None}
+    if pair_samples.get("concurrent:concurrent") and pair_samples.get("concurrent:sequential"):
+        per_round = paired(pair_samples["concurrent:concurrent"], pair_samples["concurrent:sequential"], "aggregate_tps")
+        value = per_round["median"] if per_round else None
+        targets["8 concurrent invokes >= 3x 8 in a row"] = {"value": value, "goal": 3.0,
+                                                            "met": value is not None and value >= 3.0,
+                                                            "per_round_ratio": per_round}
     if "llama.cpp" in rows_out and agent and rows_out["llama.cpp"]["decode_tps"] and agent["decode_tps"]:
         targets["(reference) agent decode / llama.cpp decode"] = {
             "value": agent["decode_tps"]["median"] / rows_out["llama.cpp"]["decode_tps"]["median"],
             "goal": None, "met": None}
-    report.update(rows=rows_out, streaming=stream_out, grid=grid_out, cold_start=cold_out, targets=targets)
+    report.update(rows=rows_out, streaming=stream_out, grid=grid_out, turns=turns_out, concurrent=concurrent_out,
+                  cold_start=cold_out, targets=targets,
+                  grid_batch_decode_path=info.get("grid", {}).get("batch_decode_path"))
 
     # ---------------------------------------------------------------- print
     print()
@@ -706,6 +839,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:24s} decode tok/s {fmt(row['decode_tps'])}  updates {row['updates']}")
     for name, row in grid_out.items():
         print(f"{name:24s} aggregate tok/s {fmt(row['aggregate_tps'])}  total s {fmt(row['total'])}")
+    if info.get("grid"):
+        print(f"grid batches decode through: {info['grid'].get('batch_decode_path')}"
+              + (f" ({info['grid']['batch_decode_path_reason']})" if info['grid'].get('batch_decode_path_reason') else ""))
+    for name, row in turns_out.items():
+        print(f"{name:24s} TTFT turn 1 {fmt(row['ttft_turn1'], 3)}  turn 10 {fmt(row['ttft_turn10'], 3)}  "
+              f"turn 10 / turn 1 {fmt(row['turn10_over_turn1'])}  prompt tokens {row['prompt_tokens']}")
+    for name, row in concurrent_out.items():
+        print(f"{name:24s} aggregate tok/s {fmt(row['aggregate_tps'])}  total s {fmt(row['total'])}")
     for kind, row in cold_out.items():
         print(f"cold start from {kind:6s} s {fmt(row['seconds'])}")
     print()
@@ -725,6 +866,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwrote {output.relative_to(ROOT) if output.is_relative_to(ROOT) else output}")
     failed = [w for w in workers if w.error]
     slow = off_engine_rows(rows_out)
+    if info.get("grid") and info["grid"].get("batch_decode_path") != "engine":
+        slow["grid:batched"] = [f"{info['grid'].get('batch_decode_path')} ({info['grid'].get('batch_decode_path_reason')})"]
     for name, paths in slow.items():
         print(f"FAILED: row {name!r} should decode through the engine's loop but took {', '.join(paths)}",
               file=sys.stderr)

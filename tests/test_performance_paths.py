@@ -113,6 +113,38 @@ def test_thread_governor_follows_the_faster_count(monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_thread_governor_backs_off_probes_that_are_far_slower(monkeypatch):
+    """A count whose probe steps take 10x (a batch on two threads of a loaded machine) is probed
+    one step at a time and ever more rarely; once it is fast again, it is chosen again."""
+    before = torch.get_num_threads()
+    clock = _Clock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    try:
+        governor = engine.ThreadGovernor(cores=2, probe_every=8, probe_steps=2, max_backoff=16)
+        cost = {1: 0.1, 2: 1.0}
+
+        def run(steps):
+            used = []
+            governor.start()
+            for _ in range(steps):
+                used.append(governor.active)
+                clock.now += cost[governor.active]
+                governor.step()
+            return used
+
+        governor.active = 1
+        run(400)
+        assert governor.best() == 1
+        assert governor.steps[2] <= 8  # without the back-off: about 400 / 8 * 2 = 100 slow steps
+        assert governor.interval[2] > governor.probe_every
+        cost = {1: 0.1, 2: 0.05}  # the machine is idle again
+        used = run(8 * 16 * 3)
+        assert governor.best() == 2 and used[-20:].count(2) >= 16
+        assert governor.interval[2] == governor.probe_every
+    finally:
+        torch.set_num_threads(before)
+
+
 # --------------------------------------------------------------------------- exact float32
 
 

@@ -3,7 +3,7 @@ depend on the agent class (any object with these public methods can host a strea
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Hashable, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import HuggingFaceConfig
@@ -22,6 +22,8 @@ class GenerationHost(Protocol):
     def resolve_settings(self, overrides: dict[str, Any] | None = None) -> "CallSettings": ...
 
     async def ensure_loaded(self) -> "LoadedModel": ...
+
+    def reuse_key(self, payload: "AgentPayload") -> Hashable | None: ...
 
     def build_prompt(self, lm: "LoadedModel", payload: "AgentPayload", call: "CallSettings",
                      schemas: list[dict] | None = None, continuation: list[dict] | None = None) -> "Prompt": ...

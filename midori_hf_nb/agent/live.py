@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Hashable
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine import GenerationResult, LoadedModel
@@ -12,7 +12,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class LiveGeneration:
-    """Runs :func:`midori_hf_nb.engine.generate` in a daemon thread.
+    """Runs :func:`midori_hf_nb.engine.generate` in a daemon thread (with ``reuse_key``: from
+    and into the kept KV cache of that agent and session).
 
     The thread posts ``("text", piece)`` for each decoded piece, then ``("done", result)`` or
     ``("error", exception)`` to :attr:`queue` on the event loop that created this object. Setting
@@ -21,12 +22,12 @@ class LiveGeneration:
     """
 
     def __init__(self, lm: "LoadedModel", input_ids: list[int], settings: "GenerationSettings",
-                 stop_event: threading.Event) -> None:
+                 stop_event: threading.Event, reuse_key: Hashable | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.stop_event = stop_event
         self.thread = threading.Thread(
-            target=_generate_into, args=(self.loop, self.queue, stop_event, lm, input_ids, settings),
+            target=_generate_into, args=(self.loop, self.queue, stop_event, lm, input_ids, settings, reuse_key),
             name="midori-generate", daemon=True,
         )
 
@@ -56,12 +57,13 @@ def _post(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, stop_event: thr
 
 
 def _generate_into(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, stop_event: threading.Event,
-                   lm: "LoadedModel", input_ids: list[int], settings: "GenerationSettings") -> None:
+                   lm: "LoadedModel", input_ids: list[int], settings: "GenerationSettings",
+                   reuse_key: Hashable | None = None) -> None:
     from .. import engine
 
     try:
         result = engine.generate(lm, input_ids, settings, on_text=lambda t: _post(loop, queue, stop_event, ("text", t)),
-                                 stop_event=stop_event)
+                                 stop_event=stop_event, reuse_key=reuse_key)
         _post(loop, queue, stop_event, ("done", result))
     except BaseException as exc:  # delivered to the consumer, raised there
         _post(loop, queue, stop_event, ("error", exc))

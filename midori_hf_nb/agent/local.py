@@ -51,6 +51,9 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
             ``generation_config.json`` where it has them, else from the project defaults for small
             chat models (:data:`midori_hf_nb.config.GENERATION_DEFAULTS`).
         reasoning_effort: default :class:`ReasoningEffort` for payloads that carry none.
+        kv_reuse: keep each session's KV cache between turns, so a prompt that extends the
+            previous one of the same session (``payload.session_id``) prefills only its new
+            tokens (same tokens out; see :mod:`midori_hf_nb.engine.prefix_cache`). Default True.
         **kwargs: further :class:`HuggingFaceConfig` options (``num_threads``, ``decode_loop``,
             ``quantize_weights``, ``progress``) and ``generate()`` options (e.g. ``repetition_penalty``).
 
@@ -74,8 +77,11 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         load_in_4bit: bool = DEFAULTS["load_in_4bit"],
         *,
         reasoning_effort: ReasoningEffort | dict | None = None,
+        kv_reuse: bool = True,
         **kwargs: Any,
     ) -> None:
+        if not isinstance(kv_reuse, bool):
+            raise ConfigError(f"kv_reuse={kv_reuse!r} is not allowed: expected True or False")
         self._config = HuggingFaceConfig.from_kwargs(
             model=model, device=device, torch_dtype=torch_dtype, max_new_tokens=max_new_tokens,
             temperature=temperature, top_p=top_p, top_k=top_k, do_sample=do_sample,
@@ -88,6 +94,8 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         self._loading_key: tuple | None = None
         self._load_began: "LoadProgress | None" = None
         self._load_lock = threading.Lock()
+        self._kv_reuse = kv_reuse
+        self._owner = object()  # identifies this agent's kept KV caches (never equal to another agent's)
 
     @classmethod
     def from_config(cls, config: HuggingFaceConfig, reasoning_effort: ReasoningEffort | None = None) -> "HuggingFaceLocalAgent":
@@ -183,13 +191,48 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         return self
 
     def unload_model_sync(self) -> None:
-        """:meth:`unload_model` for synchronous code: release this agent's reference now."""
+        """:meth:`unload_model` for synchronous code: release this agent's reference now
+        (and forget its kept KV caches)."""
         with self._load_lock:
             lm, self._lm = self._lm, None
         if lm is not None:
             from .. import engine
 
+            self._forget_caches(lm)
             engine.release(lm)
+
+    # ------------------------------------------------------------------ KV cache reuse
+
+    @property
+    def kv_reuse(self) -> bool:
+        """Whether each session's KV cache is kept between turns (see the ``kv_reuse`` argument)."""
+        return self._kv_reuse
+
+    @kv_reuse.setter
+    def kv_reuse(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise ConfigError(f"kv_reuse={value!r} is not allowed: expected True or False")
+        self._kv_reuse = value
+        if not value and self._lm is not None:
+            self._forget_caches(self._lm)
+
+    def reuse_key(self, payload: AgentPayload) -> tuple | None:
+        """The key of the KV cache a generation for ``payload`` starts from and leaves behind:
+        this agent and the payload's session (None when ``kv_reuse`` is off)."""
+        return (self._owner, payload.session_id) if self._kv_reuse else None
+
+    def forget_session(self, session_id: str | None = None) -> int:
+        """Forget the kept KV caches of one session of this agent (all of its sessions when None),
+        e.g. after its history was replaced. Returns how many were dropped. Not needed for
+        correctness: a prompt that no longer extends the kept one reuses only what still matches."""
+        lm = self._lm
+        if lm is None:
+            return 0
+        return lm.prefix_caches.drop_matching(
+            lambda key: key[0] is self._owner and (session_id is None or key[1] == session_id))
+
+    def _forget_caches(self, lm: "LoadedModel") -> None:
+        lm.prefix_caches.drop_matching(lambda key: isinstance(key, tuple) and key and key[0] is self._owner)
 
     # ------------------------------------------------------------------ building blocks
 

@@ -121,6 +121,8 @@ def build_response(model_name: str, lm: "LoadedModel", prompt: "Prompt", result:
         stats.tool_parse_errors = list(parsed.errors)
         stats.unknown_tool_calls = [c["name"] for c in parsed.calls if c["name"] not in offered]
     stats.thinking_blocks = list(blocks)
+    stats.extra["reused_prompt_tokens"] = result.reused_prompt_tokens
+    stats.extra["shared_rows"] = result.shared_rows
     if call.tool_choice is not None:
         stats.tool_choice = call.tool_choice.describe()
     if call.response_format is not None:

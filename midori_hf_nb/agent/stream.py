@@ -106,7 +106,7 @@ async def run_generation(state: StreamState, agent: "GenerationHost", payload: A
 
     engine.check_generation_kwargs(call.generation.extra)
     prompt = await asyncio.to_thread(agent.build_prompt, lm, payload, call, schemas, continuation)
-    live = LiveGeneration(lm, prompt.input_ids, call.generation, state.stop)
+    live = LiveGeneration(lm, prompt.input_ids, call.generation, state.stop, agent.reuse_key(payload))
     state.thread = live.thread
     splitter = StreamSplitter(start_in_thinking=prompt_opens_thinking(prompt.text), tools=schemas is not None)
     offered = set(tool_names(schemas or []))

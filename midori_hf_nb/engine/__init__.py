@@ -9,7 +9,9 @@ One module per concern:
 - :mod:`.layers`: linear layers for fast CPU decoding (bfloat16 storage, int8/int4 weights);
 - :mod:`.loading`: loading models, shared and reference-counted in :data:`REGISTRY`;
 - :mod:`.threads`: torch's thread count while generating on CPU;
-- :mod:`.generation`: generating one sequence (with live text) or a left-padded batch, cancellable.
+- :mod:`.generation`: generating one sequence (with live text) or a left-padded batch, cancellable;
+- :mod:`.prefix_cache`: conversation KV caches kept between turns (per agent and session, LRU);
+- :mod:`.shared_decode`: concurrent generations on one model joining one decode loop.
 
 Everything the rest of the package uses is importable from here.
 """
@@ -48,6 +50,8 @@ from .layers import (
     use_bf16_cpu_linears,
 )
 from .loading import REGISTRY, LoadedModel, LoadSpec, acquire, load, release, spec_for
+from .prefix_cache import PrefixCacheStore
+from .shared_decode import SharedDecoder
 from .threads import ThreadGovernor, apply_threads, resolve_threads, usable_cores
 
 __all__ = [
@@ -58,5 +62,5 @@ __all__ = [
     "cpu_has_native_bf16_gemm", "cpu_prefers_bfloat16", "dtype_variant", "generate", "generate_batch",
     "lean_decode_supported", "load", "mps_available", "quantize_weights", "release", "resolve_device",
     "resolve_dtype", "resolve_source", "resolve_threads", "spec_for", "usable_cores", "use_bf16_cpu_linears",
-    "estimate_prompt_tokens", "free_memory_bytes", "suggest_batch_size",
+    "estimate_prompt_tokens", "free_memory_bytes", "suggest_batch_size", "PrefixCacheStore", "SharedDecoder",
 ]

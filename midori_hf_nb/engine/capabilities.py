@@ -168,6 +168,103 @@ def cache_can_drop_rows() -> bool:
     return callable(getattr(DynamicCache, "batch_select_indices", None))
 
 
+def cache_prefix_reuse_support(model: Any) -> DecodeLoopSupport:
+    """Whether a finished generation's ``DynamicCache`` can be cut back to a prefix and extended
+    by the next prompt (the conversation KV cache reuse of :mod:`.prefix_cache`).
+
+    Relies on ``Cache.crop`` with a negative count removing that many positions from every layer
+    (transformers 4.38 through 5.24: before 5.x a negative ``max_length`` meant the same), on
+    ``Cache.get_seq_length()``, and on ``Cache.is_sliding`` / ``Cache.is_linear`` (5.x) to refuse
+    sliding-window and linear-attention layers, whose cache cannot be cut back. The reason is
+    given when it cannot be used.
+    """
+    cache = new_dynamic_cache(model)
+    for name in ("crop", "get_seq_length"):
+        if not callable(getattr(cache, name, None)):
+            return DecodeLoopSupport(False, reason=f"transformers {transformers.__version__}'s DynamicCache has no {name}")
+    sliding = getattr(cache, "is_sliding", None)
+    if sliding is None:
+        return DecodeLoopSupport(False, reason=f"transformers {transformers.__version__}'s Cache has no is_sliding")
+    if any(sliding) or any(getattr(cache, "is_linear", None) or []):
+        return DecodeLoopSupport(False, reason="the model has sliding-window or linear-attention layers")
+    return DecodeLoopSupport(True)
+
+
+def cache_length(cache: Any) -> int:
+    """Positions held by a KV cache (``Cache.get_seq_length()``)."""
+    return int(cache.get_seq_length())
+
+
+def crop_cache(cache: Any, length: int) -> None:
+    """Cut ``cache`` back to its first ``length`` positions, in place (``Cache.crop`` with the
+    negative count of positions to remove; see :func:`cache_prefix_reuse_support`)."""
+    remove = cache_length(cache) - length
+    if remove < 0:
+        raise ValueError(f"length={length} is not allowed: the cache holds {cache_length(cache)} positions")
+    if remove:
+        cache.crop(-remove)
+    if cache_length(cache) != length:
+        raise RuntimeError(f"Cache.crop left {cache_length(cache)} positions, expected {length} "
+                           f"(transformers {transformers.__version__})")
+
+
+def _layer_states(cache: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    layer = cache.layers[index]
+    return layer.keys, layer.values
+
+
+_rows_support: bool | None = None
+
+
+def cache_rows_support() -> bool:
+    """True when KV caches of separate sequences can be stacked into one batch
+    (:func:`stack_cache_rows`), which lets concurrent generations share one decode loop.
+
+    Relies on ``Cache.layers`` holding layers whose ``keys`` / ``values`` are the
+    ``[batch, heads, positions, head_dim]`` tensors (``DynamicLayer``, transformers 4.56 through
+    5.24) and on ``Cache.update(keys, values, layer_idx)``; probed once on a small cache. When
+    it fails, :func:`fallback` names it and generations on one model run one after another.
+    """
+    global _rows_support
+    if _rows_support is None:
+        from transformers import DynamicCache
+
+        reason = None
+        try:
+            cache = DynamicCache()
+            keys = torch.zeros((1, 2, 3, 4))
+            cache.update(keys, keys.clone(), 0)
+            got_keys, got_values = _layer_states(cache, 0)
+            if tuple(got_keys.shape) != (1, 2, 3, 4) or tuple(got_values.shape) != (1, 2, 3, 4):
+                reason = f"its layers hold keys of shape {tuple(got_keys.shape)}, not [batch, heads, positions, dim]"
+        except (AttributeError, IndexError, TypeError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        _rows_support = reason is None
+        if reason is not None:
+            fallback("cache_rows", (
+                f"transformers {transformers.__version__}'s DynamicCache cannot be stacked ({reason}): concurrent "
+                "generations on one model run one after another"))
+    return _rows_support
+
+
+def stack_cache_rows(model: Any, parts: list[tuple[Any, int]]) -> Any:
+    """One ``DynamicCache`` holding the rows of every ``(cache, left_padding)`` in ``parts``, in
+    order, each left-padded with ``left_padding`` zero positions so all have the same length
+    (the padding is masked out by the caller's attention mask). See :func:`cache_rows_support`."""
+    stacked = new_dynamic_cache(model)
+    for index in range(len(parts[0][0].layers)):
+        keys, values = [], []
+        for cache, padding in parts:
+            k, v = _layer_states(cache, index)
+            if padding:
+                k = torch.nn.functional.pad(k, (0, 0, padding, 0))
+                v = torch.nn.functional.pad(v, (0, 0, padding, 0))
+            keys.append(k)
+            values.append(v)
+        stacked.update(torch.cat(keys), torch.cat(values), index)
+    return stacked
+
+
 #: ``GenerationConfig.to_diff_dict()`` keys that carry no generation setting: bookkeeping that
 #: transformers adds (``_from_model_config``, ``transformers_version``) in 4.x and 5.x.
 CONFIG_BOOKKEEPING_KEYS = frozenset({"_from_model_config", "transformers_version"})
@@ -427,7 +524,7 @@ def observe_progress_bars(observer: BarObserver):
 
 
 __all__ = [
-    "CACHE_ARGUMENT_NAMES", "CONFIG_BOOKKEEPING_KEYS", "DecodeLoopSupport", "FastPathWarning", "INT4_KERNELS",
+    "CACHE_ARGUMENT_NAMES", "CONFIG_BOOKKEEPING_KEYS", "cache_length", "cache_rows_support", "stack_cache_rows", "cache_prefix_reuse_support", "crop_cache", "DecodeLoopSupport", "FastPathWarning", "INT4_KERNELS",
     "INT8_KERNEL", "cache_can_drop_rows", "callback_streamer", "changed_generation_options", "cpu_capability",
     "cpu_has_native_bf16_gemm", "decode_loop_support", "fallback", "forward_cache_argument", "int4_pack",
     "int4_weight_matmul", "int8_weight_matmul", "make_gguf_model_saveable", "missing_weight_kernels",

@@ -8,14 +8,16 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Hashable
 
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from ..settings import GenerationSettings
 from . import capabilities
+from .prefix_cache import NO_REUSE, kv_bytes_per_token
 from .repetition import LoopDetector, RepetitionStop, first_loop_end
+from .shared_decode import SharedRequest
 from .threads import ThreadGovernor, apply_threads
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,6 +48,10 @@ class GenerationResult:
     decode_path_reason: str | None = None
     #: when the first token came (``time.perf_counter()``), to time it from an earlier moment
     first_token_at: float | None = None
+    #: prompt tokens taken from a kept KV cache of the same owner's previous turn (not prefilled)
+    reused_prompt_tokens: int = 0
+    #: the most sequences that decoded together with this one (1: it ran alone)
+    shared_rows: int = 1
 
     @property
     def tokens_per_second(self) -> float:
@@ -232,14 +238,18 @@ def with_constraint(lm: LoadedModel, settings: GenerationSettings, call_kwargs: 
 def _lean_generate(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings: GenerationSettings,
                    stop_event: threading.Event | None, streamer: Any = None,
                    governor: ThreadGovernor | None = None,
-                   processors: Any = None) -> tuple[list[int], float | None, float]:
+                   processors: Any = None, cache: Any = None,
+                   reused: int = 0) -> tuple[list[int], float | None, float, Any]:
     """Greedy or sampled decoding of one sequence over a ``DynamicCache``, one forward per token.
 
     The forward passes and the token choice (the caller's logits processors, then argmax, or
     ``generate``'s warpers then ``torch.multinomial``) are those of ``model.generate``, so the
     tokens are the same; what is left out is ``generate``'s per-token bookkeeping (input
     preparation, stopping-criteria lists, attention-mask growth). Logits processors see the
-    prompt and the tokens so far, as in ``generate``. Returns (tokens, first-token time, start time).
+    prompt and the tokens so far, as in ``generate``. ``cache`` (holding the first ``reused``
+    prompt positions, see :mod:`.prefix_cache`) is extended instead of a new one, so only the
+    rest of the prompt is prefilled. Returns (tokens, first-token time, start time, the cache,
+    which then holds the prompt and every token but the last).
     """
     from transformers import LogitsProcessorList
 
@@ -263,8 +273,9 @@ def _lean_generate(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings:
         sequence = torch.empty((1, length + max_new), dtype=torch.long, device=input_ids.device)
         sequence[:, :length] = input_ids
     with torch.inference_mode():
-        cache = capabilities.new_dynamic_cache(model)
-        out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{cache_argument: cache})
+        if cache is None:
+            cache, reused = capabilities.new_dynamic_cache(model), 0
+        out = model(input_ids=input_ids[:, reused:], use_cache=True, logits_to_keep=1, **{cache_argument: cache})
         while True:
             logits = out.logits[:, -1, :].to(dtype=torch.float32)
             if sequence is not None:
@@ -292,7 +303,7 @@ def _lean_generate(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings:
             out = model(input_ids=next_token[:, None], use_cache=True, **{cache_argument: cache})
     if streamer is not None:
         streamer.end()
-    return tokens, first_token_at, started
+    return tokens, first_token_at, started, cache
 
 
 def _lean_generate_batch(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, cfg: Any,
@@ -380,12 +391,28 @@ def generate(
     settings: GenerationSettings,
     on_text: Callable[[str], None] | None = None,
     stop_event: threading.Event | None = None,
+    reuse_key: Hashable | None = None,
 ) -> GenerationResult:
     """Generate one sequence (blocking). ``on_text`` receives text pieces as they are decoded.
 
     Generations on one model run one at a time (``lm.generation_lock``); a request cancelled
     while it waits returns at once with ``finish_reason="cancelled"``.
+
+    With a ``reuse_key`` (an agent and session, see :mod:`.prefix_cache`) a generation on the
+    engine's loop starts from the KV cache that key's previous generation left, cut back to the
+    prefix the two prompts share, and leaves its own cache for the next one; the tokens are
+    those of a full prefill. ``result.reused_prompt_tokens`` says how many were not prefilled.
+
+    On the engine's loop, generations that overlap in time share one decode loop
+    (:mod:`.shared_decode`): a request that arrives while another runs joins it at the next
+    step instead of waiting for the whole answer (``lm.share_decoding=False`` turns this off).
     """
+    if lm.share_decoding and lm.model is not None:
+        cfg, call_kwargs = generation_config(lm, settings)
+        call_kwargs = with_constraint(lm, settings, call_kwargs, 1)
+        path = choose_decode_path(lm, settings, cfg, call_kwargs)
+        if path is ENGINE and capabilities.cache_rows_support():
+            return _generate_shared(lm, input_ids, settings, cfg, call_kwargs, on_text, stop_event, reuse_key)
     with lm.generation_lock:
         if lm.model is None:
             raise RuntimeError(f"model {lm.spec.source.name!r} was unloaded")
@@ -398,9 +425,18 @@ def generate(
         cfg, call_kwargs = generation_config(lm, settings)
         call_kwargs = with_constraint(lm, settings, call_kwargs, 1)
         path = choose_decode_path(lm, settings, cfg, call_kwargs)
+        reused = 0
         if path is ENGINE:
-            tokens, first_token_at, started = _lean_generate(lm, ids, cfg, settings, stop_event, streamer, governor,
-                                                             call_kwargs.get("logits_processor"))
+            keep = reuse_key is not None and lm.prefix_support.supported
+            found = lm.prefix_caches.take(reuse_key, input_ids) if keep else NO_REUSE
+            reused = found.reused
+            tokens, first_token_at, started, cache = _lean_generate(
+                lm, ids, cfg, settings, stop_event, streamer, governor, call_kwargs.get("logits_processor"),
+                found.cache, reused)
+            if keep and tokens:
+                held = list(input_ids) + tokens[:-1]
+                if capabilities.cache_length(cache) == len(held):
+                    lm.prefix_caches.put(reuse_key, held, cache, kv_bytes_per_token(lm.model))
         else:
             output, timer, started = _run_generate(lm, ids, torch.ones_like(ids), settings, stop_event, streamer,
                                                    (cfg, call_kwargs), governor)
@@ -413,7 +449,36 @@ def generate(
             text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
     ttft = first_token_at - started if first_token_at is not None else None
     return GenerationResult(tokens, text, finish, len(input_ids), len(tokens), ttft, seconds, path.name, path.reason,
-                            first_token_at)
+                            first_token_at, reused)
+
+
+def _generate_shared(lm: LoadedModel, input_ids: list[int], settings: GenerationSettings, cfg: Any,
+                     call_kwargs: dict[str, Any], on_text: Callable[[str], None] | None,
+                     stop_event: threading.Event | None, reuse_key: Hashable | None) -> GenerationResult:
+    """:func:`generate` through the model's shared decode loop."""
+    if stop_event is not None and stop_event.is_set():
+        return GenerationResult([], "", "cancelled", len(input_ids), 0, None, 0.0)
+    streamer = (capabilities.callback_streamer(lm.tokenizer, on_text, lm.tokenizer_lock)
+                if on_text is not None else None)
+    processors = call_kwargs.get("logits_processor")
+    if processors:
+        from transformers import LogitsProcessorList
+
+        processors = LogitsProcessorList(processors)
+    request = lm.shared_decoder.run(SharedRequest(list(input_ids), settings, cfg, processors or None, streamer,
+                                                  stop_event, reuse_key))
+    if request.error is not None:
+        raise request.error
+    tokens = request.tokens
+    started = request.started if request.started is not None else time.perf_counter()
+    seconds = time.perf_counter() - started
+    cancelled = bool(stop_event is not None and stop_event.is_set())
+    finish = _finish_reason(tokens, lm.eos_token_ids, settings.max_new_tokens, cancelled, request.repeated)
+    text = request.text
+    first = request.first_token_at
+    ttft = first - started if first is not None else None
+    return GenerationResult(tokens, text, finish, len(input_ids), len(tokens), ttft, seconds, ENGINE.name, None, first,
+                            request.reused, request.peak_rows)
 
 
 def generate_batch(

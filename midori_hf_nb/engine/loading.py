@@ -27,6 +27,8 @@ from .convert import progress_bars, convert_gguf, dtype_variant
 from ..load_progress import TRACKER
 from .devices import TORCH_DTYPES, trim_heap, mps_available, resolve_device, resolve_dtype
 from .layers import QuantizationError, quantize_weights, use_bf16_cpu_linears
+from .prefix_cache import PrefixCacheStore
+from .shared_decode import SharedDecoder
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,24 @@ class LoadedModel:
     generation_configs: dict = field(default_factory=dict)
     #: thread governors of num_threads="auto", one per batch size
     governors: dict = field(default_factory=dict)
+    #: whether a finished generation's KV cache can be kept for the next turn
+    #: (see :func:`~midori_hf_nb.engine.capabilities.cache_prefix_reuse_support`)
+    prefix_support: DecodeLoopSupport = DecodeLoopSupport(False, reason="not probed")
+    #: conversation KV caches kept between turns (see :mod:`~midori_hf_nb.engine.prefix_cache`)
+    prefix_caches: PrefixCacheStore = field(default_factory=PrefixCacheStore)
+    #: concurrent single-sequence generations join one decode loop (see :mod:`.shared_decode`);
+    #: False runs them one after another
+    share_decoding: bool = True
+    _shared_decoder: SharedDecoder | None = field(default=None, repr=False)
+
+    @property
+    def shared_decoder(self) -> SharedDecoder:
+        """The model's shared decode loop (created on first use)."""
+        if self._shared_decoder is None:
+            with self.tokenizer_lock:
+                if self._shared_decoder is None:
+                    self._shared_decoder = SharedDecoder(self)
+        return self._shared_decoder
 
     @property
     def lean_capable(self) -> bool:
@@ -102,7 +122,8 @@ class LoadedModel:
         }
 
     def close(self) -> None:
-        """Drop the model and tokenizer so their memory can return."""
+        """Drop the model, the tokenizer and the kept KV caches so their memory can return."""
+        self.prefix_caches.clear()
         self.model = None
         self.tokenizer = None
         self.base_generation_config = None
@@ -231,6 +252,12 @@ def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
         capabilities.fallback(f"decode_loop:{type(model).__name__}", (
             f"the engine's decode loop cannot drive {spec.source.name!r} ({type(model).__name__}): "
             f"{lm.decode_support.reason}; its generations use model.generate (slower on CPU)"))
+    else:
+        lm.prefix_support = capabilities.cache_prefix_reuse_support(model)
+        if not lm.prefix_support.supported:
+            capabilities.fallback(f"prefix_reuse:{type(model).__name__}", (
+                f"KV caches of {spec.source.name!r} are not kept between turns: {lm.prefix_support.reason}; "
+                "every turn prefills its whole prompt"))
     eos = model.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if tokenizer.eos_token_id is not None:

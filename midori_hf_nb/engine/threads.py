@@ -44,10 +44,23 @@ class ThreadGovernor:
     anything is measured, one thread is used while other tasks are runnable, else every core.
     The thread count does not change the tokens (torch parallelises these products over output
     rows); ``steps`` counts the steps run with each count.
+
+    A probe's first step replaces the probed count's average (it may be long out of date). A
+    probe step that takes more than ``slow_factor`` times the best average ends its probe at
+    once and doubles the wait before the next probe of that count (up to ``max_backoff`` times
+    ``probe_every``); a probe that comes out competitive resets the wait. On a loaded machine a
+    step of a batch on every core can take 10x one thread's (the many small parallel regions wait
+    for the busy core), so repeated probes would otherwise cost more than the batch saves.
     """
 
-    def __init__(self, cores: int, probe_every: int = 24, probe_steps: int = 2, alpha: float = 0.3) -> None:
+    def __init__(self, cores: int, probe_every: int = 24, probe_steps: int = 2, alpha: float = 0.3,
+                 slow_factor: float = 3.0, max_backoff: int = 16) -> None:
         self.choices = (1, cores)
+        self.slow_factor, self.max_backoff = slow_factor, max_backoff
+        #: steps between probes of each count (grows while a count's probes are far slower)
+        self.interval: dict[int, int] = {1: probe_every, cores: probe_every}
+        self._since_probe = 0
+        self._fresh_probe = False
         self.average: dict[int, float | None] = {1: None, cores: None}
         self.steps: dict[int, int] = {1: 0, cores: 0}
         self.probe_every, self.probe_steps, self.alpha = probe_every, probe_steps, alpha
@@ -71,6 +84,12 @@ class ThreadGovernor:
         if torch.get_num_threads() != count:
             torch.set_num_threads(count)
 
+    def resume(self) -> None:
+        """Apply the best count again (after something else changed torch's threads), without
+        starting a new measurement."""
+        self._set(self.best())
+        self._last = time.perf_counter()
+
     def start(self) -> None:
         """Call before a generation: applies the best thread count (also for the prompt)."""
         self._set(self.best())
@@ -78,23 +97,42 @@ class ThreadGovernor:
         self._probing = 0
         self._last = time.perf_counter()
 
+    def _best_average(self, excluding: int) -> float | None:
+        values = [v for k, v in self.average.items() if k != excluding and v is not None]
+        return min(values) if values else None
+
     def step(self) -> None:
         """Call after each generated token (or batch step); picks the count for the next step."""
         now = time.perf_counter()
         seconds, self._last = now - self._last, now
         self._count += 1
+        self._since_probe += 1
         if self._count > 1:  # the first step also processed the prompt
             previous = self.average[self.active]
-            self.average[self.active] = seconds if previous is None else previous + self.alpha * (seconds - previous)
+            if previous is None or self._fresh_probe:  # a probe's first step replaces a stale average
+                self.average[self.active] = seconds
+            else:
+                self.average[self.active] = previous + self.alpha * (seconds - previous)
             self.steps[self.active] += 1
+        self._fresh_probe = False
         other = self.choices[0] if self.active == self.choices[1] else self.choices[1]
         if self._probing:
             self._probing -= 1
+            reference = self._best_average(excluding=self.active)
+            far_slower = reference is not None and self._count > 1 and seconds > self.slow_factor * reference
+            if far_slower:  # stop this probe now and wait longer before the next one
+                self._probing = 0
+                self.interval[self.active] = min(self.interval[self.active] * 2, self.probe_every * self.max_backoff)
+            elif not self._probing and reference is not None and self.average[self.active] is not None \
+                    and self.average[self.active] <= 1.5 * reference:
+                self.interval[self.active] = self.probe_every
             if self._probing:
                 return
             self._set(self.best())
-        elif self._count > 1 and (self.average[other] is None or self._count % self.probe_every == 0):
+        elif self._count > 1 and (self.average[other] is None or self._since_probe >= self.interval[other]):
             self._probing = self.probe_steps
+            self._fresh_probe = True
+            self._since_probe = 0
             self._set(other)
         else:
             self._set(self.best())
