@@ -58,3 +58,19 @@ class EventStream:
         if self._state.response is None:  # pragma: no cover - every stream body sets it before ending
             raise RuntimeError("the stream ended without a response")
         return self._state.response
+
+
+def piece_events(piece: Any, offered: set[str], live_calls: list[dict]) -> list[StreamEvent]:
+    """Events for one piece of a :class:`~midori_hf_nb.parsing.StreamSplitter`: thinking/text as
+    they are, a tool piece as one ``tool_call`` event per call (marked ``unknown`` when its name is
+    not in ``offered``), each call also appended to ``live_calls``."""
+    if piece.kind != "tool":
+        return [StreamEvent(piece.kind, piece.text)]
+    events = []
+    for found in piece.parse.calls if piece.parse is not None else []:
+        found = dict(found)
+        if found["name"] not in offered:
+            found["unknown"] = True
+        live_calls.append(found)
+        events.append(StreamEvent("tool_call", found["name"], found))
+    return events

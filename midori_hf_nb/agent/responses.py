@@ -67,6 +67,32 @@ def native_parse(tokenizer: Any, text: str, prefix: str, schemas: list[dict] | N
     return message if isinstance(message, dict) else None
 
 
+def attach_tool_calls(answer: str, blocks: list[str], found_calls: list[dict], found_errors: list[str],
+                      schemas: list[dict], stats: ResponseStats, *, tools_in_template: bool | None,
+                      ) -> tuple[str, list[str], list[dict] | None]:
+    """The tool calls of an answer: ``found_calls`` (read by the tokenizer or sent by a server) then
+    those the tag parser finds in ``answer``, with unique ids, each marked ``unknown`` when
+    ``schemas`` does not offer it. Returns the answer without the calls, the reasoning blocks (prose
+    written ahead of the calls joins them) and the calls (None without any); fills the tool fields
+    of ``stats``."""
+    parsed = parse_tool_calls_detailed(answer)
+    parsed.calls = unique_ids(found_calls + parsed.calls)
+    parsed.errors = found_errors + parsed.errors
+    offered = set(tool_names(schemas))
+    for found in parsed.calls:
+        if found["name"] not in offered:
+            found["unknown"] = True
+    if parsed.calls and parsed.prose_before_calls:  # reasoning written ahead of the calls
+        blocks, answer = [*blocks, parsed.prose_before_calls], parsed.answer
+    else:
+        answer = parsed.text
+    stats.tools_offered = sorted(offered)
+    stats.tools_in_template = tools_in_template
+    stats.tool_parse_errors = list(parsed.errors)
+    stats.unknown_tool_calls = [c["name"] for c in parsed.calls if c["name"] not in offered]
+    return answer, blocks, parsed.calls or None
+
+
 def build_response(model_name: str, lm: "LoadedModel", prompt: "Prompt", result: "GenerationResult",
                    call: "CallSettings", payload: AgentPayload, schemas: list[dict] | None,
                    called_at: float) -> AgentResponse:
@@ -103,23 +129,8 @@ def build_response(model_name: str, lm: "LoadedModel", prompt: "Prompt", result:
     )
     calls = None
     if schemas is not None:
-        parsed = parse_tool_calls_detailed(answer)
-        parsed.calls = unique_ids(native_calls + parsed.calls)
-        parsed.errors = native_errors + parsed.errors
-        offered = set(tool_names(schemas))
-        for found in parsed.calls:
-            if found["name"] not in offered:
-                found["unknown"] = True
-        if parsed.calls and parsed.prose_before_calls:  # reasoning written ahead of the calls
-            blocks = [*blocks, parsed.prose_before_calls]
-            answer = parsed.answer
-        else:
-            answer = parsed.text
-        calls = parsed.calls or None
-        stats.tools_offered = sorted(offered)
-        stats.tools_in_template = prompt.tools_in_template
-        stats.tool_parse_errors = list(parsed.errors)
-        stats.unknown_tool_calls = [c["name"] for c in parsed.calls if c["name"] not in offered]
+        answer, blocks, calls = attach_tool_calls(answer, blocks, native_calls, native_errors, schemas, stats,
+                                                  tools_in_template=prompt.tools_in_template)
     stats.thinking_blocks = list(blocks)
     stats.extra["reused_prompt_tokens"] = result.reused_prompt_tokens
     stats.extra["shared_rows"] = result.shared_rows

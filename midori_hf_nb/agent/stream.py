@@ -22,7 +22,7 @@ from ..settings import with_model_defaults
 from ..structured.tools import apply_tool_choice
 from ..tools import tool_names
 from ..validation import validate_payload
-from .events import EventStream, StreamEvent
+from .events import EventStream, StreamEvent, piece_events
 from .live import LiveGeneration
 from .responses import adopt_live_ids, build_response
 
@@ -79,20 +79,6 @@ class AgentStream(EventStream):
         await self.aclose()
 
 
-def _piece_events(piece: Any, offered: set[str], live_calls: list[dict]) -> list[StreamEvent]:
-    """Events for one piece of the splitter: thinking/text as they are, a tool piece as its calls."""
-    if piece.kind != "tool":
-        return [StreamEvent(piece.kind, piece.text)]
-    events = []
-    for found in piece.parse.calls if piece.parse is not None else []:
-        found = dict(found)
-        if found["name"] not in offered:
-            found["unknown"] = True
-        live_calls.append(found)
-        events.append(StreamEvent("tool_call", found["name"], found))
-    return events
-
-
 async def run_generation(state: StreamState, agent: "GenerationHost", payload: AgentPayload,
                          overrides: dict[str, Any], schemas: list[dict] | None,
                          continuation: list[dict] | None) -> AsyncIterator[StreamEvent]:
@@ -127,7 +113,7 @@ async def run_generation(state: StreamState, agent: "GenerationHost", payload: A
                 raise
             if kind == "text":
                 for piece in splitter.feed(value):
-                    for event in _piece_events(piece, offered, live_calls):
+                    for event in piece_events(piece, offered, live_calls):
                         yield event
             elif kind == "error":
                 raise value
@@ -135,7 +121,7 @@ async def run_generation(state: StreamState, agent: "GenerationHost", payload: A
                 result = value
                 break
         for piece in splitter.finish():
-            for event in _piece_events(piece, offered, live_calls):
+            for event in piece_events(piece, offered, live_calls):
                 yield event
         response = build_response(model_name, lm, prompt, result, call, payload, schemas, called_at)
         state.response = response

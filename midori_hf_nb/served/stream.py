@@ -23,9 +23,9 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
-from ..agent.events import EventStream, StreamEvent
-from ..agent.responses import adopt_live_ids
-from ..parsing import StreamSplitter, extract_reasoning_blocks, normalise_call, parse_tool_calls_detailed, unique_ids
+from ..agent.events import EventStream, StreamEvent, piece_events
+from ..agent.responses import adopt_live_ids, attach_tool_calls
+from ..parsing import StreamSplitter, extract_reasoning_blocks, normalise_call
 from ..protocol import AgentPayload, AgentResponse
 from ..stats import ResponseStats
 from ..tools import tool_names
@@ -145,20 +145,6 @@ class _ServerCalls:
         return calls, errors
 
 
-def _piece_events(piece: Any, offered: set[str], live_calls: list[dict]) -> list[StreamEvent]:
-    """Events for one piece of the splitter: thinking/text as they are, a tool piece as its calls."""
-    if piece.kind != "tool":
-        return [StreamEvent(piece.kind, piece.text)]
-    events = []
-    for found in piece.parse.calls if piece.parse is not None else []:
-        found = dict(found)
-        if found["name"] not in offered:
-            found["unknown"] = True
-        live_calls.append(found)
-        events.append(StreamEvent("tool_call", found["name"], found))
-    return events
-
-
 def _reasoning_of(delta: Any) -> str:
     """The reasoning text of a delta: ``reasoning_content`` (``transformers serve``, DeepSeek,
     vLLM) or ``reasoning`` (vLLM's newer name, Ollama)."""
@@ -228,23 +214,8 @@ def build_served_response(agent: "OpenAICompatibleAgent", payload: AgentPayload,
     )
     calls = None
     if schemas is not None:
-        parsed = parse_tool_calls_detailed(answer)
-        parsed.calls = unique_ids(structured + parsed.calls)
-        parsed.errors = structured_errors + parsed.errors
-        offered = set(tool_names(schemas))
-        for found in parsed.calls:
-            if found["name"] not in offered:
-                found["unknown"] = True
-        if parsed.calls and parsed.prose_before_calls:
-            blocks = [*blocks, parsed.prose_before_calls]
-            answer = parsed.answer
-        else:
-            answer = parsed.text
-        calls = parsed.calls or None
-        stats.tools_offered = sorted(offered)
-        stats.tools_in_template = None
-        stats.tool_parse_errors = list(parsed.errors)
-        stats.unknown_tool_calls = [c["name"] for c in parsed.calls if c["name"] not in offered]
+        answer, blocks, calls = attach_tool_calls(answer, blocks, structured, structured_errors, schemas, stats,
+                                                  tools_in_template=None)
     stats.thinking_blocks = list(blocks)
     return AgentResponse(thinking="\n\n".join(blocks), response=answer, code=None, tool_calls=calls,
                          metadata=stats.as_dict())
@@ -291,7 +262,7 @@ class _Collector:
             if isinstance(text, str) and text:
                 reading.content.append(text)
                 for piece in self.splitter.feed(text):
-                    events.extend(_piece_events(piece, self.offered, self.live_calls))
+                    events.extend(piece_events(piece, self.offered, self.live_calls))
             deltas = getattr(delta, "tool_calls", None)
             if deltas:
                 self.server_calls.feed(deltas)
@@ -305,7 +276,7 @@ class _Collector:
 
     def finish(self) -> list[StreamEvent]:
         """The events of the text the splitter still holds."""
-        return [event for piece in self.splitter.finish() for event in _piece_events(piece, self.offered,
+        return [event for piece in self.splitter.finish() for event in piece_events(piece, self.offered,
                                                                                         self.live_calls)]
 
 
