@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
-from IPython.utils.capture import capture_output
 
 from midori_hf_nb import OpenAICompatibleAgent, compare, make_payload
 from midori_hf_nb.notebook import ChatPanel, MemoryReadout, RecordingSink, current_session, display_stream, stream_to_cell
@@ -16,6 +14,7 @@ from midori_hf_nb.notebook.memory import memory_readout
 from midori_hf_nb.stats import stats_of
 
 from .conftest import run
+from .test_notebook_magics import execute, shell  # noqa: F401  (shell: the magics' shell fixture)
 from .test_notebook_streaming import InterruptingSink
 
 pytestmark = pytest.mark.slow  # the default model, locally and behind a real server
@@ -69,21 +68,6 @@ def test_chat_panel_chats_with_the_served_model_and_stops_it(served_agent):
     assert stats.backend == "openai" and stats.base_url == served_agent.base_url
     assert [t["role"] for t in panel.transcript] == ["user", "assistant", "user", "assistant"]
     assert "Paris" in panel.history_html.value
-
-
-def execute(shell, code):
-    with capture_output() as captured:
-        result = shell.run_cell(code)
-    return result, captured
-
-
-@pytest.fixture
-def shell():
-    shell = InteractiveShell.instance()
-    result, _ = execute(shell, "%load_ext midori_hf_nb")
-    assert result.success
-    yield shell
-    execute(shell, "%unload_ext midori_hf_nb")
 
 
 def test_midori_use_backend_openai(shell, served_server):
