@@ -111,7 +111,7 @@ def models_left_loaded(item: pytest.Item, before: Counter, held_before: Counter)
     from midori_hf_nb import HuggingFaceLocalAgent
 
     for obj in gc.get_objects():  # the test's own agents: unloaded, so none is left thinking it holds a model
-        if isinstance(obj, HuggingFaceLocalAgent) and id(obj) not in fixture_ids:
+        if HuggingFaceLocalAgent in type(obj).__mro__ and id(obj) not in fixture_ids:
             key = obj._key if obj.is_loaded else None
             if excess.get(key, 0) > 0:
                 obj.unload_model_sync()

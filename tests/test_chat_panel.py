@@ -633,31 +633,44 @@ def test_real_agent_streams_into_the_panel(tiny_agent):
 
 
 def test_real_agent_generates_in_a_thread_and_stop_keeps_the_partial_answer(tiny_agent):
-    panel = ChatPanel(tiny_agent, max_new_tokens=1500, logits_processor=scripted(tiny_agent, LONG_TEXT, "Short."))
+    from midori_hf_nb.testing import ScriptedOutput
+
+    class CountingSteps(ScriptedOutput):
+        """The forced output, counting the decode steps the generation has taken (in its own thread)."""
+
+        steps = 0
+
+        def __call__(self, input_ids, scores):
+            self.steps += 1
+            return super().__call__(input_ids, scores)
+
+    forced = CountingSteps(tiny_agent.loaded_model.tokenizer, [LONG_TEXT, "Short."])
+    panel = ChatPanel(tiny_agent, max_new_tokens=1500, logits_processor=[forced])
 
     async def scenario():
-        ticks = 0
+        seen: list[int] = []  # the generation's decode steps at each tick of another coroutine
 
         async def ticker():
-            nonlocal ticks
             while True:
-                ticks += 1
-                await asyncio.sleep(0.01)
+                seen.append(forced.steps)
+                await asyncio.sleep(0.001)
 
         ticking = asyncio.ensure_future(ticker())
         panel.send("Say a lot.")
         await wait_for(lambda: len(panel.partial.split()) >= 5)
-        ticks_while_generating = ticks
+        steps_seen = {steps for steps in seen if steps > 0}
         tokens_seen = len(tiny_agent.loaded_model.tokenizer.encode(panel.partial, add_special_tokens=False))
         panel.stop_button.click()
         stopped = await panel.wait()
         ticking.cancel()
-        return ticks_while_generating, tokens_seen, stopped
+        return steps_seen, tokens_seen, stopped
 
     began = time.perf_counter()
-    ticks, tokens_seen, stopped = run(scenario())
+    steps_seen, tokens_seen, stopped = run(scenario())
     wall = time.perf_counter() - began
-    assert ticks > 0  # the loop kept serving other coroutines while the model generated
+    # the loop kept serving another coroutine while the model generated: it saw the generation at
+    # several steps (a generation that blocked the loop would show it none, or only its last one)
+    assert len(steps_seen) >= 2, steps_seen
     assert stopped["stopped"] and stopped["finish_reason"] == "cancelled"
     assert 5 <= len(stopped["content"].split()) and LONG_TEXT.startswith(stopped["content"])
     assert tokens_seen <= stopped["completion_tokens"] <= tokens_seen + 8  # within a few tokens of Stop
