@@ -22,6 +22,16 @@ LOADS = DefaultModelLoads()
 CPU_PATHS = CpuPaths()
 
 
+_LOAD_MARK = pytest.StashKey[tuple]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Model loads count from the start of a test's setup: a wider fixture that loads the default
+    model for the first test that needs it makes that test a slow one."""
+    item.stash[_LOAD_MARK] = LOADS.mark()
+
+
 @pytest.fixture(autouse=True)
 def _guards(request):
     """Around every test (inside the wider-scoped fixtures, outside its other function-scoped ones):
@@ -29,18 +39,17 @@ def _guards(request):
     default model (here or in a process it starts) fails unless it is marked ``slow``."""
     item = request.node
     before, (held_before, _) = registry_counts(), held_by_wider_fixtures(item)
-    offset = LOADS.offset()
+    mark = item.stash.get(_LOAD_MARK, None) or LOADS.mark()
     yield
     left = models_left_loaded(item, before, held_before)
     problems = []
     if left:
         problems.append("it left models loaded (now unloaded, so later tests start clean): " + "; ".join(left)
                         + ". Unload in a finally block or a fixture (conftest.loaded_agent).")
-    loads = LOADS.default_loads(offset)
-    if loads and item.get_closest_marker("slow") is None:
-        sources = sorted({str(entry.get("source")) for entry in loads})
-        problems.append(f"it loads the offline default model ({len(loads)} load(s) of {', '.join(sources)}) but is "
-                        "not marked @pytest.mark.slow, so `make test-fast` would run it")
+    uses = LOADS.default_uses(mark)
+    if uses and item.get_closest_marker("slow") is None:
+        problems.append("it uses the offline default model (" + "; ".join(uses[:3]) + ") but is not marked "
+                        "@pytest.mark.slow, so `make test-fast` would run it")
     if problems:
         pytest.fail(f"{item.nodeid}: " + " | ".join(problems), pytrace=False)
 

@@ -142,6 +142,25 @@ class DefaultModelLoads:
         midori_load_audit.install(self.log)
         self._signature: list | None = None
         self._signature_known = False
+        self.acquired: list[Hashable] = []  # keys acquired from the engine's registry, in order
+        self._watch_registry()
+
+    def _watch_registry(self) -> None:
+        """Record every key acquired from a model registry: a test that uses the default model
+        while another test's agent already holds it loads nothing itself, but still needs it."""
+        from midori_hf_nb.registry import ModelRegistry
+
+        original = ModelRegistry.acquire
+        if getattr(original, "_midori_watched", False):
+            return
+        acquired = self.acquired
+
+        def acquire(registry, key, loader):
+            acquired.append(key)
+            return original(registry, key, loader)
+
+        acquire._midori_watched = True
+        ModelRegistry.acquire = acquire
 
     def close(self) -> None:
         if self._owned:
@@ -166,14 +185,26 @@ class DefaultModelLoads:
                 self._signature_known = True
         return self._signature
 
-    def default_loads(self, offset: int) -> list[dict]:
-        """Loads of the default model written since ``offset`` (GGUF conversions, which prepare the
-        cache every tiny model's tokenizer comes from, are not counted)."""
+    def mark(self) -> tuple[int, int]:
+        """Where the records stand now (pass to :meth:`default_uses`)."""
+        return self.offset(), len(self.acquired)
+
+    def default_uses(self, mark: tuple[int, int]) -> list[str]:
+        """Loads of the default model since ``mark`` (here or in a child process), and its
+        acquisitions from the registry. GGUF conversions, which prepare the cache every tiny
+        model's tokenizer comes from, are not counted."""
+        from midori_hf_nb.sources import DEFAULT_MODEL_FILE
+
+        offset, count = mark
         entries, _ = midori_load_audit.read(self.log, offset)
         signature = self.default_signature()
-        if signature is None:
-            return []
-        return [e for e in entries if e.get("signature") == signature and not e.get("gguf_file")]
+        uses = [f"loaded from {e.get('source')} (process {e.get('pid')})" for e in entries
+                if signature is not None and e.get("signature") == signature and not e.get("gguf_file")]
+        for key in self.acquired[count:]:
+            source = str(key[0]) if isinstance(key, tuple) and key else str(key)
+            if source.startswith("gguf:") and source.endswith(DEFAULT_MODEL_FILE):
+                uses.append(f"acquired from the registry as {key!r}")
+        return list(dict.fromkeys(uses))
 
 
 # --------------------------------------------------------------------------- which CPU path ran

@@ -137,6 +137,7 @@ def test_truncated_cached_tokenizer_json_is_converted_again_from_the_gguf(cache)
     _manifest_matches(cache)
 
 
+@pytest.mark.slow
 def test_truncated_bfloat16_weights_are_saved_again_from_the_float32_conversion(cache):
     variant = cache / "bfloat16"
     parent_manifest = (cache / MANIFEST).read_bytes()
@@ -174,6 +175,7 @@ def test_damaged_float32_conversion_is_converted_again_before_a_bfloat16_copy_is
     print(f"float32 conversion and bfloat16 copy made again in {time.perf_counter() - started:.1f} s")
 
 
+@pytest.mark.slow
 def test_cache_damaged_behind_the_quick_check_names_the_file_when_it_fails_to_load(cache):
     variant = cache / "bfloat16"
     tokenizer = variant / "tokenizer.json"
@@ -187,6 +189,7 @@ def test_cache_damaged_behind_the_quick_check_names_the_file_when_it_fails_to_lo
     assert f"delete {variant}" in message and "MIDORI_HF_NB_VERIFY=full" in message
 
 
+@pytest.mark.slow
 def test_touched_or_copied_cache_is_accepted_without_converting_again(cache):
     weights = cache / "model.safetensors"
     inode = weights.stat().st_ino
@@ -199,6 +202,7 @@ def test_touched_or_copied_cache_is_accepted_without_converting_again(cache):
     assert recorded["mtime_ns"] == weights.stat().st_mtime_ns  # next load does not hash it again
 
 
+@pytest.mark.slow
 def test_full_verification_finds_a_change_that_kept_the_file_time(cache, monkeypatch):
     variant = cache / "bfloat16"
     weights = variant / "model.safetensors"
@@ -229,6 +233,7 @@ def _as_older_version(folder: Path) -> None:
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
+@pytest.mark.slow
 def test_manifest_of_an_older_version_is_upgraded_without_converting_again(cache):
     _as_older_version(cache)
     inode = (cache / "model.safetensors").stat().st_ino
@@ -243,6 +248,7 @@ def test_manifest_of_an_older_version_is_upgraded_without_converting_again(cache
     _manifest_matches(cache)
 
 
+@pytest.mark.slow
 def test_damaged_cache_of_an_older_version_is_converted_again(cache):
     variant = cache / "bfloat16"
     _as_older_version(variant)
@@ -256,6 +262,7 @@ def test_damaged_cache_of_an_older_version_is_converted_again(cache):
     _manifest_matches(variant)
 
 
+@pytest.mark.slow
 def test_cache_with_a_missing_file_or_a_damaged_manifest_is_made_again(cache):
     variant = cache / "bfloat16"
     _as_older_version(variant)
@@ -308,6 +315,7 @@ def _read_only_check_without_root_overrides(cache: Path, probe: Path) -> str:
     return result["error"]
 
 
+@pytest.mark.slow
 def test_damaged_cache_in_a_read_only_folder_says_so(cache, tmp_path, record_property):
     probe = tmp_path / "probe"
     probe.mkdir(mode=0o555)
@@ -332,6 +340,7 @@ def test_damaged_cache_in_a_read_only_folder_says_so(cache, tmp_path, record_pro
     assert "not writable" in message and "MIDORI_HF_NB_CACHE" in message
 
 
+@pytest.mark.slow
 def test_quick_check_on_load_reads_no_file_content(cache):
     """The per-load check is a few stat calls: far below hashing the 538 MB weights."""
     started = time.perf_counter()

@@ -48,6 +48,7 @@ def _same_with_and_without(agent, session):
     return with_reuse
 
 
+@pytest.mark.slow
 def test_greedy_turns_are_token_for_token_those_of_a_full_prefill_on_the_default_model(default_agent):
     run(default_agent.load())
     _same_with_and_without(default_agent, "reuse-default")
