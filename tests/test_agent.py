@@ -314,8 +314,8 @@ def test_an_abandoned_stream_is_freed_at_once_and_stops_its_generation(tiny_mode
 
 def test_a_long_memory_neither_blocks_the_event_loop_nor_takes_long(tiny_model, payload, monkeypatch):
     """20,000 memory entries: the prompt is fitted in a worker thread (a heartbeat task on the same
-    loop keeps beating while the first render waits for it), with O(log n) renders of the template,
-    none of them longer than about twice the prompt it returns."""
+    loop keeps beating while the first render waits for it), with O(log n) renders of the template
+    (n the turns kept), none of them longer than about twice the prompt it returns."""
     import math
 
     from midori_hf_nb import prompting
@@ -371,7 +371,8 @@ def test_a_long_memory_neither_blocks_the_event_loop_nor_takes_long(tiny_model, 
     assert dropped > 19_000  # most of the history did not fit the window
     assert loop_ran_during_render == [True], "the prompt was fitted on the event loop's thread: the loop stood still"
     kept = len(memory) - dropped
-    assert len(rendered) <= 2 * math.ceil(math.log2(len(memory))) + 4, len(rendered)  # O(log n) renders
+    # O(log n) renders, n the turns kept: galloping from the newest end, then bisecting
+    assert len(rendered) <= 2 * math.ceil(math.log2(kept // 2 + 1)) + 4, (len(rendered), kept)
     assert max(rendered) <= 2 * (kept + 2) + 2, (max(rendered), kept)  # none much longer than the answer
     print(f"20,000 entries: invoke {seconds:.2f} s, {len(rendered)} renders of at most {max(rendered)} messages "
           f"({kept} kept), longest event-loop gap {longest_gap * 1000:.1f} ms")
