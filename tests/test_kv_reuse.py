@@ -144,8 +144,9 @@ def test_store_is_lru_bounded_in_entries_and_bytes():
 
 
 def test_unloading_the_model_empties_its_store(tiny_model, tmp_path):
-    """The last reference going frees the model and empties its store of kept caches. The model is
-    a copy of the tiny model in a folder of its own, so no other agent shares it."""
+    """The last reference going frees the model and empties its store of kept caches, also those
+    of owners other than the agent that let go (an agent forgets only its own). The model is a copy
+    of the tiny model in a folder of its own, so no other agent shares it."""
     import shutil
 
     from midori_hf_nb.engine import REGISTRY
@@ -155,6 +156,7 @@ def test_unloading_the_model_empties_its_store(tiny_model, tmp_path):
         lm = agent.loaded_model
         run(agent.invoke(make_payload("Hello there, how are you?", SYSTEM), max_new_tokens=4))
         assert len(lm.prefix_caches) >= 1
+        assert lm.prefix_caches.put(("another owner", "session"), list(range(20)), _FakeCache(20), 10)
         assert REGISTRY.refcount(lm.spec.key) == 1  # this agent's reference is the only one
         run(agent.unload_model())
         assert REGISTRY.refcount(lm.spec.key) == 0 and lm.model is None  # freed
