@@ -16,7 +16,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 from ..settings import GenerationSettings
 from . import capabilities
 from .prefix_cache import NO_REUSE, kv_bytes_per_token
-from .repetition import LoopDetector, RepetitionStop, first_loop_end
+from .repetition import LoopDetector, RepetitionStop, closing_finish, detector_factory, first_loop_end, loop_guard
 from .shared_decode import SharedRequest
 from .threads import ThreadGovernor, apply_threads
 
@@ -52,6 +52,9 @@ class GenerationResult:
     reused_prompt_tokens: int = 0
     #: the most sequences that decoded together with this one (1: it ran alone)
     shared_rows: int = 1
+    #: under a constraint, when the repetition guard ended a loop: the tokens of the grammar's shortest
+    #: completion written after it, so the answer is complete (None: the guard closed nothing)
+    closing_tokens: int | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -138,13 +141,17 @@ def _finish_reason(tokens: list[int], eos: frozenset[int], max_new_tokens: int, 
 
 
 def _finish(tokens: list[int], eos: frozenset[int], settings: GenerationSettings, cancelled: bool,
-            ) -> tuple[list[int], str]:
+            closing: Any = None) -> tuple[list[int], str, int | None]:
     """A sequence's tokens (cut where the repetition guard noticed a loop, which drops the padding
-    ``generate`` adds after a row it stopped) and its finish reason."""
-    loop_end = first_loop_end(tokens, settings.repetition_guard)
+    ``generate`` adds after a row it stopped), its finish reason and its ``closing_tokens`` (under
+    a constraint the guard ran in the constraint's processor, whose ``closing`` is given)."""
+    closed = closing_finish(tokens, closing, eos)
+    if closed is not None:
+        return closed[0], "repetition", closed[1]
+    loop_end = first_loop_end(tokens, loop_guard(settings))
     if loop_end is not None:
-        return tokens[:loop_end], "repetition"
-    return tokens, _finish_reason(tokens, eos, settings.max_new_tokens, cancelled)
+        return tokens[:loop_end], "repetition", None
+    return tokens, _finish_reason(tokens, eos, settings.max_new_tokens, cancelled), None
 
 
 #: ``GenerationConfig`` entries the engine's decode loop honours; any other non-default entry
@@ -228,11 +235,19 @@ def with_constraint(lm: LoadedModel, settings: GenerationSettings, call_kwargs: 
 
     The engine's single-sequence loop runs it like any logits processor (the decode path stays
     ``"engine"``); a batch with it decodes through ``model.generate``, which runs it per step.
+    The processor runs the repetition guard of constrained rows (see :mod:`.repetition`).
     """
     if settings.constraint is None:
         return call_kwargs
-    processor = settings.constraint.logits_processor(lm, rows)
+    processor = settings.constraint.logits_processor(lm, rows, detector_factory(settings), settings.max_new_tokens)
     return {**call_kwargs, "logits_processor": [*(call_kwargs.get("logits_processor") or []), processor]}
+
+
+def _closing(settings: GenerationSettings, call_kwargs: dict[str, Any], row: int) -> Any:
+    """What the constraint's processor (added last by :func:`with_constraint`) did for ``row``."""
+    if settings.constraint is None:
+        return None
+    return call_kwargs["logits_processor"][-1].closing(row)
 
 
 def _lean_generate(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings: GenerationSettings,
@@ -259,7 +274,8 @@ def _lean_generate(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings:
     eos = lm.eos_token_ids
     warpers = capabilities.sampling_warpers(cfg) if cfg.do_sample else None
     max_new = int(cfg.max_new_tokens)
-    loops = LoopDetector(settings.repetition_guard) if settings.repetition_guard is not None else None
+    guard = loop_guard(settings)
+    loops = LoopDetector(guard) if guard is not None else None
     tokens: list[int] = []
     first_token_at: float | None = None
     if settings.seed is not None:
@@ -368,7 +384,7 @@ def _run_generate(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torc
     started = time.perf_counter()
     timer = _StopAndTime(stop_event, started, governor)
     criteria = StoppingCriteriaList([timer, *call_kwargs.pop("stopping_criteria", [])])
-    if settings.repetition_guard is not None:
+    if loop_guard(settings) is not None:
         criteria.append(RepetitionStop(settings.repetition_guard, input_ids.shape[0]))
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
@@ -443,13 +459,14 @@ def generate(
             tokens, first_token_at = output[0, ids.shape[1]:].tolist(), timer.first_token_at
         seconds = time.perf_counter() - started
         cancelled = bool(stop_event is not None and stop_event.is_set())
-        tokens, finish = _finish(tokens, lm.eos_token_ids, settings, cancelled)
-        text_tokens = tokens[:-1] if finish == "stop" and tokens and tokens[-1] in lm.eos_token_ids else tokens
+        tokens, finish, closed = _finish(tokens, lm.eos_token_ids, settings, cancelled,
+                                         _closing(settings, call_kwargs, 0))
+        text_tokens = tokens[:-1] if tokens and tokens[-1] in lm.eos_token_ids else tokens
         with lm.tokenizer_lock:
             text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
     ttft = first_token_at - started if first_token_at is not None else None
     return GenerationResult(tokens, text, finish, len(input_ids), len(tokens), ttft, seconds, path.name, path.reason,
-                            first_token_at, reused)
+                            first_token_at, reused, closing_tokens=closed)
 
 
 def _generate_shared(lm: LoadedModel, input_ids: list[int], settings: GenerationSettings, cfg: Any,
@@ -474,11 +491,14 @@ def _generate_shared(lm: LoadedModel, input_ids: list[int], settings: Generation
     seconds = time.perf_counter() - started
     cancelled = bool(stop_event is not None and stop_event.is_set())
     finish = _finish_reason(tokens, lm.eos_token_ids, settings.max_new_tokens, cancelled, request.repeated)
+    closed = closing_finish(tokens, _closing(settings, call_kwargs, 0), lm.eos_token_ids)
+    if closed is not None:  # the text was decoded from these tokens, less a final end-of-sequence token
+        tokens, finish = closed[0], "repetition"
     text = request.text
     first = request.first_token_at
     ttft = first - started if first is not None else None
     return GenerationResult(tokens, text, finish, len(input_ids), len(tokens), ttft, seconds, ENGINE.name, None, first,
-                            request.reused, request.peak_rows)
+                            request.reused, request.peak_rows, closed[1] if closed is not None else None)
 
 
 def generate_batch(
@@ -510,7 +530,7 @@ def generate_batch(
         path = choose_decode_path(lm, settings, cfg, call_kwargs, rows=len(batch))
         if path is ENGINE:
             generated, first_token_at, started = _lean_generate_batch(lm, input_ids, attention_mask, cfg,
-                                                                      stop_event, governor, settings.repetition_guard)
+                                                                      stop_event, governor, loop_guard(settings))
         else:
             output, timer, started = _run_generate(lm, input_ids, attention_mask, settings, stop_event,
                                                    prepared=(cfg, call_kwargs), governor=governor)
@@ -518,17 +538,18 @@ def generate_batch(
         seconds = time.perf_counter() - started
         cancelled = bool(stop_event is not None and stop_event.is_set())
         results = []
-        for prompt, row in zip(batch, generated):
+        for index, (prompt, row) in enumerate(zip(batch, generated)):
             tokens = []
             for token in row:  # everything after a sequence's first eos is padding
                 tokens.append(token)
                 if token in lm.eos_token_ids:
                     break
-            tokens, finish = _finish(tokens, lm.eos_token_ids, settings, cancelled)
-            text_tokens = tokens[:-1] if finish == "stop" and tokens and tokens[-1] in lm.eos_token_ids else tokens
+            tokens, finish, closed = _finish(tokens, lm.eos_token_ids, settings, cancelled,
+                                             _closing(settings, call_kwargs, index))
+            text_tokens = tokens[:-1] if tokens and tokens[-1] in lm.eos_token_ids else tokens
             with lm.tokenizer_lock:
                 text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
             ttft = first_token_at - started if first_token_at is not None else None
             results.append(GenerationResult(tokens, text, finish, len(prompt), len(tokens), ttft, seconds,
-                                            path.name, path.reason, first_token_at))
+                                            path.name, path.reason, first_token_at, closing_tokens=closed))
     return results
