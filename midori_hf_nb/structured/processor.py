@@ -9,7 +9,7 @@ them too and is not followed further.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,9 +17,8 @@ from transformers import LogitsProcessor
 
 from . import backend
 from .errors import StructuredOutputError
+from .formats import GrammarConstraint
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .formats import GrammarConstraint
 
 def logits_width(lm: Any) -> int:
     """The width of the model's logits (at least the tokenizer's length)."""
@@ -61,11 +60,11 @@ def masked(scores: torch.Tensor, allowed: np.ndarray) -> torch.Tensor:
 class GrammarLogitsProcessor(LogitsProcessor):
     """Constrains each of ``rows`` sequences to a grammar (one :class:`~.backend.Matcher` per row).
 
-    Made fresh for every generation by :meth:`GrammarConstraint.logits_processor`; it keeps the
+    Made fresh for every generation by the engine (:func:`~midori_hf_nb.engine.decode_path.with_constraint`); it keeps the
     state of that generation's rows and must not be reused.
     """
 
-    def __init__(self, constraint: "GrammarConstraint", lltokenizer: Any, rows: int, width: int,
+    def __init__(self, constraint: GrammarConstraint, lltokenizer: Any, rows: int, width: int,
                  eos_ids: tuple[int, ...]) -> None:
         self.constraint = constraint
         self.width = int(width)
@@ -76,7 +75,7 @@ class GrammarLogitsProcessor(LogitsProcessor):
         self.seen = 0  # tokens after the prompt followed so far
 
     @classmethod
-    def for_model(cls, constraint: "GrammarConstraint", lm: Any, rows: int) -> "GrammarLogitsProcessor":
+    def for_model(cls, constraint: GrammarConstraint, lm: Any, rows: int) -> "GrammarLogitsProcessor":
         """A processor for a loaded model (:class:`~midori_hf_nb.engine.LoadedModel`)."""
         width = logits_width(lm)
         eos_ids = tuple(sorted(lm.eos_token_ids))
