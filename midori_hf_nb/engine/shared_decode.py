@@ -33,7 +33,7 @@ STACKED_GOVERNOR = -1
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..settings import GenerationSettings
-    from .loading import LoadedModel
+    from .loaded import LoadedModel
 
 
 @dataclass(eq=False)
@@ -76,6 +76,15 @@ class SharedRequest:
             return False
         return (self.tokens[-1] in eos or len(self.tokens) >= int(self.cfg.max_new_tokens)
                 or (self.stop_event is not None and self.stop_event.is_set()))
+
+
+def decoder_for(lm: "LoadedModel") -> "SharedDecoder":
+    """The shared decode loop of ``lm`` (made on first use and kept in ``lm.decoder``)."""
+    if lm.decoder is None:
+        with lm.tokenizer_lock:
+            if lm.decoder is None:
+                lm.decoder = SharedDecoder(lm)
+    return lm.decoder
 
 
 class SharedDecoder:

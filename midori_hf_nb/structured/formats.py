@@ -42,25 +42,14 @@ def _is_python_type(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class GrammarConstraint:
-    """A compiled grammar the engine runs as a logits processor (see :mod:`.processor`)."""
+    """A compiled grammar; the engine runs it as a logits processor
+    (:class:`~.processor.GrammarLogitsProcessor`, made fresh for each generation)."""
 
     grammar: str = field(repr=False)
     #: what it constrains to, for statistics and errors ("json", a model's name, "tool call")
     label: str
     #: bound number literals to what a double holds (see :mod:`.backend`); the grammar is JSON
     literal_bounds: bool = True
-
-    def logits_processor(self, lm: Any, rows: int, new_detector: Any = None,
-                         max_new_tokens: int | None = None) -> Any:
-        """A fresh logits processor for one generation of ``rows`` sequences on loaded model ``lm``
-        (raises :class:`StructuredOutputError` when the constraint library cannot read its tokenizer).
-
-        ``new_detector`` makes the repetition guard's detector of one row; with it a row that loops
-        ends by a shortest completion of the grammar within ``max_new_tokens`` (see :mod:`.closing`).
-        """
-        from .processor import GrammarLogitsProcessor
-
-        return GrammarLogitsProcessor.for_model(self, lm, rows, new_detector, max_new_tokens)
 
 
 @dataclass(frozen=True)

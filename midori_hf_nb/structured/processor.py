@@ -16,7 +16,7 @@ not follow). :meth:`GrammarLogitsProcessor.closing` tells what happened to each 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -25,9 +25,8 @@ from transformers import LogitsProcessor
 from . import backend
 from .closing import Closing, shortest_completion
 from .errors import StructuredOutputError
+from .formats import GrammarConstraint
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .formats import GrammarConstraint
 
 def logits_width(lm: Any) -> int:
     """The width of the model's logits (at least the tokenizer's length)."""
@@ -74,11 +73,12 @@ class GrammarLogitsProcessor(LogitsProcessor):
     returns True once the tokens loop); with it, a looping row is closed (see the module
     docstring) within ``max_new_tokens`` generated tokens.
 
-    Made fresh for every generation by :meth:`GrammarConstraint.logits_processor`; it keeps the
-    state of that generation's rows and must not be reused.
+    Made fresh for every generation by the engine
+    (:func:`~midori_hf_nb.engine.decode_path.with_constraint`); it keeps the state of that
+    generation's rows and must not be reused.
     """
 
-    def __init__(self, constraint: "GrammarConstraint", lltokenizer: Any, rows: int, width: int,
+    def __init__(self, constraint: GrammarConstraint, lltokenizer: Any, rows: int, width: int,
                  eos_ids: tuple[int, ...], new_detector: Callable[[], Any] | None = None,
                  max_new_tokens: int | None = None) -> None:
         self.constraint = constraint
@@ -96,7 +96,7 @@ class GrammarLogitsProcessor(LogitsProcessor):
         self.ended = [False] * rows  # rows whose end was forced without the grammar following it
 
     @classmethod
-    def for_model(cls, constraint: "GrammarConstraint", lm: Any, rows: int,
+    def for_model(cls, constraint: GrammarConstraint, lm: Any, rows: int,
                   new_detector: Callable[[], Any] | None = None,
                   max_new_tokens: int | None = None) -> "GrammarLogitsProcessor":
         """A processor for a loaded model (:class:`~midori_hf_nb.engine.LoadedModel`)."""
