@@ -263,7 +263,7 @@ def test_a_closing_that_does_not_fit_ends_at_the_loop(tiny_agent, payload):
                                      logits_processor=_runaway(tiny_agent, WORDS_PREFIX, " very")))
     stats = stats_of(response)
     assert stats.finish_reason == "repetition" and stats.closing_tokens is None
-    assert response.parsed is None and "did not fit in max_new_tokens=44" in stats.structured_error
+    assert response.parsed is None and "fits in max_new_tokens=44" in stats.structured_error
     assert response.response.startswith(WORDS_PREFIX) and stats.completion_tokens < 44
 
 

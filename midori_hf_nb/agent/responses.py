@@ -44,7 +44,7 @@ def parse_structured(call: "CallSettings", result: "GenerationResult", answer: s
         return None, (f"the answer reached max_new_tokens={call.generation.max_new_tokens} before the JSON "
                       "closed; raise max_new_tokens")
     if result.finish_reason == "repetition" and result.closing_tokens is None:
-        return None, ("the repetition guard ended a loop and the shortest completion of the grammar did not fit in "
+        return None, ("the repetition guard ended a loop and no completion of the grammar was found that fits in "
                       f"max_new_tokens={call.generation.max_new_tokens}; raise max_new_tokens")
     if result.finish_reason not in ("stop", "repetition"):
         return None, f"the generation ended with finish_reason={result.finish_reason!r} before the JSON closed"

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from .backend import Matcher
 
-#: The most child states one search looks at before it gives up (about a second of work).
+#: The most child states one search looks at before it gives up (a few seconds of work at most; the
+#: completions of ordinary schemas take tens to a few thousand).
 MAX_EXPANSIONS = 20_000
 #: The longest completion, in bytes, a search looks for.
 MAX_CLOSING_BYTES = 4096
