@@ -117,11 +117,6 @@ def schema_grammar(schema: dict[str, Any], field: str = "response_format") -> st
     return _checked(grammar, field, "JSON schema")
 
 
-def lark_grammar(lark: str, field: str) -> str:
-    """The checked grammar of a Lark grammar (``%json {...}`` embeds a JSON schema)."""
-    return _checked(library().LLMatcher.grammar_from_lark(lark), field, "grammar")
-
-
 #: The most digits of a number literal before its exponent (a double holds about 17 significant digits).
 MAX_NUMBER_DIGITS = 17
 #: The most digits of a number literal's exponent (a double's exponents have at most 3).
@@ -301,4 +296,4 @@ class Matcher:
 
 
 __all__ = ["JSON_LAYOUT", "LITERAL_BOUNDS", "MAX_EXPONENT_DIGITS", "MAX_NUMBER_DIGITS", "Matcher", "bitmask_words",
-           "lark_grammar", "library", "literal_bounds_grammar", "schema_grammar", "tokenizer_for", "version"]
+           "library", "literal_bounds_grammar", "schema_grammar", "tokenizer_for", "version"]
