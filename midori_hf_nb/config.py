@@ -12,7 +12,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float16", "float32", "bfloat16")
@@ -148,6 +148,17 @@ def _check_number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         _fail(name, value, "expected a number")
     return float(value)
+
+
+def fields_from_kwargs(fields: Iterable[str], kwargs: dict[str, Any], rest: str) -> dict[str, Any]:
+    """The constructor arguments of a configuration from keyword arguments: those naming one of
+    ``fields`` set it, and the others are merged into the mapping field ``rest`` (generation kwargs
+    of a local model, server options of a served one), after what ``rest`` itself was given."""
+    known = set(fields)
+    options = {k: v for k, v in kwargs.items() if k in known}
+    merged = dict(options.pop(rest, None) or {})
+    merged.update({k: v for k, v in kwargs.items() if k not in known})
+    return {**options, rest: merged}
 
 
 @dataclass
@@ -314,12 +325,7 @@ class HuggingFaceConfig:
     @classmethod
     def from_kwargs(cls, model: str, **kwargs: Any) -> "HuggingFaceConfig":
         """Build a configuration: known options set fields, the rest become generation kwargs."""
-        known = set(cls.field_names())
-        options = {k: v for k, v in kwargs.items() if k in known}
-        extra = {k: v for k, v in kwargs.items() if k not in known}
-        generation_kwargs = dict(options.pop("generation_kwargs", None) or {})
-        generation_kwargs.update(extra)
-        return cls(model=model, generation_kwargs=generation_kwargs, **options)
+        return cls(model=model, **fields_from_kwargs(cls.field_names(), kwargs, "generation_kwargs"))
 
 
 #: The default of every :class:`HuggingFaceConfig` field that has one (the one place they are written);

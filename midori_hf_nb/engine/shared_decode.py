@@ -24,7 +24,7 @@ import torch
 
 from . import capabilities
 from .prefix_cache import NO_REUSE, kv_bytes_per_token
-from .repetition import LoopDetector
+from .repetition import LoopDetector, loop_guard
 from .threads import apply_threads
 
 #: The key of the thread governor of stacked batches in ``LoadedModel.governors`` (batch sizes are
@@ -33,7 +33,7 @@ STACKED_GOVERNOR = -1
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..settings import GenerationSettings
-    from .loading import LoadedModel
+    from .loaded import LoadedModel
 
 
 @dataclass(eq=False)
@@ -76,6 +76,15 @@ class SharedRequest:
             return False
         return (self.tokens[-1] in eos or len(self.tokens) >= int(self.cfg.max_new_tokens)
                 or (self.stop_event is not None and self.stop_event.is_set()))
+
+
+def decoder_for(lm: "LoadedModel") -> "SharedDecoder":
+    """The shared decode loop of ``lm`` (made on first use and kept in ``lm.decoder``)."""
+    if lm.decoder is None:
+        with lm.tokenizer_lock:
+            if lm.decoder is None:
+                lm.decoder = SharedDecoder(lm)
+    return lm.decoder
 
 
 class SharedDecoder:
@@ -211,7 +220,7 @@ class _Batch:
         lm = self.lm
         settings = request.settings
         request.warpers = capabilities.sampling_warpers(request.cfg) if request.cfg.do_sample else None
-        guard = settings.repetition_guard
+        guard = loop_guard(settings)  # under a constraint its logits processor runs the guard
         request.loops = LoopDetector(guard) if guard is not None else None
         if settings.seed is not None:
             torch.manual_seed(settings.seed)

@@ -216,17 +216,11 @@ def conversation_frame(turns: Any, tokenizer: Any = None) -> pd.DataFrame:
     return _frame(rows, TURN_COLUMNS)
 
 
-def frame_schema(columns: dict[str, str]) -> pd.Series:
-    """The dtypes of a frame built from ``columns`` (what ``frame.dtypes`` returns)."""
-    return _frame([], columns).dtypes
-
-
 __all__ = [
     "THINKING_COLUMNS",
     "TOOL_CALL_COLUMNS",
     "TURN_COLUMNS",
     "conversation_frame",
-    "frame_schema",
     "thinking_blocks",
     "thinking_frame",
     "tool_calls_frame",

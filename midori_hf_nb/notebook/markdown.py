@@ -43,7 +43,7 @@ from pygments.lexers import get_lexer_by_name
 from pygments.token import STANDARD_TYPES, Token
 from pygments.util import ClassNotFound
 
-from .escaping import NO_MATH_CLASS, normalise_newlines, to_text
+from .escaping import NO_MATH_CLASS, normalise_newlines
 
 #: Characters of one text rendered as Markdown; past it the rest is shown as escaped plain text.
 MAX_MARKDOWN_CHARS = 200_000

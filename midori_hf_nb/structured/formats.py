@@ -42,18 +42,14 @@ def _is_python_type(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class GrammarConstraint:
-    """A compiled grammar the engine runs as a logits processor (see :mod:`.processor`)."""
+    """A compiled grammar; the engine runs it as a logits processor
+    (:class:`~.processor.GrammarLogitsProcessor`, made fresh for each generation)."""
 
     grammar: str = field(repr=False)
     #: what it constrains to, for statistics and errors ("json", a model's name, "tool call")
     label: str
-
-    def logits_processor(self, lm: Any, rows: int) -> Any:
-        """A fresh logits processor for one generation of ``rows`` sequences on loaded model ``lm``
-        (raises :class:`StructuredOutputError` when the constraint library cannot read its tokenizer)."""
-        from .processor import GrammarLogitsProcessor
-
-        return GrammarLogitsProcessor.for_model(self, lm, rows)
+    #: bound number literals to what a double holds (see :mod:`.backend`); the grammar is JSON
+    literal_bounds: bool = True
 
 
 @dataclass(frozen=True)
