@@ -176,9 +176,20 @@ def test_quantized_tiny_model_fits_the_cpu_kernels_of_every_cpu(tiny_model, bits
                 rows = torch.randint(-127, 128, (3, layer.in_features), dtype=torch.int8)
                 assert torch.equal(torch._int_mm(rows, weight.t()), rows.int() @ weight.int().t()), name
             direct = "torch._int_mm run on every 8-bit layer"
-        with torch.inference_mode():  # one real forward pass through whichever kernel this CPU takes
-            logits = lm.model(torch.tensor([lm.tokenizer.encode("hello there")])).logits
+        ids = torch.tensor([lm.tokenizer.encode("hello there")])
+        with torch.inference_mode():
+            if bits == "4bit":  # first the dequantizing path every CPU has, whatever this one would take
+                packs = [layer.support_avx512bf16_for_cpu for _, layer in layers]
+                for _, layer in layers:
+                    layer.support_avx512bf16_for_cpu = False
+                dequantized = lm.model(ids).logits
+                for (_, layer), flag in zip(layers, packs):
+                    layer.support_avx512bf16_for_cpu = flag
+                direct += "; the dequantizing path run and compared with this CPU's own"
+            logits = lm.model(ids).logits  # a real forward pass through the kernels this CPU takes
         assert torch.isfinite(logits).all()
+        if bits == "4bit":  # the packed AVX512-BF16 kernel computes in bfloat16: close, not equal
+            assert torch.allclose(logits, dequantized, rtol=0.05, atol=0.05)
         cpu_path(f"bitsandbytes {bits} layers", f"{_bnb_paths(bits)}; {direct}")
     finally:
         engine.release(lm)
