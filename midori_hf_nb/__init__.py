@@ -11,6 +11,7 @@ from typing import Any
 
 from .agent import AgentStream, HuggingFaceLocalAgent, StreamEvent, ToolLoopStream
 from .compare import compare
+from .evaluate import Judge, evaluate
 from .config import ConfigError, HuggingFaceConfig
 from .factory import get_agent, get_agent_from_config
 from .integrity import CacheRepairWarning, CorruptModelError
@@ -43,6 +44,7 @@ __all__ = [
     "CorruptModelError",
     "HuggingFaceConfig",
     "HuggingFaceLocalAgent",
+    "Judge",
     "MemoryEntryData",
     "MidoriAiAgentProtocol",
     "ModelSourceError",
@@ -56,6 +58,7 @@ __all__ = [
     "ToolLoopStream",
     "ToolSchemaError",
     "compare",
+    "evaluate",
     "extract_reasoning",
     "get_agent",
     "get_agent_from_config",
