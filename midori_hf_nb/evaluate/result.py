@@ -123,7 +123,7 @@ class Evaluation:
 
     def agreement(self) -> "pd.DataFrame":
         """The judges' agreement: Cohen's kappa per pair, Krippendorff's alpha over all."""
-        return judge_agreement(self.scores)
+        return judge_agreement(self.scores, self.judges)
 
     def drill(self, answer: int) -> dict[str, Any]:
         """One answer in full: its row of the answers table (``"answer"``) and its assertion

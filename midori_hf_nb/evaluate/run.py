@@ -273,7 +273,8 @@ def evaluate(items: Any, *, prompts: str | Sequence[str] | Mapping[str, str] | N
     answers["unscored"] = answers["unscored"].astype("Int64")
     answers.attrs.update(interrupted=interrupted, seed=seed, warmup_seconds=warmups,
                          settings_columns=list(grid.setting_names))
-    scores = [result_record(r) for r in sorted(results, key=lambda r: (r.answer, r.index, r.judge or ""))]
+    order = {j.label: i for i, j in enumerate(judges)}
+    scores = [result_record(r) for r in sorted(results, key=lambda r: (r.answer, r.index, order.get(r.judge, -1)))]
     return Evaluation(answers=answers, score_records=scores, items=test_items, judges=[j.label for j in judges],
                       repeats=repeats, interrupted=interrupted, not_understood=not_understood)
 

@@ -198,15 +198,15 @@ def best_configurations(answers: "pd.DataFrame", *, alpha: float = DEFAULT_ALPHA
     return best
 
 
-def judge_agreement(scores: "pd.DataFrame") -> "pd.DataFrame":
+def judge_agreement(scores: "pd.DataFrame", judges: list[str] | None = None) -> "pd.DataFrame":
     """How far several judges agree on the same (answer, assertion) units: Cohen's kappa on the
     pass flags of each pair of judges, and Krippendorff's alpha over all judges (nominal on the
-    pass flags, interval on the scores). Unscored verdicts are missing values. Empty with fewer
-    than two judges."""
+    pass flags, interval on the scores). Unscored verdicts are missing values. ``judges``: their
+    order (default: as they appear). Empty with fewer than two judges."""
     import pandas as pd
 
     judged = scores[scores["judge"].notna()]
-    judges = list(dict.fromkeys(judged["judge"]))
+    judges = list(judges) if judges is not None else list(dict.fromkeys(judged["judge"]))
     columns = ["judges", "units", "cohen_kappa", "alpha_pass", "alpha_score"]
     if len(judges) < 2:
         return pd.DataFrame(columns=columns)
