@@ -18,14 +18,15 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..compare.columns import bounded_repr, is_missing, plain
 from ..compare.export import spreadsheet_safe
 from ..compare.markdown import escape_cell, format_value, table_line
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .result import Evaluation
+#: what the functions here take: an :class:`~midori_hf_nb.evaluate.Evaluation` (its ``answers``,
+#: ``scores`` and ``summary()``; named by its role, since the evaluation's methods call these)
+EvaluationLike = Any
 
 #: the answer's columns written beside each assertion result
 ANSWER_COLUMNS = ("model", "config", "item", "description", "prompt", "system", "repeat", "response", "status",
@@ -42,7 +43,7 @@ def _answer_fields(row: dict[str, Any]) -> dict[str, Any]:
             for c in ANSWER_COLUMNS}
 
 
-def export_rows(evaluation: "Evaluation") -> list[dict[str, Any]]:
+def export_rows(evaluation: EvaluationLike) -> list[dict[str, Any]]:
     """The CSV's rows: each answer's fields with each of its results (see the module documentation)."""
     scores = evaluation.scores
     by_answer: dict[int, list[dict[str, Any]]] = {}
@@ -60,7 +61,7 @@ def export_rows(evaluation: "Evaluation") -> list[dict[str, Any]]:
     return rows
 
 
-def evaluation_to_csv(evaluation: "Evaluation", path: str | os.PathLike) -> Path:
+def evaluation_to_csv(evaluation: EvaluationLike, path: str | os.PathLike) -> Path:
     """Write the evaluation as CSV (see the module documentation); returns the path."""
     rows = export_rows(evaluation)
     header = list(rows[0]) if rows else [*ANSWER_COLUMNS]
@@ -73,7 +74,7 @@ def evaluation_to_csv(evaluation: "Evaluation", path: str | os.PathLike) -> Path
     return path
 
 
-def evaluation_to_jsonl(evaluation: "Evaluation", path: str | os.PathLike) -> Path:
+def evaluation_to_jsonl(evaluation: EvaluationLike, path: str | os.PathLike) -> Path:
     """Write one JSON object per answer with its results nested under ``"assertions"``; returns the path."""
     scores = evaluation.scores
     result_columns = [c for c in scores.columns if c not in ("answer", "config", "item", "repeat")]
@@ -94,7 +95,7 @@ def _interval(low: Any, high: Any) -> str:
     return f"[{low:.2f}, {high:.2f}]"
 
 
-def summary_lines(evaluation: "Evaluation") -> list[str]:
+def summary_lines(evaluation: EvaluationLike) -> list[str]:
     """The Markdown table of the figures per configuration."""
     summary = evaluation.summary()
     header = ["config", "scored", "unscored", "pass rate", "95% interval", "mean score", "SE", "95% interval",
@@ -109,7 +110,7 @@ def summary_lines(evaluation: "Evaluation") -> list[str]:
     return lines
 
 
-def evaluation_to_markdown(evaluation: "Evaluation", path: str | os.PathLike | None = None) -> str:
+def evaluation_to_markdown(evaluation: EvaluationLike, path: str | os.PathLike | None = None) -> str:
     """A Markdown report of the evaluation (see the module documentation); written to ``path`` when given."""
     scores = evaluation.scores
     reasons: dict[int, list[str]] = {}

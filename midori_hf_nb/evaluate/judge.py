@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..compare.agents import ModelEntry, check_settings, default_label, is_agent
+from ..compare.agents import ModelEntry, check_settings, default_label, is_agent, offers_batching
 from ..compare.columns import STATUS_OK, bounded_repr, not_allowed
 from ..compare.grid import Grid, RunOptions, check_seed, positive_int
 from ..compare.loading import MAX_FILE_BYTES, read_bounded
@@ -33,13 +33,14 @@ from ..protocol import make_payload
 from ..structured.formats import ResponseFormat
 from .items import render
 from .verdicts import (
+    MAX_REASON_CHARS,
     VERDICT_ERROR,
     VERDICT_NOT_RUN,
-    VERDICT_SCHEMA,
     VERDICT_SCORED,
     VERDICT_UNSCORED,
     Verdict,
     parse_verdict,
+    verdict_schema,
 )
 
 #: the judge's instructions (its system prompt)
@@ -53,8 +54,8 @@ DEFAULT_JUDGE_SYSTEM = (
 DEFAULT_RUBRIC_PROMPT = "<Output>\n{{ output }}\n</Output>\n<Rubric>\n{{ rubric }}\n</Rubric>"
 #: the most characters of an answer put into a judge prompt (the rest is cut, and the cut said)
 MAX_JUDGED_CHARS = 8000
-#: new tokens a verdict may take: enough for the longest reason the schema allows
-DEFAULT_JUDGE_TOKENS = 320
+#: new tokens a verdict takes besides its reason: the keys, the score and the flag
+VERDICT_OVERHEAD_TOKENS = 40
 
 
 @dataclass(frozen=True)
@@ -80,10 +81,15 @@ class Judge:
         label: the judge's name in tables (default: the agent's model).
         settings: further overrides of every judge call (e.g. ``{"repetition_penalty": 1.1}``,
             a ``logits_processor``, or any option the agent's ``invoke`` takes); checked now,
-            before any model loads. The judge's own: ``greedy=True``, ``max_new_tokens`` and
-            ``response_format`` (unless ``constrain=False``).
+            before any model loads. The judge's own: ``greedy=True``, ``max_new_tokens``,
+            ``response_format`` (unless ``constrain=False``) and, for a local model,
+            ``stop_on_repetition=False`` (the schema bounds the reason; a looping reason cut
+            short would leave the JSON open).
         seed: the seed of the judge's calls (recorded with every verdict).
-        max_new_tokens: the most tokens a verdict may take.
+        max_new_tokens: the most tokens a verdict may take. None: ``max_reason_chars`` plus
+            :data:`VERDICT_OVERHEAD_TOKENS`, enough for the longest reason the schema allows
+            (a token is at least one character), so a constrained verdict always closes.
+        max_reason_chars: the longest reason the verdict schema allows.
         system: the judge's instructions; ``rubric_prompt``: the prompt template
             (``{{ output }}``, ``{{ rubric }}`` and the item's variables).
         constrain: generate under the verdict schema (``response_format``). False asks in words
@@ -94,7 +100,8 @@ class Judge:
     """
 
     def __init__(self, agent: Any, *, label: str | None = None, settings: Mapping[str, Any] | None = None,
-                 seed: int | None = 0, max_new_tokens: int = DEFAULT_JUDGE_TOKENS, system: str = DEFAULT_JUDGE_SYSTEM,
+                 seed: int | None = 0, max_new_tokens: int | None = None, max_reason_chars: int = MAX_REASON_CHARS,
+                 system: str = DEFAULT_JUDGE_SYSTEM,
                  rubric_prompt: str = DEFAULT_RUBRIC_PROMPT, constrain: bool = True,
                  cache: bool | str | os.PathLike = True, batch_size: int | None = None,
                  concurrency: int | None = None) -> None:
@@ -107,6 +114,8 @@ class Judge:
                 raise not_allowed(name, text, "expected a text", where="Judge")
         if not isinstance(constrain, bool):
             raise not_allowed("constrain", constrain, "expected True or False", where="Judge")
+        positive_int("max_reason_chars", max_reason_chars)
+        max_new_tokens = max_reason_chars + VERDICT_OVERHEAD_TOKENS if max_new_tokens is None else max_new_tokens
         positive_int("max_new_tokens", max_new_tokens)
         positive_int("batch_size", batch_size, allow_none=True)
         positive_int("concurrency", concurrency, allow_none=True)
@@ -120,10 +129,12 @@ class Judge:
         self.batch_size = batch_size
         self.concurrency = concurrency
         overrides: dict[str, Any] = {"greedy": True, "max_new_tokens": max_new_tokens}
+        if offers_batching(agent):  # a local model: the schema bounds the verdict, so no repetition guard cuts it
+            overrides["stop_on_repetition"] = False
         if constrain:
             from ..structured import response_format_from
 
-            overrides["response_format"] = response_format_from(VERDICT_SCHEMA, "Judge verdict schema")
+            overrides["response_format"] = response_format_from(verdict_schema(max_reason_chars), "Judge verdict schema")
         self.settings: dict[str, Any] = {**overrides, **dict(settings or {})}
         check_settings([self.settings], [ModelEntry(self.label, agent)])
         self.cache_path = None if isinstance(cache, bool) else Path(cache)
@@ -258,5 +269,5 @@ class Judge:
         return out, interrupted
 
 
-__all__ = ["DEFAULT_JUDGE_SYSTEM", "DEFAULT_JUDGE_TOKENS", "DEFAULT_RUBRIC_PROMPT", "Judge", "JudgeRequest",
-           "MAX_JUDGED_CHARS"]
+__all__ = ["DEFAULT_JUDGE_SYSTEM", "DEFAULT_RUBRIC_PROMPT", "Judge", "JudgeRequest", "MAX_JUDGED_CHARS",
+           "VERDICT_OVERHEAD_TOKENS"]

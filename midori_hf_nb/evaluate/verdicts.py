@@ -19,18 +19,23 @@ from typing import Any
 #: the longest reason a constrained judge may write (bounds the verdict's tokens)
 MAX_REASON_CHARS = 240
 
-#: the verdict a judge returns
-VERDICT_SCHEMA: dict[str, Any] = {
-    "title": "verdict",
-    "type": "object",
-    "properties": {
-        "reason": {"type": "string", "maxLength": MAX_REASON_CHARS},
-        "score": {"type": "number", "minimum": 0, "maximum": 1},
-        "pass": {"type": "boolean"},
-    },
-    "required": ["reason", "score", "pass"],
-    "additionalProperties": False,
-}
+def verdict_schema(max_reason_chars: int = MAX_REASON_CHARS) -> dict[str, Any]:
+    """The verdict's JSON schema, its reason at most ``max_reason_chars`` characters long."""
+    return {
+        "title": "verdict",
+        "type": "object",
+        "properties": {
+            "reason": {"type": "string", "maxLength": max_reason_chars},
+            "score": {"type": "number", "minimum": 0, "maximum": 1},
+            "pass": {"type": "boolean"},
+        },
+        "required": ["reason", "score", "pass"],
+        "additionalProperties": False,
+    }
+
+
+#: the verdict a judge returns (the default reason length)
+VERDICT_SCHEMA: dict[str, Any] = verdict_schema()
 
 VERDICT_SCORED = "scored"
 VERDICT_UNSCORED = "unscored"
@@ -106,7 +111,8 @@ def parse_verdict(text: str | None, finish_reason: str | None = None) -> tuple[d
         return None, f"the verdict is not JSON ({exc.msg})"
     import jsonschema
 
-    relaxed = {**VERDICT_SCHEMA, "properties": {**VERDICT_SCHEMA["properties"], "reason": {"type": "string"}}}
+    relaxed = verdict_schema()
+    relaxed["properties"]["reason"] = {"type": "string"}
     try:
         jsonschema.validate(value, relaxed)  # a served judge may write a longer reason: still a verdict
     except jsonschema.ValidationError as exc:
@@ -115,4 +121,4 @@ def parse_verdict(text: str | None, finish_reason: str | None = None) -> tuple[d
 
 
 __all__ = ["MAX_REASON_CHARS", "VERDICT_ERROR", "VERDICT_NOT_RUN", "VERDICT_SCHEMA", "VERDICT_SCORED",
-           "VERDICT_UNSCORED", "Verdict", "parse_verdict"]
+           "VERDICT_UNSCORED", "Verdict", "parse_verdict", "verdict_schema"]
