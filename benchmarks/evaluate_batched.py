@@ -63,7 +63,7 @@ def measure(agent, test_items, mode: str, args) -> dict:
         if event.event.kind == "model_loaded":
             marks.setdefault(event.phase, time.perf_counter())
 
-    judge = Judge(agent, batch_size=size, max_new_tokens=args.judge_tokens)
+    judge = Judge(agent, batch_size=size, max_reason_chars=args.reason_chars)
     ev = evaluate(test_items, systems=SYSTEMS, settings={"temperature": [0.7], "max_new_tokens": [args.max_new_tokens]},
                   models=agent, judge=judge, repeats=args.repeats, seed=0, batch_size=size, on_event=on_event,
                   progress=False)
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=24, help="new tokens per answer")
-    parser.add_argument("--judge-tokens", type=int, default=160, help="new tokens a verdict may take")
+    parser.add_argument("--reason-chars", type=int, default=80, help="the longest reason a verdict may give")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of (batched, one by one), order alternating")
     parser.add_argument("--smoke", action="store_true", help="4 items, 1 repeat, 8-token answers")
     parser.add_argument("--out", type=Path, default=None)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     agent.unload_model_sync()
     record = {"benchmark": "evaluate_batched", "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "smoke": args.smoke, "model": DEFAULT_MODEL, "items": args.items, "systems": len(SYSTEMS),
-              "repeats": args.repeats, "max_new_tokens": args.max_new_tokens, "judge_tokens": args.judge_tokens,
+              "repeats": args.repeats, "max_new_tokens": args.max_new_tokens, "reason_chars": args.reason_chars,
               "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
               "platform": platform.platform(), "load_average_before": load_before,
               "load_average_after": load_average(), "ratios": ratios, "runs": runs}

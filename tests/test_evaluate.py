@@ -164,7 +164,7 @@ def test_verdicts_are_cached_in_a_file_but_answer_repeats_are_not(tmp_path):
 
 def test_an_interrupt_during_verdicts_keeps_what_finished(recwarn):
     answers = ScriptedAgent(["Paris."])
-    judge_agent = ScriptedAgent([PASS])
+    judge_agent = ScriptedAgent([PASS], delay=0.05)  # each verdict takes a while: the interrupt finds calls to stop
     items = [{"prompt": f"Capital? {i}", "assert": ["Paris", {"type": "llm-rubric", "value": f"names Paris {i}"}]}
              for i in range(6)]
     seen = []

@@ -83,8 +83,9 @@ class Judge:
             a ``logits_processor``, or any option the agent's ``invoke`` takes); checked now,
             before any model loads. The judge's own: ``greedy=True``, ``max_new_tokens``,
             ``response_format`` (unless ``constrain=False``) and, for a local model,
-            ``stop_on_repetition=False`` (the schema bounds the reason; a looping reason cut
-            short would leave the JSON open).
+            ``stop_on_repetition=False``: the schema bounds the reason, and a looping reason
+            closed by the repetition guard would get its score and pass flag from the grammar's
+            shortest completion instead of from the judge.
         seed: the seed of the judge's calls (recorded with every verdict).
         max_new_tokens: the most tokens a verdict may take. None: ``max_reason_chars`` plus
             :data:`VERDICT_OVERHEAD_TOKENS`, enough for the longest reason the schema allows
@@ -129,7 +130,7 @@ class Judge:
         self.batch_size = batch_size
         self.concurrency = concurrency
         overrides: dict[str, Any] = {"greedy": True, "max_new_tokens": max_new_tokens}
-        if offers_batching(agent):  # a local model: the schema bounds the verdict, so no repetition guard cuts it
+        if offers_batching(agent):  # a local model: the verdict's score and pass come from the judge, never the guard
             overrides["stop_on_repetition"] = False
         if constrain:
             from ..structured import response_format_from
