@@ -205,14 +205,16 @@ def load_items(items: Any, *, max_bytes: int = MAX_FILE_BYTES) -> list[TestItem]
     """The items of a test set: a list (of prompts, payloads, dicts or :class:`TestItem`), a
     pandas DataFrame (one row per item), or the path of a CSV or JSON-lines file. Raises
     :class:`TestSetError` naming the item, the field and what is allowed."""
+    import pandas as pd
+
     if isinstance(items, (str, os.PathLike)) and Path(items).suffix.lower() in (".csv", ".jsonl", ".ndjson", ".json"):
         path = Path(items)
         try:
             rows = read_rows(path, max_bytes)
-        except ValueError as exc:
-            raise TestSetError(str(exc)) from None
+        except ValueError as exc:  # the bounded reader's words name the file and the limit
+            raise TestSetError(str(exc).replace("load_comparison: ", "load_items: ", 1)) from None
         entries: list[Any] = rows
-    elif type(items).__name__ == "DataFrame" and hasattr(items, "to_dict"):
+    elif isinstance(items, pd.DataFrame):
         entries = items.to_dict("records")
     elif isinstance(items, (str, AgentPayload, Mapping, TestItem)):
         entries = [items]

@@ -40,6 +40,7 @@ from .verdicts import (
     VERDICT_UNSCORED,
     Verdict,
     parse_verdict,
+    verdict_probability,
     verdict_schema,
 )
 
@@ -226,7 +227,8 @@ class Judge:
         if parsed is None:
             return Verdict(status=VERDICT_UNSCORED, raw=result.response, error=why, **base)
         return Verdict(status=VERDICT_SCORED, score=float(parsed["score"]), passed=bool(parsed["pass"]),
-                       reason=parsed["reason"], raw=result.response, **base)
+                       reason=parsed["reason"], raw=result.response, verdict_probability=verdict_probability(result),
+                       **base)
 
     def run(self, requests: Sequence[JudgeRequest], *, progress: bool = True,
             on_event: Callable[[CompareEvent], None] | None = None) -> tuple[list[Verdict], bool]:

@@ -90,6 +90,13 @@ class Verdict:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def verdict_probability(result: Any) -> float | None:
+    """The probability the judge gave the token of its verdict's ``pass`` flag, from a finished
+    judge row's result; None while the judge's agent reports no token probabilities. This is
+    where :attr:`Verdict.verdict_probability` is filled when the agent reports them."""
+    return None
+
+
 def parse_verdict(text: str | None, finish_reason: str | None = None) -> tuple[dict[str, Any] | None, str | None]:
     """``(verdict, None)`` when ``text`` is a verdict matching :data:`VERDICT_SCHEMA` (plain, or in
     one Markdown code fence), else ``(None, why)``."""
@@ -121,4 +128,4 @@ def parse_verdict(text: str | None, finish_reason: str | None = None) -> tuple[d
 
 
 __all__ = ["MAX_REASON_CHARS", "VERDICT_ERROR", "VERDICT_NOT_RUN", "VERDICT_SCHEMA", "VERDICT_SCORED",
-           "VERDICT_UNSCORED", "Verdict", "parse_verdict", "verdict_schema"]
+           "VERDICT_UNSCORED", "Verdict", "parse_verdict", "verdict_probability", "verdict_schema"]
