@@ -141,6 +141,9 @@ def test_an_unparsable_served_judge_verdict_is_unscored_and_never_a_pass():
     assert "not JSON" in scores["judge_error"].iloc[0] and "schema" in scores["judge_error"].iloc[2]
     assert flags(ev.answers["passed"]) == [None, True, None]
     assert ev.verdict_counts() == {"scored": 1, "unscored": 2, "error": 0, "not run": 0, "cached": 0}
+    wide = ev.by_assertion()  # one column per assertion
+    assert flags(wide["llm-rubric 'names Paris 1'"]) == [None, True, None]
+    assert list(ev.by_assertion("status")["llm-rubric 'names Paris 0'"])[0] == "unscored"
     row = ev.summary().iloc[0]
     assert (row["scored"], row["unscored"], row["passes"]) == (1, 2, 1)
     assert all("response_format" in call.overrides and call.overrides["greedy"] is True for call in judge.calls)

@@ -10,6 +10,10 @@ scores with standard errors, pass@k and pass^k, McNemar's exact test, a paired b
 Cohen's kappa and Krippendorff's alpha). Its views live in
 :mod:`midori_hf_nb.notebook.evaluate_view`.
 
+``midori_hf_nb.evaluate`` as an attribute of the top package is the function (``from midori_hf_nb
+import evaluate, Judge``); import everything else from this package (``from
+midori_hf_nb.evaluate import load_promptfoo, mcnemar_exact``).
+
 One module per concern: :mod:`.items` (test sets and templates), :mod:`.promptfoo` (reading a
 promptfoo configuration), :mod:`.assertions`, :mod:`.scorers`, :mod:`.verdicts`, :mod:`.judge`,
 :mod:`.scoring` (an answer's outcome), :mod:`.run` (``evaluate``), :mod:`.result`,

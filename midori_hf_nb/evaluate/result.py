@@ -87,6 +87,26 @@ class Evaluation:
         frame["verdict_probability"] = frame["verdict_probability"].astype("float64")
         return frame[list(SCORE_COLUMNS)]
 
+    def by_assertion(self, value: str = "passed") -> "pd.DataFrame":
+        """The answers' keys with one column per assertion (its label; a judge's name after it
+        when several judges grade it) holding each answer's ``value``: ``"passed"`` (None where
+        unscored or not asked), ``"score"``, ``"reason"`` or ``"status"``."""
+        import pandas as pd
+
+        if value not in ("passed", "score", "reason", "status"):
+            raise ValueError(f"by_assertion: value={value!r} is not allowed: expected 'passed', 'score', 'reason' "
+                             "or 'status'")
+        scores = self.scores
+        several = len(self.judges) > 1
+        columns = [a if not several or not isinstance(j, str) else f"{a} [{j}]"
+                   for a, j in zip(scores["assertion"], scores["judge"])]
+        wide = scores.assign(column=columns).pivot_table(index="answer", columns="column", values=value,
+                                                         aggfunc="first", dropna=False, sort=False)
+        keys = self.answers[["config", "item", "repeat", "response"]]
+        out = pd.concat([keys, wide.reindex(range(len(keys)))], axis=1)
+        out.columns.name = None
+        return out
+
     def verdict_counts(self) -> dict[str, int]:
         """How many judge verdicts were scored, unscored, failed (``error``) or not run, and how
         many of them came from the judge cache."""
