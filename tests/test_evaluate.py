@@ -256,3 +256,19 @@ def _tokenizer(model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_dir)
+
+
+@pytest.mark.parametrize("count, starred", [(12, True), (3, False)])
+def test_the_scoreboard_marks_the_best_only_where_it_is_significant(count, starred):
+    pytest.importorskip("IPython")
+    from midori_hf_nb.notebook import scoreboard
+
+    items = [{"prompt": f"Capital of France? {i}", "assert": ["Paris"]} for i in range(count)]
+    ev = evaluate(items, models={"good": ScriptedAgent(["Paris."]), "bad": ScriptedAgent(["Lyon."])}, progress=False)
+    assert ev.configs == ["good", "bad"]
+    paired = ev.paired("bad", "good")
+    assert (paired.only_b, paired.only_a) == (count, 0)
+    assert paired.mcnemar_p == pytest.approx(2 / 2 ** count)  # significant at 12 items, not at 3
+    html = scoreboard(ev).to_html()
+    assert ("★ 1.00 [" in html) is starred
+    assert ev.best()["pass_rate"] == ("good" if starred else None)
