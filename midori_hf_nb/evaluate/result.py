@@ -85,6 +85,9 @@ class Evaluation:
         frame["passed"] = frame["passed"].astype("boolean")
         frame["score"] = frame["score"].astype("float64")
         frame["verdict_probability"] = frame["verdict_probability"].astype("float64")
+        for column in ("judge_seed", "judge_prompt_tokens", "judge_completion_tokens", "judge_batch", "judge_batch_size"):
+            frame[column] = frame[column].astype("Int64")
+        frame["judge_cached"] = frame["judge_cached"].astype("boolean")
         return frame[list(SCORE_COLUMNS)]
 
     def by_assertion(self, value: str = "passed") -> "pd.DataFrame":

@@ -184,7 +184,7 @@ class DrillDown:
             ("cached", "judge_cached"), ("tokens", "judge_completion_tokens"), ("seconds", "judge_seconds"),
             ("finish reason", "judge_finish_reason"), ("verdict probability", "verdict_probability"),
             ("instructions", "judge_system"), ("prompt", "judge_prompt"), ("raw verdict", "judge_raw"),
-            ("why unscored", "judge_error")))
+            ("why unscored", "judge_error")) if k != "judge_error" or not is_missing(s.get(k)))
         return head + f"<details style='margin-left: 1.5em'><summary>judge transcript</summary>{transcript}</details>"
 
     def html(self) -> str:
