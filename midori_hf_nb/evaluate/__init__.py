@@ -10,9 +10,11 @@ scores with standard errors, pass@k and pass^k, McNemar's exact test, a paired b
 Cohen's kappa and Krippendorff's alpha). Its views live in
 :mod:`midori_hf_nb.notebook.evaluate_view`.
 
-``midori_hf_nb.evaluate`` as an attribute of the top package is the function (``from midori_hf_nb
-import evaluate, Judge``); import everything else from this package (``from
-midori_hf_nb.evaluate import load_promptfoo, mcnemar_exact``).
+This package is callable, as :mod:`midori_hf_nb.compare` is: ``midori_hf_nb.evaluate(...)`` (and
+``from midori_hf_nb import evaluate; evaluate(...)``) runs :func:`evaluate`, while
+``midori_hf_nb.evaluate.load_promptfoo`` and the other names are its attributes (the package's
+module object is of a ``ModuleType`` subclass whose ``__call__`` is :func:`evaluate`;
+``midori_hf_nb.evaluate.evaluate`` is the function itself).
 
 One module per concern: :mod:`.items` (test sets and templates), :mod:`.promptfoo` (reading a
 promptfoo configuration), :mod:`.assertions`, :mod:`.scorers`, :mod:`.verdicts`, :mod:`.judge`,
@@ -22,6 +24,11 @@ promptfoo configuration), :mod:`.assertions`, :mod:`.scorers`, :mod:`.verdicts`,
 """
 
 from __future__ import annotations
+
+import inspect
+import sys
+import types
+from typing import Any
 
 from .assertions import ASSERTION_TYPES, Assertion, AssertionSpecError, assertion_from
 from .items import TestItem, TestSetError, load_items
@@ -77,3 +84,18 @@ __all__ = [
     "score_deterministic",
     "wilson_interval",
 ]
+
+
+class CallableModule(types.ModuleType):
+    """The type of this package's module object: calling it calls :func:`evaluate` (see the
+    module docstring)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return evaluate(*args, **kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(evaluate)
+
+
+sys.modules[__name__].__class__ = CallableModule
