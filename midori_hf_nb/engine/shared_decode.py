@@ -24,7 +24,7 @@ import torch
 
 from . import capabilities
 from .prefix_cache import NO_REUSE, kv_bytes_per_token
-from .repetition import LoopDetector
+from .repetition import LoopDetector, loop_guard
 from .threads import apply_threads
 
 #: The key of the thread governor of stacked batches in ``LoadedModel.governors`` (batch sizes are
@@ -220,7 +220,7 @@ class _Batch:
         lm = self.lm
         settings = request.settings
         request.warpers = capabilities.sampling_warpers(request.cfg) if request.cfg.do_sample else None
-        guard = settings.repetition_guard
+        guard = loop_guard(settings)  # under a constraint its logits processor runs the guard
         request.loops = LoopDetector(guard) if guard is not None else None
         if settings.seed is not None:
             torch.manual_seed(settings.seed)

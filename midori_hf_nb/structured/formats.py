@@ -48,6 +48,8 @@ class GrammarConstraint:
     grammar: str = field(repr=False)
     #: what it constrains to, for statistics and errors ("json", a model's name, "tool call")
     label: str
+    #: bound number literals to what a double holds (see :mod:`.backend`); the grammar is JSON
+    literal_bounds: bool = True
 
 
 @dataclass(frozen=True)
