@@ -36,6 +36,40 @@ def session_call_log():
     shutil.rmtree(TEST_LOG_DIR, ignore_errors=True)
 
 
+@pytest.fixture
+def call_log(tmp_path):
+    """A fresh call log for one test (``tmp_path/logs/logs.db``, recording); the process's log
+    settings (switch, location, bound, redaction hook) are restored afterwards."""
+    from midori_hf_nb import log
+
+    state = log.state()
+    saved = (state.enabled, state.path, state.max_bytes, state.redactor)
+    path = log.on(tmp_path / "logs" / "logs.db")
+    try:
+        yield path
+    finally:
+        log.flush(30)
+        state.enabled, state.path, state.max_bytes, state.redactor = saved
+
+
+def log_rows(path, where: str = "1", args: tuple = ()) -> list[dict]:
+    """Rows of ``responses`` in the log at ``path``, read with sqlite3 itself (oldest first)."""
+    import sqlite3
+
+    from midori_hf_nb import log
+
+    log.flush(30)
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(str(path))
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute(f"SELECT * FROM responses WHERE {where} ORDER BY datetime_utc, rowid",
+                                              args)]
+    finally:
+        conn.close()
+
+
 def run(coro):
     """Run a coroutine to completion in a fresh event loop."""
     return asyncio.run(coro)

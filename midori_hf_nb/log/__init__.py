@@ -55,6 +55,7 @@ _EXPORTS = {
     "info": ".manage",
     "DeleteResult": ".manage",
     "LogWriteWarning": ".writer",
+    "text_redactor": ".redact",
     "RESPONSE_COLUMNS": ".rows",
 }
 

@@ -90,6 +90,23 @@ def scrub_row(row: dict[str, Any], secrets: Iterable[str] = ()) -> dict[str, Any
     return out
 
 
+def text_redactor(replace: Callable[[str], str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A redaction hook that passes every text column of a row (JSON columns as their JSON text)
+    through ``replace``, e.g. ``text_redactor(lambda t: EMAIL.sub("[email]", t))``. A replacement
+    that breaks a JSON column's JSON is refused (the row is then not written)."""
+    def redact(row: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for column, value in row.items():
+            if isinstance(value, str):
+                value = replace(value)
+                if column.endswith(_JSON_COLUMNS_SUFFIX):
+                    json.loads(value)  # still JSON: else the hook fails and nothing is written
+            out[column] = value
+        return out
+
+    return redact
+
+
 class RedactionError(RuntimeError):
     """The redaction hook failed or returned something that is not a row; nothing was written."""
 
@@ -118,4 +135,5 @@ def apply_redactor(row: dict[str, Any], redactor: Callable[[dict[str, Any]], Any
     return cleaned
 
 
-__all__ = ["MASK", "RedactionError", "SECRET_ENV_NAMES", "apply_redactor", "environment_secrets", "scrub_row"]
+__all__ = ["MASK", "RedactionError", "SECRET_ENV_NAMES", "apply_redactor", "environment_secrets", "scrub_row",
+           "text_redactor"]

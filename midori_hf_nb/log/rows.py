@@ -131,8 +131,9 @@ def prompt_record(payload: Any, tools: list | None, continuation: list | None) -
 
 
 def tool_results(continuation: list | None) -> list[dict] | None:
-    """The tool results a call was given (the tool messages of a tool loop's continuation)."""
-    found = [m for m in continuation or [] if isinstance(m, Mapping) and m.get("role") in ("tool", "function")]
+    """The tool results a call was given: the messages of a tool loop's continuation other than
+    the assistant's calls (``tool`` messages, or user messages where the template has no tool role)."""
+    found = [m for m in continuation or [] if isinstance(m, Mapping) and m.get("role") != "assistant"]
     return found or None
 
 

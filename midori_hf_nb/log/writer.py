@@ -48,6 +48,14 @@ _CONVERSATION = ("INSERT INTO conversations (id, name, model, datetime_utc) VALU
                  "model = coalesce(excluded.model, conversations.model)")
 
 
+def size_text(size: int) -> str:
+    """A size in bytes as KiB, MiB or GiB."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size / 1024:.0f} KiB"
+
+
 class LogWriteWarning(RuntimeWarning):
     """The call log could not record something; the calls themselves went on."""
 
@@ -209,8 +217,8 @@ class LogWriter:
             pass
         if used < bound:
             return False
-        self.warn("size", str(path), f"the call log at {path} has reached its size bound of {bound / 2**20:.0f} MiB "
-                                     f"({used / 2**20:.1f} MiB used): calls are not recorded there until entries are "
+        self.warn("size", str(path), f"the call log at {path} has reached its size bound of {size_text(bound)} "
+                                     f"({size_text(used)} used): calls are not recorded there until entries are "
                                      "deleted (midori_hf_nb.log.delete(...), which compacts the file) or the bound "
                                      "is raised (MIDORI_HF_NB_LOG_MAX_MB, midori_hf_nb.log.set_max_bytes)")
         return True
