@@ -42,14 +42,16 @@ def notebook_origin() -> dict[str, Any] | None:
         except Exception:  # an older kernel without per-channel parents: no cell id
             parent = {}
     header = parent.get("header") or {}
+    count = getattr(shell, "execution_count", None)
     if header.get("msg_type") == "execute_request":
         cell_id = (parent.get("metadata") or {}).get("cellId")
         origin["cell_id"] = cell_id if isinstance(cell_id, str) else None
-        count = getattr(shell, "execution_count", None)
-        origin["execution_count"] = count if isinstance(count, int) else None
-    elif kernel is None:  # a terminal IPython: the prompt's number
-        count = getattr(shell, "execution_count", None)
-        origin["execution_count"] = count if isinstance(count, int) else None
+        content = parent.get("content") or {}
+        counted = content.get("store_history", True) and not content.get("silent", False)
+        # IPython moves the counter on as a counted cell starts: the running cell's number is one less
+        origin["execution_count"] = count - 1 if isinstance(count, int) and counted else count
+    elif kernel is None and isinstance(count, int):  # a terminal IPython: the running prompt's number
+        origin["execution_count"] = count - 1
     if origin["notebook"] is None and kernel is None:
         origin["script"] = "ipython"
     return origin

@@ -74,7 +74,7 @@ def open_conversation(agent: Any, conversation: str | None, memory: list[MemoryE
     if memory is not None:
         raise ValueError("ChatPanel: give memory= or conversation=, not both (conversation= takes the memory "
                          "from the call log)")
-    from ...log.transcript import ConversationNotFound, transcript
+    from ...log.rebuild import ConversationNotFound, transcript
 
     path = resolve_target(log, current_context().log, getattr(agent, "log", None)) or state().path
     try:
