@@ -14,7 +14,8 @@ can only say "Error displaying widget". So when a panel is displayed, a second o
 widget: the conversation as static, escaped HTML (the transcript as the panel renders it) with a
 note on how to continue it. It is updated after every answer, Clear and Undo clear, and saved
 with the notebook. While the panel runs, a small rule hides the copy (the output area holds the
-live panel); without a kernel, the copy shows and the widget's error line is hidden. The rule
+live panel); without it, the copy shows and the widget's placeholder line ("Loading widget...",
+"Error displaying widget") is hidden. The rule
 is a ``<style>`` element inside the copy, with selectors scoped to that one output area; a
 front end that strips it (an untrusted notebook) shows the copy under the error line instead.
 """
@@ -108,7 +109,7 @@ def _rules(cid: str) -> str:
     return (f".jp-OutputArea:has(.midori-chat-panel-{cid}) .midori-chat-static-{cid},"
             f".output_area:has(.midori-chat-panel-{cid}) ~ .output_area .midori-chat-static-{cid}"
             "{display:none}"
-            f"{area} .jp-OutputArea-child:has(> .jp-OutputArea-output.jupyter-widgets:not(:has(*)))"
+            f"{area} .jp-OutputArea-output:not(:has(*))"  # a widget's text-only placeholder (:has cannot nest)
             "{display:none}")
 
 
