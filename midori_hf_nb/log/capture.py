@@ -15,7 +15,7 @@ from typing import Any
 
 from .context import current_context, current_origin
 from .control import check_log_option, resolve_target
-from .record import LOG_ID_KEY, CallTicket, PendingCall, new_id, utc_text
+from .record import IN_FLIGHT, LOG_ID_KEY, CallTicket, PendingCall, new_id, utc_text
 from .writer import WRITER
 
 
@@ -31,8 +31,10 @@ def start_call(agent_option: Any, call_option: Any = None, *, method: str, group
         return None
     if group_id is not None and ctx.group_id is None:
         ctx = replace(ctx, group_id=group_id)
-    return CallTicket(id=new_id(), target=target, started=time.time(), perf=time.perf_counter(), method=method,
-                      context=ctx, origin=current_origin(), payload=payload)
+    ticket = CallTicket(id=new_id(), target=target, started=time.time(), perf=time.perf_counter(), method=method,
+                        context=ctx, origin=current_origin(), payload=payload)
+    IN_FLIGHT.add(ticket)
+    return ticket
 
 
 def describe_error(error: BaseException | str | None) -> str | None:
@@ -52,6 +54,7 @@ def finish_call(ticket: CallTicket | None, response: Any = None, error: BaseExce
     metadata = getattr(response, "metadata", None)
     if isinstance(metadata, dict):
         metadata[LOG_ID_KEY] = ticket.id
+    IN_FLIGHT.discard(ticket.id)
     WRITER.submit(PendingCall(ticket, response, describe_error(error), duration))
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -65,4 +67,29 @@ class PendingCall:
     duration_ms: int
 
 
-__all__ = ["CallTicket", "LOG_ID_KEY", "PendingCall", "new_id", "utc_text"]
+class InFlight:
+    """The calls being recorded that have not finished yet (the writer waits for a pause between
+    calls before writing, so its work does not compete with a generation). A ticket that is never
+    finished (a stream nobody iterated) stops counting when it is garbage collected."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: set[str] = set()
+
+    def add(self, ticket: CallTicket) -> None:
+        with self._lock:
+            self._ids.add(ticket.id)
+        weakref.finalize(ticket, self.discard, ticket.id)
+
+    def discard(self, ticket_id: str) -> None:
+        with self._lock:
+            self._ids.discard(ticket_id)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+#: the process's calls in flight
+IN_FLIGHT = InFlight()
+
+__all__ = ["CallTicket", "IN_FLIGHT", "InFlight", "LOG_ID_KEY", "PendingCall", "new_id", "utc_text"]

@@ -7,8 +7,9 @@ hook (:func:`apply_redactor`) before it reaches the database.
   revealed only on the writer thread to be searched for), in plain and JSON-escaped form;
 * the values of the environment's credential variables (:data:`SECRET_ENV_NAMES`, and any
   variable whose name ends in ``_API_KEY``, ``_TOKEN`` or ``_SECRET``) of 8 characters or more;
-* ``Bearer ...`` tokens, and in JSON columns the value of any key that names a credential
-  (``api_key``, ``authorization``, ``token``, ``secret``, ``password``...).
+* ``Bearer ...`` tokens; and the value of any key that names a credential (``api_key``,
+  ``authorization``, ``token``, ``secret``, ``password``...) in the JSON columns, when the row is
+  built (:func:`~.rows.plain`).
 
 The user's hook (:func:`midori_hf_nb.log.set_redactor`) then gets the row as a dict of column
 values and returns it changed, or None to record nothing. A hook that raises drops the row with
@@ -32,8 +33,7 @@ _SECRET_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
 MIN_SECRET_CHARS = 8
 
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
-_SECRET_KEY = re.compile(r"(?i)(api[_-]?key|authorization|access[_-]?token|auth[_-]?token|\btoken\b|secret|password"
-                         r"|x-api-key)")
+_BEARER_WORD = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr]\s")
 _JSON_COLUMNS_SUFFIX = "_json"
 
 
@@ -58,36 +58,22 @@ def _forms(secrets: Iterable[str]) -> list[str]:
     return sorted(forms, key=len, reverse=True)
 
 
-def _mask_keys(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: (MASK if isinstance(k, str) and _SECRET_KEY.search(k) and isinstance(v, (str, int, float))
-                    and v not in (None, "") else _mask_keys(v)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_mask_keys(v) for v in value]
-    return value
-
-
 def _scrub_text(text: str, forms: list[str]) -> str:
     for form in forms:
         if form in text:
             text = text.replace(form, MASK)
-    return _BEARER.sub(lambda m: m.group(1) + MASK, text)
+    if _BEARER_WORD.search(text):
+        text = _BEARER.sub(lambda m: m.group(1) + MASK, text)
+    return text
 
 
-def scrub_row(row: dict[str, Any], secrets: Iterable[str] = ()) -> dict[str, Any]:
-    """``row`` with secrets masked (see the module docstring); JSON columns stay valid JSON."""
-    forms = _forms([*secrets, *environment_secrets()])
-    out = {}
-    for column, value in row.items():
-        if isinstance(value, str):
-            if column.endswith(_JSON_COLUMNS_SUFFIX) and _SECRET_KEY.search(value):
-                try:
-                    value = json.dumps(_mask_keys(json.loads(value)), ensure_ascii=False, separators=(",", ":"))
-                except ValueError:  # not JSON after all: treated as text below
-                    pass
-            value = _scrub_text(value, forms)
-        out[column] = value
-    return out
+def scrub_row(row: dict[str, Any], secrets: Iterable[str] = (), environment: Iterable[str] | None = None
+              ) -> dict[str, Any]:
+    """``row`` with secrets masked (see the module docstring; the values of credential keys in
+    JSON columns are masked when the row is built, :func:`~.rows.plain`). ``environment``: the
+    environment's secrets when the caller has read them already (once per batch)."""
+    forms = _forms([*secrets, *(environment_secrets() if environment is None else environment)])
+    return {column: _scrub_text(value, forms) if isinstance(value, str) else value for column, value in row.items()}
 
 
 def text_redactor(replace: Callable[[str], str]) -> Callable[[dict[str, Any]], dict[str, Any]]:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from typing import Any, Mapping
 
 from .record import PendingCall, utc_text
@@ -52,24 +53,44 @@ def cut(text: Any, limit: int = MAX_TEXT_CHARS) -> str | None:
     return text[:limit] + f"\n[log: cut at {limit} of {len(text)} characters]"
 
 
+#: a dict key whose value is a credential: its value is written as ``***``
+SECRET_KEY = re.compile(r"api[_-]?key|authorization|access[_-]?token|auth[_-]?token|^token$|secret|password",
+                        re.IGNORECASE)
+_SCALARS = (type(None), bool, int)
+
+
+def _key(key: Any) -> str:
+    return (key if len(key) <= 1000 else cut(key, 1000)) if type(key) is str else cut(repr(key), 1000)
+
+
 def plain(value: Any, depth: int = 0) -> Any:
-    """``value`` as JSON data, bounded (see the module docstring); objects become their text."""
-    if value is None or isinstance(value, (bool, int)):
+    """``value`` as JSON data, bounded (see the module docstring); objects become their text, and
+    the value of a key naming a credential (:data:`SECRET_KEY`) is written as ``***``."""
+    kind = type(value)
+    if kind in _SCALARS:
         return value
-    if isinstance(value, float):
+    if kind is str:
+        return value if len(value) <= MAX_JSON_TEXT_CHARS else cut(value, MAX_JSON_TEXT_CHARS)
+    if kind is float:
         return value if math.isfinite(value) else str(value)
-    if isinstance(value, str):
-        return cut(value, MAX_JSON_TEXT_CHARS)
     if depth >= MAX_DEPTH:
         return f"<nested deeper than {MAX_DEPTH} levels>"
-    if isinstance(value, Mapping):
+    if kind is dict or isinstance(value, Mapping):
         out = {}
         for index, (key, item) in enumerate(value.items()):
             if index >= MAX_ITEMS:
                 out["<log>"] = f"{len(value) - MAX_ITEMS} more items not recorded"
                 break
-            out[cut(key, 1000) if isinstance(key, str) else cut(repr(key), 1000)] = plain(item, depth + 1)
+            name = _key(key)
+            secret = item not in (None, "") and type(item) in (str, int, float) and SECRET_KEY.search(name)
+            out[name] = "***" if secret else plain(item, depth + 1)
         return out
+    if isinstance(value, (bool, int)):  # subclasses (numpy's bool is not one: its text below)
+        return value
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return cut(str(value), MAX_JSON_TEXT_CHARS)
     if isinstance(value, (list, tuple, set, frozenset)):
         items = list(value)
         out_list = [plain(item, depth + 1) for item in items[:MAX_ITEMS]]

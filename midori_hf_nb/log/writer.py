@@ -1,5 +1,7 @@
 """The one writer thread of the process: finished calls are queued (never waited for) and
-written in batches, each batch one transaction per database.
+written in batches, each batch one transaction per database. The writer waits for a pause between
+calls (no call in flight; at most :data:`MAX_DEFER_SECONDS`) and runs at a lower priority, so its
+work does not compete with a generation.
 
 What can go wrong never reaches the call: a log folder that cannot be created or written, a
 full disk, a file locked by another writer beyond the busy timeout, the size bound reached, a
@@ -17,6 +19,7 @@ import atexit
 import os
 import queue
 import sqlite3
+import sys
 import threading
 import time
 import warnings
@@ -24,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .record import PendingCall
+from .record import IN_FLIGHT, PendingCall
 from .control import state
-from .redact import RedactionError, apply_redactor, scrub_row
+from .redact import RedactionError, apply_redactor, environment_secrets, scrub_row
 from .rows import RESPONSE_COLUMNS, build_row
 from .schema import connect
 
@@ -40,6 +43,20 @@ RETRY_SECONDS = 30.0
 LOCKED_ATTEMPTS = 3
 #: seconds the exit handler waits for queued records
 EXIT_FLUSH_SECONDS = 5.0
+#: the longest the writer waits for a pause between calls before it writes anyway
+MAX_DEFER_SECONDS = 3.0
+#: how often it looks for that pause
+DEFER_POLL_SECONDS = 0.05
+
+
+def lower_priority() -> None:
+    """Lower the calling thread's scheduling priority where the system allows it per thread (Linux):
+    the writer then yields the processor to generation threads."""
+    if sys.platform.startswith("linux") and hasattr(os, "setpriority"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except OSError:  # not allowed here: the writer runs at normal priority
+            pass
 
 _INSERT = (f"INSERT OR REPLACE INTO responses ({', '.join(RESPONSE_COLUMNS)}) "
            f"VALUES ({', '.join('?' for _ in RESPONSE_COLUMNS)})")
@@ -144,14 +161,26 @@ class LogWriter:
 
     # ------------------------------------------------------------------ the writer thread
 
-    def _run(self) -> None:
+    def _collect(self) -> list:
+        """The next batch: what is queued, once no call is in flight (or :data:`MAX_DEFER_SECONDS`
+        passed, or a flush asks for it, or :data:`BATCH` records wait)."""
+        batch = [self._queue.get()]
+        deadline = time.monotonic() + MAX_DEFER_SECONDS
         while True:
-            batch = [self._queue.get()]
             while len(batch) < BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            if (not len(IN_FLIGHT) or len(batch) >= BATCH or time.monotonic() >= deadline
+                    or any(not isinstance(item, PendingCall) for item in batch)):
+                return batch
+            time.sleep(DEFER_POLL_SECONDS)
+
+    def _run(self) -> None:
+        lower_priority()
+        while True:
+            batch = self._collect()
             records = [item for item in batch if isinstance(item, PendingCall)]
             try:
                 if records:
@@ -177,10 +206,11 @@ class LogWriter:
     def _write(self, records: list[PendingCall]) -> None:
         groups: dict[Path, list[tuple[dict, dict]]] = {}
         redactor = state().redactor
+        environment = environment_secrets()
         for pending in records:
             try:
                 row, extras = build_row(pending)
-                row = scrub_row(row, pending.ticket.secrets)
+                row = scrub_row(row, pending.ticket.secrets, environment)
                 row = apply_redactor(row, redactor)
             except RedactionError as exc:
                 self.dropped += 1
