@@ -88,8 +88,9 @@ TURN_COLUMNS: dict[str, str] = {
 }
 
 
-#: Timestamps beyond this many seconds from 1970 (about the year 5100) are not shown (``NaT``).
-MAX_TIMESTAMP = 1e11
+#: Timestamps beyond this many seconds from 1970 (2262-04-11, the last second pandas'
+#: nanosecond timestamps hold) are not shown (``NaT``).
+MAX_TIMESTAMP = 9_223_372_036
 
 
 def _cell(value: Any, dtype: str) -> Any:
@@ -117,7 +118,7 @@ def _frame(rows: list[dict[str, Any]], columns: dict[str, str]) -> pd.DataFrame:
             series = pd.Series(values, dtype="object")
         elif dtype.startswith("datetime64"):
             seconds = [float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool)
-                       and math.isfinite(v) and abs(v) < MAX_TIMESTAMP else None for v in values]
+                       and math.isfinite(v) and abs(v) <= MAX_TIMESTAMP else None for v in values]
             series = pd.to_datetime(pd.Series(seconds, dtype="float64"), unit="s", utc=True).astype(dtype)
         else:
             series = pd.Series([_cell(v, dtype) for v in values], dtype="object").astype(dtype)
