@@ -264,6 +264,7 @@ def test_three_processes_writing_at_once_lose_nothing(tmp_path, tiny_model):
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         rows = conn.execute("SELECT conversation_id, prompt, response, model, pid, prompt_json, response_json, "
                             "options_json FROM responses").fetchall()
+        assert conn.execute("SELECT DISTINCT script FROM responses").fetchall() == [("python -c",)]  # the origin
         assert conn.execute("SELECT count(*) FROM responses_fts WHERE responses_fts MATCH 'question'").fetchone() == (900,)
     finally:
         conn.close()
