@@ -87,9 +87,16 @@ SETTINGS: dict[str, dict] = {
     "greedy, repetition_penalty 1.1": {"greedy": True, "repetition_penalty": 1.1},
     "t0.2": {"do_sample": True, "temperature": 0.2, "top_p": 0.9, "top_k": 50},
     "t0.7": {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 50},
+    "greedy, repetition_penalty 1.05": {"greedy": True, "repetition_penalty": 1.05},
+    "greedy, repetition_penalty 1.2": {"greedy": True, "repetition_penalty": 1.2},
+    "t0.2, repetition_penalty 1.1": {"do_sample": True, "temperature": 0.2, "top_p": 0.9, "top_k": 50,
+                                     "repetition_penalty": 1.1},
 }
-#: short names for --settings
-ALIASES = {"greedy": "greedy", "greedy-rp": "greedy, repetition_penalty 1.1", "t0.2": "t0.2", "t0.7": "t0.7"}
+#: short names for --settings (the default runs the first four)
+ALIASES = {"greedy": "greedy", "greedy-rp": "greedy, repetition_penalty 1.1", "t0.2": "t0.2", "t0.7": "t0.7",
+           "greedy-rp1.05": "greedy, repetition_penalty 1.05", "greedy-rp1.2": "greedy, repetition_penalty 1.2",
+           "t0.2-rp": "t0.2, repetition_penalty 1.1"}
+DEFAULT_SETTINGS = ("greedy", "greedy-rp", "t0.2", "t0.7")
 
 
 def payload(question: str, turns) -> object:
@@ -150,7 +157,7 @@ class Score:
 
 
 def score(args: argparse.Namespace) -> None:
-    names = [ALIASES[n] for n in args.settings.split(",")] if args.settings else list(SETTINGS)
+    names = [ALIASES[n] for n in (args.settings.split(",") if args.settings else DEFAULT_SETTINGS)]
     questions = QUESTIONS[: args.questions]
     agent = HuggingFaceLocalAgent(model=DEFAULT_MODEL, progress=False, max_new_tokens=args.max_new_tokens)
     asyncio.run(agent.load())
@@ -186,6 +193,15 @@ def score(args: argparse.Namespace) -> None:
         lines.append(f"| {s['setting']}{same} | {s['correct']}/{s['answers']} | {s['rate']:.0%} ({low:.0%}-{high:.0%}) | "
                      f"{s['questions_always_right']}/{len(questions)} | {s['repetition_endings']} | "
                      f"{s['length_endings']} | {s['mean_tokens']:.1f} | {france} |")
+    lines += ["", "Correct answers per question (greedy settings: one answer per question):", "",
+              "| question | " + " | ".join(scores) + " |", "|---|" + "---|" * len(scores)]
+    for number, question in enumerate(questions):
+        counts = []
+        for entry in scores.values():
+            mine = [a for a in entry.answers if a["question"] == number]
+            mine = mine[:1] if entry.greedy else mine
+            counts.append(f"{sum(a['correct'] for a in mine)}/{len(mine)}")
+        lines.append(f"| {cell(question.text, 60)} | " + " | ".join(counts) + " |")
     lines += ["", "Wrong answers (first seed each):", ""]
     for name, entry in scores.items():
         seen = set()
@@ -250,7 +266,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=5, help="seeds per sampled setting (default 5)")
     parser.add_argument("--settings", default=None,
-                        help="comma-separated among " + ", ".join(ALIASES) + " (default: all)")
+                        help="comma-separated among " + ", ".join(ALIASES) + " (default: " + ",".join(DEFAULT_SETTINGS) + ")")
     parser.add_argument("--questions", type=int, default=len(QUESTIONS), help="answer only the first N questions")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per answer (default 64)")
     parser.add_argument("--output", type=Path, default=None, help="where to write the Markdown (and .json next to it)")

@@ -21,8 +21,8 @@ from ..streaming import DEFAULT_THROTTLE, LiveView, tick_while_waiting
 from .composer import MAX_INPUT_CHARS
 from .document import read_document, write_document
 from .export import ChatExport, write_export
-from .generation import AnswerRun, GenerationPlan, agent_model, answer_entry, initial_settings, plan_generation, \
-    SettingsBaseline, tool_method
+from .generation import AnswerRun, GenerationPlan, agent_defaults, agent_model, answer_entry, initial_settings, \
+    plan_generation, SettingsBaseline, tool_method
 from .layout import ChatLayout, WidgetSink
 from .options import check_panel_options
 from .pages import TranscriptPages
@@ -370,6 +370,7 @@ class ChatPanel(ChatLayout):
         self.live_html.value = ""
         if epoch == self._epoch:  # not cleared meanwhile
             self._record(user_entry, entry, plan)
+        self._sync_settings()
         self._stop_requested = False
         self._task_done_soon()
         task = asyncio.current_task()
@@ -387,6 +388,16 @@ class ChatPanel(ChatLayout):
         if self._fixed_title is None:
             self.show_title(entry.stats.model or agent_model(self.agent))
         self.show_status(final_status_text(entry, ignored=plan.ignored), fresh_memory=True)
+
+    def _sync_settings(self) -> None:
+        """Show the agent's own values (known once its model is loaded: the model's
+        ``generation_config.json`` may sample where the package defaults decode greedily) in the
+        settings the user neither gave nor changed."""
+        self._baseline, changes = self._baseline.synced(self.settings(), agent_defaults(self.agent))
+        inputs = {"temperature": self.temperature_input, "max_new_tokens": self.max_new_tokens_input,
+                  "greedy": self.greedy_input}
+        for name, value in changes.items():
+            inputs[name].value = value
 
     def _task_done_soon(self) -> None:
         """Re-enable the buttons once the task has finished (it finishes right after this returns)."""
