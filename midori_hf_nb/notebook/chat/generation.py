@@ -102,13 +102,17 @@ class SettingsBaseline:
         given |= {name for name in ("temperature", "max_new_tokens", "greedy") if name in overrides}
         return cls(dict(settings), frozenset(given | ({"greedy"} if "do_sample" in overrides else set())))
 
-    def synced(self, settings: Mapping[str, Any], defaults: Mapping[str, Any]) -> tuple["SettingsBaseline", dict[str, Any]]:
+    def synced(self, settings: Mapping[str, Any], defaults: Mapping[str, Any],
+               show: Callable[[dict[str, Any]], None]) -> "SettingsBaseline":
         """The baseline with the settings the user neither gave nor changed (``settings``: the
-        panel's current ones) following ``defaults`` (:func:`agent_defaults` now, e.g. once the
-        model's own values are known), and those changed settings (for the panel's inputs)."""
+        panel's current ones) following ``defaults`` (:func:`agent_defaults` now: a loaded
+        model's ``generation_config.json`` may sample where the package defaults decode greedily);
+        ``show`` puts the changed ones into the panel's inputs."""
         changes = {n: defaults[n] for n in ("temperature", "max_new_tokens", "greedy")
                    if n not in self.given and settings[n] == self.initial[n] and defaults[n] != self.initial[n]}
-        return SettingsBaseline({**self.initial, **changes}, self.given), changes
+        if changes:
+            show(changes)
+        return SettingsBaseline({**self.initial, **changes}, self.given)
 
     def asked(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         """The generation settings of ``settings`` (the panel's current ones) to send with a message."""

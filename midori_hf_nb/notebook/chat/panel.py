@@ -187,8 +187,7 @@ class ChatPanel(ChatLayout):
         return self._launch(self._turn(index, history, plan))
 
     def stop(self) -> bool:
-        """Stop the running generation within a token or two, keeping its partial answer marked as
-        stopped; returns True if a generation was running."""
+        """Stop the running answer within a token or two, keeping what arrived (marked stopped); True if one ran."""
         if not self.is_running:
             return False
         self._stop_requested = True
@@ -370,7 +369,7 @@ class ChatPanel(ChatLayout):
         self.live_html.value = ""
         if epoch == self._epoch:  # not cleared meanwhile
             self._record(user_entry, entry, plan)
-        self._sync_settings()
+        self._baseline = self._baseline.synced(self.settings(), agent_defaults(self.agent), self.show_settings)
         self._stop_requested = False
         self._task_done_soon()
         task = asyncio.current_task()
@@ -388,16 +387,6 @@ class ChatPanel(ChatLayout):
         if self._fixed_title is None:
             self.show_title(entry.stats.model or agent_model(self.agent))
         self.show_status(final_status_text(entry, ignored=plan.ignored), fresh_memory=True)
-
-    def _sync_settings(self) -> None:
-        """Show the agent's own values (known once its model is loaded: the model's
-        ``generation_config.json`` may sample where the package defaults decode greedily) in the
-        settings the user neither gave nor changed."""
-        self._baseline, changes = self._baseline.synced(self.settings(), agent_defaults(self.agent))
-        inputs = {"temperature": self.temperature_input, "max_new_tokens": self.max_new_tokens_input,
-                  "greedy": self.greedy_input}
-        for name, value in changes.items():
-            inputs[name].value = value
 
     def _task_done_soon(self) -> None:
         """Re-enable the buttons once the task has finished (it finishes right after this returns)."""
