@@ -268,7 +268,8 @@ class Worker:
         from midori_hf_nb import make_payload
 
         InteractiveShell.instance()  # display() publishes through a real shell's display publisher
-        from midori_hf_nb.notebook.streaming import IPythonSink, LiveView, stream_to_cell
+        from midori_hf_nb.notebook.sinks import IPythonSink
+        from midori_hf_nb.notebook.streaming import LiveView, stream_to_cell
 
         agent = self._agent(options, n)
         payload = make_payload(USER, SYSTEM)

@@ -163,7 +163,7 @@ def mask_cost(agent, rows: list[dict]) -> dict:
     import torch
 
     from midori_hf_nb.structured import response_format_from
-    from midori_hf_nb.structured.processor import logits_width
+    from midori_hf_nb.structured.processor import GrammarLogitsProcessor, logits_width
 
     lm = agent.loaded_model
     width = logits_width(lm)
@@ -173,7 +173,7 @@ def mask_cost(agent, rows: list[dict]) -> dict:
     for row in rows:
         if not row["constrained"]:
             continue
-        processor = response_format_from(models[row["schema"]]).constraint.logits_processor(lm, 1)
+        processor = GrammarLogitsProcessor.for_model(response_format_from(models[row["schema"]]).constraint, lm, 1)
         tokens = lm.tokenizer.encode(row["text"], add_special_tokens=False) + [eos]
         sequence = torch.zeros((1, 1), dtype=torch.long)
         for token in tokens:

@@ -30,16 +30,16 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from .config import MODEL_DEFAULT_FIELDS, ConfigError, HuggingFaceConfig, validate_generation_options, validate_seed
+from .structured.errors import StructuredOutputError
 from .structured.formats import ResponseFormat, ToolChoice, response_format_from, tool_choice_from
+from .structured.tools import tool_call_constraint
 
 #: Per-call overrides that change a configuration field.
 CONFIG_OVERRIDES = ("max_new_tokens", "temperature", "top_p", "top_k", "do_sample", "stop_on_repetition")
-#: Per-call overrides of structured output (validated by :mod:`midori_hf_nb.structured`).
-STRUCTURED_OVERRIDES = ("response_format", "tool_choice")
 
 
 @dataclass(frozen=True)
@@ -246,6 +246,33 @@ def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
-__all__ = ["CONFIG_OVERRIDES", "DEFAULT_REPETITION_GUARD", "STRUCTURED_OVERRIDES", "CallSettings", "GenerationSettings",
+__all__ = ["apply_tool_choice", "CONFIG_OVERRIDES", "DEFAULT_REPETITION_GUARD", "CallSettings", "GenerationSettings",
            "RepetitionGuard", "check_overrides", "model_generation_defaults", "resolve_call_settings",
            "split_overrides", "with_model_defaults"]
+
+
+def apply_tool_choice(call: CallSettings, schemas: list[dict[str, Any]] | None,
+                      ) -> tuple[CallSettings, list[dict[str, Any]] | None]:
+    """The settings and the offered schemas of a call with tools, after its ``tool_choice``.
+
+    ``"none"`` offers no tools (none in the prompt, no call parsed); ``"required"`` or a name
+    constrains the answer to one call; ``"auto"`` (or no choice) changes nothing. A
+    ``response_format`` together with tools is refused unless ``tool_choice="none"``.
+    """
+    choice = call.tool_choice
+    if schemas is None:
+        if choice is not None and choice.mode != "none":
+            raise StructuredOutputError(f"tool_choice={choice.describe()!r} needs tools: use invoke_with_tools, "
+                                        "stream_with_tools or run_tools")
+        return call, schemas
+    if choice is not None and choice.mode == "none":
+        return call, None
+    if call.response_format is not None:
+        raise StructuredOutputError("response_format cannot be combined with tools: give tool_choice='none' "
+                                    "(answer in the format, no tools) or leave response_format unset")
+    if choice is None or not choice.forces_call:
+        return call, schemas
+    if not schemas:
+        raise StructuredOutputError(f"tool_choice={choice.describe()!r} needs at least one tool")
+    constraint = tool_call_constraint(schemas, choice)
+    return replace(call, generation=replace(call.generation, constraint=constraint)), schemas

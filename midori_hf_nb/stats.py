@@ -84,6 +84,9 @@ class ResponseStats:
     tool_choice: str | None = None
     #: why ``response.parsed`` is None (the budget ran out before the JSON closed, cancelled, ...)
     structured_error: str | None = None
+    #: when the repetition guard ended a loop in a constrained answer (``finish_reason`` "repetition"):
+    #: the tokens of the grammar's shortest completion written after it so the answer closes
+    closing_tokens: int | None = None
     #: metadata keys this class does not know (kept as they are)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -137,7 +140,7 @@ class ResponseStats:
 
 _TOOL_FIELDS = frozenset({"tools_offered", "tools_in_template", "tool_parse_errors", "unknown_tool_calls",
                           "tool_steps", "steps", "max_steps_reached"})
-_STRUCTURED_FIELDS = frozenset({"response_format", "tool_choice", "structured_error"})
+_STRUCTURED_FIELDS = frozenset({"response_format", "tool_choice", "structured_error", "closing_tokens"})
 #: fields left out of :meth:`ResponseStats.as_dict` while None (tools not offered, structured output
 #: not asked, and what only served agents know)
 _OMITTED_WHEN_NONE = _TOOL_FIELDS | _STRUCTURED_FIELDS | {"base_url", "error", "server_finish_reason"}
@@ -227,6 +230,7 @@ _CHECKS = {
     "tools_in_template": _opt(_flag), "tool_parse_errors": _opt(_texts), "unknown_tool_calls": _opt(_texts),
     "tool_steps": _opt(_records), "steps": _opt(_count), "max_steps_reached": _opt(_flag),
     "response_format": _opt(_text), "tool_choice": _opt(_text), "structured_error": _opt(_text),
+    "closing_tokens": _opt(_count),
 }
 
 

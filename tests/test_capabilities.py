@@ -1,4 +1,4 @@
-"""Each probe of a torch / transformers internal (engine/capabilities.py) on the installed versions,
+"""Each probe of a torch / transformers internal (engine/capabilities/) on the installed versions,
 and the decode path a generation reports (``metadata["decode_path"]``)."""
 
 from __future__ import annotations

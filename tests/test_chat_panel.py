@@ -593,14 +593,6 @@ def test_send_without_a_running_loop_blocks_and_returns_the_answer():
         panel.send(5)
 
 
-def test_the_former_module_name_still_imports():
-    from midori_hf_nb.notebook import chat, chat_panel
-
-    assert chat_panel.ChatPanel is chat.ChatPanel is ChatPanel
-    for name in chat_panel.__all__:
-        assert getattr(chat_panel, name) is not None
-
-
 # --------------------------------------------------------------------------- the real agent, end to end
 
 

@@ -5,11 +5,10 @@
 - :mod:`.tool_loop`: :class:`ToolLoopStream`, the opt-in tool execution loop as a stream;
 - :mod:`.live`: the generation thread feeding an asyncio queue;
 - :mod:`.responses`: a finished generation to an ``AgentResponse`` with typed statistics;
-- :mod:`.events`: :class:`StreamEvent`, shared with the notebook layer;
 - :mod:`.host`: :class:`GenerationHost`, what a stream needs from its agent (a typed seam).
 """
 
-from .events import EVENT_KINDS, EventStream, StreamEvent
+from ..events import EVENT_KINDS, EventStream, StreamEvent
 from .local import HuggingFaceLocalAgent
 from .responses import native_parse
 from .stream import AgentStream

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import DEFAULTS, ConfigError, HuggingFaceConfig
 from ..prompting import Prompt, build_prompt, template_supports_tools
 from ..protocol import AgentPayload, AgentResponse, MidoriAiAgentProtocol, ReasoningEffort
-from ..settings import CallSettings, resolve_call_settings, with_model_defaults
-from ..structured.tools import apply_tool_choice
+from ..settings import CallSettings, apply_tool_choice, resolve_call_settings, with_model_defaults
 from ..tools import DEFAULT_MAX_RESULT_CHARS, DEFAULT_TOOL_TIMEOUT, tool_instructions, tool_schemas
 from ..validation import validate_payloads, validate_reasoning_effort
 from .responses import build_response

@@ -9,11 +9,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..parsing import extract_reasoning_blocks, normalise_call, parse_tool_calls_detailed, unique_ids
+from ..parsing import extract_reasoning_blocks, normalise_call
 from ..protocol import AgentPayload, AgentResponse
 from ..stats import ResponseStats
 from ..structured import StructuredOutputError
-from ..tools import tool_names
+from ..tools.answers import attach_tool_calls
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine import GenerationResult, LoadedModel
@@ -29,7 +29,9 @@ class StructuredResponse(AgentResponse):
     ``response`` is the raw JSON text, plus ``parsed``: the answer as the requested object (a
     pydantic model instance, a validated Python value, or the decoded JSON), or None when the
     answer is not complete (``finish_reason`` "length" or "cancelled"; the reason is in
-    ``metadata["structured_error"]``). Never a half object."""
+    ``metadata["structured_error"]``). Never a half object. When the repetition guard ends a loop
+    in the answer, the answer is closed by the grammar's shortest completion and parsed
+    (``finish_reason`` "repetition", ``metadata["closing_tokens"]`` the completion's length)."""
 
     parsed: Any = None
 
@@ -41,7 +43,10 @@ def parse_structured(call: "CallSettings", result: "GenerationResult", answer: s
     if result.finish_reason == "length":
         return None, (f"the answer reached max_new_tokens={call.generation.max_new_tokens} before the JSON "
                       "closed; raise max_new_tokens")
-    if result.finish_reason != "stop":
+    if result.finish_reason == "repetition" and result.closing_tokens is None:
+        return None, ("the repetition guard ended a loop and no completion of the grammar was found that fits in "
+                      f"max_new_tokens={call.generation.max_new_tokens}; raise max_new_tokens")
+    if result.finish_reason not in ("stop", "repetition"):
         return None, f"the generation ended with finish_reason={result.finish_reason!r} before the JSON closed"
     try:
         return fmt.parse(answer), None
@@ -65,32 +70,6 @@ def native_parse(tokenizer: Any, text: str, prefix: str, schemas: list[dict] | N
         logger.debug("parse_response failed (%s: %s); using the tag parser", type(exc).__name__, exc)
         return None
     return message if isinstance(message, dict) else None
-
-
-def attach_tool_calls(answer: str, blocks: list[str], found_calls: list[dict], found_errors: list[str],
-                      schemas: list[dict], stats: ResponseStats, *, tools_in_template: bool | None,
-                      ) -> tuple[str, list[str], list[dict] | None]:
-    """The tool calls of an answer: ``found_calls`` (read by the tokenizer or sent by a server) then
-    those the tag parser finds in ``answer``, with unique ids, each marked ``unknown`` when
-    ``schemas`` does not offer it. Returns the answer without the calls, the reasoning blocks (prose
-    written ahead of the calls joins them) and the calls (None without any); fills the tool fields
-    of ``stats``."""
-    parsed = parse_tool_calls_detailed(answer)
-    parsed.calls = unique_ids(found_calls + parsed.calls)
-    parsed.errors = found_errors + parsed.errors
-    offered = set(tool_names(schemas))
-    for found in parsed.calls:
-        if found["name"] not in offered:
-            found["unknown"] = True
-    if parsed.calls and parsed.prose_before_calls:  # reasoning written ahead of the calls
-        blocks, answer = [*blocks, parsed.prose_before_calls], parsed.answer
-    else:
-        answer = parsed.text
-    stats.tools_offered = sorted(offered)
-    stats.tools_in_template = tools_in_template
-    stats.tool_parse_errors = list(parsed.errors)
-    stats.unknown_tool_calls = [c["name"] for c in parsed.calls if c["name"] not in offered]
-    return answer, blocks, parsed.calls or None
 
 
 def build_response(model_name: str, lm: "LoadedModel", prompt: "Prompt", result: "GenerationResult",
@@ -136,6 +115,8 @@ def build_response(model_name: str, lm: "LoadedModel", prompt: "Prompt", result:
     stats.extra["shared_rows"] = result.shared_rows
     if call.tool_choice is not None:
         stats.tool_choice = call.tool_choice.describe()
+    if settings.constraint is not None:
+        stats.closing_tokens = result.closing_tokens
     if call.response_format is not None:
         stats.response_format = call.response_format.name
         parsed, stats.structured_error = parse_structured(call, result, answer)
@@ -143,19 +124,3 @@ def build_response(model_name: str, lm: "LoadedModel", prompt: "Prompt", result:
                                   metadata=stats.as_dict(), parsed=parsed)
     return AgentResponse(thinking="\n\n".join(blocks), response=answer, code=None, tool_calls=calls,
                          metadata=stats.as_dict())
-
-
-def adopt_live_ids(calls: list[dict], live_calls: list[dict]) -> list[dict]:
-    """Give the final calls the ids of the matching calls announced live; return those not announced."""
-    unmatched = list(live_calls)
-    missing = []
-    for found in calls:
-        match = next((c for c in unmatched if c["name"] == found["name"] and c["arguments"] == found["arguments"]),
-                     None)
-        if match is None:
-            missing.append(found)
-        else:
-            unmatched.remove(match)
-            found["id"] = match["id"]
-    unique_ids(calls)
-    return missing

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from ..parsing import StreamSplitter, prompt_opens_thinking
 from ..protocol import AgentPayload, AgentResponse
-from ..settings import with_model_defaults
-from ..structured.tools import apply_tool_choice
+from ..settings import apply_tool_choice, with_model_defaults
 from ..tools import tool_names
 from ..validation import validate_payload
-from .events import EventStream, StreamEvent, piece_events
+from ..events import EventStream, StreamEvent, piece_events
 from .live import LiveGeneration
-from .responses import adopt_live_ids, build_response
+from ..tools.answers import adopt_live_ids
+from .responses import build_response
 
 if TYPE_CHECKING:  # pragma: no cover
     from .host import GenerationHost

@@ -15,7 +15,7 @@ from ..protocol import AgentPayload, AgentResponse
 from ..stats import ResponseStats
 from ..structured.formats import tool_choice_from
 from ..tools import DEFAULT_MAX_RESULT_CHARS, DEFAULT_TOOL_TIMEOUT, ToolRunner, check_tool_options
-from .events import EventStream, StreamEvent
+from ..events import EventStream, StreamEvent
 from .stream import AgentStream
 
 if TYPE_CHECKING:  # pragma: no cover

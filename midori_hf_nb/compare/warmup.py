@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any
 
 from .agents import ModelEntry, offers_batching, takes_overrides
 from .batched import batches
@@ -32,8 +31,6 @@ from .rows import Row
 
 #: New tokens of a warm-up generation.
 WARMUP_TOKENS = 8
-#: Values of compare()'s ``warmup``: None warms up agents that batch, True every agent, False none.
-WARMUP_MODES = (None, True, False)
 
 
 def warm_up(entry: ModelEntry, rows: list[Row], mode: bool | None, batch_size: int | None) -> float | None:
@@ -61,4 +58,4 @@ def warm_up(entry: ModelEntry, rows: list[Row], mode: bool | None, batch_size: i
     return time.perf_counter() - started
 
 
-__all__ = ["WARMUP_MODES", "WARMUP_TOKENS", "warm_up"]
+__all__ = ["WARMUP_TOKENS", "warm_up"]

@@ -57,6 +57,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 import transformers
@@ -119,7 +120,7 @@ def _warn_repair(target: Path, problems: list[FileProblem], action: str) -> None
     message = (f"midori-hf-nb: the cached conversion {target} does not match what was written there: "
                f"{describe(problems, target)}; {action}")
     logger.warning(message)
-    warnings.warn(message, CacheRepairWarning, stacklevel=4)
+    warnings.warn(message, CacheRepairWarning, stacklevel=5)
 
 
 def _clear(target: Path) -> None:
@@ -131,9 +132,32 @@ def _clear(target: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _write_manifest(partial: Path, fields: dict) -> None:
-    """Record the written files (size, mtime_ns, sha256) and ``fields`` in the manifest, written last."""
-    write_manifest(partial, {**fields, "files": record_files(partial)})
+def _write_cached(target: Path, lock_path: Path, full: bool, repair: str,
+                  write: Callable[[Path], dict]) -> Path:
+    """Write a cached folder once, under a file lock: check ``target`` again once the lock is held
+    (another process may have written it meanwhile), warn that a damaged one is written again
+    (``repair`` says how), clear it, let ``write`` fill a temporary folder beside it (returning the
+    manifest's fields), record the files in the manifest and rename the folder into place. An
+    interrupted write leaves no half cache."""
+    with open(lock_path, "w") as lock_file:
+        if fcntl is not None:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+        problems = _cached_problems(target, full)
+        if problems == []:
+            return target
+        if problems:
+            _warn_repair(target, problems, repair)
+        _clear(target)
+        partial = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
+        partial.chmod(0o755)
+        try:
+            fields = write(partial)
+            write_manifest(partial, {**fields, "files": record_files(partial)})
+            os.replace(partial, target)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    return target
 
 
 def convert_gguf(gguf_path: str | os.PathLike, progress: bool = True, verify: str | None = None) -> Path:
@@ -161,48 +185,32 @@ def convert_gguf(gguf_path: str | os.PathLike, progress: bool = True, verify: st
     if problems:
         _refuse_read_only(target, problems, str(gguf_path))
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f"{target.name}.lock", "w") as lock_file:
-        if fcntl is not None:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-        problems = _cached_problems(target, full)  # another process may have converted it meanwhile
-        if problems == []:
-            return target
-        if problems:
-            _warn_repair(target, problems, f"converting {gguf_path} again")
-        _clear(target)
-        partial = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
-        partial.chmod(0o755)
+
+    def write(partial: Path) -> dict:
+        started = time.perf_counter()
         try:
-            started = time.perf_counter()
-            try:
-                with progress_bars(progress):
-                    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-                    model = AutoModelForCausalLM.from_pretrained(
-                        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
-                    )
-            except (OSError, MemoryError):
-                raise
-            except Exception as exc:
-                raise ModelSourceError(
-                    f"{gguf_path}: transformers {transformers.__version__} could not read it as a GGUF model "
-                    f"({type(exc).__name__}: {exc}). If the file is damaged or incomplete, download it again; "
-                    "if its architecture is not supported, use the model's safetensors release instead"
-                ) from exc
-            make_gguf_model_saveable(model)
             with progress_bars(progress):
-                model.save_pretrained(partial)
-                tokenizer.save_pretrained(partial)
-            stat = gguf_path.stat()
-            _write_manifest(partial, {
-                "gguf_file": str(gguf_path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                "transformers": transformers.__version__,
-                "convert_seconds": round(time.perf_counter() - started, 3)})
-            del model, tokenizer
-            os.replace(partial, target)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
+                tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+                model = AutoModelForCausalLM.from_pretrained(
+                    gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+                )
+        except (OSError, MemoryError):
             raise
-    return target
+        except Exception as exc:
+            raise ModelSourceError(
+                f"{gguf_path}: transformers {transformers.__version__} could not read it as a GGUF model "
+                f"({type(exc).__name__}: {exc}). If the file is damaged or incomplete, download it again; "
+                "if its architecture is not supported, use the model's safetensors release instead"
+            ) from exc
+        make_gguf_model_saveable(model)
+        with progress_bars(progress):
+            model.save_pretrained(partial)
+            tokenizer.save_pretrained(partial)
+        stat = gguf_path.stat()
+        return {"gguf_file": str(gguf_path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                "transformers": transformers.__version__, "convert_seconds": round(time.perf_counter() - started, 3)}
+
+    return _write_cached(target, target.parent / f"{target.name}.lock", full, f"converting {gguf_path} again", write)
 
 
 def _checked_source(folder: Path, progress: bool) -> Path:
@@ -242,32 +250,18 @@ def dtype_variant(folder: str | os.PathLike, dtype: str, progress: bool = True, 
     target = folder / dtype
     if problems:
         _refuse_read_only(target, problems, str(folder))
-    with open(folder / f"{dtype}.lock", "w") as lock_file:
-        if fcntl is not None:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-        problems = _cached_problems(target, full)
-        if problems == []:
-            return target
-        if problems:
-            _warn_repair(target, problems, f"saving the {dtype} copy again from {folder}")
-        _clear(target)
-        partial = Path(tempfile.mkdtemp(prefix=f"{dtype}.partial-", dir=folder))
-        partial.chmod(0o755)
-        try:
-            started = time.perf_counter()
-            with progress_bars(progress):
-                tokenizer = AutoTokenizer.from_pretrained(folder)
-                model = AutoModelForCausalLM.from_pretrained(folder, dtype=TORCH_DTYPES[dtype])
-                model.save_pretrained(partial)
-                tokenizer.save_pretrained(partial)
-            _write_manifest(partial, {
-                "converted_from": str(folder), "dtype": dtype, "transformers": transformers.__version__,
-                "convert_seconds": round(time.perf_counter() - started, 3)})
-            del model, tokenizer
-            os.replace(partial, target)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
+
+    def write(partial: Path) -> dict:
+        started = time.perf_counter()
+        with progress_bars(progress):
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=TORCH_DTYPES[dtype])
+            model.save_pretrained(partial)
+            tokenizer.save_pretrained(partial)
+        return {"converted_from": str(folder), "dtype": dtype, "transformers": transformers.__version__,
+                "convert_seconds": round(time.perf_counter() - started, 3)}
+
+    target = _write_cached(target, folder / f"{dtype}.lock", full, f"saving the {dtype} copy again from {folder}", write)
     gc.collect()
     trim_heap()
     return target

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import threading
 import time
 import warnings
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,111 +21,11 @@ from ..registry import ModelRegistry
 from ..sources import ModelSource, ModelSourceError, hub_offline, resolve_source
 
 from . import capabilities
-from .capabilities import DecodeLoopSupport
 from .convert import progress_bars, convert_gguf, dtype_variant
 from ..load_progress import TRACKER
 from .devices import TORCH_DTYPES, trim_heap, mps_available, resolve_device, resolve_dtype
 from .layers import QuantizationError, quantize_weights, use_bf16_cpu_linears
-from .prefix_cache import PrefixCacheStore
-from .shared_decode import SharedDecoder
-
-
-@dataclass(frozen=True)
-class LoadSpec:
-    """What identifies a loaded model: agents with equal specs share one copy."""
-
-    source: ModelSource
-    device: str
-    dtype: str
-    quantization: str | None
-    trust_remote_code: bool
-
-    @property
-    def key(self) -> tuple:
-        return (self.source.key, self.device, self.dtype, self.quantization, self.trust_remote_code)
-
-
-@dataclass
-class LoadedModel:
-    """A model and tokenizer in memory, with what generation needs."""
-
-    spec: LoadSpec
-    model: Any
-    tokenizer: Any
-    load_seconds: float
-    path: str  #: the folder or hub id actually loaded
-    generation_lock: threading.Lock = field(default_factory=threading.Lock)
-    #: serialises use of the (Rust) tokenizer across threads: prompt encoding and streamed decoding
-    tokenizer_lock: threading.RLock = field(default_factory=threading.RLock)
-    base_generation_config: Any = None
-    #: the generation settings the model's generation_config.json supplies (checked; see
-    #: :func:`midori_hf_nb.settings.model_generation_defaults`)
-    generation_defaults: dict = field(default_factory=dict)
-    eos_token_ids: frozenset[int] = frozenset()
-    pad_token_id: int | None = None
-    #: whether (and how) the engine's own decode loop can drive this model
-    #: (see :func:`~midori_hf_nb.engine.capabilities.decode_loop_support`)
-    decode_support: DecodeLoopSupport = DecodeLoopSupport(False, reason="not probed")
-    #: effective GenerationConfig per plain settings tuple, so repeated calls do not rebuild it
-    generation_configs: dict = field(default_factory=dict)
-    #: thread governors of num_threads="auto", one per batch size
-    governors: dict = field(default_factory=dict)
-    #: whether a finished generation's KV cache can be kept for the next turn
-    #: (see :func:`~midori_hf_nb.engine.capabilities.cache_prefix_reuse_support`)
-    prefix_support: DecodeLoopSupport = DecodeLoopSupport(False, reason="not probed")
-    #: conversation KV caches kept between turns (see :mod:`~midori_hf_nb.engine.prefix_cache`)
-    prefix_caches: PrefixCacheStore = field(default_factory=PrefixCacheStore)
-    #: concurrent single-sequence generations join one decode loop (see :mod:`.shared_decode`);
-    #: False runs them one after another
-    share_decoding: bool = True
-    _shared_decoder: SharedDecoder | None = field(default=None, repr=False)
-
-    @property
-    def shared_decoder(self) -> SharedDecoder:
-        """The model's shared decode loop (created on first use)."""
-        if self._shared_decoder is None:
-            with self.tokenizer_lock:
-                if self._shared_decoder is None:
-                    self._shared_decoder = SharedDecoder(self)
-        return self._shared_decoder
-
-    @property
-    def lean_capable(self) -> bool:
-        """True when the engine's own decode loop can drive this model."""
-        return self.decode_support.supported
-
-    @property
-    def input_device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def max_position_embeddings(self) -> int | None:
-        return getattr(self.model.config, "max_position_embeddings", None)
-
-    def footprint(self) -> dict[str, Any]:
-        """Parameters, bytes, dtype, quantization and device of the loaded weights."""
-        if self.model is None:
-            return {"model": self.spec.source.name, "loaded": False}
-        params = sum(p.numel() for p in self.model.parameters())
-        weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        weight_bytes += sum(b.numel() * b.element_size() for b in self.model.buffers())
-        return {
-            "model": self.spec.source.name,
-            "loaded": True,
-            "parameters": int(params),
-            "bytes": int(weight_bytes),
-            "dtype": self.spec.dtype,
-            "quantization": self.spec.quantization or "none",
-            "device": str(self.input_device),
-            "load_seconds": round(self.load_seconds, 3),
-        }
-
-    def close(self) -> None:
-        """Drop the model, the tokenizer and the kept KV caches so their memory can return."""
-        self.prefix_caches.clear()
-        self.model = None
-        self.tokenizer = None
-        self.base_generation_config = None
+from .loaded import LoadedModel, LoadSpec
 
 
 def _quantization_config(spec: LoadSpec):
@@ -163,6 +62,25 @@ def _hub_error(source: ModelSource, exc: BaseException) -> ModelSourceError:
         f"model {source.name!r}: not found in {where} and {reason} ({type(exc).__name__}: {exc}). "
         "Pass a local model directory or .gguf file, or use midori_hf_nb.DEFAULT_MODEL to run offline."
     )
+
+
+#: Files that carry a tokenizer's vocabulary (one of them must be in a local model folder).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.tiktoken", "vocab.spm")
+
+
+def _explain_tokenizer_error(spec: LoadSpec, path: str, exc: Exception) -> None:
+    """Name a local model folder without tokenizer files (transformers' own message speaks of
+    sentencepiece and slow tokenizers)."""
+    folder = Path(path)
+    if spec.source.kind == "hub" or not folder.is_dir():
+        return
+    if any((folder / name).is_file() for name in TOKENIZER_FILES) or any(folder.glob("*.tiktoken")):
+        return
+    raise ModelSourceError(
+        f"model {spec.source.name!r}: the folder {path!r} has no tokenizer: expected tokenizer.json (or "
+        "tokenizer.model, or vocab.json with merges.txt, or vocab.txt) beside config.json; copy the model's "
+        f"tokenizer files into it ({type(exc).__name__} from transformers)") from exc
 
 
 def _explain_load_error(spec: LoadSpec, path: str, exc: Exception) -> None:
@@ -210,6 +128,7 @@ def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
             try:
                 tokenizer = AutoTokenizer.from_pretrained(path, **common)
             except Exception as exc:
+                _explain_tokenizer_error(spec, path, exc)
                 _explain_load_error(spec, path, exc)
                 raise
             bar.update(1)

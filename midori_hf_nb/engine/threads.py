@@ -12,7 +12,7 @@ import torch
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .loading import LoadedModel
+    from .loaded import LoadedModel
 
 
 def usable_cores() -> int:

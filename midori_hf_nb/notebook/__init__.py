@@ -5,9 +5,9 @@ Names are imported lazily, so ``import midori_hf_nb.notebook`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
-from typing import Any
+
+from ..lazy import lazy_exports
 
 #: what the notebook layer needs beyond the core: the ``notebook`` extra of the package
 NOTEBOOK_REQUIREMENTS = ("IPython", "ipywidgets", "ipykernel", "nest_asyncio2", "matplotlib", "markdown_it", "pygments", "nh3")
@@ -22,74 +22,60 @@ if _missing:
 #: public name -> module (relative to this package) that defines it
 _EXPORTS: dict[str, str] = {
     # aio: running the async API from synchronous code
-    "run": "aio",
-    "iterate": "aio",
-    "loop_running": "aio",
-    "enable_nesting": "aio",
-    "SyncAgent": "aio",
+    "run": ".aio",
+    "iterate": ".aio",
+    "loop_running": ".aio",
+    "enable_nesting": ".aio",
+    "SyncAgent": ".aio",
     # streaming into a cell
-    "stream_to_cell": "streaming",
-    "display_stream": "streaming",
-    "LiveView": "streaming",
-    "DisplayStats": "streaming",
-    "StreamState": "streaming",
-    "RecordingSink": "streaming",
-    "render_stream_html": "streaming",
+    "stream_to_cell": ".streaming",
+    "display_stream": ".streaming",
+    "LiveView": ".streaming",
+    "DisplayStats": ".streaming",
+    "StreamState": ".stream_view",
+    "RecordingSink": ".sinks",
+    "render_stream_html": ".stream_view",
     # rich display of responses
-    "ResponseView": "display",
-    "render_response_html": "display",
-    "render_response_markdown": "display",
-    "show_response": "display",
+    "ResponseView": ".display",
+    "render_response_html": ".display",
+    "render_response_markdown": ".display",
     # calling any protocol agent
-    "open_event_stream": "agent_calls",
-    "EventStream": "agent_calls",
+    "open_event_stream": ".agent_calls",
+    "EventStream": ".agent_calls",
     # escaping of untrusted text for every view
-    "escape_html": "escaping",
-    "escape_markdown": "escaping",
-    "markdown_code_block": "escaping",
+    "escape_html": ".escaping",
+    "escape_markdown": ".escaping",
+    "markdown_code_block": ".escaping",
     # answers as safe Markdown
-    "render_markdown_html": "markdown",
-    "markdown_for_export": "markdown",
-    "IncrementalMarkdown": "markdown",
+    "render_markdown_html": ".markdown",
+    "markdown_for_export": ".markdown",
+    "IncrementalMarkdown": ".markdown",
     # DataFrames
-    "tool_calls_frame": "frames",
-    "thinking_frame": "frames",
-    "conversation_frame": "frames",
-    "TOOL_CALL_COLUMNS": "frames",
-    "THINKING_COLUMNS": "frames",
-    "TURN_COLUMNS": "frames",
+    "tool_calls_frame": ".frames",
+    "thinking_frame": ".frames",
+    "conversation_frame": ".frames",
+    "TOOL_CALL_COLUMNS": ".frames",
+    "THINKING_COLUMNS": ".frames",
+    "TURN_COLUMNS": ".frames",
     # conversation memory
-    "Conversation": "conversation",
+    "Conversation": ".conversation",
     # memory readout
-    "memory_readout": "memory",
-    "show_memory": "memory",
-    "MemoryReadout": "memory",
+    "memory_readout": ".memory",
+    "MemoryReadout": ".memory",
     # chat panel widget
-    "ChatPanel": "chat",
+    "ChatPanel": ".chat",
     # prompt comparison views
-    "comparison_view": "compare_view",
-    "results_view": "compare_view",
-    "plot_comparison": "compare_view",
+    "comparison_view": ".compare_view",
+    "results_view": ".compare_view",
+    "plot_comparison": ".compare_view",
     # magics
-    "MidoriMagics": "magics",
-    "MidoriSession": "magics",
-    "current_session": "magics",
-    "load_ipython_extension": "magics",
-    "unload_ipython_extension": "magics",
+    "MidoriMagics": ".magics",
+    "MidoriSession": ".magics",
+    "current_session": ".magics",
+    "load_ipython_extension": ".magics",
+    "unload_ipython_extension": ".magics",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
-
-
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 __all__ = sorted(_EXPORTS)

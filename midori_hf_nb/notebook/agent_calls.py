@@ -24,7 +24,7 @@ import asyncio
 import inspect
 from typing import Any, Awaitable, Callable
 
-from ..agent.events import EVENT_KINDS, StreamEvent
+from ..events import EVENT_KINDS, StreamEvent
 from ..protocol import AgentResponse
 from ..stats import ResponseStats
 from .escaping import to_text

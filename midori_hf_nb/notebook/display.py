@@ -69,22 +69,29 @@ def compact_json(value: Any, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def format_footer(metadata: Any, *, interrupted: bool = False) -> str:
-    """One line: tokens, seconds, tokens/s, finish reason and decoder (plain text: escape it to show it).
+def format_footer(metadata: Any, *, interrupted: bool = False, seconds: float | None = None,
+                  model: bool = False) -> str:
+    """One line: tokens, seconds, tokens/s, finish reason and decoder (plain text: escape it to show
+    it). Every surface that sums up an answer (the stream footer, the chat panel's status line)
+    writes its numbers with this one function.
 
     ``metadata``: a response's metadata dict, a :class:`~midori_hf_nb.stats.ResponseStats` or None;
-    it is read typed (:func:`response_stats`).
+    it is read typed (:func:`response_stats`). ``seconds`` replaces the statistics' total seconds
+    (the panel times the whole answer, loading included); ``model`` adds the model's name.
     """
     stats = response_stats(metadata)
     parts = []
     if stats.completion_tokens is not None:
         parts.append(f"{stats.completion_tokens} tokens")
-    if stats.total_seconds is not None:
-        parts.append(f"{stats.total_seconds:.2f} s")
+    total = seconds if seconds is not None else stats.total_seconds
+    if total is not None:
+        parts.append(f"{total:.2f} s")
     if stats.tokens_per_second is not None:
         parts.append(f"{stats.tokens_per_second:.1f} tokens/s")
     if stats.finish_reason:
         parts.append(f"finish: {stats.finish_reason}" + (" (interrupted)" if interrupted else ""))
+    if model and stats.model:
+        parts.append(f"model: {stats.model}")
     decode = decode_label(stats)
     if decode:
         parts.append(decode)
@@ -254,13 +261,6 @@ class ResponseView:
         return render_response_text(self.response)
 
 
-def show_response(response: Any, **options: Any) -> None:
-    """Display a response richly in the current cell (``IPython.display.display(ResponseView(...))``)."""
-    from IPython.display import display
-
-    display(ResponseView(response, **options))
-
-
 def register_formatters(shell: Any) -> None:
     """Show every ``AgentResponse`` that is a cell's result with :func:`render_response_html`."""
     from ..protocol import AgentResponse
@@ -293,7 +293,6 @@ __all__ = [
     "render_response_markdown",
     "render_response_text",
     "response_stats",
-    "show_response",
     "thinking_html",
     "tool_call_rows",
     "tool_calls_html",

@@ -270,15 +270,6 @@ def memory_readout(agent: Any = None) -> MemoryReadout:
                          models=model_footprints(), remote=remote_models(agent))
 
 
-def show_memory(agent: Any = None) -> MemoryReadout:
-    """Display a readout (:func:`memory_readout` of ``agent``) in the current cell and return it."""
-    from IPython.display import display
-
-    readout = memory_readout(agent)
-    display(readout)
-    return readout
-
-
 __all__ = [
     "MemoryReadout",
     "SYSTEM_MEMORY",
@@ -289,6 +280,5 @@ __all__ = [
     "mps_memory",
     "process_memory",
     "remote_models",
-    "show_memory",
     "system_memory",
 ]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..config import ConfigError, refusal_message
+from ..config import ConfigError, fields_from_kwargs, refusal_message
 from .errors import KEY_MASK
 
 #: where the key is read from when none is given (the ``openai`` client's own variable)
@@ -228,12 +228,7 @@ class OpenAIConfig:
     def from_kwargs(cls, model: str, **kwargs: Any) -> "OpenAIConfig":
         """Build a configuration: known options set fields, the rest become server options
         (as a TOML file's further keys do)."""
-        known = set(cls.field_names())
-        options = {k: v for k, v in kwargs.items() if k in known}
-        extra = {k: v for k, v in kwargs.items() if k not in known}
-        server_options = dict(options.pop("server_options", None) or {})
-        server_options.update(extra)
-        return cls(model=model, server_options=server_options, **options)
+        return cls(model=model, **fields_from_kwargs(cls.field_names(), kwargs, "server_options"))
 
 
 #: The default of every :class:`OpenAIConfig` field that has one.

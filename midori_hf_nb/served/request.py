@@ -18,10 +18,6 @@ from ..protocol import AgentPayload, ReasoningEffort
 from ..settings import split_overrides
 from .config import OpenAIConfig, check_server_options
 
-#: per-call overrides that are OpenAI request fields of their own
-REQUEST_FIELDS = ("stop",)
-
-
 @dataclass(frozen=True)
 class ServedCallSettings:
     """What one call to the server runs with: the agent's configuration with the call's
@@ -131,4 +127,4 @@ def request_body(config: OpenAIConfig, payload: AgentPayload, call: ServedCallSe
     return body
 
 
-__all__ = ["REQUEST_FIELDS", "ServedCallSettings", "payload_messages", "request_body", "resolve_served_settings"]
+__all__ = ["ServedCallSettings", "payload_messages", "request_body", "resolve_served_settings"]

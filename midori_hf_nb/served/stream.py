@@ -23,18 +23,18 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
-from ..agent.events import EventStream, StreamEvent, piece_events
-from ..agent.responses import adopt_live_ids, attach_tool_calls
+from ..events import EventStream, StreamEvent, piece_events
 from ..parsing import StreamSplitter, extract_reasoning_blocks, normalise_call
 from ..protocol import AgentPayload, AgentResponse
 from ..stats import ResponseStats
 from ..tools import tool_names
+from ..tools.answers import adopt_live_ids, attach_tool_calls
 from ..validation import validate_payload
 from .client import import_openai
 from .errors import scrub
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .agent import OpenAICompatibleAgent
+    from .host import ServedHost
 
 logger = logging.getLogger("midori_hf_nb")
 
@@ -72,7 +72,7 @@ class ServedStream(EventStream):
     ``events=True``); afterwards :attr:`response` holds the final :class:`AgentResponse`.
     """
 
-    def __init__(self, agent: "OpenAICompatibleAgent", payload: AgentPayload, *, events: bool,
+    def __init__(self, agent: "ServedHost", payload: AgentPayload, *, events: bool,
                  overrides: dict[str, Any], schemas: list[dict] | None = None) -> None:
         state = ServedState()
         super().__init__(run_served(state, agent, payload, overrides, schemas), state, events=events)
@@ -179,7 +179,7 @@ def _finish_reason(reading: _Reading) -> str:
     return "length" if reading.finish == "length" else "stop"
 
 
-def build_served_response(agent: "OpenAICompatibleAgent", payload: AgentPayload, call: Any,
+def build_served_response(agent: "ServedHost", payload: AgentPayload, call: Any,
                           schemas: list[dict] | None, reading: _Reading, server_calls: _ServerCalls,
                           called_at: float, sent_at: float) -> AgentResponse:
     """The protocol response of one streamed answer, with its statistics in ``metadata``."""
@@ -280,7 +280,7 @@ class _Collector:
                                                                                         self.live_calls)]
 
 
-def _midway_error(exc: BaseException, openai: Any, agent: "OpenAICompatibleAgent", timeout: float) -> str:
+def _midway_error(exc: BaseException, openai: Any, agent: "ServedHost", timeout: float) -> str:
     """What went wrong with a stream the server had started to send (never with the key)."""
     url = agent.config.server
     if isinstance(exc, openai.APITimeoutError):
@@ -293,7 +293,7 @@ def _midway_error(exc: BaseException, openai: Any, agent: "OpenAICompatibleAgent
     return scrub(text, agent.config.api_key.reveal())
 
 
-async def _open(state: ServedState, agent: "OpenAICompatibleAgent", body: dict[str, Any], waker: asyncio.Future,
+async def _open(state: ServedState, agent: "ServedHost", body: dict[str, Any], waker: asyncio.Future,
                 openai: Any) -> Any:
     """The server's stream for ``body``, or None when the stream was stopped before the server answered."""
     opening = asyncio.ensure_future(agent.client().chat.completions.create(**body))
@@ -315,7 +315,7 @@ async def _open(state: ServedState, agent: "OpenAICompatibleAgent", body: dict[s
     return stream
 
 
-async def run_served(state: ServedState, agent: "OpenAICompatibleAgent", payload: AgentPayload,
+async def run_served(state: ServedState, agent: "ServedHost", payload: AgentPayload,
                      overrides: dict[str, Any], schemas: list[dict] | None) -> AsyncIterator[StreamEvent]:
     """The events of one streamed answer (the body of :class:`ServedStream`)."""
     openai = import_openai()

@@ -7,15 +7,11 @@ The call is written as the bare JSON object every tool-call parser of the projec
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import backend
 from .errors import StructuredOutputError
 from .formats import GrammarConstraint, ToolChoice
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..settings import CallSettings
 
 #: Parameters of a tool without a parameter schema: any JSON object.
 ANY_ARGUMENTS = {"type": "object"}
@@ -48,31 +44,4 @@ def tool_call_constraint(schemas: list[dict[str, Any]], choice: ToolChoice) -> G
     return GrammarConstraint(grammar, f"tool call ({choice.describe()})")
 
 
-def apply_tool_choice(call: "CallSettings", schemas: list[dict[str, Any]] | None,
-                      ) -> tuple["CallSettings", list[dict[str, Any]] | None]:
-    """The settings and the offered schemas of a call with tools, after its ``tool_choice``.
-
-    ``"none"`` offers no tools (none in the prompt, no call parsed); ``"required"`` or a name
-    constrains the answer to one call; ``"auto"`` (or no choice) changes nothing. A
-    ``response_format`` together with tools is refused unless ``tool_choice="none"``.
-    """
-    choice = call.tool_choice
-    if schemas is None:
-        if choice is not None and choice.mode != "none":
-            raise StructuredOutputError(f"tool_choice={choice.describe()!r} needs tools: use invoke_with_tools, "
-                                        "stream_with_tools or run_tools")
-        return call, schemas
-    if choice is not None and choice.mode == "none":
-        return call, None
-    if call.response_format is not None:
-        raise StructuredOutputError("response_format cannot be combined with tools: give tool_choice='none' "
-                                    "(answer in the format, no tools) or leave response_format unset")
-    if choice is None or not choice.forces_call:
-        return call, schemas
-    if not schemas:
-        raise StructuredOutputError(f"tool_choice={choice.describe()!r} needs at least one tool")
-    constraint = tool_call_constraint(schemas, choice)
-    return replace(call, generation=replace(call.generation, constraint=constraint)), schemas
-
-
-__all__ = ["apply_tool_choice", "call_schema", "tool_call_constraint"]
+__all__ = ["call_schema", "tool_call_constraint"]

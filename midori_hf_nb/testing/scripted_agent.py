@@ -18,7 +18,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Sequence
 
-from ..agent.events import EventStream, StreamEvent
+from ..events import EventStream, StreamEvent
 from ..load_progress import LoadProgress, LoadTracker
 from ..parsing import StreamSplitter, extract_reasoning_blocks, parse_tool_calls_detailed
 from ..protocol import AgentPayload, AgentResponse, MidoriAiAgentProtocol

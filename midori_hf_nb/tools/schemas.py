@@ -12,6 +12,8 @@ import inspect
 import json
 from typing import Any, Callable
 
+from ..engine.capabilities.docstrings import function_json_schema, parse_google_docstring
+
 
 class ToolSchemaError(ValueError):
     """A tool cannot be described as a JSON schema; the message names the tool and what is missing."""
@@ -31,8 +33,6 @@ def _describe_callable(fn: Callable[..., Any]) -> dict[str, Any]:
     listed with their types, just without a description; a missing docstring or type hint
     is an error naming the function and what is missing.
     """
-    from transformers.utils import get_json_schema  # pure utility; loads no model
-
     name = _callable_name(fn)
     doc = inspect.getdoc(fn)
     if not doc or not doc.strip():
@@ -54,25 +54,20 @@ def _describe_callable(fn: Callable[..., Any]) -> dict[str, Any]:
             f"{'have' if len(missing) > 1 else 'has'} no type hint; annotate every argument "
             "(e.g. 'query: str') so the model is told its type"
         )
-    from ..engine.capabilities import parse_google_docstring
-
     names = [p.name for p in parameters]
     try:
         described = parse_google_docstring(doc)[1] or {}
         if all(described.get(name) for name in names):
-            return get_json_schema(fn)
-        return _schema_without_argument_docs(fn, doc, names, get_json_schema)
+            return function_json_schema(fn)
+        return _schema_without_argument_docs(fn, doc, names)
     except ToolSchemaError:
         raise
     except Exception as exc:  # DocstringParsingException, TypeHintParsingException (unsupported types)
         raise ToolSchemaError(f"tool function {name!r} cannot be described as a JSON schema: {exc}") from exc
 
 
-def _schema_without_argument_docs(fn: Callable[..., Any], doc: str, names: list[str],
-                                  get_json_schema: Callable[..., dict]) -> dict[str, Any]:
+def _schema_without_argument_docs(fn: Callable[..., Any], doc: str, names: list[str]) -> dict[str, Any]:
     """``get_json_schema`` for a docstring that does not describe every argument."""
-    from ..engine.capabilities import parse_google_docstring
-
     description, described, returns = parse_google_docstring(doc)
     lines = [description or "", "", "Args:"]
     lines += [f"    {arg}: {(described or {}).get(arg) or _NO_DESCRIPTION}" for arg in names]
@@ -84,7 +79,7 @@ def _schema_without_argument_docs(fn: Callable[..., Any], doc: str, names: list[
         return fn(*args, **kwargs)
 
     proxy.__doc__ = "\n".join(lines)
-    schema = get_json_schema(proxy)
+    schema = function_json_schema(proxy)
     for spec in schema["function"]["parameters"].get("properties", {}).values():
         if spec.get("description") == _NO_DESCRIPTION:
             del spec["description"]

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from ...agent.events import StreamEvent
+from ...events import StreamEvent
 from ...config import DEFAULTS
 from ...settings import check_overrides
 from ...stats import ResponseStats, stats_of

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from ...protocol import MemoryEntryData
-from ..display import STYLE_BOX, STYLE_FOOTER, decode_label, escape, render_response_html
+from ..display import STYLE_BOX, STYLE_FOOTER, escape, format_footer, render_response_html
 from .transcript import ROLES, TranscriptEntry, role_label
 
 STYLE_MESSAGE = "margin:0.35em 0;padding:0.35em 0.6em;border-radius:6px;line-height:1.45"
@@ -137,20 +137,10 @@ def final_status_text(entry: TranscriptEntry, *, ignored: tuple[str, ...] = ()) 
     decode path, and the settings the agent did not take (``ignored``)."""
     if entry.error:
         return f"error: {entry.error}"
-    stats = entry.stats
     parts = ["stopped" if entry.stopped else "done"]
-    if stats.completion_tokens is not None:
-        parts.append(f"{stats.completion_tokens} tokens")
-    if stats.tokens_per_second is not None:
-        parts.append(f"{stats.tokens_per_second:.1f} tokens/s")
-    if entry.seconds is not None:
-        parts.append(f"{entry.seconds:.1f} s")
-    if stats.finish_reason:
-        parts.append(f"finish: {stats.finish_reason}")
-    if stats.model:
-        parts.append(f"model: {stats.model}")
-    if decode_label(stats):
-        parts.append(decode_label(stats))
+    summary = format_footer(entry.stats, seconds=entry.seconds, model=True)
+    if summary:
+        parts.append(summary)
     if ignored:
         parts.append(f"not taken by the agent: {', '.join(ignored)}")
     return " · ".join(parts)

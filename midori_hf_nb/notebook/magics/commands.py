@@ -89,7 +89,7 @@ class MidoriMagics(Magics):
             raise UsageError(f"%midori help: no topic {topic!r}: expected cell or one of {', '.join(COMMAND_PARSERS)}")
 
     def _cmd_load(self, args: argparse.Namespace) -> None:
-        from ... import HuggingFaceLocalAgent
+        from ...agent import HuggingFaceLocalAgent
         from ...protocol import make_payload
         from ..aio import run
 

@@ -66,10 +66,10 @@ def message_overrides(args: argparse.Namespace, defaults: dict[str, Any],
 
 def _check_generate_options(options: dict[str, Any]) -> None:
     """Have the engine refuse ``generate()`` options it does not know (before anything loads)."""
-    from ... import engine
+    from ...engine.decode_path import check_generation_kwargs
 
     try:
-        engine.check_generation_kwargs(options)
+        check_generation_kwargs(options)
     except ValueError as exc:
         given = ", ".join(f"{k}={v!r}" for k, v in options.items())
         raise UsageError(f"%midori load: --set {given} is not allowed: {exc}; configuration fields: "
@@ -161,14 +161,15 @@ class MidoriSession:
 
     def base_config(self) -> HuggingFaceConfig:
         """The local agent's configuration, or the one ``%midori load`` starts from (the offline default)."""
-        from ... import DEFAULT_MODEL
+        from ...sources import DEFAULT_MODEL
 
         return self._agent.config if is_local_agent(self._agent) else HuggingFaceConfig(model=DEFAULT_MODEL)
 
     def ensure_agent(self) -> Any:
         """The session's agent, creating one on the offline default model on first use."""
         if self._agent is None:
-            from ... import DEFAULT_MODEL, HuggingFaceLocalAgent
+            from ...agent import HuggingFaceLocalAgent
+            from ...sources import DEFAULT_MODEL
 
             self.set_agent(HuggingFaceLocalAgent(model=DEFAULT_MODEL), owned=True)
             print(f"Using the offline default model ({DEFAULT_MODEL}); `%midori load --model ...` picks another.")
