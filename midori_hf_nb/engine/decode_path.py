@@ -151,5 +151,5 @@ def with_constraint(lm: LoadedModel, settings: GenerationSettings, call_kwargs: 
         return call_kwargs
     from ..structured.processor import GrammarLogitsProcessor
 
-    processor = GrammarLogitsProcessor.for_model(settings.constraint, lm, rows)
+    processor = GrammarLogitsProcessor.for_model(settings.constraint, lm, rows, resumed=settings.answer_so_far)
     return {**call_kwargs, "logits_processor": [*(call_kwargs.get("logits_processor") or []), processor]}

@@ -65,7 +65,7 @@ class GrammarLogitsProcessor(LogitsProcessor):
     """
 
     def __init__(self, constraint: GrammarConstraint, lltokenizer: Any, rows: int, width: int,
-                 eos_ids: tuple[int, ...]) -> None:
+                 eos_ids: tuple[int, ...], resumed: int = 0) -> None:
         self.constraint = constraint
         self.width = int(width)
         self.eos_ids = tuple(eos_ids)
@@ -73,19 +73,23 @@ class GrammarLogitsProcessor(LogitsProcessor):
         self.bitmask = np.zeros((rows, backend.bitmask_words(self.width)), dtype=np.int32)
         self.prompt_length: int | None = None
         self.seen = 0  # tokens after the prompt followed so far
+        #: tokens at the end of the first input that belong to the answer (a continued generation)
+        self.resumed = max(0, int(resumed))
 
     @classmethod
-    def for_model(cls, constraint: GrammarConstraint, lm: Any, rows: int) -> "GrammarLogitsProcessor":
-        """A processor for a loaded model (:class:`~midori_hf_nb.engine.LoadedModel`)."""
+    def for_model(cls, constraint: GrammarConstraint, lm: Any, rows: int, resumed: int = 0) -> "GrammarLogitsProcessor":
+        """A processor for a loaded model (:class:`~midori_hf_nb.engine.LoadedModel`); ``resumed``:
+        how many tokens at the end of the first input are answer already (followed first)."""
         width = logits_width(lm)
         eos_ids = tuple(sorted(lm.eos_token_ids))
         lltokenizer = backend.tokenizer_for(lm.tokenizer, width, eos_ids, getattr(lm, "tokenizer_lock", None))
-        return cls(constraint, lltokenizer, rows, width, eos_ids)
+        return cls(constraint, lltokenizer, rows, width, eos_ids, resumed)
 
     def _follow(self, input_ids: torch.Tensor) -> None:
         if self.prompt_length is None:
-            self.prompt_length = int(input_ids.shape[1])
-            return
+            self.prompt_length = int(input_ids.shape[1]) - min(self.resumed, int(input_ids.shape[1]))
+            if not self.resumed:
+                return
         new = input_ids[:, self.prompt_length + self.seen:].tolist()
         for matcher, tokens in zip(self.matchers, new):
             for token in tokens:
