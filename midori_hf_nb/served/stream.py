@@ -35,7 +35,7 @@ from ..validation import validate_payload
 from .chunks import BudgetReached, Collector, Reading, checked_usage, read_chunk, server_words
 from .client import http_failure, import_openai
 from .errors import ServerTimeoutError, scrub
-from .redaction import secret_of
+from .redaction import guard_logs, secret_of
 from .sse import MalformedStreamError, SSEDecoder
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -198,7 +198,9 @@ def _midway_error(exc: BaseException, body: _Body, agent: "ServedHost", timeout:
 async def _open(state: ServedState, agent: "ServedHost", body: dict[str, Any], waker: asyncio.Future,
                 openai: Any, deadline_at: float, deadline: float) -> _Body | None:
     """The server's stream for ``body``, or None when the stream was stopped before the server answered."""
-    manager = agent.client().chat.completions.with_streaming_response.create(**body)
+    client = agent.client()
+    guard_logs(agent.config.api_key)  # again: the HTTP stack may have made loggers since the client
+    manager = client.chat.completions.with_streaming_response.create(**body)
     opening = asyncio.ensure_future(manager.__aenter__())
     try:
         await asyncio.wait({opening, waker}, timeout=max(0.0, deadline_at - time.perf_counter()),
