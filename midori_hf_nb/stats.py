@@ -87,6 +87,11 @@ class ResponseStats:
     tool_choice: str | None = None
     #: why ``response.parsed`` is None (the budget ran out before the JSON closed, cancelled, ...)
     structured_error: str | None = None
+    #: when the repetition guard ended a loop in a constrained answer (``finish_reason`` "repetition"):
+    #: the tokens of the grammar's shortest completion written after it so the answer closes
+    closing_tokens: int | None = None
+    #: the call's id in the call log (:mod:`midori_hf_nb.log`); None when it was not recorded
+    log_id: str | None = None
     #: metadata keys this class does not know (kept as they are)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -140,7 +145,7 @@ class ResponseStats:
 
 _TOOL_FIELDS = frozenset({"tools_offered", "tools_in_template", "tool_parse_errors", "unknown_tool_calls",
                           "tool_steps", "steps", "max_steps_reached"})
-_STRUCTURED_FIELDS = frozenset({"response_format", "tool_choice", "structured_error"})
+_STRUCTURED_FIELDS = frozenset({"response_format", "tool_choice", "structured_error", "closing_tokens"})
 #: fields left out of :meth:`ResponseStats.as_dict` while None (tools not offered, structured output
 #: not asked, and what only served agents know)
 _OMITTED_WHEN_NONE = _TOOL_FIELDS | _STRUCTURED_FIELDS | {"base_url", "error", "server_finish_reason", "notes"}
@@ -217,7 +222,7 @@ def _records(name: str, value: Any) -> list[dict[str, Any]]:
 
 
 _CHECKS = {
-    "model": _opt(_text), "backend": _opt(_text), "session_id": _opt(_text),
+    "model": _opt(_text), "backend": _opt(_text), "session_id": _opt(_text), "log_id": _opt(_text),
     "prompt_tokens": _opt(_count), "completion_tokens": _opt(_count),
     "time_to_first_token": _opt(_seconds), "total_seconds": _opt(_seconds), "wall_seconds": _opt(_seconds), "call_to_first_token": _opt(_seconds),
     "tokens_per_second": _opt(_seconds), "decode_tokens_per_second": _opt(_seconds),
@@ -230,6 +235,7 @@ _CHECKS = {
     "tools_in_template": _opt(_flag), "tool_parse_errors": _opt(_texts), "unknown_tool_calls": _opt(_texts),
     "tool_steps": _opt(_records), "steps": _opt(_count), "max_steps_reached": _opt(_flag),
     "response_format": _opt(_text), "tool_choice": _opt(_text), "structured_error": _opt(_text),
+    "closing_tokens": _opt(_count),
 }
 
 

@@ -4,6 +4,7 @@ look-ahead: a generation whose reader stopped reading pauses (see :class:`LookAh
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Hashable
 
@@ -137,3 +138,73 @@ def _generate_into(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, stop_e
         _post(loop, queue, stop_event, ("done", result, 0))
     except BaseException as exc:  # delivered to the consumer, raised there
         _post(loop, queue, stop_event, ("error", exc, 0))
+
+
+class GenerationParts:
+    """The parts of one stream's generation: the first, and a continuation after each pause
+    (``state``: the stream's state, with ``stop``, ``part_stop``, ``thread`` and ``lookahead``)."""
+
+    def __init__(self, state: Any, lm: Any, prompt_ids: list[int], settings: Any, reuse_key: Any) -> None:
+        from .. import engine
+
+        self.state, self.lm, self.prompt_ids, self.settings, self.reuse_key = state, lm, list(prompt_ids), settings, reuse_key
+        self.results: list[Any] = []
+        self.carry = engine.TextCarry()
+        self.lookahead = state.lookahead = LookAhead()
+
+    def _pause_for(self, event: threading.Event) -> Any:
+        carry = self.carry
+
+        def pause() -> None:
+            carry.hold = True  # before the stop: the streamer keeps the word it holds for the continuation
+            event.set()
+        return pause
+
+    @property
+    def tokens(self) -> list[int]:
+        return [token for result in self.results for token in result.token_ids]
+
+    def start(self) -> LiveGeneration:
+        """The next part, started."""
+        done = self.tokens
+        settings = self.settings
+        if done:  # a continuation: the rest of the budget, the answer so far as input, no second seeding
+            settings = dataclasses.replace(settings, max_new_tokens=settings.max_new_tokens - len(done), seed=None,
+                                           answer_so_far=len(done))
+        event = threading.Event()
+        self.state.part_stop = event
+        if self.state.stop.is_set():
+            event.set()
+        self.carry.hold = False
+        self.lookahead.resume(self._pause_for(event))
+        live = LiveGeneration(self.lm, self.prompt_ids + done, settings, event, self.reuse_key,
+                              self.lookahead, self.carry)
+        self.state.thread = live.thread
+        live.start()
+        return live
+
+    def paused(self, result: Any) -> bool:
+        """Whether ``result`` ended at a pause that a continuation should follow."""
+        self.results.append(result)
+        return (result.finish_reason == "cancelled" and self.lookahead.paused and not self.state.stop.is_set()
+                and len(self.tokens) < self.settings.max_new_tokens)
+
+    def result(self) -> Any:
+        """The result of the whole generation."""
+        from .. import engine
+
+        if len(self.results) == 1 and not (self.lookahead.paused and self.results[0].finish_reason == "cancelled"):
+            return self.results[0]
+        tokens, last = self.tokens, self.results[-1]
+        finish = last.finish_reason
+        if finish == "cancelled" and not self.state.stop.is_set() and len(tokens) >= self.settings.max_new_tokens:
+            finish = "length"  # paused at the budget's last token
+        lm = self.lm
+        text_tokens = tokens[:-1] if finish == "stop" and tokens and tokens[-1] in lm.eos_token_ids else tokens
+        with lm.tokenizer_lock:
+            text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
+        return engine.join_results(self.results, text, finish)
+
+    def held_text(self) -> str:
+        """Text a paused part held that no continuation will hand on."""
+        return self.carry.rest(self.lm.tokenizer, self.lm.tokenizer_lock)

@@ -29,7 +29,9 @@ class StructuredResponse(AgentResponse):
     ``response`` is the raw JSON text, plus ``parsed``: the answer as the requested object (a
     pydantic model instance, a validated Python value, or the decoded JSON), or None when the
     answer is not complete (``finish_reason`` "length" or "cancelled"; the reason is in
-    ``metadata["structured_error"]``). Never a half object."""
+    ``metadata["structured_error"]``). Never a half object. When the repetition guard ends a loop
+    in the answer, the answer is closed by the grammar's shortest completion and parsed
+    (``finish_reason`` "repetition", ``metadata["closing_tokens"]`` the completion's length)."""
 
     parsed: Any = None
 
@@ -41,7 +43,10 @@ def parse_structured(call: "CallSettings", result: "GenerationResult", answer: s
     if result.finish_reason == "length":
         return None, (f"the answer reached max_new_tokens={call.generation.max_new_tokens} before the JSON "
                       "closed; raise max_new_tokens")
-    if result.finish_reason != "stop":
+    if result.finish_reason == "repetition" and result.closing_tokens is None:
+        return None, ("the repetition guard ended a loop and no completion of the grammar was found that fits in "
+                      f"max_new_tokens={call.generation.max_new_tokens}; raise max_new_tokens")
+    if result.finish_reason not in ("stop", "repetition"):
         return None, f"the generation ended with finish_reason={result.finish_reason!r} before the JSON closed"
     try:
         return fmt.parse(answer), None
@@ -110,6 +115,8 @@ def build_response(model_name: str, lm: "LoadedModel", prompt: "Prompt", result:
     stats.extra["shared_rows"] = result.shared_rows
     if call.tool_choice is not None:
         stats.tool_choice = call.tool_choice.describe()
+    if settings.constraint is not None:
+        stats.closing_tokens = result.closing_tokens
     if call.response_format is not None:
         stats.response_format = call.response_format.name
         parsed, stats.structured_error = parse_structured(call, result, answer)

@@ -16,10 +16,10 @@ budget, from the kept cache, so a greedy answer is the one an unpaused stream gi
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import threading
 import time
 import weakref
+from functools import partial
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
@@ -29,7 +29,9 @@ from ..settings import apply_tool_choice, with_model_defaults
 from ..tools import tool_names
 from ..validation import validate_payload
 from ..events import EventStream, StreamEvent, piece_events
-from .live import LiveGeneration, LookAhead
+from ..log.capture import CallTicket, finish_call, start_call
+from .call_log import local_details
+from .live import GenerationParts, LookAhead
 from ..tools.answers import adopt_live_ids
 from .responses import build_response
 
@@ -72,9 +74,13 @@ class AgentStream(EventStream):
 
     def __init__(self, agent: "GenerationHost", payload: AgentPayload, *, events: bool,
                  overrides: dict[str, Any], schemas: list[dict] | None = None,
-                 continuation: list[dict] | None = None) -> None:
+                 continuation: list[dict] | None = None, method: str = "stream", group_id: str | None = None) -> None:
         state = StreamState()
-        super().__init__(run_generation(state, agent, payload, overrides, schemas, continuation), state, events=events)
+        overrides = dict(overrides)
+        ticket = start_call(getattr(agent, "log", None), overrides.pop("log", None), method=method,
+                            group_id=group_id, payload=payload)
+        super().__init__(logged_generation(state, ticket, agent, payload, overrides, schemas, continuation), state,
+                         events=events)
         weakref.finalize(self, state.request_stop)
 
     @property
@@ -109,85 +115,52 @@ class AgentStream(EventStream):
         await self.aclose()
 
 
-class _Parts:
-    """The parts of one generation: the first, and a continuation after each pause."""
+def stop_reason(exc: BaseException) -> str:
+    """What a call that ended by ``exc`` records as its error."""
+    if isinstance(exc, GeneratorExit):
+        return "the stream was closed before the answer ended"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return f"{type(exc).__name__}: {exc}"
 
-    def __init__(self, state: StreamState, lm: Any, prompt_ids: list[int], settings: Any,
-                 reuse_key: Any) -> None:
-        from .. import engine
 
-        self.state, self.lm, self.prompt_ids, self.settings, self.reuse_key = state, lm, list(prompt_ids), settings, reuse_key
-        self.results: list[Any] = []
-        self.carry = engine.TextCarry()
-        self.lookahead = state.lookahead = LookAhead()
-
-    def _pause_for(self, event: threading.Event) -> Any:
-        carry = self.carry
-
-        def pause() -> None:
-            carry.hold = True  # before the stop: the streamer keeps the word it holds for the continuation
-            event.set()
-        return pause
-
-    @property
-    def tokens(self) -> list[int]:
-        return [token for result in self.results for token in result.token_ids]
-
-    def start(self) -> LiveGeneration:
-        """The next part, started."""
-        done = self.tokens
-        settings = self.settings
-        if done:  # a continuation: the rest of the budget, the answer so far as input, no second seeding
-            settings = dataclasses.replace(settings, max_new_tokens=settings.max_new_tokens - len(done), seed=None,
-                                           answer_so_far=len(done))
-        event = threading.Event()
-        self.state.part_stop = event
-        if self.state.stop.is_set():
-            event.set()
-        self.carry.hold = False
-        self.lookahead.resume(self._pause_for(event))
-        live = LiveGeneration(self.lm, self.prompt_ids + done, settings, event, self.reuse_key,
-                              self.lookahead, self.carry)
-        self.state.thread = live.thread
-        live.start()
-        return live
-
-    def paused(self, result: Any) -> bool:
-        """Whether ``result`` ended at a pause that a continuation should follow."""
-        self.results.append(result)
-        return (result.finish_reason == "cancelled" and self.lookahead.paused and not self.state.stop.is_set()
-                and len(self.tokens) < self.settings.max_new_tokens)
-
-    def result(self) -> Any:
-        """The result of the whole generation."""
-        from .. import engine
-
-        if len(self.results) == 1 and not (self.lookahead.paused and self.results[0].finish_reason == "cancelled"):
-            return self.results[0]
-        tokens, last = self.tokens, self.results[-1]
-        finish = last.finish_reason
-        if finish == "cancelled" and not self.state.stop.is_set() and len(tokens) >= self.settings.max_new_tokens:
-            finish = "length"  # paused at the budget's last token
-        lm = self.lm
-        text_tokens = tokens[:-1] if finish == "stop" and tokens and tokens[-1] in lm.eos_token_ids else tokens
-        with lm.tokenizer_lock:
-            text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
-        return engine.join_results(self.results, text, finish)
-
-    def held_text(self) -> str:
-        """Text a paused part held that no continuation will hand on."""
-        return self.carry.rest(self.lm.tokenizer, self.lm.tokenizer_lock)
+async def logged_generation(state: StreamState, ticket: CallTicket | None, agent: "GenerationHost",
+                            payload: AgentPayload, overrides: dict[str, Any], schemas: list[dict] | None,
+                            continuation: list[dict] | None) -> AsyncIterator[StreamEvent]:
+    """The events of :func:`run_generation`, with the call handed to the call log when it ends
+    (answered, stopped or failed; nothing when ``ticket`` is None)."""
+    if ticket is None:
+        async for event in run_generation(state, agent, payload, overrides, schemas, continuation):
+            yield event
+        return
+    ticket.details = partial(local_details, agent.config, None, None)
+    events = run_generation(state, agent, payload, overrides, schemas, continuation, ticket)
+    try:
+        async for event in events:
+            yield event
+    except BaseException as exc:
+        stopped = isinstance(exc, (asyncio.CancelledError, GeneratorExit)) and state.response is not None
+        finish_call(ticket, state.response, None if stopped else stop_reason(exc))
+        raise
+    finally:
+        await events.aclose()
+    finish_call(ticket, state.response)
 
 
 async def run_generation(state: StreamState, agent: "GenerationHost", payload: AgentPayload,
                          overrides: dict[str, Any], schemas: list[dict] | None,
-                         continuation: list[dict] | None) -> AsyncIterator[StreamEvent]:
+                         continuation: list[dict] | None, ticket: CallTicket | None = None) -> AsyncIterator[StreamEvent]:
     """The events of one generation (the body of :class:`AgentStream`)."""
     called_at = time.perf_counter()
     payload = await asyncio.to_thread(validate_payload, payload)  # refused before a model loads, naming the field
     call, schemas = apply_tool_choice(agent.resolve_settings(overrides), schemas)  # refused before a model loads
+    if ticket is not None:
+        ticket.tools, ticket.continuation = schemas, continuation
+        ticket.details = partial(local_details, agent.config, None, call)
     lm = await agent.ensure_loaded()
     call = with_model_defaults(call, agent.resolve_settings(overrides))  # the loaded model's own defaults
+    if ticket is not None:
+        ticket.details = partial(local_details, agent.config, lm, call)
     from .. import engine
 
     engine.check_generation_kwargs(call.generation.extra)
@@ -196,7 +169,7 @@ async def run_generation(state: StreamState, agent: "GenerationHost", payload: A
     private = reuse_key is None  # kv_reuse off: a key of this stream's own, so a pause keeps its cache
     if private:
         reuse_key = ("paused-stream", object())
-    parts = _Parts(state, lm, prompt.input_ids, call.generation, reuse_key)
+    parts = GenerationParts(state, lm, prompt.input_ids, call.generation, reuse_key)
     splitter = StreamSplitter(start_in_thinking=prompt_opens_thinking(prompt.text), tools=schemas is not None)
     offered = set(tool_names(schemas or []))
     live_calls: list[dict] = []  # tool calls announced while generating

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import GenerationConfig
 
 from . import capabilities
+from .repetition import detector_factory
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..settings import GenerationSettings
@@ -146,10 +147,21 @@ def with_constraint(lm: LoadedModel, settings: GenerationSettings, call_kwargs: 
 
     The engine's single-sequence loop runs it like any logits processor (the decode path stays
     ``"engine"``); a batch with it decodes through ``model.generate``, which runs it per step.
+    The processor runs the repetition guard of constrained rows (see :mod:`.repetition`).
     """
     if settings.constraint is None:
         return call_kwargs
     from ..structured.processor import GrammarLogitsProcessor
 
-    processor = GrammarLogitsProcessor.for_model(settings.constraint, lm, rows, resumed=settings.answer_so_far)
+    processor = GrammarLogitsProcessor.for_model(settings.constraint, lm, rows, detector_factory(settings),
+                                                 settings.max_new_tokens + settings.answer_so_far,
+                                                 resumed=settings.answer_so_far)
     return {**call_kwargs, "logits_processor": [*(call_kwargs.get("logits_processor") or []), processor]}
+
+
+def closing_of(settings: GenerationSettings, call_kwargs: dict[str, Any], row: int) -> Any:
+    """What the constraint's processor (added last by :func:`with_constraint`) did for ``row`` when
+    the repetition guard noticed a loop in it (None without a constraint, or without a loop)."""
+    if settings.constraint is None:
+        return None
+    return call_kwargs["logits_processor"][-1].closing(row)

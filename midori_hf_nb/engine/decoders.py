@@ -14,7 +14,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from . import capabilities
 from .decode_path import generation_config
-from .repetition import LoopDetector, RepetitionStop
+from .repetition import LoopDetector, RepetitionStop, loop_guard
 from .threads import ThreadGovernor
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,7 +64,8 @@ def decode_one(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings: Gen
     eos = lm.eos_token_ids
     warpers = capabilities.sampling_warpers(cfg) if cfg.do_sample else None
     max_new = int(cfg.max_new_tokens)
-    loops = LoopDetector(settings.repetition_guard) if settings.repetition_guard is not None else None
+    guard = loop_guard(settings)  # under a constraint its logits processor runs the guard
+    loops = LoopDetector(guard) if guard is not None else None
     tokens: list[int] = []
     first_token_at: float | None = None
     if settings.seed is not None:
@@ -175,7 +176,7 @@ def run_generate(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch
     started = time.perf_counter()
     timer = StopAndTime(stop_event, started, governor)
     criteria = StoppingCriteriaList([timer, *call_kwargs.pop("stopping_criteria", [])])
-    if settings.repetition_guard is not None:
+    if loop_guard(settings) is not None:  # under a constraint its logits processor runs the guard
         criteria.append(RepetitionStop(settings.repetition_guard, input_ids.shape[0]))
     if settings.seed is not None:
         torch.manual_seed(settings.seed)

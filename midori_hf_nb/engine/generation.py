@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable
 import torch
 
 from . import capabilities
-from .decode_path import ENGINE, choose_decode_path, generation_config, with_constraint
+from .decode_path import ENGINE, choose_decode_path, closing_of, generation_config, with_constraint
 from .decoders import decode_batch, decode_one, run_generate
 from .prefix_cache import NO_REUSE, kv_bytes_per_token
+from .repetition import closing_finish, loop_guard
 from .results import GenerationResult, finish_reason, finish_tokens
 from .shared_decode import SharedRequest, decoder_for
 from .threads import apply_threads
@@ -90,13 +91,14 @@ def generate(
             tokens, first_token_at = output[0, ids.shape[1]:].tolist(), timer.first_token_at
         seconds = time.perf_counter() - started
         cancelled = bool(stop_event is not None and stop_event.is_set())
-        tokens, finish = finish_tokens(tokens, lm.eos_token_ids, settings, cancelled)
-        text_tokens = tokens[:-1] if finish == "stop" and tokens and tokens[-1] in lm.eos_token_ids else tokens
+        tokens, finish, closed = finish_tokens(tokens, lm.eos_token_ids, settings, cancelled,
+                                               closing_of(settings, call_kwargs, 0))
+        text_tokens = tokens[:-1] if tokens and tokens[-1] in lm.eos_token_ids else tokens
         with lm.tokenizer_lock:
             text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
     ttft = first_token_at - started if first_token_at is not None else None
     return GenerationResult(tokens, text, finish, len(input_ids), len(tokens), ttft, seconds, path.name, path.reason,
-                            first_token_at, reused)
+                            first_token_at, reused, closing_tokens=closed)
 
 
 def _generate_shared(lm: LoadedModel, input_ids: list[int], settings: GenerationSettings, cfg: Any,
@@ -122,11 +124,14 @@ def _generate_shared(lm: LoadedModel, input_ids: list[int], settings: Generation
     seconds = time.perf_counter() - started
     cancelled = bool(stop_event is not None and stop_event.is_set())
     finish = finish_reason(tokens, lm.eos_token_ids, settings.max_new_tokens, cancelled, request.repeated)
+    closed = closing_finish(tokens, closing_of(settings, call_kwargs, 0), lm.eos_token_ids)
+    if closed is not None:  # the text was decoded from these tokens, less a final end-of-sequence token
+        tokens, finish = closed[0], "repetition"
     text = request.text
     first = request.first_token_at
     ttft = first - started if first is not None else None
     return GenerationResult(tokens, text, finish, len(input_ids), len(tokens), ttft, seconds, ENGINE.name, None, first,
-                            request.reused, request.peak_rows)
+                            request.reused, request.peak_rows, closed[1] if closed is not None else None)
 
 
 def generate_batch(
@@ -158,7 +163,7 @@ def generate_batch(
         path = choose_decode_path(lm, settings, cfg, call_kwargs, rows=len(batch))
         if path is ENGINE:
             generated, first_token_at, started = decode_batch(lm, input_ids, attention_mask, cfg,
-                                                              stop_event, governor, settings.repetition_guard)
+                                                              stop_event, governor, loop_guard(settings))
         else:
             output, timer, started = run_generate(lm, input_ids, attention_mask, settings, stop_event,
                                                   prepared=(cfg, call_kwargs), governor=governor)
@@ -166,17 +171,18 @@ def generate_batch(
         seconds = time.perf_counter() - started
         cancelled = bool(stop_event is not None and stop_event.is_set())
         results = []
-        for prompt, row in zip(batch, generated):
+        for index, (prompt, row) in enumerate(zip(batch, generated)):
             tokens = []
             for token in row:  # everything after a sequence's first eos is padding
                 tokens.append(token)
                 if token in lm.eos_token_ids:
                     break
-            tokens, finish = finish_tokens(tokens, lm.eos_token_ids, settings, cancelled)
-            text_tokens = tokens[:-1] if finish == "stop" and tokens and tokens[-1] in lm.eos_token_ids else tokens
+            tokens, finish, closed = finish_tokens(tokens, lm.eos_token_ids, settings, cancelled,
+                                                   closing_of(settings, call_kwargs, index))
+            text_tokens = tokens[:-1] if tokens and tokens[-1] in lm.eos_token_ids else tokens
             with lm.tokenizer_lock:
                 text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
             ttft = first_token_at - started if first_token_at is not None else None
             results.append(GenerationResult(tokens, text, finish, len(prompt), len(tokens), ttft, seconds,
-                                            path.name, path.reason, first_token_at))
+                                            path.name, path.reason, first_token_at, closing_tokens=closed))
     return results

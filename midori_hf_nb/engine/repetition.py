@@ -5,6 +5,11 @@ Pure Python over token ids (no torch): the engine's own decode loops push each n
 :class:`LoopDetector`, ``model.generate`` gets it as a stopping criterion
 (:class:`RepetitionStop`), and :func:`first_loop_end` tells afterwards, for any path, where a
 sequence's loop was noticed.
+
+Under a grammar constraint (structured output) the guard may not leave the answer open: there the
+decode loops and ``generate`` do not run it themselves (:func:`loop_guard` is None); the
+constraint's logits processor does, and closes a looping answer by a shortest completion of its
+grammar (:mod:`midori_hf_nb.structured.closing`). :func:`closing_finish` reads what it did.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria
 
-from ..settings import RepetitionGuard
+from ..settings import GenerationSettings, RepetitionGuard
 
 
 class LoopDetector:
@@ -72,4 +77,37 @@ class RepetitionStop(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-__all__ = ["LoopDetector", "RepetitionStop", "first_loop_end"]
+def loop_guard(settings: GenerationSettings) -> RepetitionGuard | None:
+    """The guard the decode loop itself runs: the settings' guard, or None under a constraint
+    (whose logits processor runs it, see :func:`detector_factory`)."""
+    return settings.repetition_guard if settings.constraint is None else None
+
+
+def detector_factory(settings: GenerationSettings) -> Any:
+    """What makes one row's :class:`LoopDetector` for a constraint's logits processor (None
+    without a guard)."""
+    guard = settings.repetition_guard
+    return (lambda: LoopDetector(guard)) if guard is not None else None
+
+
+def closing_finish(tokens: list[int], closing: Any, eos: frozenset[int]) -> tuple[list[int], int | None] | None:
+    """A constrained sequence's tokens and ``closing_tokens`` after the repetition guard noticed a
+    loop in it (``closing``: the processor's :class:`~midori_hf_nb.structured.closing.Closing`);
+    its finish reason is then "repetition". None when the guard did not close it: no loop, or a
+    closing cut short (cancelled), which finishes as usual.
+
+    A closed sequence keeps its completion (and the end-of-sequence token after it);
+    ``closing_tokens`` is the completion's length. A sequence that could not close ends where the
+    loop was noticed, with ``closing_tokens`` None.
+    """
+    if closing is None:
+        return None
+    if not closing.closed:
+        return tokens[:closing.at], None
+    end = closing.at + len(closing.tokens)
+    if len(tokens) < end:
+        return None
+    return tokens[:end + 1] if len(tokens) > end and tokens[end] in eos else tokens[:end], len(closing.tokens)
+
+
+__all__ = ["LoopDetector", "RepetitionStop", "closing_finish", "detector_factory", "first_loop_end", "loop_guard"]

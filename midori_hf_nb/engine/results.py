@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .repetition import first_loop_end
+from .repetition import closing_finish, first_loop_end, loop_guard
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..settings import GenerationSettings
@@ -33,6 +33,9 @@ class GenerationResult:
     reused_prompt_tokens: int = 0
     #: the most sequences that decoded together with this one (1: it ran alone)
     shared_rows: int = 1
+    #: under a constraint, when the repetition guard ended a loop: the tokens of the grammar's shortest
+    #: completion written after it, so the answer is complete (None: the guard closed nothing)
+    closing_tokens: int | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -60,13 +63,17 @@ def finish_reason(tokens: list[int], eos: frozenset[int], max_new_tokens: int, c
 
 
 def finish_tokens(tokens: list[int], eos: frozenset[int], settings: GenerationSettings, cancelled: bool,
-            ) -> tuple[list[int], str]:
+                  closing: Any = None) -> tuple[list[int], str, int | None]:
     """A sequence's tokens (cut where the repetition guard noticed a loop, which drops the padding
-    ``generate`` adds after a row it stopped) and its finish reason."""
-    loop_end = first_loop_end(tokens, settings.repetition_guard)
+    ``generate`` adds after a row it stopped), its finish reason and its ``closing_tokens`` (under
+    a constraint the guard runs in the constraint's processor, whose ``closing`` is given)."""
+    closed = closing_finish(tokens, closing, eos)
+    if closed is not None:
+        return closed[0], "repetition", closed[1]
+    loop_end = first_loop_end(tokens, loop_guard(settings))
     if loop_end is not None:
-        return tokens[:loop_end], "repetition"
-    return tokens, finish_reason(tokens, eos, settings.max_new_tokens, cancelled)
+        return tokens[:loop_end], "repetition", None
+    return tokens, finish_reason(tokens, eos, settings.max_new_tokens, cancelled), None
 
 
 def join_results(parts: list[GenerationResult], text: str, finish: str) -> GenerationResult:
@@ -78,4 +85,5 @@ def join_results(parts: list[GenerationResult], text: str, finish: str) -> Gener
     return GenerationResult(tokens, text, finish, first.prompt_tokens, len(tokens), first.time_to_first_token,
                             sum(part.seconds for part in parts), parts[-1].decode_path,
                             next((p.decode_path_reason for p in parts if p.decode_path_reason), None),
-                            first.first_token_at, first.reused_prompt_tokens, max(p.shared_rows for p in parts))
+                            first.first_token_at, first.reused_prompt_tokens, max(p.shared_rows for p in parts),
+                            parts[-1].closing_tokens)
