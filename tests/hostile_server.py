@@ -8,7 +8,7 @@ answer in the way ``MODE`` says:
 
 ==================  ===========================================================================
 ``ok``              a well-formed stream: "Hello world, this is fine." in pieces, with usage
-``non-json``        two pieces, then a ``data:`` line that is not JSON, then more pieces
+``non-json``        two pieces, then a ``data:`` line that is not JSON (with the key sent), then more
 ``sse-fields``      ``id:``, ``event:``, ``retry:`` and comment lines around every event, blank
                     lines doubled, an event with an empty ``data:``
 ``invalid-utf8``    a piece whose bytes are not UTF-8 (``\\xff\\xfe``) between good pieces
@@ -149,7 +149,7 @@ def make_handler(mode: str) -> type[BaseHTTPRequestHandler]:
         def mode_non_json(self) -> None:
             self._start_stream()
             good = pieces(GOOD)
-            self._send(*good[:2], b"data: {this is not json\n\n", *good[2:])
+            self._send(*good[:2], f"data: {{this is not json {self._key()}\n\n".encode(), *good[2:])
 
         def mode_sse_fields(self) -> None:
             self._start_stream()

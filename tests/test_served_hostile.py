@@ -124,6 +124,7 @@ def test_a_non_json_data_line_ends_as_an_error_keeping_the_partial_answer(hostil
     stats = stats_of(response)
     assert stats.finish_reason == "error"
     assert "not JSON" in stats.error and agent.base_url in stats.error
+    assert SECRET not in stats.error and "***" in stats.error  # the line quoted, the key masked
     assert response.response == "Hello" and "".join(pieces) == "Hello"
 
 

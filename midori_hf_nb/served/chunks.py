@@ -35,14 +35,16 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not plain JSON")
 
 
-def read_chunk(data: str) -> dict[str, Any]:
-    """One event's data as a chunk object, or :class:`MalformedStreamError` saying why not."""
+def read_chunk(data: str, secret: str | None = None) -> dict[str, Any]:
+    """One event's data as a chunk object, or :class:`MalformedStreamError` saying why not (with
+    the start of the data, the key masked)."""
     try:
         value = json.loads(data, parse_constant=_refuse_constant)
     except RecursionError:
         raise MalformedStreamError("an event is nested too deeply to read") from None
     except ValueError as exc:  # JSONDecodeError, NaN/Infinity
-        shown = data[:80] + ("..." if len(data) > 80 else "")
+        shown = scrub_value(data[:80 + len(secret or "")], secret)[0]
+        shown = shown[:80] + ("..." if len(shown) > 80 else "")
         raise MalformedStreamError(f"an event is not JSON ({getattr(exc, 'msg', exc)}): {shown!r}") from None
     if not isinstance(value, dict):
         raise MalformedStreamError(f"an event is JSON but not an object: {type(value).__name__}")

@@ -253,11 +253,11 @@ class _Events:
                 if text.strip() == "[DONE]":
                     self.done = True
                     break
-                chunk = None if kind == "error" else read_chunk(text)
+                secret = secret_of(self.agent.config.api_key)
+                chunk = None if kind == "error" else read_chunk(text, secret)
                 if chunk is None or chunk.get("error"):
                     error = (chunk or {}).get("error", text)
                     message = error.get("message", error) if isinstance(error, dict) else error
-                    secret = secret_of(self.agent.config.api_key)
                     raise MalformedStreamError(f"the server sent an error midway: {server_words(message, secret)}")
                 events += self.collector.absorb(chunk)
         except (BudgetReached, MalformedStreamError) as exc:
