@@ -185,6 +185,7 @@ def jupyter_lab(tmp_path):
         log.close()
 
 
+@pytest.mark.slow  # the notebook's kernel loads the offline default model
 def test_chat_panel_in_jupyterlab(jupyter_lab, artifacts_dir):
     from playwright.sync_api import expect, sync_playwright
 
