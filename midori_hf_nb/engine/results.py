@@ -36,6 +36,11 @@ class GenerationResult:
     #: under a constraint, when the repetition guard ended a loop: the tokens of the grammar's shortest
     #: completion written after it, so the answer is complete (None: the guard closed nothing)
     closing_tokens: int | None = None
+    #: the answer is reproducible: the same prompt, settings and seed give the same tokens alone,
+    #: batched, concurrently or from a kept cache (see :mod:`.reproducible`)
+    reproducible: bool = False
+    #: why it is not (None when it is)
+    reproducible_reason: str | None = "reproducible mode is off (reproducible=False)"
 
     @property
     def tokens_per_second(self) -> float:

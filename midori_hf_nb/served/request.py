@@ -27,6 +27,9 @@ class ServedCallSettings:
     seed: int | None = None
     stop: str | list[str] | None = None
     server_options: dict[str, Any] = field(default_factory=dict)
+    #: the call asked for reproducible answers, which a served model cannot promise (its server
+    #: batches and computes as it likes): the response says ``reproducible=False`` and why
+    reproducible: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -50,16 +53,17 @@ def resolve_served_settings(config: OpenAIConfig, overrides: Mapping[str, Any] |
     """The settings one call runs with: ``config`` with ``overrides`` applied and checked.
 
     Overrides: ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``do_sample``,
-    ``greedy``, ``seed``, ``stop`` and further server options (JSON data, sent as request
-    fields). Raises :class:`~midori_hf_nb.config.ConfigError` naming the field.
+    ``greedy``, ``seed``, ``stop``, ``reproducible`` (answered with ``reproducible=False`` and the
+    reason in the metadata) and further server options (JSON data, sent as request fields). Raises :class:`~midori_hf_nb.config.ConfigError` naming the field.
     """
     fields, seed, rest = split_overrides(overrides or {})
+    asked_reproducible = bool(fields.pop("reproducible", False))
     if "stop_strings" in rest:  # the local agent's name for it
         rest["stop"] = rest.pop("stop_strings")
     stop = _check_stop(rest.pop("stop", None))
     options = check_server_options(rest, "overrides") if rest else {}
     call_config = config.replace(**fields) if fields else config
-    return ServedCallSettings(call_config, seed, stop, {**config.server_options, **options})
+    return ServedCallSettings(call_config, seed, stop, {**config.server_options, **options}, asked_reproducible)
 
 
 def _wire_call(call: dict[str, Any]) -> dict[str, Any]:
