@@ -233,6 +233,13 @@ def with_model_defaults(call: CallSettings, resolved: CallSettings) -> CallSetti
     return dataclasses.replace(call, config=resolved.config, generation=generation, origins=resolved.origins)
 
 
+def offers_reproducible(agent: Any) -> bool:
+    """True when ``agent`` answers reproducibly when asked (``reproducible=True``, see
+    :mod:`midori_hf_nb.engine.reproducible`): its ``config`` has a boolean ``reproducible`` field,
+    as :class:`~midori_hf_nb.HuggingFaceLocalAgent`'s configuration does."""
+    return isinstance(getattr(getattr(agent, "config", None), "reproducible", None), bool)
+
+
 def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Validate overrides without an agent (for a form or a magic before it calls one).
 
@@ -252,7 +259,7 @@ def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 
 __all__ = ["apply_tool_choice", "CONFIG_OVERRIDES", "DEFAULT_REPETITION_GUARD", "CallSettings", "GenerationSettings",
-           "RepetitionGuard", "check_overrides", "model_generation_defaults", "resolve_call_settings",
+           "RepetitionGuard", "check_overrides", "model_generation_defaults", "offers_reproducible", "resolve_call_settings",
            "split_overrides", "with_model_defaults"]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Hashable
 
 import torch
@@ -156,6 +157,7 @@ def generate_batch(
     batch: list[list[int]],
     settings: GenerationSettings,
     stop_event: threading.Event | None = None,
+    seeds: list[int] | None = None,
 ) -> list[GenerationResult]:
     """Generate for several prompts in one left-padded batch.
 
@@ -165,12 +167,16 @@ def generate_batch(
 
     With ``settings.reproducible`` each prompt gets the answer it gets alone: the prompts are
     prefilled one by one and decode together in the shared decode loop (each its own timing), or,
-    on ``model.generate``'s path, run one after another.
+    on ``model.generate``'s path or with logits processors of the caller's, run one after another;
+    ``seeds`` (reproducible only) gives each prompt its own seed.
     """
     if not batch:
         return []
+    if seeds is not None and (not settings.reproducible or len(seeds) != len(batch)):
+        raise ValueError("seeds: one seed per prompt, in a reproducible generation only")
     if settings.reproducible:
-        return _reproducible_batch(lm, batch, settings, stop_event)
+        rows = [settings] * len(batch) if seeds is None else [replace(settings, seed=seed) for seed in seeds]
+        return _reproducible_batch(lm, batch, rows, stop_event)
     with lm.generation_lock:
         if lm.model is None:
             raise RuntimeError(f"model {lm.spec.source.name!r} was unloaded")
@@ -211,22 +217,25 @@ def generate_batch(
     return results
 
 
-def _reproducible_batch(lm: LoadedModel, batch: list[list[int]], settings: GenerationSettings,
+def _reproducible_batch(lm: LoadedModel, batch: list[list[int]], rows: list[GenerationSettings],
                         stop_event: threading.Event | None) -> list[GenerationResult]:
-    """:func:`generate_batch` with ``settings.reproducible``: every prompt as :func:`generate`
-    answers it alone, decoding together in the shared loop where the engine's loop runs them."""
-    if lm.share_decoding and lm.model is not None and capabilities.cache_rows_support():
+    """:func:`generate_batch` in reproducible mode (``rows``: each prompt's settings): every
+    prompt as :func:`generate` answers it alone, decoding together in the shared loop where the
+    engine's loop runs them. With logits processors of the caller's own (which may keep state
+    across the steps of one generation) the prompts run one after another."""
+    own_processors = any(settings.extra.get("logits_processor") for settings in rows)
+    if lm.share_decoding and lm.model is not None and capabilities.cache_rows_support() and not own_processors:
         prepared = []
-        for ids in batch:
+        for ids, settings in zip(batch, rows):
             cfg, call_kwargs = generation_config(lm, settings)
             call_kwargs = with_constraint(lm, settings, call_kwargs, 1)
-            prepared.append((ids, cfg, call_kwargs))
-        if all(choose_decode_path(lm, settings, cfg, kwargs) is ENGINE for _, cfg, kwargs in prepared):
+            prepared.append((ids, settings, cfg, call_kwargs))
+        if all(choose_decode_path(lm, settings, cfg, kwargs) is ENGINE for _, settings, cfg, kwargs in prepared):
             if stop_event is not None and stop_event.is_set():
                 return [GenerationResult([], "", "cancelled", len(ids), 0, None, 0.0) for ids in batch]
             requests = [_shared_request(lm, ids, settings, cfg, kwargs, None, stop_event, None)
-                        for ids, cfg, kwargs in prepared]
+                        for ids, settings, cfg, kwargs in prepared]
             decoder_for(lm).run_all(requests)
             return [_shared_result(lm, request, settings, kwargs, stop_event)
-                    for request, (_, _, kwargs) in zip(requests, prepared)]
-    return [generate(lm, list(ids), settings, stop_event=stop_event) for ids in batch]
+                    for request, (_, settings, _, kwargs) in zip(requests, prepared)]
+    return [generate(lm, list(ids), settings, stop_event=stop_event) for ids, settings in zip(batch, rows)]
