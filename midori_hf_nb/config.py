@@ -187,11 +187,9 @@ class HuggingFaceConfig:
         stop_on_repetition: end a generation whose last tokens repeat one pattern (a loop such as
             "Ada, ada, ada, ...") with ``finish_reason="repetition"`` instead of running on to
             ``max_new_tokens`` (:class:`midori_hf_nb.settings.RepetitionGuard`).
-        reproducible: the same prompt, settings and seed give the same tokens alone, in a batch of
-            any size and company, concurrently with other requests and from a kept KV cache (greedy
-            or seeded decoding, on CPU). Costs a little speed (batched decoding most); see the
-            README's "Reproducible answers" and :mod:`midori_hf_nb.engine.reproducible`. Each
-            response says whether it holds (``metadata["reproducible"]``, with the reason when not).
+        reproducible: the same prompt, settings and seed give the same tokens alone, batched,
+            concurrently and from a kept KV cache (greedy or seeded, on CPU; see
+            :mod:`midori_hf_nb.engine.reproducible`); ``metadata["reproducible"]`` says if it held.
         unset_fields: the generation fields the user did not set (filled in from ``None`` values;
             kept by :meth:`replace`); not normally given by hand.
         context_window: maximum tokens of prompt plus answer (> 0); the oldest memory is
