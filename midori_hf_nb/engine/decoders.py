@@ -47,6 +47,7 @@ def decode_one(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings: Gen
                governor: ThreadGovernor | None = None,
                processors: Any = None, cache: Any = None,
                reused: int = 0, exact: reproducible.ReproducibleSupport | None = None,
+               first: reproducible.FirstForward | None = None,
                ) -> tuple[list[int], float | None, float, Any, str | None]:
     """Greedy or sampled decoding of one sequence over a ``DynamicCache``, one forward per token.
 
@@ -58,8 +59,9 @@ def decode_one(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings: Gen
     prompt positions, see :mod:`.prefix_cache`) is extended instead of a new one, so only the
     rest of the prompt is prefilled. A seeded sample draws from a generator of its own.
 
-    With ``exact`` (reproducible generation, :mod:`.reproducible`) the prefill runs in aligned
-    tiles and each step in the decode mode of ``exact``. Returns (tokens, first-token time, start
+    With ``exact`` (reproducible generation, :mod:`.reproducible`) the first forward runs as
+    ``first`` says (the prefill in aligned tiles, or the decode step a paused generation's
+    continuation resumes with) and each step in the decode mode of ``exact``. Returns (tokens, first-token time, start
     time, the cache, which then holds the prompt and every token but the last, and why the
     forward could not keep to the reproducible mode, None when it could).
     """
@@ -75,10 +77,12 @@ def decode_one(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings: Gen
     loops = LoopDetector(guard) if guard is not None else None
     tokens: list[int] = []
     first_token_at: float | None = None
-    generator = reproducible.request_generator(settings, input_ids.device)
-    prefill = reproducible.prefill_mode() if exact is not None else None
+    generator: torch.Generator | None = None  # a seeded sample's own, made at the first draw
+    if exact is not None and first is None:
+        first = reproducible.first_forward(exact, settings, input_ids.shape[1], reused, 0)
+    prefill = first.mode if first is not None else None
     step: ForwardMode | None = reproducible.decode_mode(exact) if exact is not None else None
-    prefill_threads = exact.prefill_threads if exact is not None else None
+    prefill_threads = first.threads if first is not None else None
     step_threads = exact.decode_threads if exact is not None else None
     started = time.perf_counter()
     if streamer is not None:
@@ -101,6 +105,8 @@ def decode_one(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings: Gen
                 next_token = torch.argmax(logits, dim=-1)
             else:
                 probs = torch.nn.functional.softmax(warpers(input_ids, logits), dim=-1)
+                if generator is None and not tokens:
+                    generator = reproducible.request_generator(settings, input_ids.device, probs.shape[-1])
                 next_token = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
             token = int(next_token[0])
             tokens.append(token)
@@ -195,6 +201,8 @@ def run_generate(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch
     with reproducible.GLOBAL_RNG_LOCK if seeded else _NO_LOCK, torch.inference_mode():
         if settings.seed is not None:
             torch.manual_seed(settings.seed)  # generate() draws from torch's global generator
+            if seeded:  # a paused generation's continuation: past the draws of the answer so far
+                reproducible.skip_draws(None, settings.answer_so_far, reproducible.logits_width(lm), input_ids.device)
         output = lm.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,

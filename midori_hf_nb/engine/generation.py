@@ -33,8 +33,15 @@ def generate(
     on_text: Callable[[str], None] | None = None,
     stop_event: threading.Event | None = None,
     reuse_key: Hashable | None = None,
+    on_token: Callable[[int], None] | None = None,
+    carry: Any = None,
 ) -> GenerationResult:
-    """Generate one sequence (blocking). ``on_text`` receives text pieces as they are decoded.
+    """Generate one sequence (blocking). ``on_text`` receives text pieces as they are decoded,
+    ``on_token`` the number of tokens each step brought (both from the generating thread).
+
+    ``carry`` (a :class:`~.capabilities.TextCarry`) joins the text of a generation that continues
+    a paused one: the streamer starts from the text the paused one held, and keeps its own held
+    text there when it is stopped with ``carry.hold`` set.
 
     Generations on one model run one at a time (``lm.generation_lock``); a request cancelled
     while it waits returns at once with ``finish_reason="cancelled"``.
@@ -57,7 +64,8 @@ def generate(
         call_kwargs = with_constraint(lm, settings, call_kwargs, 1)
         path = choose_decode_path(lm, settings, cfg, call_kwargs)
         if path is ENGINE and capabilities.cache_rows_support():
-            return _generate_shared(lm, input_ids, settings, cfg, call_kwargs, on_text, stop_event, reuse_key)
+            return _generate_shared(lm, input_ids, settings, cfg, call_kwargs, on_text, stop_event, reuse_key,
+                                    on_token, carry)
     with lm.generation_lock:
         if lm.model is None:
             raise RuntimeError(f"model {lm.spec.source.name!r} was unloaded")
@@ -65,7 +73,7 @@ def generate(
             return GenerationResult([], "", "cancelled", len(input_ids), 0, None, 0.0)
         governor = apply_threads(lm, settings.num_threads)
         ids = torch.tensor([input_ids], dtype=torch.long, device=lm.input_device)
-        streamer = (capabilities.callback_streamer(lm.tokenizer, on_text, lm.tokenizer_lock)
+        streamer = (capabilities.callback_streamer(lm.tokenizer, on_text, lm.tokenizer_lock, on_token, carry)
                     if on_text is not None else None)
         cfg, call_kwargs = generation_config(lm, settings)
         call_kwargs = with_constraint(lm, settings, call_kwargs, 1)
@@ -77,17 +85,20 @@ def generate(
             exact = exact if exact is not None and exact.supported else None
             keep = reuse_key is not None and lm.prefix_support.supported
             tile = reproducible.PREFILL_TILE if exact is not None else None
-            found = lm.prefix_caches.take(reuse_key, input_ids, tile) if keep else NO_REUSE
+            found = (lm.prefix_caches.take(reuse_key, input_ids, tile, continuation=settings.answer_so_far > 0)
+                     if keep else NO_REUSE)
             reused = found.reused
+            first = (reproducible.first_forward(exact, settings, len(input_ids), reused, found.exact)
+                     if exact is not None else None)
             tokens, first_token_at, started, cache, inexact = decode_one(
                 lm, ids, cfg, settings, stop_event, streamer, governor, call_kwargs.get("logits_processor"),
-                found.cache, reused, exact)
-            unreproducible = unreproducible or inexact
+                found.cache, reused, exact, first)
+            unreproducible = unreproducible or (first.reason if first is not None else None) or inexact
             if keep and tokens:
                 held = list(input_ids) + tokens[:-1]
                 if capabilities.cache_length(cache) == len(held):
-                    positions = reproducible.exact_positions(len(input_ids)) if exact is not None else 0
-                    lm.prefix_caches.put(reuse_key, held, cache, kv_bytes_per_token(lm.model), positions)
+                    lm.prefix_caches.put(reuse_key, held, cache, kv_bytes_per_token(lm.model),
+                                         first.exact if first is not None else 0, unreproducible is None)
         else:
             output, timer, started = run_generate(lm, ids, torch.ones_like(ids), settings, stop_event, streamer,
                                                   (cfg, call_kwargs), governor)
@@ -107,9 +118,10 @@ def generate(
 
 def _shared_request(lm: LoadedModel, input_ids: list[int], settings: GenerationSettings, cfg: Any,
                     call_kwargs: dict[str, Any], on_text: Callable[[str], None] | None,
-                    stop_event: threading.Event | None, reuse_key: Hashable | None) -> SharedRequest:
+                    stop_event: threading.Event | None, reuse_key: Hashable | None,
+                    on_token: Callable[[int], None] | None = None, carry: Any = None) -> SharedRequest:
     """The shared decode loop's request for one :func:`generate` call."""
-    streamer = (capabilities.callback_streamer(lm.tokenizer, on_text, lm.tokenizer_lock)
+    streamer = (capabilities.callback_streamer(lm.tokenizer, on_text, lm.tokenizer_lock, on_token, carry)
                 if on_text is not None else None)
     processors = call_kwargs.get("logits_processor")
     if processors:
@@ -121,12 +133,13 @@ def _shared_request(lm: LoadedModel, input_ids: list[int], settings: GenerationS
 
 def _generate_shared(lm: LoadedModel, input_ids: list[int], settings: GenerationSettings, cfg: Any,
                      call_kwargs: dict[str, Any], on_text: Callable[[str], None] | None,
-                     stop_event: threading.Event | None, reuse_key: Hashable | None) -> GenerationResult:
+                     stop_event: threading.Event | None, reuse_key: Hashable | None,
+                     on_token: Callable[[int], None] | None = None, carry: Any = None) -> GenerationResult:
     """:func:`generate` through the model's shared decode loop."""
     if stop_event is not None and stop_event.is_set():
         return GenerationResult([], "", "cancelled", len(input_ids), 0, None, 0.0)
     request = decoder_for(lm).run(_shared_request(lm, input_ids, settings, cfg, call_kwargs, on_text, stop_event,
-                                                  reuse_key))
+                                                  reuse_key, on_token, carry))
     return _shared_result(lm, request, settings, call_kwargs, stop_event)
 
 

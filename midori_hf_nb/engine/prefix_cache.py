@@ -58,14 +58,19 @@ class KeptCache:
     #: the first positions a reproducible prefill computed in whole tiles (reproducible generations
     #: reuse no more than these; 0: none)
     exact: int = 0
+    #: every position was computed by a reproducible generation (its prefill and decode steps), so
+    #: the continuation of a paused one may reuse all of them
+    reproducible: bool = False
 
 
 @dataclass(frozen=True)
 class Reuse:
-    """What :meth:`PrefixCacheStore.take` found: a cache cut back to ``reused`` positions (None: none)."""
+    """What :meth:`PrefixCacheStore.take` found: a cache cut back to ``reused`` positions (None:
+    none), the first ``exact`` of them computed by a reproducible prefill in whole tiles."""
 
     cache: Any
     reused: int
+    exact: int = 0
 
 
 NO_REUSE = Reuse(None, 0)
@@ -111,11 +116,14 @@ class PrefixCacheStore:
         with self._lock:
             return list(self._entries)
 
-    def take(self, owner: Hashable, input_ids: Sequence[int], tile: int | None = None) -> Reuse:
+    def take(self, owner: Hashable, input_ids: Sequence[int], tile: int | None = None,
+             continuation: bool = False) -> Reuse:
         """Take the owner's kept cache out of the store, cut back to the prefix it shares with
         ``input_ids`` (at most all but the last prompt token, whose logits the generation needs).
         With ``tile`` (a reproducible generation) only whole tiles of the positions a
-        reproducible prefill computed (``KeptCache.exact``) are kept.
+        reproducible prefill computed (``KeptCache.exact``) are kept -- except for the
+        ``continuation`` of a paused reproducible generation whose prompt is the whole kept cache
+        and one token more: it keeps everything, as the unpaused generation would have.
 
         Returns :data:`NO_REUSE` when the owner has none or the shared prefix is shorter than
         :data:`MIN_REUSED_TOKENS` (the kept cache is dropped: the prompt no longer extends it).
@@ -125,7 +133,8 @@ class PrefixCacheStore:
         if entry is None:
             return NO_REUSE
         shared = min(common_prefix(entry.token_ids, input_ids), len(input_ids) - 1)
-        if tile is not None:
+        whole = continuation and entry.reproducible and shared == len(entry.token_ids) == len(input_ids) - 1
+        if tile is not None and not whole:
             shared = (min(shared, entry.exact) // tile) * tile
         if shared < MIN_REUSED_TOKENS:
             return NO_REUSE
@@ -133,19 +142,21 @@ class PrefixCacheStore:
         with self._lock:
             self.hits += 1
             self.reused_tokens += shared
-        return Reuse(entry.cache, shared)
+        return Reuse(entry.cache, shared, min(shared, entry.exact))
 
-    def put(self, owner: Hashable, token_ids: Sequence[int], cache: Any, bytes_per_token: int, exact: int = 0) -> bool:
+    def put(self, owner: Hashable, token_ids: Sequence[int], cache: Any, bytes_per_token: int, exact: int = 0,
+            reproducible: bool = False) -> bool:
         """Keep ``cache`` (holding ``token_ids``; its first ``exact`` positions computed by a
-        reproducible prefill in whole tiles) as the owner's, evicting the least recently used
-        entries beyond the bounds. False (nothing kept) when it alone exceeds ``max_bytes``."""
+        reproducible prefill in whole tiles; ``reproducible``: all of them by a reproducible
+        generation) as the owner's, evicting the least recently used entries beyond the bounds.
+        False (nothing kept) when it alone exceeds ``max_bytes``."""
         nbytes = len(token_ids) * bytes_per_token
         if nbytes > self.max_bytes or self.max_entries == 0:
             self.drop(owner)
             return False
         with self._lock:
             self._entries.pop(owner, None)
-            self._entries[owner] = KeptCache(tuple(token_ids), cache, nbytes, exact)
+            self._entries[owner] = KeptCache(tuple(token_ids), cache, nbytes, exact, reproducible)
             total = sum(entry.nbytes for entry in self._entries.values())
             while len(self._entries) > self.max_entries or total > self.max_bytes:
                 _, evicted = self._entries.popitem(last=False)

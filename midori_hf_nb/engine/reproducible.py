@@ -93,13 +93,40 @@ def threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def request_generator(settings: GenerationSettings, device: Any) -> torch.Generator | None:
-    """A generator of its own for a seeded sampled generation (None: unseeded, or greedy)."""
+def request_generator(settings: GenerationSettings, device: Any, width: int) -> torch.Generator | None:
+    """A generator of its own for a seeded sampled generation (None: unseeded, or greedy).
+
+    A continuation of a paused generation (``settings.answer_so_far`` tokens so far, the same
+    seed) gets the generator where the paused part left it: the draws of the answer so far, one
+    sample over ``width`` logits per token, are replayed (:func:`skip_draws`)."""
     if settings.seed is None or settings.greedy:
         return None
     generator = torch.Generator(device=device)
     generator.manual_seed(settings.seed)
+    skip_draws(generator, settings.answer_so_far, width, device)
     return generator
+
+
+def skip_draws(generator: torch.Generator | None, count: int, width: int, device: Any) -> None:
+    """Advance ``generator`` (None: torch's global one) past ``count`` token samples over ``width``
+    logits: ``torch.multinomial`` of one sample from a row of ``width`` probabilities draws the
+    same random numbers whatever the probabilities, so sampling a uniform row replays them."""
+    if count <= 0:
+        return
+    uniform = torch.full((1, width), 1.0 / width, device=device)
+    for _ in range(count):
+        torch.multinomial(uniform, num_samples=1, generator=generator)
+
+
+def logits_width(lm: LoadedModel) -> int:
+    """The width of ``lm``'s logits (its output layer's rows; the configuration's vocabulary size
+    where the model has no output layer to ask)."""
+    head = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if weight is not None:
+        return int(weight.shape[0])
+    config = lm.model.config.get_text_config() if hasattr(lm.model.config, "get_text_config") else lm.model.config
+    return int(config.vocab_size)
 
 
 def prefill_mode() -> ForwardMode:
@@ -112,15 +139,42 @@ def decode_mode(found: ReproducibleSupport) -> ForwardMode:
     return ForwardMode("decode", found.decode_tile)
 
 
-def reusable(shared: int, exact: int) -> int:
-    """Positions of a kept cache a reproducible generation may reuse: the whole tiles of what the
-    prompt shares with it (``shared``) that a reproducible prefill computed (``exact``)."""
-    return (min(shared, exact) // PREFILL_TILE) * PREFILL_TILE
-
-
 def exact_positions(prompt_tokens: int) -> int:
     """Positions of a reproducibly prefilled prompt that later prompts may reuse (its whole tiles)."""
     return (prompt_tokens // PREFILL_TILE) * PREFILL_TILE
+
+
+#: Why a continuation of a paused stream is not reproducible without its first part's KV cache.
+RESUMED_WITHOUT_CACHE = ("a paused stream continued without the KV cache its first part left (evicted, or the "
+                         "model was reloaded): the answer so far was prefilled again, which rounds differently "
+                         "from the decode steps that computed it")
+
+
+@dataclass(frozen=True)
+class FirstForward:
+    """How a reproducible generation runs its first forward (see :func:`first_forward`)."""
+
+    mode: ForwardMode
+    threads: int | None  #: the torch thread count it runs at (None: unchanged)
+    #: positions of the cache afterwards that a later reproducible prefill may reuse
+    exact: int
+    reason: str | None  #: why the answer is not reproducible (None: it is)
+
+
+def first_forward(found: ReproducibleSupport, settings: GenerationSettings, prompt_tokens: int, reused: int,
+                  reused_exact: int) -> FirstForward:
+    """The first forward of a reproducible generation of ``prompt_tokens`` positions whose first
+    ``reused`` come from a kept cache (``reused_exact`` of them computed by a reproducible prefill).
+
+    A fresh prompt is prefilled in aligned tiles. A continuation of a paused generation
+    (``settings.answer_so_far``) that found the whole cache its first part left (every position
+    but the last token, see :meth:`~.prefix_cache.PrefixCacheStore.take`) runs that token as the
+    decode step the unpaused generation would have run, so it continues with the same numbers;
+    without that cache the answer so far is prefilled again, and the answer is not reproducible."""
+    if settings.answer_so_far and reused == prompt_tokens - 1:
+        return FirstForward(decode_mode(found), found.decode_threads, reused_exact, None)
+    return FirstForward(prefill_mode(), found.prefill_threads, exact_positions(prompt_tokens),
+                        RESUMED_WITHOUT_CACHE if settings.answer_so_far else None)
 
 
 def support(lm: LoadedModel) -> ReproducibleSupport:
@@ -147,6 +201,9 @@ def call_reason(lm: LoadedModel, settings: GenerationSettings, engine_path: bool
         return "sampled without a seed"
     if lm.spec.device != "cpu":
         return f"reproducible mode runs on CPU only (the model is on {lm.spec.device!r})"
+    if settings.answer_so_far and not engine_path:
+        return ("a paused stream continued on model.generate's path, which prefills the answer so far again "
+                "(it rounds differently from the decode steps that computed it)")
     if engine_path:
         found = support(lm)
         if not found.supported:
@@ -241,5 +298,6 @@ def _probe(lm: LoadedModel) -> ReproducibleSupport:
     return ReproducibleSupport(False, reason="; ".join(failures))
 
 
-__all__ = ["DECODE_TILE", "GLOBAL_RNG_LOCK", "PREFILL_TILE", "ReproducibleSupport", "call_reason", "decode_mode",
-           "exact_positions", "prefill_mode", "request_generator", "reusable", "support"]
+__all__ = ["DECODE_TILE", "GLOBAL_RNG_LOCK", "PREFILL_TILE", "RESUMED_WITHOUT_CACHE", "FirstForward",
+           "ReproducibleSupport", "call_reason", "decode_mode", "exact_positions", "first_forward", "logits_width", "prefill_mode",
+           "request_generator", "skip_draws", "support"]

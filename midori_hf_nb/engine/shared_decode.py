@@ -14,6 +14,14 @@ several rows, whose float rounding can differ from one row's (as in ``generate_b
 they are reproducible (:mod:`.reproducible`): a reproducible request is prefilled in aligned
 tiles, and a step with a reproducible row runs in the reproducible decode mode, so each of its
 rows gets the tokens it gets alone. A seeded sampled row draws from its own generator.
+
+Waiting is fair. The model's ``generation_lock`` is granted first come, first served
+(:mod:`.fair_lock`), and while a caller that needs the whole model (``generate_batch``, a
+``compare()`` batch, a generation on ``model.generate``, an unload) waits for it, the loop admits
+no new rows: the rows already running finish, the loop releases the lock, the waiter runs, and the
+requests that arrived meanwhile are served after it. So such a caller waits at most for the rows
+running when it asked (each bounded by its ``max_new_tokens``), however many single requests keep
+arriving, and those wait at most for the callers that asked before the loop stepped aside.
 """
 
 from __future__ import annotations
@@ -77,6 +85,8 @@ class SharedRequest:
     loops: Any = None  #: the row's :class:`~.repetition.LoopDetector` (None without the guard)
     #: the model's reproducible support when this row runs reproducibly (None: it does not)
     exact: Any = None
+    #: positions of its cache a later reproducible prefill may reuse (see :class:`.prefix_cache.KeptCache`)
+    exact_positions: int = 0
     generator: torch.Generator | None = None  #: a seeded row's own random numbers
 
     def finished(self, eos: frozenset[int]) -> bool:
@@ -86,6 +96,10 @@ class SharedRequest:
             return False
         return (self.tokens[-1] in eos or len(self.tokens) >= int(self.cfg.max_new_tokens)
                 or (self.stop_event is not None and self.stop_event.is_set()))
+
+
+#: What :meth:`SharedDecoder._take_pending` returns when the loop should release the lock for a waiter.
+_STEP_ASIDE: Any = object()
 
 
 def decoder_for(lm: "LoadedModel") -> "SharedDecoder":
@@ -133,7 +147,11 @@ class SharedDecoder:
     # ------------------------------------------------------------------ the loop
 
     def _take_pending(self, active: list[SharedRequest]) -> list[SharedRequest] | None:
+        """The requests to admit now; None when there is no work left, :data:`_STEP_ASIDE` when a
+        caller waits for the lock and no row runs (the loop releases the lock and queues behind it)."""
         with self._cond:
+            if self.lm.generation_lock.waiting and self._pending:  # fairness: no new rows while one waits
+                return [] if active else _STEP_ASIDE
             new, self._pending = self._pending, []
             if not new and not active:
                 self._running = False
@@ -153,12 +171,18 @@ class SharedDecoder:
                     self._finish(request, error=exc)
 
     def _serve(self, batch: "_Batch") -> None:
+        while self._serve_turn(batch) is _STEP_ASIDE:
+            pass  # the lock is asked for again, behind the callers waiting for it
+
+    def _serve_turn(self, batch: "_Batch") -> Any:
+        """Serve requests while holding the lock; returns None when the work is done, or
+        :data:`_STEP_ASIDE` when it released the lock for a waiting caller."""
         lm = self.lm
         with lm.generation_lock:
             while True:
                 new = self._take_pending(batch.rows)
-                if new is None:
-                    return
+                if new is None or new is _STEP_ASIDE:
+                    return new
                 for request in new:
                     self._admit(batch, request)
                 if not batch.rows:
@@ -210,9 +234,8 @@ class SharedDecoder:
                 if keep and request.cache is not None and request.tokens:
                     held = list(request.input_ids) + request.tokens[:-1]
                     if capabilities.cache_length(request.cache) == len(held):
-                        exact = reproducible.exact_positions(len(request.input_ids)) if request.exact else 0
                         lm.prefix_caches.put(request.reuse_key, held, request.cache, kv_bytes_per_token(lm.model),
-                                             exact)
+                                             request.exact_positions, request.unreproducible is None)
         except BaseException as exc:  # delivered to the caller
             error = exc
         finally:
@@ -252,7 +275,6 @@ class _Batch:
             request.exact = reproducible.support(lm)
         governor = apply_threads(lm, settings.num_threads)
         ids = request.prompt = torch.tensor([request.input_ids], dtype=torch.long, device=lm.input_device)
-        request.generator = reproducible.request_generator(settings, ids.device)
         request.started = time.perf_counter()
         if request.streamer is not None:
             request.streamer.put(ids.cpu())
@@ -262,16 +284,22 @@ class _Batch:
             request.sequence[:, :ids.shape[1]] = ids
         keep = request.reuse_key is not None and lm.prefix_support.supported
         tile = reproducible.PREFILL_TILE if request.exact else None
-        found = lm.prefix_caches.take(request.reuse_key, request.input_ids, tile) if keep else NO_REUSE
+        found = (lm.prefix_caches.take(request.reuse_key, request.input_ids, tile,
+                                       continuation=settings.answer_so_far > 0) if keep else NO_REUSE)
         request.reused = found.reused
         cache = found.cache if found.cache is not None else capabilities.new_dynamic_cache(lm.model)
-        mode = reproducible.prefill_mode() if request.exact else None
-        pinned = request.exact.prefill_threads if request.exact else None
+        first = (reproducible.first_forward(request.exact, settings, len(request.input_ids), found.reused,
+                                            found.exact) if request.exact else None)
+        request.exact_positions = first.exact if first is not None else 0
+        if first is not None and first.reason is not None:
+            request.unreproducible = request.unreproducible or first.reason
+        mode = first.mode if first is not None else None
+        pinned = first.threads if first is not None else None
         with torch.inference_mode(), forward_mode(mode), reproducible.threads(pinned):
             out = lm.model(input_ids=ids[:, request.reused:], use_cache=True, logits_to_keep=1,
                            **{lm.decode_support.cache_argument: cache})
         if mode is not None and mode.inexact:
-            request.unreproducible = mode.inexact[0]
+            request.unreproducible = request.unreproducible or mode.inexact[0]
         request.cache = cache
         self._choose(request, out.logits[:, -1, :])
         if governor is not None:
@@ -354,6 +382,8 @@ class _Batch:
             next_token = torch.argmax(logits, dim=-1)
         else:
             probs = torch.nn.functional.softmax(row.warpers(row.prompt, logits), dim=-1)
+            if row.generator is None and not row.tokens:  # a seeded row's own, made at its first draw
+                row.generator = reproducible.request_generator(row.settings, probs.device, probs.shape[-1])
             next_token = torch.multinomial(probs, num_samples=1, generator=row.generator).squeeze(1)
         token = int(next_token[0])
         row.tokens.append(token)

@@ -17,6 +17,7 @@ from typing import Any
 from ..config import ConfigError
 from ..protocol import AgentPayload, AgentResponse, MidoriAiAgentProtocol, ReasoningEffort
 from ..tools import tool_schemas
+from ..log.control import check_log_option
 from ..validation import validate_reasoning_effort
 from .client import import_openai
 from .config import SERVED_DEFAULTS, OpenAIConfig
@@ -29,6 +30,7 @@ from .errors import (
     UnknownModelError,
     scrub,
 )
+from .redaction import guard_logs
 from .request import ServedCallSettings, request_body, resolve_served_settings
 from .stream import ServedStream
 
@@ -62,11 +64,14 @@ class OpenAICompatibleAgent(MidoriAiAgentProtocol):
             a laptop and a GPU cluster. None: ``OPENAI_BASE_URL``, else OpenAI's API.
         api_key: sent as a bearer token; None: ``OPENAI_API_KEY``, else a placeholder. It never
             appears in a ``repr``, a log line, an error message or a transcript.
-        max_new_tokens, temperature, top_p, top_k, do_sample, context_window, timeout,
+        max_new_tokens, temperature, top_p, top_k, do_sample, context_window, timeout, deadline,
         connect_timeout, max_retries, concurrency, stream_usage: see :class:`OpenAIConfig`;
             invalid values raise ``ValueError`` naming the field.
         reasoning_effort: default :class:`ReasoningEffort` for payloads that carry none (sent as
             the request's ``reasoning_effort``).
+        log: the call log of this agent's calls (:mod:`midori_hf_nb.log`): None (default) follows
+            the process's switch, False records nothing, True records even when it is off, a path
+            records to that database; a call's own ``log=`` wins. The key is never recorded.
         **kwargs: further request fields for the server (JSON data), e.g. ``repetition_penalty``.
 
     Errors name the server and the model and never the key: :class:`ServerUnreachableError`,
@@ -88,8 +93,10 @@ class OpenAICompatibleAgent(MidoriAiAgentProtocol):
         context_window: int = SERVED_DEFAULTS["context_window"],
         *,
         reasoning_effort: ReasoningEffort | dict | None = None,
+        log: Any = None,
         **kwargs: Any,
     ) -> None:
+        self.log = log
         config = OpenAIConfig.from_kwargs(
             model=model, base_url=base_url, api_key=api_key, max_new_tokens=max_new_tokens,
             temperature=temperature, top_p=top_p, top_k=top_k, do_sample=do_sample,
@@ -98,6 +105,8 @@ class OpenAICompatibleAgent(MidoriAiAgentProtocol):
         self._setup(config, reasoning_effort)
 
     def _setup(self, config: OpenAIConfig, reasoning_effort: Any) -> None:
+        if not hasattr(self, "_log"):
+            self._log = None
         self._config = config
         self._reasoning_effort = validate_reasoning_effort(reasoning_effort, "reasoning_effort", error=ConfigError)
         self._clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
@@ -117,6 +126,15 @@ class OpenAICompatibleAgent(MidoriAiAgentProtocol):
         raise TypeError("an OpenAICompatibleAgent cannot be pickled (it holds an API key): create it again")
 
     # ------------------------------------------------------------------ properties
+
+    @property
+    def log(self) -> Any:
+        """Where this agent's calls are logged (see the ``log`` argument); settable."""
+        return self._log
+
+    @log.setter
+    def log(self, value: Any) -> None:
+        self._log = check_log_option(value, "OpenAICompatibleAgent(log=...)")
 
     @property
     def config(self) -> OpenAIConfig:
@@ -154,6 +172,7 @@ class OpenAICompatibleAgent(MidoriAiAgentProtocol):
                     timeout=openai.Timeout(c.timeout, connect=c.connect_timeout),
                 )
                 self._clients[loop] = client
+                guard_logs(c.api_key)  # a server may echo the key in a header the client logs at DEBUG
             return client
 
     async def unload_model(self) -> None:
@@ -179,13 +198,15 @@ class OpenAICompatibleAgent(MidoriAiAgentProtocol):
         return request_body(self._config, payload, call, schemas, effort)
 
     async def list_models(self) -> list[str]:
-        """The model ids the server serves (``GET /v1/models``); errors as for a call."""
+        """The model ids the server serves (``GET /v1/models``; at most 10,000, each at most 1,000
+        characters, the API key masked where an id carries it); errors as for a call."""
         openai = import_openai()
         try:
             page = await self.client().models.list()
         except openai.OpenAIError as exc:
             raise await self.explain(exc, check_model=False) from None
-        return [str(m.id) for m in page.data][:10_000]
+        key = self._config.api_key.reveal()
+        return [scrub(str(m.id)[:1_000], key) for m in page.data[:10_000]]
 
     async def _served_models(self) -> list[str] | None:
         try:
@@ -219,7 +240,7 @@ class OpenAICompatibleAgent(MidoriAiAgentProtocol):
                     "(or the OPENAI_API_KEY environment variable)", status=status, **where)
             if check_model and status in (400, 404, 422):
                 available = await self._served_models()
-                if available is not None and model not in available:
+                if available is not None and scrub(model, key) not in available:
                     shown = ", ".join(repr(m) for m in available[:20]) or "none listed"
                     return UnknownModelError(
                         f"the server at {url} does not serve model {model!r} (HTTP {status}: {detail}); it serves: "
@@ -246,9 +267,10 @@ class OpenAICompatibleAgent(MidoriAiAgentProtocol):
 
         Per-call ``overrides``: ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``,
         ``do_sample``, ``greedy``, ``seed``, ``stop`` and further server options (JSON data).
-        Cancelling the calling task closes the HTTP stream.
+        Cancelling the calling task closes the HTTP stream. ``log``: where this call is recorded
+        (None, False, True or a path; see :mod:`midori_hf_nb.log`), over the agent's ``log``.
         """
-        return await ServedStream(self, payload, events=True, overrides=overrides).collect()
+        return await ServedStream(self, payload, events=True, overrides=overrides, method="invoke").collect()
 
     def stream(self, payload: AgentPayload, *, events: bool = False, **overrides: Any) -> ServedStream:
         """Stream the answer to ``payload``: text pieces (their concatenation equals the final
@@ -263,12 +285,14 @@ class OpenAICompatibleAgent(MidoriAiAgentProtocol):
         a server returns them as text; calls to names not offered carry ``"unknown": True``.
         """
         schemas = tool_schemas(tools)
-        return await ServedStream(self, payload, events=True, overrides=overrides, schemas=schemas).collect()
+        return await ServedStream(self, payload, events=True, overrides=overrides, schemas=schemas,
+                                  method="invoke_with_tools").collect()
 
     def stream_with_tools(self, payload: AgentPayload, tools: list[Any], *, events: bool = True,
                           **overrides: Any) -> ServedStream:
         """Like :meth:`invoke_with_tools`, streamed (typed events by default); nothing is executed."""
-        return ServedStream(self, payload, events=events, overrides=overrides, schemas=tool_schemas(tools))
+        return ServedStream(self, payload, events=events, overrides=overrides, schemas=tool_schemas(tools),
+                            method="stream_with_tools")
 
 
 __all__ = ["OpenAICompatibleAgent"]
