@@ -7,6 +7,7 @@ answers on this model (see engine/reproducible.py)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -97,7 +98,10 @@ def _converse(agent, session, questions, reuse):
 @pytest.mark.slow
 def test_kept_cache_turns_and_an_edited_history_give_the_answers_of_a_full_prefill(exact_agent, alone):
     questions = QUESTIONS[:3]
+    edited = ["What is the capital of Spain?", *questions[1:]]
+    # the references first: turning kv_reuse off forgets the agent's kept caches
     without = _converse(exact_agent, "turns-off", questions, reuse=False)
+    reference = _converse(exact_agent, "edited-off", edited, reuse=False)
     with_reuse = _converse(exact_agent, "turns-on", questions, reuse=True)
     assert [t[0] for t in with_reuse] == [t[0] for t in without]
     assert without[0][0] == alone[questions[0]]
@@ -105,8 +109,6 @@ def test_kept_cache_turns_and_an_edited_history_give_the_answers_of_a_full_prefi
     assert all(reused >= PREFILL_TILE and reused % PREFILL_TILE == 0 for _, reused in with_reuse[1:])
 
     # the same session with its first question edited: only what still matches is reused
-    edited = ["What is the capital of Spain?", *questions[1:]]
-    reference = _converse(exact_agent, "edited-off", edited, reuse=False)
     again = _converse(exact_agent, "turns-on", edited, reuse=True)
     assert [t[0] for t in again] == [t[0] for t in reference]
     assert again[0][1] >= PREFILL_TILE  # the system prompt's whole tiles were reused
@@ -257,3 +259,87 @@ def test_a_served_agent_answers_reproducible_false_with_the_reason():
     config = OpenAIConfig(model="m", base_url="http://127.0.0.1:9/v1")
     assert resolve_served_settings(config, {"reproducible": True}).reproducible is True
     assert resolve_served_settings(config, {}).reproducible is False
+
+
+# --------------------------------------------------------------------------- paused streams and evaluation
+
+#: the stream look-ahead the README documents (``midori_hf_nb.agent.live.STREAM_LOOKAHEAD``)
+LOOKAHEAD = 64
+STORY = "Write a long story about a lighthouse keeper and a storm."
+
+
+async def _read_with_a_pause(agent, payload, **options):
+    """Stream ``payload``, stop reading after the first piece until the generation has paused,
+    then read the rest. Returns the response, the pieces and whether the stream paused."""
+    stream = agent.stream(payload, **options)
+    pieces = []
+    async for piece in stream:
+        pieces.append(piece)
+        break
+    deadline = time.monotonic() + 120
+    while getattr(stream, "paused", None) is not True and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    was_paused = getattr(stream, "paused", None)
+    pieces += [piece async for piece in stream]
+    return stream.response, pieces, was_paused
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [{}, {"temperature": 0.8, "seed": 11}], ids=["greedy", "seeded"])
+def test_a_paused_stream_continues_with_the_answer_it_gives_unpaused(exact_agent, options):
+    # the continuation resumes from the cache its first part left, with the decode step and the
+    # random numbers the unpaused generation would have used
+    payload = make_payload(STORY, session_id=f"paused-{len(options)}")
+    options = {**options, "max_new_tokens": LOOKAHEAD + 40}
+    unpaused = run(exact_agent.invoke(payload, **options))
+    resumed, pieces, was_paused = run(_read_with_a_pause(exact_agent, payload, **options))
+    assert was_paused is True
+    assert stats_of(unpaused).completion_tokens > LOOKAHEAD + 8  # long enough to pause midway
+    assert resumed.response == unpaused.response
+    assert "".join(pieces).strip() == resumed.response
+    stats = stats_of(resumed)
+    assert stats.reproducible is True and stats.reproducible_reason is None
+
+
+@pytest.fixture(scope="module")
+def long_tiny(tiny_model):
+    """A greedy, reproducible agent on the tiny random model that writes long answers."""
+    yield from loaded_agent(tiny_model, max_new_tokens=LOOKAHEAD + 40, stop_on_repetition=False, reproducible=True)
+
+
+def test_a_paused_stream_that_lost_its_cache_says_it_is_not_reproducible(long_tiny):
+    payload = make_payload("Hello there", session_id="lost")
+    kept, _, paused = run(_read_with_a_pause(long_tiny, payload))
+    assert paused is True and stats_of(kept).reproducible is True
+
+    async def forget_while_paused():
+        stream = long_tiny.stream(payload)
+        async for _ in stream:
+            break
+        deadline = time.monotonic() + 60
+        while getattr(stream, "paused", None) is not True and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        long_tiny.forget_session("lost")  # the first part's cache is gone: the answer so far is prefilled
+        rest = [piece async for piece in stream]
+        return stream.response, rest
+
+    lost, rest = run(forget_while_paused())
+    assert rest
+    stats = stats_of(lost)
+    assert stats.reproducible is False and "paused stream" in stats.reproducible_reason
+
+
+@pytest.mark.slow
+def test_evaluation_repeats_of_a_greedy_answer_agree_whatever_their_batch(exact_agent, alone):
+    from midori_hf_nb import evaluate
+
+    questions = QUESTIONS[:3]
+    ev = evaluate(questions, systems={"s": SYSTEM}, settings={"greedy": [True], "max_new_tokens": [NEW]},
+                  models=exact_agent, repeats=3, batch_size=2, progress=False, warmup=False)
+    answers = ev.answers
+    assert len(answers) == 9 and (answers["status"] == "ok").all()
+    assert answers["reproducible"].tolist() == [True] * 9
+    assert set(answers["batch_size"]) == {1, 2}  # repeats ran in batches of other sizes and company
+    for question in questions:
+        repeats = answers[answers["prompt"] == question]["response"].tolist()
+        assert repeats == [alone[question]] * 3

@@ -145,9 +145,10 @@ def exact_positions(prompt_tokens: int) -> int:
 
 
 #: Why a continuation of a paused stream is not reproducible without its first part's KV cache.
-RESUMED_WITHOUT_CACHE = ("a paused stream continued without the KV cache its first part left (evicted, or the "
-                         "model was reloaded): the answer so far was prefilled again, which rounds differently "
-                         "from the decode steps that computed it")
+RESUMED_WITHOUT_CACHE = ("a paused stream continued without the KV cache its first part left (it paused while "
+                         "sharing a decode batch, the cache was evicted or forgotten, or the model was reloaded): "
+                         "the answer so far was prefilled again, which rounds differently from the decode steps "
+                         "that computed it")
 
 
 @dataclass(frozen=True)
