@@ -300,5 +300,5 @@ def _probe(lm: LoadedModel) -> ReproducibleSupport:
 
 
 __all__ = ["DECODE_TILE", "GLOBAL_RNG_LOCK", "PREFILL_TILE", "RESUMED_WITHOUT_CACHE", "FirstForward",
-           "ReproducibleSupport", "call_reason", "decode_mode", "exact_positions", "first_forward", "logits_width", "prefill_mode",
-           "request_generator", "skip_draws", "support"]
+           "ReproducibleSupport", "call_reason", "decode_mode", "exact_positions", "first_forward", "logits_width",
+           "prefill_mode", "request_generator", "skip_draws", "support"]
