@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 RESULT_COLUMNS = [
     "repeat", "response", "thinking", "tool_calls", "prompt_tokens", "completion_tokens",
-    "time_to_first_token", "seconds", "tokens_per_second", "finish_reason", "seed", "batch",
+    "time_to_first_token", "seconds", "tokens_per_second", "finish_reason", "reproducible", "seed", "batch",
     "batch_size", "status", "error",
 ]
 

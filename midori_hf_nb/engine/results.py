@@ -36,6 +36,11 @@ class GenerationResult:
     #: under a constraint, when the repetition guard ended a loop: the tokens of the grammar's shortest
     #: completion written after it, so the answer is complete (None: the guard closed nothing)
     closing_tokens: int | None = None
+    #: the answer is reproducible: the same prompt, settings and seed give the same tokens alone,
+    #: batched, concurrently or from a kept cache (see :mod:`.reproducible`)
+    reproducible: bool = False
+    #: why it is not (None when it is)
+    reproducible_reason: str | None = "reproducible mode is off (reproducible=False)"
 
     @property
     def tokens_per_second(self) -> float:
@@ -79,11 +84,13 @@ def finish_tokens(tokens: list[int], eos: frozenset[int], settings: GenerationSe
 def join_results(parts: list[GenerationResult], text: str, finish: str) -> GenerationResult:
     """One result for a generation that ran in several parts (a stream paused and continued):
     the tokens of every part, ``text`` (decoded from all of them) and ``finish``; the timing of
-    the first token from the first part, the seconds of generation summed (pauses left out)."""
+    the first token from the first part, the seconds of generation summed (pauses left out);
+    reproducible when every part was (else the first part's reason it was not)."""
     first = parts[0]
     tokens = [token for part in parts for token in part.token_ids]
     return GenerationResult(tokens, text, finish, first.prompt_tokens, len(tokens), first.time_to_first_token,
                             sum(part.seconds for part in parts), parts[-1].decode_path,
                             next((p.decode_path_reason for p in parts if p.decode_path_reason), None),
                             first.first_token_at, first.reused_prompt_tokens, max(p.shared_rows for p in parts),
-                            parts[-1].closing_tokens)
+                            parts[-1].closing_tokens, all(p.reproducible for p in parts),
+                            next((p.reproducible_reason for p in parts if not p.reproducible), None))

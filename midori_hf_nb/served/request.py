@@ -28,6 +28,9 @@ class ServedCallSettings:
     seed: int | None = None
     stop: str | list[str] | None = None
     server_options: dict[str, Any] = field(default_factory=dict)
+    #: the call asked for reproducible answers, which a served model cannot promise (its server
+    #: batches and computes as it likes): the response says ``reproducible=False`` and why
+    reproducible: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -53,12 +56,14 @@ def resolve_served_settings(config: OpenAIConfig, overrides: Mapping[str, Any] |
     Overrides: ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``do_sample``,
     ``greedy``, ``seed``, ``stop``, ``deadline`` (seconds for the whole call), ``response_format``
     (validated as for a local agent, sent as :func:`wire_response_format`; the answer is plain text,
-    not parsed) and further server options (JSON data, sent as request fields). Raises
+    not parsed), ``reproducible`` (answered with ``reproducible=False`` and the reason in the
+    metadata) and further server options (JSON data, sent as request fields). Raises
     :class:`~midori_hf_nb.config.ConfigError` naming the field.
     """
     overrides = dict(overrides or {})
     deadline = overrides.pop("deadline", None)
     fields, seed, rest = split_overrides(overrides)
+    asked_reproducible = bool(fields.pop("reproducible", False))
     if deadline is not None:
         fields["deadline"] = deadline
     if "stop_strings" in rest:  # the local agent's name for it
@@ -68,7 +73,7 @@ def resolve_served_settings(config: OpenAIConfig, overrides: Mapping[str, Any] |
     stop = _check_stop(rest.pop("stop", None))
     options = check_server_options(rest, "overrides") if rest else {}
     call_config = config.replace(**fields) if fields else config
-    return ServedCallSettings(call_config, seed, stop, {**config.server_options, **options})
+    return ServedCallSettings(call_config, seed, stop, {**config.server_options, **options}, asked_reproducible)
 
 
 def wire_response_format(fmt: ResponseFormat) -> dict[str, Any]:

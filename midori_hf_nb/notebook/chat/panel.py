@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from ...protocol import AgentPayload, MemoryEntryData, make_payload
-from ...settings import check_overrides
+from ...settings import check_overrides, offers_reproducible
 from ..conversation import count_tokens
 from ...load_progress import LoadProgress
 from ..streaming import DEFAULT_THROTTLE, LiveView, tick_while_waiting
@@ -127,8 +127,15 @@ class ChatPanel(PersistentPanel, ChatLayout):
     def generation_overrides(self) -> dict[str, Any]:
         """The overrides the next message is generated with (settings the user neither gave nor changed
         are left to the agent, see :class:`~.generation.SettingsBaseline`), checked by
-        :func:`~midori_hf_nb.settings.check_overrides`; raises ``ValueError`` naming a bad setting."""
+        :func:`~midori_hf_nb.settings.check_overrides`; raises ``ValueError`` naming a bad setting.
+
+        Greedy or seeded answers of an agent that offers reproducible answers (a local model) ask
+        for them (``reproducible=True``, unless the panel's overrides say otherwise), so Regenerate
+        gives the same greedy answer whether or not the conversation's KV cache was kept."""
         asked = {**self.overrides, **self._baseline.asked(self.settings())}
+        if "reproducible" not in asked and offers_reproducible(self.agent) \
+                and (self.settings()["greedy"] or asked.get("seed") is not None):
+            asked["reproducible"] = True
         try:
             asked["response_format"] = self.response_format_field.value()
             return check_overrides(asked)
