@@ -39,6 +39,8 @@ class LoadedModel:
     tokenizer: Any
     load_seconds: float
     path: str  #: the folder or hub id actually loaded
+    #: the load stages that ran, in order (``converting`` and ``dtype copy`` only when a cache was written)
+    stages: tuple[str, ...] = ()
     generation_lock: threading.Lock = field(default_factory=threading.Lock)
     #: serialises use of the (Rust) tokenizer across threads: prompt encoding and streamed decoding
     tokenizer_lock: threading.RLock = field(default_factory=threading.RLock)
