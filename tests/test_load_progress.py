@@ -117,6 +117,9 @@ def test_stream_to_cell_ticks_the_load_progress_above_the_answer():
         assert html.index('class="midori-loading"') < html.index('class="midori-answer"')
     assert "loading the model…" in loading[0]  # the footer says so too
     assert 'class="midori-loading"' not in htmls[-1] and "Paris is the capital." in htmls[-1]
+    finished = re.search(r'class="midori-loaded"[^>]*>([^<]*)<', htmls[-1])  # collapsed to one finished line
+    assert finished and re.fullmatch(r"scripted loaded in \d+\.\d s", finished.group(1)), htmls[-1]
+    assert htmls[-1].index('class="midori-loaded"') < htmls[-1].index('class="midori-answer"')
 
 
 def test_display_stream_ticks_the_load_progress_without_an_event_loop():
