@@ -26,6 +26,7 @@ from midori_hf_nb.notebook.chat import render_transcript_html
 from midori_hf_nb.notebook.chat.composer import MAX_INPUT_CHARS
 
 from .conftest import loaded_agent, run, scripted
+from .markup import assert_inert_markdown
 
 LONG_TEXT = " ".join(f"word{i}" for i in range(700))
 STORY = "Once upon a time there was a very long story that went on and on. " * 20
@@ -482,7 +483,8 @@ def test_model_user_and_transcript_text_is_escaped_on_every_html_surface():
     assert "&lt;script&gt;alert(&#x27;user&#x27;)&lt;/script&gt;" in panel.history_html.value
     assert "&lt;img src=x onerror=alert(1)&gt;" in panel.history_html.value
     markdown = panel.to_markdown(title="<script>title</script>")
-    assert "<script" not in markdown and "<img" not in markdown and "&lt;script&gt;" in markdown
+    assert_inert_markdown(markdown)
+    assert "\\<script>title\\</script>" in markdown
 
 
 # --------------------------------------------------------------------------- Enter sends
