@@ -179,7 +179,7 @@ def test_the_size_of_the_text_is_bounded(monkeypatch):
 
 def test_a_valid_document_still_reads_after_the_checks():
     document = read_document(json.dumps(v2_document()))
-    assert document.version == 2 and [e.role for e in document.memory] == ["user", "assistant"]
+    assert document.version == chat_document.JSON_VERSION == 3 and [e.role for e in document.memory] == ["user", "assistant"]
     assert document.memory[1].tool_calls[0]["name"] == "add"
 
 
@@ -200,9 +200,9 @@ def test_a_version_1_file_is_read_with_its_statistics_under_their_names():
     assert panel.transcript[7]["tool_calls"][0]["name"] == "add"
     assert (panel.greedy_input.value, panel.max_new_tokens_input.value) == (True, 64)
     assert "17 tokens" in panel.history_html.value and "the backend went away" in panel.history_html.value
-    # saved again, it is version 2 with the ResponseStats names; read again, nothing changed
+    # saved again, it is the current version with the ResponseStats names; read again, nothing changed
     again = json.loads(panel.to_json())
-    assert again["version"] == 2
+    assert again["version"] == 3 and again["branches"] == []
     answers = [m["metadata"] for m in again["memory"] if m["role"] == "assistant"]
     assert all(not {"tokens", "seconds"} & set(meta) for meta in answers)
     assert answers[0]["completion_tokens"] == 17 and "total_seconds" in answers[0]
