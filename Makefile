@@ -60,9 +60,12 @@ browser:
 	else echo "chromium is not installed and cannot be installed here: the browser test will be skipped"; fi
 
 # MIDORI_HF_NB_REQUIRE_SERVE=1: the tests against a real `transformers serve` fail rather than skip.
+# The notebooks run once, on a copy whose executed outputs tests/test_notebook_outputs.py checks
+# (no stderr, no progress bar left part way).
 test:
-	MIDORI_HF_NB_REQUIRE_SERVE=1 $(PY) -m pytest tests
-	$(PY) -m pytest --nbmake --nbmake-timeout=180 notebooks
+	rm -rf build/notebooks && mkdir -p build/notebooks && cp notebooks/*.ipynb build/notebooks/
+	$(PY) -m pytest --nbmake --nbmake-timeout=180 --overwrite build/notebooks
+	MIDORI_HF_NB_REQUIRE_SERVE=1 MIDORI_HF_NB_EXECUTED_NOTEBOOKS=build/notebooks $(PY) -m pytest tests
 	$(MAKE) bench-smoke
 
 # Speed and memory of the agent against the plain-pipeline baseline (benchmarks/README.md).

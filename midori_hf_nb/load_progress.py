@@ -60,6 +60,7 @@ class LoadTracker:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loads: dict[Hashable, LoadProgress] = {}
+        self._ended: dict[Hashable, LoadProgress] = {}  # the last progress of each ended load (stage "ready")
 
     def begin(self, key: Hashable, model: str) -> LoadProgress:
         """Note that the load of ``key`` began."""
@@ -67,6 +68,7 @@ class LoadTracker:
                                 started=time.monotonic())
         with self._lock:
             self._loads[key] = progress
+            self._ended.pop(key, None)
         return progress
 
     def stage(self, key: Hashable, stage: str, detail: str = "") -> None:
@@ -87,14 +89,22 @@ class LoadTracker:
                 self._loads[key] = replace(current, detail=detail, done=done, total=total)
 
     def end(self, key: Hashable) -> None:
-        """Note that the load of ``key`` ended (loaded or failed)."""
+        """Note that the load of ``key`` ended (loaded or failed); :meth:`latest` keeps it as "ready"."""
         with self._lock:
-            self._loads.pop(key, None)
+            ended = self._loads.pop(key, None)
+            if ended is not None:
+                self._ended[key] = replace(ended, stage="ready", detail="ready", done=None, total=None)
 
     def current(self, key: Hashable) -> LoadProgress | None:
         """The latest progress of the load of ``key``; None when it is not loading."""
         with self._lock:
             return self._loads.get(key)
+
+    def latest(self, key: Hashable) -> LoadProgress | None:
+        """:meth:`current`, or once the load ended its last progress at stage "ready" (None before
+        any load of ``key``): what a reader polling while the load finishes should show."""
+        with self._lock:
+            return self._loads.get(key) or self._ended.get(key)
 
 
 #: The loads of this process.

@@ -59,6 +59,10 @@ def test_the_tracker_refuses_unknown_stages_and_forgets_ended_loads():
     assert tracker.current("k") is None
     tracker.count("k", "late", 1, 1)  # a bar of an ended load changes nothing
     assert tracker.current("k") is None
+    ready = tracker.latest("k")  # a reader polling while the load finishes sees it ready, not started again
+    assert (ready.stage, ready.started) == ("ready", progress.started) and tracker.latest("other") is None
+    tracker.begin("k", "m")
+    assert tracker.latest("k").stage == "resolving"  # a new load of the same model forgets the ended one
 
 
 def test_transformers_progress_bars_report_counts_and_draw_as_text_while_observed():

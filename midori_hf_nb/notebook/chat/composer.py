@@ -179,7 +179,7 @@ function render({ model, el }) {
       return;
     }
     if (action === "copy") {
-      const message = button.closest("[data-midori-index]");
+      const message = button.closest("div[data-midori-index]");
       const source = message === null ? null
         : (message.querySelector(".midori-chat-source") || message.querySelector(".midori-chat-text"));
       copyText(source === null ? "" : source.textContent, button);

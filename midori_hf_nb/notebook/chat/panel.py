@@ -182,7 +182,7 @@ class ChatPanel(PanelActions, PanelPersistence, ChatLayout):
         if from_input:
             self.input.value = ""
         self.show_notice("")
-        return self._launch(self._turn(len(self.memory) - 1, history, plan))
+        return self._launch(self._turn(self.memory[-1], history, plan, self._epoch))
 
     def regenerate(self) -> Any:
         """Answer the last user message again, replacing the answer after it (if any).
@@ -199,7 +199,7 @@ class ChatPanel(PanelActions, PanelPersistence, ChatLayout):
         history = payload_memory(self.memory[:index])
         self.show_notice("")
         self.refresh()
-        return self._launch(self._turn(index, history, plan))
+        return self._launch(self._turn(self.memory[index], history, plan, self._epoch))
 
     def stop(self) -> bool:
         """Stop the running generation within a token or two, keeping its partial answer marked as
@@ -339,9 +339,10 @@ class ChatPanel(PanelActions, PanelPersistence, ChatLayout):
         tokens = count_tokens(self.agent, view.state.thinking + view.state.answer)
         self.show_status(live_status_text(tokens, time.perf_counter() - started))
 
-    async def _turn(self, user_index: int, history: list[MemoryEntryData], plan: GenerationPlan) -> dict:
-        epoch = self._epoch
-        user_entry = self.memory[user_index]
+    async def _turn(self, user_entry: MemoryEntryData, history: list[MemoryEntryData], plan: GenerationPlan,
+                    epoch: int) -> dict:
+        """One answer; ``epoch``: the Clear count when it was sent (a Clear since, even before it started,
+        leaves the answer unrecorded)."""
         self.refresh()
         title = "running the tool loop (tools execute)…" if self.execute_tools else None
         view = LiveView(WidgetSink(self.live_html, wrap=render_live_html), throttle=self.throttle, title=title)

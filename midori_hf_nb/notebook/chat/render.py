@@ -122,8 +122,10 @@ def render_typed_entry_html(entry: TranscriptEntry, *, index: int | None = None,
     body = ""
     if entry.has_body:
         body = render_response_html(entry.as_response(), markdown=not as_text)
-        body = f'<div class="midori-as-text" style="{STYLE_AS_TEXT}">{body}</div>' if as_text \
-            else with_code_copy_buttons(body)
+        if as_text:
+            body = f'<div class="midori-as-text" style="{STYLE_AS_TEXT}">{body}</div>'
+        elif index is not None:  # the panel's transcript: each code block gets its Copy button
+            body = with_code_copy_buttons(body)
     error = ""
     if entry.error:
         error = f'<div class="midori-chat-error" style="{STYLE_ERROR}">{escape(entry.error)}\n{RETRY_HINT}</div>'
