@@ -76,7 +76,7 @@ SETUP_CELL = """\
 from midori_hf_nb import DEFAULT_MODEL, HuggingFaceLocalAgent
 from midori_hf_nb.notebook import ChatPanel
 
-agent = HuggingFaceLocalAgent(model=DEFAULT_MODEL, progress=False)
+agent = HuggingFaceLocalAgent(model=DEFAULT_MODEL)  # progress on, as by default: nothing may reach stderr
 panel = ChatPanel(agent, system_prompt="You are a helpful assistant.", greedy=True, max_new_tokens=600)
 panel
 """
