@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .agent import AgentStream, HuggingFaceLocalAgent, StreamEvent, ToolLoopStream
-from .compare import compare
+from . import compare  # the package, callable as compare(...) (see midori_hf_nb.compare)
 from .config import ConfigError, HuggingFaceConfig
 from .factory import get_agent, get_agent_from_config
 from .integrity import CacheRepairWarning, CorruptModelError

@@ -12,13 +12,20 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
+
+from .errors import ConfigError, refusal_message
+from .generation_options import SEED_MAX, SEED_MIN, validate_generation_options, validate_seed  # noqa: F401 (re-exported)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float16", "float32", "bfloat16")
 DECODE_LOOPS = ("auto", "generate")
 WEIGHT_QUANTIZATIONS = ("int8", "int4")
 _CUDA_INDEXED = re.compile(r"^cuda:\d+$")
+#: Control characters (NUL, line breaks, ...): no hub id or path holds one.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: The longest ``model`` accepted (a path; hub ids are far shorter).
+MAX_MODEL_CHARS = 4096
 
 #: Generation settings a model's own ``generation_config.json`` may supply when the user sets none
 #: (see :func:`midori_hf_nb.settings.resolve_call_settings`).
@@ -43,95 +50,8 @@ CONFIG_SECTION = "midori_ai_agent_base"
 CONFIG_FILENAME = "config.toml"
 
 
-class ConfigError(ValueError):
-    """A configuration value or file is not acceptable; the message names the field or file."""
-
-
-def _show(value: Any, limit: int = 80) -> str:
-    """``repr(value)``, shortened when long."""
-    text = repr(value)
-    if len(text) > limit:
-        size = f", {len(value)} items" if isinstance(value, (str, bytes, list, tuple, dict)) else ""
-        text = f"{text[:limit - 20]}...{text[-8:]} (shortened{size})"
-    return text
-
-
-def refusal_message(field: str, value: Any, allowed: str) -> str:
-    """The one wording of every refused value: ``FIELD=VALUE is not allowed: ALLOWED (got TYPE)``."""
-    return f"{field}={_show(value)} is not allowed: {allowed} (got {type(value).__name__})"
-
-
 def _fail(name: str, value: Any, allowed: str) -> None:
     raise ConfigError(refusal_message(f"HuggingFaceConfig.{name}", value, allowed))
-
-
-#: The range ``torch.manual_seed`` accepts: [-2**63, 2**64).
-SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
-
-
-def validate_seed(value: Any, field: str = "seed") -> int | None:
-    """``value`` if it is ``None`` or an integer ``torch.manual_seed`` accepts, from -2**63 to 2**64 - 1.
-
-    Raises:
-        ConfigError: naming ``field``, the value and its type, and the allowed range.
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not SEED_MIN <= value <= SEED_MAX:
-        raise ConfigError(refusal_message(
-            field, value, "expected None or an integer from -2**63 to 2**64 - 1 (the range torch.manual_seed takes)"))
-    return value
-
-
-def validate_generation_options(options: Any, field: str = "HuggingFaceConfig.generation_kwargs", *,
-                                streaming: bool = True) -> dict[str, Any]:
-    """Check ``generate()`` options before any model is loaded; return them.
-
-    Unknown option names are checked against ``transformers.GenerationConfig`` when a generation
-    starts (that needs transformers); here are the checks that need nothing:
-
-    - option names are strings;
-    - ``seed`` is not a ``generate()`` option: it is a per-call option of ``invoke``/``stream``;
-    - ``num_beams`` is a positive integer, and 1 when ``streaming``: ``invoke`` and ``stream``
-      stream the answer token by token through a streamer, which cannot follow several beams
-      (``generate_batch`` does not stream, so beam search works there);
-    - ``num_return_sequences`` is 1: every call returns one answer per payload.
-
-    ``field`` names the options in errors (``""`` for per-call options, named by themselves).
-
-    Raises:
-        ConfigError: naming the option, its value and type, and what is allowed.
-    """
-
-    def name_of(key: str) -> str:
-        return f"{field}[{key!r}]" if field else key
-
-    if not isinstance(options, dict):
-        raise ConfigError(refusal_message(field or "options", options, "expected a dict of generate() keyword arguments"))
-    for key, value in options.items():
-        if not isinstance(key, str):
-            raise ConfigError(refusal_message(f"{field or 'options'} key {key!r}", key, "expected option names (str)"))
-    if "seed" in options:
-        raise ConfigError(refusal_message(
-            name_of("seed"), options["seed"],
-            "seed is a per-call option, not a generate() option: pass seed=... to invoke(), stream() or "
-            "generate_batch()"))
-    beams = options.get("num_beams")
-    if beams is not None:
-        if isinstance(beams, bool) or not isinstance(beams, int) or beams < 1:
-            raise ConfigError(refusal_message(name_of("num_beams"), beams, "expected a positive integer"))
-        if beams > 1 and streaming:
-            raise ConfigError(refusal_message(
-                name_of("num_beams"), beams,
-                "beam search is not supported with streaming (invoke() and stream() stream the answer token by "
-                "token, and a streamer cannot follow several beams); use num_beams=1, or pass num_beams to "
-                "generate_batch(), which does not stream"))
-    sequences = options.get("num_return_sequences")
-    if sequences is not None and (isinstance(sequences, bool) or sequences != 1):
-        raise ConfigError(refusal_message(
-            name_of("num_return_sequences"), sequences,
-            "expected 1: every call returns one answer per payload (call again, with another seed, for more)"))
-    return options
 
 
 def _check_bool(name: str, value: Any) -> None:
@@ -156,7 +76,10 @@ def fields_from_kwargs(fields: Iterable[str], kwargs: dict[str, Any], rest: str)
     of a local model, server options of a served one), after what ``rest`` itself was given."""
     known = set(fields)
     options = {k: v for k, v in kwargs.items() if k in known}
-    merged = dict(options.pop(rest, None) or {})
+    given = options.pop(rest, None)
+    if given is not None and not isinstance(given, Mapping):
+        raise ConfigError(refusal_message(rest, given, "expected a dict of options (name -> value)"))
+    merged = dict(given or {})
     merged.update({k: v for k, v in kwargs.items() if k not in known})
     return {**options, rest: merged}
 
@@ -254,6 +177,9 @@ class HuggingFaceConfig:
             self.model = os.fspath(self.model)
         if not isinstance(self.model, str) or not self.model.strip():
             _fail("model", self.model, "expected a hub id, a local directory, a .gguf file or DEFAULT_MODEL")
+        if _CONTROL.search(self.model) or len(self.model) > MAX_MODEL_CHARS:
+            _fail("model", self.model, f"expected a hub id, a local directory, a .gguf file or DEFAULT_MODEL: at most "
+                  f"{MAX_MODEL_CHARS} characters, none of them a control character (such as NUL or a line break)")
         if not isinstance(self.device, str) or not (self.device in DEVICES or _CUDA_INDEXED.match(self.device)):
             _fail("device", self.device, "expected one of " + ", ".join(repr(d) for d in DEVICES) + " or 'cuda:N'")
         if self.torch_dtype not in DTYPES:
@@ -457,6 +383,11 @@ def resolve_agent_settings(
     otherwise be dropped silently); backend tables are those of :data:`KNOWN_BACKENDS` and the
     chosen backend.
     """
+    if config_path is not None and (not isinstance(config_path, (str, os.PathLike))
+                                    or "\x00" in str(os.fspath(config_path))):
+        raise ConfigError(refusal_message("config_path", config_path,
+                                          "expected the path of a TOML file (str or os.PathLike, no NUL character), "
+                                          f"or None to use the nearest {CONFIG_FILENAME}"))
     source = Path(config_path) if config_path is not None else find_config_file()
     section = read_config_file(source) if source is not None else {}
 

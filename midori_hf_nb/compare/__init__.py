@@ -17,13 +17,18 @@ rows of the grid), :mod:`.agents` (what an agent offers, its settings and its mo
 (:func:`midori_hf_nb.engine.suggest_batch_size`, also importable from here; it loads torch on
 first use).
 
-``midori_hf_nb.compare`` as an attribute of the top package is the function (``from
-midori_hf_nb import compare``); import the helpers from this package:
-``from midori_hf_nb.compare import to_csv, load_comparison``.
+This package is callable: ``midori_hf_nb.compare(...)`` (and ``from midori_hf_nb import
+compare; compare(...)``) runs :func:`compare`, while ``midori_hf_nb.compare.to_csv`` and the
+other helpers are its attributes, so the one name serves both (the package's module object is
+of a ``ModuleType`` subclass whose ``__call__`` is :func:`compare`;
+``midori_hf_nb.compare.compare`` is the function itself).
 """
 
 from __future__ import annotations
 
+import inspect
+import sys
+import types
 from typing import Any
 
 from .agents import manages_model, offers_batching
@@ -93,3 +98,18 @@ __all__ = [
     "to_jsonl",
     "to_markdown",
 ]
+
+
+class CallableModule(types.ModuleType):
+    """The type of this package's module object: calling it calls :func:`compare` (see the
+    module docstring)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return compare(*args, **kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(compare)
+
+
+sys.modules[__name__].__class__ = CallableModule

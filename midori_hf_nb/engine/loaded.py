@@ -12,6 +12,7 @@ import torch
 
 from ..sources import ModelSource
 from .capabilities import DecodeLoopSupport
+from .fair_lock import FairLock
 from .prefix_cache import PrefixCacheStore
 
 
@@ -41,7 +42,9 @@ class LoadedModel:
     path: str  #: the folder or hub id actually loaded
     #: the load stages that ran, in order (``converting`` and ``dtype copy`` only when a cache was written)
     stages: tuple[str, ...] = ()
-    generation_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: held by each generation (the shared decode loop while it has rows); granted first come,
+    #: first served (see :mod:`.fair_lock`)
+    generation_lock: FairLock = field(default_factory=FairLock)
     #: serialises use of the (Rust) tokenizer across threads: prompt encoding and streamed decoding
     tokenizer_lock: threading.RLock = field(default_factory=threading.RLock)
     base_generation_config: Any = None

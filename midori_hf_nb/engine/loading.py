@@ -8,6 +8,7 @@ import contextlib
 import gc
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -66,6 +67,25 @@ def _hub_error(source: ModelSource, exc: BaseException) -> ModelSourceError:
     )
 
 
+#: Files that carry a tokenizer's vocabulary (one of them must be in a local model folder).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.tiktoken", "vocab.spm")
+
+
+def _explain_tokenizer_error(spec: LoadSpec, path: str, exc: Exception) -> None:
+    """Name a local model folder without tokenizer files (transformers' own message speaks of
+    sentencepiece and slow tokenizers)."""
+    folder = Path(path)
+    if spec.source.kind == "hub" or not folder.is_dir():
+        return
+    if any((folder / name).is_file() for name in TOKENIZER_FILES) or any(folder.glob("*.tiktoken")):
+        return
+    raise ModelSourceError(
+        f"model {spec.source.name!r}: the folder {path!r} has no tokenizer: expected tokenizer.json (or "
+        "tokenizer.model, or vocab.json with merges.txt, or vocab.txt) beside config.json; copy the model's "
+        f"tokenizer files into it ({type(exc).__name__} from transformers)") from exc
+
+
 def _explain_load_error(spec: LoadSpec, path: str, exc: Exception) -> None:
     """Raise a clearer error for a failed load when there is one: a hub id that was not found,
     or the damaged file (truncated, not valid JSON, not safetensors) in a local folder."""
@@ -118,6 +138,7 @@ def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
             try:
                 tokenizer = AutoTokenizer.from_pretrained(path, **common)
             except Exception as exc:
+                _explain_tokenizer_error(spec, path, exc)
                 _explain_load_error(spec, path, exc)
                 raise
             stage("weights", "weights")

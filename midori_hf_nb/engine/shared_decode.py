@@ -11,6 +11,14 @@ its temperature/top-k/top-p, its logits processors), streams it, and leaves the 
 ends, is cancelled or reaches its own ``max_new_tokens``. A request alone runs exactly the single
 sequence loop (same operations, same tokens); rows that shared a batch ran their products with
 several rows, whose float rounding can differ from one row's (as in ``generate_batch``).
+
+Waiting is fair. The model's ``generation_lock`` is granted first come, first served
+(:mod:`.fair_lock`), and while a caller that needs the whole model (``generate_batch``, a
+``compare()`` batch, a generation on ``model.generate``, an unload) waits for it, the loop admits
+no new rows: the rows already running finish, the loop releases the lock, the waiter runs, and the
+requests that arrived meanwhile are served after it. So such a caller waits at most for the rows
+running when it asked (each bounded by its ``max_new_tokens``), however many single requests keep
+arriving, and those wait at most for the callers that asked before the loop stepped aside.
 """
 
 from __future__ import annotations
@@ -78,6 +86,10 @@ class SharedRequest:
                 or (self.stop_event is not None and self.stop_event.is_set()))
 
 
+#: What :meth:`SharedDecoder._take_pending` returns when the loop should release the lock for a waiter.
+_STEP_ASIDE: Any = object()
+
+
 def decoder_for(lm: "LoadedModel") -> "SharedDecoder":
     """The shared decode loop of ``lm`` (made on first use and kept in ``lm.decoder``)."""
     if lm.decoder is None:
@@ -112,7 +124,11 @@ class SharedDecoder:
     # ------------------------------------------------------------------ the loop
 
     def _take_pending(self, active: list[SharedRequest]) -> list[SharedRequest] | None:
+        """The requests to admit now; None when there is no work left, :data:`_STEP_ASIDE` when a
+        caller waits for the lock and no row runs (the loop releases the lock and queues behind it)."""
         with self._cond:
+            if self.lm.generation_lock.waiting and self._pending:  # fairness: no new rows while one waits
+                return [] if active else _STEP_ASIDE
             new, self._pending = self._pending, []
             if not new and not active:
                 self._running = False
@@ -132,12 +148,18 @@ class SharedDecoder:
                     self._finish(request, error=exc)
 
     def _serve(self, batch: "_Batch") -> None:
+        while self._serve_turn(batch) is _STEP_ASIDE:
+            pass  # the lock is asked for again, behind the callers waiting for it
+
+    def _serve_turn(self, batch: "_Batch") -> Any:
+        """Serve requests while holding the lock; returns None when the work is done, or
+        :data:`_STEP_ASIDE` when it released the lock for a waiting caller."""
         lm = self.lm
         with lm.generation_lock:
             while True:
                 new = self._take_pending(batch.rows)
-                if new is None:
-                    return
+                if new is None or new is _STEP_ASIDE:
+                    return new
                 for request in new:
                     self._admit(batch, request)
                 if not batch.rows:

@@ -88,8 +88,9 @@ TURN_COLUMNS: dict[str, str] = {
 }
 
 
-#: Timestamps beyond this many seconds from 1970 (about the year 5100) are not shown (``NaT``).
-MAX_TIMESTAMP = 1e11
+#: Timestamps beyond this many seconds from 1970 (2262-04-11, the last second pandas'
+#: nanosecond timestamps hold) are not shown (``NaT``).
+MAX_TIMESTAMP = 9_223_372_036
 
 
 def _cell(value: Any, dtype: str) -> Any:
@@ -117,7 +118,7 @@ def _frame(rows: list[dict[str, Any]], columns: dict[str, str]) -> pd.DataFrame:
             series = pd.Series(values, dtype="object")
         elif dtype.startswith("datetime64"):
             seconds = [float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool)
-                       and math.isfinite(v) and abs(v) < MAX_TIMESTAMP else None for v in values]
+                       and math.isfinite(v) and abs(v) <= MAX_TIMESTAMP else None for v in values]
             series = pd.to_datetime(pd.Series(seconds, dtype="float64"), unit="s", utc=True).astype(dtype)
         else:
             series = pd.Series([_cell(v, dtype) for v in values], dtype="object").astype(dtype)
@@ -135,6 +136,20 @@ def _as_list(items: Any) -> list[Any]:
     return list(items)
 
 
+def _responses(items: Any, function: str) -> list[Any]:
+    """``items`` (one response or a list) as a list of responses; anything else is refused naming its position."""
+    try:
+        responses = _as_list(items)
+    except TypeError:
+        raise ValueError(f"{function}(responses={items!r:.80}) is not allowed: expected an AgentResponse or a "
+                         "list of them") from None
+    for index, response in enumerate(responses):
+        if not all(hasattr(response, name) for name in ("response", "tool_calls", "metadata")):
+            raise ValueError(f"{function}(responses[{index}]={response!r:.80}) is not allowed: expected an "
+                             "AgentResponse (an object with .response, .tool_calls and .metadata)")
+    return responses
+
+
 def tool_calls_frame(responses: Any) -> pd.DataFrame:
     """One row per tool call of one response or a list of responses (columns: :data:`TOOL_CALL_COLUMNS`).
 
@@ -145,7 +160,7 @@ def tool_calls_frame(responses: Any) -> pd.DataFrame:
     from .display import tool_call_rows
 
     rows = []
-    for index, response in enumerate(_as_list(responses)):
+    for index, response in enumerate(_responses(responses, "tool_calls_frame")):
         for row in tool_call_rows(response):
             row["response"] = index
             row["id"] = to_text(row.get("id"))
@@ -165,7 +180,7 @@ def thinking_blocks(response: Any) -> list[str]:
 def thinking_frame(responses: Any) -> pd.DataFrame:
     """One row per thinking block of one response or a list of responses (columns: :data:`THINKING_COLUMNS`)."""
     rows = []
-    for index, response in enumerate(_as_list(responses)):
+    for index, response in enumerate(_responses(responses, "thinking_frame")):
         for block_index, text in enumerate(thinking_blocks(response)):
             rows.append({"response": index, "block": block_index, "text": text, "chars": len(text)})
     return _frame(rows, THINKING_COLUMNS)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from html import escape as _escape
+from html import unescape
 from typing import Any
 
 import nh3
@@ -283,8 +284,38 @@ class IncrementalMarkdown:
 
 # --------------------------------------------------------------------------- Markdown source (exports)
 
-_UNSAFE_INLINE_LINK = re.compile(r"\]\((\s*<?\s*)(?=[a-zA-Z][a-zA-Z0-9+.\-]*:)")
+_INLINE_LINK = re.compile(r"\]\(")
 _REFERENCE_DEFINITION = re.compile(r"^( {0,3})\[([^\]\n]+)\]:", re.MULTILINE)
+#: Characters after a link's ``](`` (or a reference definition's ``]:``) read for its scheme.
+DESTINATION_WINDOW = 256
+#: What a browser or a Markdown renderer drops inside a URL's scheme: whitespace, control characters,
+#: and backslashes (CommonMark's escapes: ``javascript\:`` is ``javascript:``).
+_DROPPED_IN_SCHEME = re.compile(r"[\x00-\x20\x7f\\]+")
+#: A window that, decoded, is only scheme characters and pieces of character references: a
+#: scheme could still complete past it.
+_UNDECIDED = re.compile(r"[a-zA-Z0-9+.\-&#;]*")
+_CUT_REFERENCE = re.compile(r"&#?[a-zA-Z0-9]*$")
+
+
+def _destination_allowed(window: str) -> bool:
+    """Whether the link destination starting ``window`` is safe: its scheme, after every character
+    reference is decoded (repeatedly: ``&amp;colon;`` is ``&colon;`` is ``:`` to a renderer that
+    decodes twice) and whitespace, control characters and backslashes are dropped, is one of
+    :data:`LINK_SCHEMES`, or it has none."""
+    full = len(window) >= DESTINATION_WINDOW
+    text = window
+    while "&" in text:  # each round that changes the text shortens it: at most len(window) rounds
+        if full:  # a reference the window cut in two is left out (decoded whole, it could be a letter)
+            text = _CUT_REFERENCE.sub("", text)
+        decoded = unescape(text)
+        if decoded == text:
+            break
+        text = decoded
+    text = _DROPPED_IN_SCHEME.sub("", text).lstrip("<")
+    match = _SCHEME.match(text)
+    if match is not None:
+        return match.group(1).lower() in LINK_SCHEMES
+    return not (full and _UNDECIDED.fullmatch(text))
 
 
 #: What a backslash makes inert in prose: raw HTML (``<`` before a tag, comment or autolink), an entity,
@@ -299,16 +330,19 @@ def _escape_unescaped(match: re.Match) -> str:
 
 def _neutralise_prose(text: str) -> str:
     """Raw HTML, entities, ``$`` math, images and links to unsafe schemes in Markdown prose made
-    inert with as few backslashes as it takes (``<b>`` becomes ``\\<b>``), the rest kept as written."""
-    def inline_link(match: re.Match) -> str:
-        after = text[match.end():]
-        return match.group(0) if _link_allowed(after) else "]\\(" + match.group(1)
+    inert with as few backslashes as it takes (``<b>`` becomes ``\\<b>``), the rest kept as written.
 
-    text = _UNSAFE_INLINE_LINK.sub(inline_link, text)
+    Linear in the text: each link looks at most :data:`DESTINATION_WINDOW` characters ahead.
+    """
+    def inline_link(match: re.Match) -> str:
+        window = text[match.end():match.end() + DESTINATION_WINDOW]
+        return match.group(0) if _destination_allowed(window) else "]\\("
+
+    text = _INLINE_LINK.sub(inline_link, text)
 
     def reference(match: re.Match) -> str:
-        after = text[match.end():].lstrip(" \t<")
-        return match.group(0) if _link_allowed(after) else f"{match.group(1)}\\[{match.group(2)}]:"
+        window = text[match.end():match.end() + DESTINATION_WINDOW]
+        return match.group(0) if _destination_allowed(window) else f"{match.group(1)}\\[{match.group(2)}]:"
 
     text = _REFERENCE_DEFINITION.sub(reference, text)
     return _PROSE_ESCAPES.sub(_escape_unescaped, text)
@@ -325,8 +359,20 @@ def markdown_for_export(text: Any) -> str:
     syntax. A fence left open by the answer is closed, so what the export writes next stays
     outside it. Inline code spans holding ``<`` or ``&`` show those escaped (the price of
     escaping prose without a second parser).
+
+    Bounded and linear: the first :data:`MAX_MARKDOWN_CHARS` characters are exported as Markdown;
+    any rest follows under a note as a fenced code block (literal text, nothing live, nothing cut).
     """
-    text = fence_unfenced_code(normalise_newlines(text))
+    text = normalise_newlines(text)
+    if len(text) > MAX_MARKDOWN_CHARS:
+        head, rest = text[:MAX_MARKDOWN_CHARS], text[MAX_MARKDOWN_CHARS:]
+        return (_export_head(head) + f"\n\n*The Markdown export stops after {MAX_MARKDOWN_CHARS:,} characters; "
+                f"the remaining {len(rest):,} follow as plain text.*\n\n" + fenced_code(rest))
+    return _export_head(text)
+
+
+def _export_head(text: str) -> str:
+    text = fence_unfenced_code(text)
     lines = text.split("\n")
     code = [False] * len(lines)
     open_fence = ""

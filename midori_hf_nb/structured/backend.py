@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from .errors import INSTALL_HINT, StructuredOutputError
+from .schema_checks import MAX_SCHEMA_DEPTH, check_schema_structure
 
 #: How JSON is laid out under the constraint: no free whitespace (a small model could otherwise
 #: spend its whole budget on blank lines), items and keys separated as people write them.
@@ -80,10 +81,6 @@ def _checked(grammar: str, field: str, what: str) -> str:
     return grammar
 
 
-#: The most nested levels :func:`closed_objects` walks (deeper schemas are left as they are).
-MAX_SCHEMA_DEPTH = 64
-
-
 def closed_objects(schema: Any, depth: int = 0) -> Any:
     """A copy of ``schema`` in which every object that lists ``properties`` and says nothing about
     ``additionalProperties`` allows no other keys.
@@ -108,7 +105,9 @@ def closed_objects(schema: Any, depth: int = 0) -> Any:
 
 def schema_grammar(schema: dict[str, Any], field: str = "response_format") -> str:
     """The checked grammar of a JSON schema (compact layout, see :data:`JSON_LAYOUT`; objects
-    closed, see :func:`closed_objects`)."""
+    closed, see :func:`closed_objects`). The schema's depth and ``$ref`` cycles are checked first
+    (:func:`~.schema_checks.check_schema_structure`)."""
+    check_schema_structure(schema, field)
     try:
         grammar = library().LLMatcher.grammar_from_json_schema(json.dumps(closed_objects(schema)),
                                                                defaults=dict(JSON_LAYOUT))
@@ -295,5 +294,66 @@ class Matcher:
         return self._matcher.get_error() if self._matcher.is_error() else None
 
 
+# --------------------------------------------------------------------------- patterns on answers
+
+
+class _ByteVocabulary:
+    """A vocabulary of one token per byte (and an end token), so a matcher reads text byte by byte."""
+
+    eos_token_id = 256
+    bos_token_id = None
+    tokens = [bytes([byte]) for byte in range(256)] + [b"<end>"]
+    special_token_ids = [256]
+
+    def __call__(self, text: bytes | str) -> list[int]:
+        return list(text.encode("utf-8") if isinstance(text, str) else text)
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_tokenizer() -> Any:
+    lib = library()
+    return lib.LLTokenizer(lib.TokenizerWrapper(_ByteVocabulary()))
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern_grammar(pattern: str) -> str:
+    grammar = library().LLMatcher.grammar_from_json_schema(json.dumps({"type": "string", "pattern": pattern}))
+    is_error, messages = library().LLMatcher.validate_grammar_with_warnings(grammar)
+    if is_error:
+        raise StructuredOutputError(f"the pattern {pattern[:80]!r} cannot be checked by the constraint library: "
+                                    f"{'; '.join(messages)[:300] or 'unknown error'}")
+    return grammar
+
+
+#: Bytes fed to a pattern matcher at once.
+_PATTERN_CHUNK = 1 << 16
+
+
+def pattern_search(pattern: str, text: str) -> bool:
+    """True when JSON Schema ``pattern`` matches ``text`` (anywhere in it, as JSON Schema says;
+    ``^``/``$`` anchor at its ends as in ECMA-262), checked by llguidance's regex engine: the one
+    the constraint generated the answer with, whose lazily built automaton reads each byte once
+    (linear time, no backtracking) and whose count of states is bounded.
+
+    Raises :class:`StructuredOutputError` when the library cannot compile the pattern, or when
+    the automaton would need more states than the library's bound for this text.
+    """
+    lib = library()
+    try:
+        data = json.dumps(text, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: not text any pattern can match
+        return False
+    matcher = lib.LLMatcher(_byte_tokenizer(), _pattern_grammar(pattern), log_level=0)
+    for start in range(0, len(data), _PATTERN_CHUNK):
+        chunk = list(data[start:start + _PATTERN_CHUNK])
+        taken = matcher.try_consume_tokens(chunk)
+        if matcher.is_error():
+            raise StructuredOutputError(f"the pattern {pattern[:80]!r} could not be checked within the constraint "
+                                        f"library's bounds: {matcher.get_error().splitlines()[0][:200]}")
+        if taken < len(chunk):
+            return False
+    return bool(matcher.is_accepting())
+
+
 __all__ = ["JSON_LAYOUT", "LITERAL_BOUNDS", "MAX_EXPONENT_DIGITS", "MAX_NUMBER_DIGITS", "Matcher", "bitmask_words",
-           "library", "literal_bounds_grammar", "schema_grammar", "tokenizer_for", "version"]
+           "library", "literal_bounds_grammar", "pattern_search", "schema_grammar", "tokenizer_for", "version"]

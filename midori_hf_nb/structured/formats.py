@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import StructuredOutputError
+from .schema_checks import check_schema_structure
 
 #: The ``response_format`` that asks for any JSON object.
 ANY_JSON = "json"
@@ -77,6 +78,14 @@ class ResponseFormat:
         if len(text) > MAX_PARSE_CHARS:
             raise StructuredOutputError(f"the answer is longer than {MAX_PARSE_CHARS} characters; not parsed")
         try:
+            return self._parse(text)
+        except RecursionError:  # nesting deeper than the interpreter's recursion limit (answer or schema)
+            raise StructuredOutputError(
+                f"the answer could not be checked against {self.name}: it or the schema nests deeper than "
+                "Python's recursion limit") from None
+
+    def _parse(self, text: str) -> Any:
+        try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
             raise StructuredOutputError(f"the answer is not JSON: {exc}") from exc
@@ -94,18 +103,22 @@ class ResponseFormat:
                 return TypeAdapter(self.target).validate_python(value)
             except ValidationError as exc:
                 raise StructuredOutputError(f"the answer does not match {self.name}: {exc}") from exc
-        import jsonschema
+        from jsonschema.exceptions import best_match
 
-        try:
-            jsonschema.validate(value, self.schema)
-        except jsonschema.ValidationError as exc:
-            raise StructuredOutputError(f"the answer does not match the schema: {exc.message}") from exc
+        from .answers import answer_validator
+
+        error = best_match(answer_validator(self.schema).iter_errors(value))
+        if error is not None:
+            where = "".join(f"[{part!r}]" for part in error.absolute_path)
+            raise StructuredOutputError(f"the answer does not match the schema"
+                                        f"{' at ' + where if where else ''}: {error.message}")
         return value
 
 
 def _check_schema(schema: Any, field: str) -> dict[str, Any]:
     if not isinstance(schema, dict):
         raise StructuredOutputError(f"{field}={_show(schema)} is not allowed: expected a JSON schema dict")
+    check_schema_structure(schema, field)  # before anything recurses into it
     try:
         json.dumps(schema)
     except (TypeError, ValueError) as exc:
@@ -117,6 +130,21 @@ def _check_schema(schema: Any, field: str) -> dict[str, Any]:
     except jsonschema.SchemaError as exc:
         raise StructuredOutputError(f"{field}: not a valid JSON schema: {exc.message}") from exc
     return schema
+
+
+def _pydantic_schema(value: Any, field: str, make: Any) -> dict[str, Any]:
+    """The JSON schema pydantic makes for ``value``; its user errors (a forward reference that is
+    not defined, ...) and a recursion past Python's limit become :class:`StructuredOutputError`."""
+    from pydantic import PydanticUserError
+
+    try:
+        return make()
+    except PydanticUserError as exc:
+        raise StructuredOutputError(f"{field}={_show(value)}: pydantic cannot describe this type as a JSON schema: "
+                                    f"{str(exc).splitlines()[0]}; define every type it refers to") from exc
+    except RecursionError:
+        raise StructuredOutputError(f"{field}={_show(value)}: this type nests deeper than Python's recursion limit; "
+                                    "not allowed") from None
 
 
 def response_format_from(value: Any, field: str = "response_format") -> ResponseFormat | None:
@@ -139,7 +167,7 @@ def response_format_from(value: Any, field: str = "response_format") -> Response
                 "class, a JSON schema dict or a Python type")
         kind, schema, name, target = "json", {"type": "object"}, ANY_JSON, None
     elif _is_pydantic_model(value):
-        kind, schema, name, target = "model", value.model_json_schema(), value.__name__, value
+        kind, schema, name, target = "model", _pydantic_schema(value, field, value.model_json_schema), value.__name__, value
     elif isinstance(value, dict):
         kind, schema, target = "schema", _check_schema(value, field), None
         name = str(value.get("title") or "schema")[:80]
@@ -150,7 +178,9 @@ def response_format_from(value: Any, field: str = "response_format") -> Response
             raise StructuredOutputError(f"{field}: a Python type needs pydantic to describe it; install pydantic "
                                         "or pass a JSON schema dict") from exc
         try:
-            schema = TypeAdapter(value).json_schema()
+            schema = _pydantic_schema(value, field, lambda: TypeAdapter(value).json_schema())
+        except StructuredOutputError:
+            raise
         except (PydanticSchemaGenerationError, TypeError, ValueError) as exc:
             raise StructuredOutputError(f"{field}={_show(value)}: this Python type cannot be described as a JSON "
                                         f"schema ({exc}); pass a pydantic model class or a JSON schema dict") from exc

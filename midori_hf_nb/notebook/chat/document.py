@@ -127,10 +127,32 @@ def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
         stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
+#: Byte order marks of encodings other than UTF-8, and their names.
+_OTHER_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+               (b"\xfe\xff", "UTF-16"))
+
+
+def decode_utf8(data: bytes) -> str:
+    """``data`` as UTF-8 text (a UTF-8 byte order mark dropped); a ``ValueError`` naming the
+    encoding or the first invalid byte otherwise."""
+    for bom, name in _OTHER_BOMS:
+        if data.startswith(bom):
+            raise TranscriptError(f"{_SOURCE}: the bytes are {name} text (they start with a {name} byte order mark): "
+                                  "expected UTF-8; save the document as UTF-8")
+    if len(data) >= 2 and (data[0] == 0) != (data[1] == 0):
+        raise TranscriptError(f"{_SOURCE}: the bytes look like UTF-16 text (every other byte is 0): expected "
+                              "UTF-8; save the document as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise TranscriptError(f"{_SOURCE}: the bytes are not UTF-8 text: byte 0x{data[exc.start]:02x} at offset "
+                              f"{exc.start} cannot be decoded; expected a UTF-8 JSON document") from None
+
+
 def parse_json(text: Any) -> Any:
     """Parse JSON text within the bounds of this module; ``ValueError`` names what is refused."""
     if isinstance(text, (bytes, bytearray)):
-        text = bytes(text).decode("utf-8", errors="strict")
+        text = decode_utf8(bytes(text))
     if not isinstance(text, str):
         raise TranscriptError(f"{_SOURCE}: text={type(text).__name__} is not allowed: expected JSON text (str)")
     if len(text) > MAX_CHARS:
@@ -251,6 +273,7 @@ __all__ = [
     "ChatDocument",
     "check_depth",
     "check_settings",
+    "decode_utf8",
     "entry_from_json",
     "entry_to_json",
     "jsonable",

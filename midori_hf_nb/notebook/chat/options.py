@@ -5,9 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 
-def check_panel_options(*, tools: Any, execute_tools: Any, max_tool_steps: Any, throttle: Any,
+def check_agent(agent: Any) -> None:
+    """Refuse an ``agent`` that is not a Midori protocol agent (it needs an ``invoke`` method)."""
+    if agent is None or not callable(getattr(agent, "invoke", None)):
+        raise ValueError(f"ChatPanel(agent={agent!r:.80}) is not allowed: expected a Midori protocol agent (an object "
+                         "with async invoke(payload), such as HuggingFaceLocalAgent or OpenAICompatibleAgent)")
+
+
+def check_panel_options(*, agent: Any, tools: Any, execute_tools: Any, max_tool_steps: Any, throttle: Any,
                         system_prompt: Any, enter_sends: Any) -> None:
-    """Refuse options of :class:`ChatPanel` that are not allowed, naming each one."""
+    """Refuse options of :class:`ChatPanel` that are not allowed, naming each one (the agent first)."""
+    check_agent(agent)
     if not isinstance(execute_tools, bool):
         raise ValueError(f"ChatPanel(execute_tools={execute_tools!r}) is not allowed: expected True or False")
     if execute_tools and not tools:
@@ -22,4 +30,4 @@ def check_panel_options(*, tools: Any, execute_tools: Any, max_tool_steps: Any, 
         raise ValueError(f"ChatPanel(enter_sends={enter_sends!r}) is not allowed: expected True or False")
 
 
-__all__ = ["check_panel_options"]
+__all__ = ["check_agent", "check_panel_options"]

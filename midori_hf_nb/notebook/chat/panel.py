@@ -65,7 +65,7 @@ class ChatPanel(PanelActions, PanelPersistence, ChatLayout):
                  memory: list[MemoryEntryData] | None = None, session_id: str = "chat-panel",
                  title: str | None = None, throttle: float = DEFAULT_THROTTLE, height: str = "420px",
                  enter_sends: bool = True, **overrides: Any) -> None:
-        check_panel_options(tools=tools, execute_tools=execute_tools, max_tool_steps=max_tool_steps,
+        check_panel_options(agent=agent, tools=tools, execute_tools=execute_tools, max_tool_steps=max_tool_steps,
                             throttle=throttle, system_prompt=system_prompt, enter_sends=enter_sends)
         tool_method(agent, tools, execute_tools)  # refuses a tool loop the agent cannot run
         settings, self.overrides = initial_settings(agent, overrides, temperature=temperature,

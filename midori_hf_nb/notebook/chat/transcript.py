@@ -35,6 +35,11 @@ from ..display import escape_markdown, render_response_markdown, tool_call_rows
 #: page of them at a time, so the browser never receives the whole transcript at once.
 MAX_MESSAGES = 100_000
 
+#: The latest timestamp a message may carry, in seconds since the epoch: 2262-04-11, the last
+#: second pandas' nanosecond timestamps hold (``to_frame``), well within what the clock shown in
+#: the panel (``time.localtime``) reads.
+MAX_TIMESTAMP = 9_223_372_036
+
 #: How each role is labelled in the transcript (HTML and Markdown).
 ROLE_LABELS = {"user": "You", "assistant": "Assistant", "system": "System", "tool": "Tool"}
 #: Metadata fields of an answer that the panel owns (the rest are response statistics).
@@ -186,6 +191,28 @@ def _check_text(where: str, name: str, value: Any, *, optional: bool = False) ->
         raise _refuse(where, name, value, f"text of at most {MAX_TEXT} characters" + (" or null" if optional else ""))
 
 
+def _check_unicode(where: str, name: str, value: Any) -> None:
+    """Refuse a lone surrogate (a ``\\ud800`` JSON escape without its pair) anywhere in ``value``:
+    it is not text, and no file can hold it as UTF-8."""
+    stack, seen = [(value, name)], set()
+    while stack:
+        item, label = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise TranscriptError(
+                    f"{where}: {label} holds a lone surrogate (U+{ord(item[exc.start]):04X} at character "
+                    f"{exc.start}), which is not text: not allowed; expected valid Unicode text (a JSON "
+                    "\\ud800-\\udfff escape only in a pair)") from None
+        elif isinstance(item, (Mapping, list, tuple)) and id(item) not in seen:
+            seen.add(id(item))
+            pairs = item.items() if isinstance(item, Mapping) else enumerate(item)
+            for key, child in pairs:
+                stack.append((key, f"{label} key"))
+                stack.append((child, f"{label}[{str(key)[:40]!r}]" if isinstance(item, Mapping) else f"{label}[{key}]"))
+
+
 def _check_tool_calls(where: str, calls: Any) -> None:
     if calls is None:
         return
@@ -223,6 +250,13 @@ def _check_metadata(where: str, role: str, metadata: Any) -> None:
             raise _refuse(where, f"metadata field {key!r}", value, allowed)
     for key in ("thinking", "error", "schema"):
         _check_text(where, f"metadata field {key!r}", metadata.get(key), optional=True)
+    if role == "tool":
+        for key in ("name", "tool_call_id"):
+            value = metadata.get(key)
+            if value is not None and (not isinstance(value, str) or not value or len(value) > 200):
+                raise _refuse(where, f"metadata field {key!r}", value,
+                              "the tool's name (text of 1 to 200 characters) or null" if key == "name"
+                              else "the call's id (text of 1 to 200 characters) or null")
     if role != "assistant":
         return
     rest = {k: v for k, v in metadata.items() if k not in PANEL_FIELDS and k != TOKENS_FIELD}
@@ -243,10 +277,13 @@ def check_entry(entry: Any, where: str) -> MemoryEntryData:
     if entry.role not in ROLES:
         raise _refuse(where, "role", entry.role, "one of " + ", ".join(ROLES))
     _check_text(where, "content", entry.content)
-    if entry.timestamp is not None and not (_is_number(entry.timestamp) and entry.timestamp >= 0):
-        raise _refuse(where, "timestamp", entry.timestamp, "seconds since the epoch or null")
+    if entry.timestamp is not None and not (_is_number(entry.timestamp) and 0 <= entry.timestamp <= MAX_TIMESTAMP):
+        raise _refuse(where, "timestamp", entry.timestamp,
+                      f"seconds since the epoch from 0 to {MAX_TIMESTAMP:,} (2262-04-11) or null")
     _check_tool_calls(where, entry.tool_calls)
     _check_metadata(where, entry.role, entry.metadata)
+    for name in ("content", "tool_calls", "metadata"):
+        _check_unicode(where, name, getattr(entry, name))
     return MemoryEntryData(role=entry.role, content=entry.content, timestamp=entry.timestamp,
                            tool_calls=list(entry.tool_calls) if entry.tool_calls is not None else None,
                            metadata=dict(entry.metadata) if entry.metadata is not None else None)
@@ -343,6 +380,7 @@ def transcript_frame(entries: list[MemoryEntryData]):
 
 __all__ = [
     "MAX_MESSAGES",
+    "MAX_TIMESTAMP",
     "PANEL_FIELDS",
     "ROLES",
     "ROLE_LABELS",
