@@ -34,19 +34,40 @@ def output_text(output: dict) -> str:
     return "\n".join("".join(data[kind]) for kind in ("text/plain", "text/html") if kind in data)
 
 
+def shown_outputs(outputs: list[dict]) -> list[dict]:
+    """The outputs as a front end shows them: consecutive stream outputs of one name joined into one."""
+    shown: list[dict] = []
+    for output in outputs:
+        last = shown[-1] if shown else None
+        if output.get("output_type") == "stream" and last is not None and last.get("output_type") == "stream" \
+                and last.get("name") == output.get("name"):
+            shown[-1] = {**last, "text": output_text(last) + output_text(output)}
+        else:
+            shown.append(output)
+    return shown
+
+
+def visible_lines(text: str) -> list[str]:
+    """The lines a terminal or a notebook shows for ``text``: a carriage return starts its line over."""
+    return [line.split("\r")[-1] if line.split("\r")[-1].strip() else line.replace("\r", "")
+            for line in text.split("\n")]
+
+
 def output_problems(notebook: dict, *, caches_exist: bool = True) -> list[str]:
-    """What is wrong with a notebook's outputs: stderr streams, a progress bar short of its total, and
-    (when ``caches_exist``) a "first use only" stage line. Each problem names the cell."""
+    """What is wrong with a notebook's outputs: stderr streams, a progress bar shown short of its
+    total, and (when ``caches_exist``) a "first use only" stage line. Each problem names the cell."""
     problems = []
     for index, cell in enumerate(notebook.get("cells", [])):
-        for output in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+        outputs = cell.get("outputs", []) if cell.get("cell_type") == "code" else []
+        for output in shown_outputs(outputs):
             text = output_text(output)
             where = f"cell {index} ({cell.get('source', '')[:40]!r})"
             if output.get("output_type") == "stream" and output.get("name") == "stderr":
                 problems.append(f"{where}: stderr output {text[:300]!r}")
-            for percent, done, total in BAR.findall(text.split("\r")[-1] if "\r" in text else text):
-                if int(percent) < 100 or int(done) < int(total):
-                    problems.append(f"{where}: a progress bar left at {percent}% {done}/{total}")
+            for line in visible_lines(text):
+                for percent, done, total in BAR.findall(line):
+                    if int(percent) < 100 or int(done) < int(total):
+                        problems.append(f"{where}: a progress bar left at {percent}% {done}/{total}")
             if caches_exist and FIRST_USE in text:
                 problems.append(f"{where}: a first-use stage printed although the cache exists: {text[:200]!r}")
     return problems
@@ -62,11 +83,13 @@ def test_the_checks_find_stderr_a_stuck_bar_and_a_stage_that_did_not_run():
         {"cell_type": "code", "source": "x", "outputs": [
             {"output_type": "display_data", "data": {"text/plain": "loading · converting GGUF (first use only)"}}]},
         {"cell_type": "code", "source": "ok", "outputs": [
-            {"output_type": "stream", "name": "stdout", "text": "done: 100%|██████████| 3/3 [00:01<00:00]\n"},
+            {"output_type": "stream", "name": "stdout", "text": "\rdone:  33%|███▎      | 1/3 [00:00<00:01]"},
+            {"output_type": "stream", "name": "stdout", "text": "\rdone: 100%|██████████| 3/3 [00:01<00:00]\n"},
             {"output_type": "execute_result", "data": {"text/plain": "'The capital of France is Paris.'"}}]},
     ]}
     problems = output_problems(notebook)
-    assert len(problems) == 5, problems  # stderr, its stuck bar, the stdout bar at 40%, the stage line
+    assert len(problems) == 4, problems  # stderr, its stuck bar, the stdout bar at 40%, the stage line
+    assert shown_outputs(notebook["cells"][3]["outputs"])[0]["text"].endswith("3/3 [00:01<00:00]\n")
     assert problems[0].startswith("cell 0") and "stderr" in problems[0] and "67% 2/3" in problems[1]
     assert "40% 4/10" in problems[2] and FIRST_USE in problems[3] and "cell 3" not in " ".join(problems)
     assert output_problems(notebook, caches_exist=False)[-1].startswith("cell 1")
