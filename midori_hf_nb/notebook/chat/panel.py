@@ -1,10 +1,7 @@
-"""``ChatPanel``: a conversation with any Midori protocol agent inside one notebook cell.
-
-See :mod:`midori_hf_nb.notebook.chat` for what the panel shows and how it behaves. This module
-holds the behaviour: the buttons' actions, each answer running as a task on the kernel's event
-loop and the status line; the queue, editing and branches are :mod:`.actions`, export and import
-:mod:`.persistence`.
-"""
+"""``ChatPanel``: a conversation with any Midori protocol agent inside one notebook cell (what it shows and
+how it behaves: :mod:`midori_hf_nb.notebook.chat`). Here: the buttons' actions, each answer as a task on the
+kernel's event loop, the status line; :mod:`.actions`: the queue, editing, branches; :mod:`.saving`: export
+and import; :mod:`.persistence`: the call log and the saved copy."""
 
 from __future__ import annotations
 
@@ -26,13 +23,14 @@ from .generation import AnswerRun, GenerationPlan, agent_model, answer_entry, in
 from .layout import ChatLayout, WidgetSink
 from .options import check_panel_options
 from .pages import TranscriptPages
-from .persistence import PanelPersistence
+from .persistence import PersistentPanel
+from .saving import PanelSaving
 from .render import final_status_text, live_status_text, render_live_html
 from .structured_field import ResponseFormatField, attach
 from .transcript import TOKENS_FIELD, TranscriptEntry, check_memory, entry_to_dict, payload_memory
 
 
-class ChatPanel(PanelActions, PanelPersistence, ChatLayout):
+class ChatPanel(PanelActions, PanelSaving, PersistentPanel, ChatLayout):
     """A chat with ``agent`` as an ipywidgets panel (see :mod:`midori_hf_nb.notebook.chat`).
 
     Args:
@@ -52,6 +50,7 @@ class ChatPanel(PanelActions, PanelPersistence, ChatLayout):
         throttle: minimum seconds between transcript updates while streaming.
         height: the transcript's maximum height (CSS), e.g. ``"420px"``.
         enter_sends: whether Enter sends (Shift+Enter always starts a new line).
+        conversation, log: a logged conversation to continue (id or name), the calls' log option (:mod:`.persistence`).
         **overrides: further per-message generation overrides (``seed``, ``top_p``, ``top_k`` and
             ``stop_on_repetition`` are Settings; ``repetition_penalty``, ``logits_processor``,
             ``tool_choice`` for the tools...), as for
@@ -64,7 +63,7 @@ class ChatPanel(PanelActions, PanelPersistence, ChatLayout):
                  temperature: float | None = None, max_new_tokens: int | None = None, greedy: bool | None = None,
                  memory: list[MemoryEntryData] | None = None, session_id: str = "chat-panel",
                  title: str | None = None, throttle: float = DEFAULT_THROTTLE, height: str = "420px",
-                 enter_sends: bool = True, **overrides: Any) -> None:
+                 enter_sends: bool = True, conversation: str | None = None, log: Any = None, **overrides: Any) -> None:
         check_panel_options(agent=agent, tools=tools, execute_tools=execute_tools, max_tool_steps=max_tool_steps,
                             throttle=throttle, system_prompt=system_prompt, enter_sends=enter_sends)
         tool_method(agent, tools, execute_tools)  # refuses a tool loop the agent cannot run
@@ -74,7 +73,7 @@ class ChatPanel(PanelActions, PanelPersistence, ChatLayout):
                                              max_new_tokens=max_new_tokens, greedy=greedy)
         self.init_actions()
         self._cleared_branches: list[Branch] = []
-        self.memory: list[MemoryEntryData] = check_memory(memory, "ChatPanel(memory=...)")
+        self.memory = check_memory(self.open_conversation(agent, conversation, memory, log), "ChatPanel(memory=...)")
         self.agent = agent
         self.tools = list(tools) if tools else None
         self.execute_tools = execute_tools
@@ -103,7 +102,7 @@ class ChatPanel(PanelActions, PanelPersistence, ChatLayout):
         self.refresh()
         self.response_format_field = attach(self.settings_box,
                                             ResponseFormatField(self.overrides.pop("response_format", None)))
-        self.show_status("ready")
+        self.show_status(self.ready_text())
         self.show_running(False)
 
     def __repr__(self) -> str:
@@ -318,8 +317,8 @@ class ChatPanel(PanelActions, PanelPersistence, ChatLayout):
             loop = None
         self._stop_requested = False
         if loop is None:  # a plain script: run to completion here
-            return asyncio.run(self._tracked(coro))
-        self._task = loop.create_task(coro)
+            return self.log_context().run(asyncio.run, self._tracked(coro))
+        self._task = loop.create_task(coro, context=self.log_context())
         self.show_running(True)
         return self._task
 

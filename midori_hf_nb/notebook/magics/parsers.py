@@ -17,6 +17,7 @@ from IPython.core.error import UsageError
 
 from ...config import DTYPES
 from ..streaming import DEFAULT_THROTTLE
+from .log_command import add_log_parser
 
 
 class HelpShown(Exception):
@@ -179,6 +180,8 @@ def build_parsers() -> tuple[MagicParser, MagicParser, dict[str, MagicParser]]:
     memory.add_argument("--name", metavar="VAR", help="also store the MemoryReadout in this notebook variable")
     commands["memory"] = memory
 
+    commands["log"] = add_log_parser(sub)
+
     commands["unload"] = sub.add_parser("unload", help="free the session's model",
                                         description="Release the model; the next message loads it again.")
     commands["status"] = sub.add_parser("status", help="show the agent, its settings and the conversation length",
@@ -200,6 +203,7 @@ COMMAND_SUMMARY = (
     ("%midori memory", "the memory readout"),
     ("%midori unload", "free the session's model"),
     ("%midori status", "the agent, its settings and the conversation length"),
+    ("%midori log [options]", "the call log: recent calls, search, transcripts, conversations"),
 )
 
 
