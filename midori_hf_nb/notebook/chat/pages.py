@@ -29,7 +29,7 @@ class TranscriptPages:
     def html(self, memory: list[MemoryEntryData], **view: Any) -> str:
         """The HTML of the shown messages (with a line counting the hidden ones); ``view``: answers
         shown as text and versions (see :func:`~.render.render_transcript_html`)."""
-        return render_transcript_html(memory, limit=self.shown, **view)
+        return render_transcript_html(memory, limit=self.shown, actions=True, **view)
 
     def hidden(self, memory: list[MemoryEntryData]) -> int:
         """How many earlier messages are not shown."""

@@ -126,7 +126,7 @@ def static_copy_html(conversation: PanelConversation, memory: list[MemoryEntryDa
             f"kernel runs) · {escape(label)}conversation {escape(cid)} · {escape(model)} · {len(memory)} messages"
             + (f" ({earlier} earlier ones in the call log)" if earlier else "") + f"<br>{how}</div>")
     return (f'<div class="midori-chat-static midori-chat-static-{token}" data-conversation="{escape(cid)}">'
-            f"<style>{_rules(token)}</style>{head}{render_transcript_html(shown, actions=False)}</div>")
+            f"<style>{_rules(token)}</style>{head}{render_transcript_html(shown)}</div>")
 
 
 def static_copy_text(conversation: PanelConversation, memory: list[MemoryEntryData]) -> str:

@@ -141,10 +141,10 @@ def render_entry_html(entry: MemoryEntryData, **view: object) -> str:
 
 def render_transcript_html(entries: list[MemoryEntryData], *, limit: int | None = None,
                            as_text: frozenset[int] = frozenset(),
-                           versions: dict[int, tuple[int, int]] | None = None, actions: bool = True) -> str:
+                           versions: dict[int, tuple[int, int]] | None = None, actions: bool = False) -> str:
     """The transcript as HTML, or only its last ``limit`` messages with a line saying how many
-    earlier ones are not shown (a placeholder line when it is empty). Messages carry their buttons
-    (``actions``); ``as_text`` holds the positions of answers shown as text, ``versions`` the
+    earlier ones are not shown (a placeholder line when it is empty). With ``actions`` (the live
+    panel) messages carry their buttons; without (a static copy) they do not. ``as_text`` holds the positions of answers shown as text, ``versions`` the
     "n of m" of positions where the conversation forked."""
     if not entries:
         return (f'<div class="midori-chat-empty" style="{STYLE_BOX};{STYLE_FOOTER}">'
