@@ -18,8 +18,8 @@ from .actions import PanelActions
 from .branches import Branch, fork
 from .composer import MAX_INPUT_CHARS
 from .export import ChatExport
-from .generation import AnswerRun, GenerationPlan, agent_model, answer_entry, initial_settings, model_label, \
-    plan_generation, SettingsBaseline, tool_method
+from .generation import AnswerRun, GenerationPlan, agent_defaults, agent_model, answer_entry, initial_settings, \
+    model_label, plan_generation, SettingsBaseline, tool_method
 from .layout import ChatLayout, WidgetSink
 from .options import check_panel_options
 from .pages import TranscriptPages
@@ -201,8 +201,7 @@ class ChatPanel(PanelActions, PanelSaving, PersistentPanel, ChatLayout):
         return self._launch(self._turn(self.memory[index], history, plan, self._epoch))
 
     def stop(self) -> bool:
-        """Stop the running generation within a token or two, keeping its partial answer marked as
-        stopped; returns True if a generation was running."""
+        """Stop the running answer within a token or two, keeping what arrived (marked stopped); True if one ran."""
         if not self.is_running:
             return False
         self._stop_requested = True
@@ -363,6 +362,7 @@ class ChatPanel(PanelActions, PanelSaving, PersistentPanel, ChatLayout):
         self.live_html.value = ""
         if epoch == self._epoch:  # not cleared meanwhile
             self._record(user_entry, entry, plan)
+        self._baseline = self._baseline.synced(self.settings(), agent_defaults(self.agent), self.show_settings)
         self._stop_requested = False
         self._task_done_soon()
         task = asyncio.current_task()
