@@ -1,4 +1,5 @@
-"""Progress of long operations of the core (a comparison grid's rows), shown where the user looks.
+"""Progress of long operations of the core (a comparison grid's rows, an evaluation's answers and
+verdicts), shown where the user looks.
 
 :func:`progress_display` gives a tqdm-like object (``update(n)``, ``set_postfix_str(text)``,
 ``close()``): a text bar on a terminal's stderr (``tqdm``), or, where a front end registered its

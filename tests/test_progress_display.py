@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 
-from midori_hf_nb import compare, progress_display
+from midori_hf_nb import Judge, compare, evaluate, progress_display
 from midori_hf_nb.notebook.progress_line import ProgressLine
 from midori_hf_nb.notebook.sinks import RecordingSink
 from midori_hf_nb.testing import ScriptedAgent
@@ -33,6 +33,31 @@ def test_compare_in_a_notebook_ends_as_one_finished_line():
     assert shown[0].startswith("compare: 0/3 rows")
     assert shown[-1].startswith("compare: 3/3 rows in ") and shown[-1].endswith(" s")  # the finished line
     assert 'class="midori-progress"' in sinks[0].bundles[-1]["text/html"]
+
+
+def test_an_evaluation_in_a_notebook_ends_as_one_finished_line_per_phase():
+    import midori_hf_nb.notebook  # noqa: F401  (registers the notebook's progress line)
+
+    sinks: list[RecordingSink] = []
+
+    def front_end(**options):
+        sinks.append(RecordingSink(keep=True))
+        return ProgressLine(sink=sinks[-1], **options)
+
+    verdict = '{"reason": "names Paris", "score": 0.9, "pass": true}'
+    items = [{"prompt": f"Capital of France? {i}", "assert": [{"type": "llm-rubric", "value": f"names Paris {i}"}]}
+             for i in range(2)]
+    previous = progress_display.register_front_end(front_end)
+    try:
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            ev = evaluate(items, models=ScriptedAgent(["Paris."]), judge=Judge(ScriptedAgent([verdict]), concurrency=1))
+    finally:
+        progress_display.register_front_end(previous)
+    assert list(ev.scores["judge_status"]) == ["scored", "scored"] and stderr.getvalue() == ""
+    finished = [sink.bundles[-1]["text/plain"] for sink in sinks]
+    assert [line.split(":")[0] for line in finished] == ["answers", "verdicts"], finished
+    assert finished[0].startswith("answers: 2/2 rows in ") and finished[1].startswith("verdicts: 2/2 rows in ")
 
 
 def test_without_a_front_end_a_bar_shows_only_on_a_terminal():
