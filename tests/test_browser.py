@@ -63,7 +63,7 @@ from midori_hf_nb.testing import ScriptedAgent
 
 MANGLED = {MANGLED!r}
 STORY = "Once upon a time there was a very long story that went on and on. " * 40
-scripted = ScriptedAgent([MANGLED, STORY, "A short one: the end.", "Edited: here is another way."], delay=0.03,
+scripted = ScriptedAgent([MANGLED, STORY, "A short one: the end.", "Edited: here is another way.", STORY], delay=0.03,
                          piece_chars=3)
 panel = ChatPanel(scripted, throttle=0.05)
 panel
@@ -369,8 +369,9 @@ def test_chat_panel_in_jupyterlab(jupyter_lab, artifacts_dir):
 
 
 def test_answers_you_can_use_in_jupyterlab(jupyter_lab, artifacts_dir):
-    """Unfenced code, Copy, As text, typing during an answer, Esc, edit and resend: on a scripted agent, so
-    every answer is known (the panel's own behaviour in a real browser, with real key presses)."""
+    """Unfenced code, Copy, As text, typing during an answer, Esc (the panel's only while it has the focus), edit
+    and resend: on a scripted agent, so every answer is known (the panel's own behaviour in a real browser,
+    with real key presses)."""
     from playwright.sync_api import expect, sync_playwright
 
     base, _, _ = jupyter_lab
@@ -445,5 +446,26 @@ def test_answers_you_can_use_in_jupyterlab(jupyter_lab, artifacts_dir):
             expect(output.locator(".midori-chat-version")).to_have_text("1/2")
             expect(answers).to_have_count(3)
             expect(answers.first.locator("pre.midori-code")).to_have_count(1)
+
+            # 5. Esc is the panel's only while the panel has the focus: pressed in a notebook cell's editor the
+            # answer goes on; pressed with the focus on one of the panel's buttons it stops the answer
+            stopped = output.locator(".midori-chat-stopped")
+            before = stopped.count()
+            box.press_sequentially("Another long story.", delay=20)
+            box.press("Enter")
+            live = output.locator(".midori-chat-live")
+            expect(live).to_contain_text("Once upon a time", timeout=60_000)
+            page.locator(".jp-NotebookPanel .jp-Cell .cm-content").first.click()
+            page.keyboard.press("Escape")
+            written = len(live.text_content())
+            page.wait_for_function("n => { const live = document.querySelector('.midori-chat-live');"
+                                   " return live !== null && live.textContent.length > n + 30; }",
+                                   arg=written, timeout=30_000)  # still being written
+            assert stopped.count() == before
+            as_text = answers.first.locator('[data-midori-action="as-text"]')
+            as_text.focus()
+            page.keyboard.press("Escape")
+            expect(stopped).to_have_count(before + 1, timeout=30_000)
+            expect(button("Stop")).to_be_disabled(timeout=30_000)
         finally:
             browser.close()
