@@ -63,8 +63,8 @@ from midori_hf_nb.testing import ScriptedAgent
 
 MANGLED = {MANGLED!r}
 STORY = "Once upon a time there was a very long story that went on and on. " * 40
-scripted = ScriptedAgent([MANGLED, STORY, "A short one: the end.", "Edited: here is another way.", STORY], delay=0.03,
-                         piece_chars=3)
+scripted = ScriptedAgent([MANGLED, STORY, "A short one: the end.", "Edited: here is another way.", STORY,
+                          '{{"name": "Paris"}}'], delay=0.03, piece_chars=3)
 panel = ChatPanel(scripted, throttle=0.05)
 panel
 """
@@ -467,5 +467,27 @@ def test_answers_you_can_use_in_jupyterlab(jupyter_lab, artifacts_dir):
             page.keyboard.press("Escape")
             expect(stopped).to_have_count(before + 1, timeout=30_000)
             expect(button("Stop")).to_be_disabled(timeout=30_000)
+
+            # 6. the response-format box: several lines, checked as you type (where the JSON breaks, then the
+            # schema's name); the answer given under the schema carries a "schema" badge
+            output.get_by_text("Settings (apply to the next message)").click()
+            field = output.locator('textarea[placeholder^="empty: free text"]')
+            check = output.locator(".midori-format-check")
+            expect(check).to_contain_text("Free text")
+            field.click()
+            field.press_sequentially('{"title": "City", "type": "object",', delay=10)
+            field.press("Enter")
+            field.press_sequentially(' "properties": {', delay=10)
+            expect(check).to_contain_text("line 2", timeout=60_000)  # the kernel checks each key press
+            assert field.input_value().count("\n") == 1  # a line break in the box, nothing sent
+            field.press_sequentially('"name": {"type": "string"}}, "required": ["name"]}', delay=10)
+            expect(check).to_contain_text("JSON schema 'City'", timeout=60_000)
+            box.click()
+            box.press_sequentially("A city.", delay=20)
+            box.press("Enter")
+            expect(output.locator(".midori-chat-schema")).to_have_count(1, timeout=60_000)
+            expect(answers.last).to_contain_text("Paris")
+            output.scroll_into_view_if_needed()
+            page.screenshot(path=str(artifacts_dir / "chat_response_format.png"))
         finally:
             browser.close()

@@ -62,8 +62,8 @@ class ResponseFormatField:
             try:
                 schema = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"Response format: the schema is not JSON: {exc.msg} at line {exc.lineno}, "
-                                 f"column {exc.colno}") from exc
+                raise ValueError(f"Response format: the schema is not JSON: {exc.msg} (line {exc.lineno}, "
+                                 f"column {exc.colno})") from exc
             return response_format_from(schema, "Response format")
         raise ValueError(f"Response format={text[:60]!r} is not allowed: expected empty (free text), json, or a "
                          f"JSON schema of at most {MAX_SCHEMA_CHARS} characters starting with '{{'")
