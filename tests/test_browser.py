@@ -488,6 +488,7 @@ def test_answers_you_can_use_in_jupyterlab(jupyter_lab, artifacts_dir):
             expect(output.locator(".midori-chat-schema")).to_have_count(1, timeout=60_000)
             expect(answers.last).to_contain_text("Paris")
             output.scroll_into_view_if_needed()
+            answers.last.scroll_into_view_if_needed()  # the transcript kept the place the branch click scrolled to
             page.screenshot(path=str(artifacts_dir / "chat_response_format.png"))
         finally:
             browser.close()
