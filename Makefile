@@ -61,12 +61,14 @@ browser:
 
 # MIDORI_HF_NB_REQUIRE_SERVE=1: the tests against a real `transformers serve` fail rather than skip.
 # The notebooks and benchmarks record their calls in a temporary call log, never the user's own
-# (tests/conftest.py does the same for pytest tests).
+# (tests/conftest.py does the same for pytest tests). The notebooks run once, on a copy whose
+# executed outputs tests/test_notebook_outputs.py checks (no stderr, no progress bar left part way).
 TMPLOG  = MIDORI_HF_NB_LOG=$$(mktemp -d)/logs.db
 
 test:
-	MIDORI_HF_NB_REQUIRE_SERVE=1 $(PY) -m pytest tests
-	$(TMPLOG) $(PY) -m pytest --nbmake --nbmake-timeout=180 notebooks
+	rm -rf build/notebooks && mkdir -p build/notebooks && cp notebooks/*.ipynb build/notebooks/
+	$(TMPLOG) $(PY) -m pytest --nbmake --nbmake-timeout=180 --overwrite build/notebooks
+	MIDORI_HF_NB_REQUIRE_SERVE=1 MIDORI_HF_NB_EXECUTED_NOTEBOOKS=build/notebooks $(PY) -m pytest tests
 	$(MAKE) bench-smoke
 
 # Speed and memory of the agent against the plain-pipeline baseline (benchmarks/README.md).

@@ -131,7 +131,9 @@ class HuggingFaceConfig:
             ``transformers.GenerationConfig`` when a generation starts). Refused at once: ``seed``
             (a per-call option), ``num_beams`` other than 1 (beam search cannot stream) and
             ``num_return_sequences`` other than 1; see :func:`validate_generation_options`.
-        progress: show progress bars while a model converts or loads.
+        progress: show one progress line on a terminal's stderr while a model converts or loads
+            (cleared when it is loaded). Nothing is drawn where stderr is not a terminal (a
+            notebook, a pipe): there the chat panel and streamed answers show the load.
         num_threads: torch intra-op threads used while generating on CPU: ``"auto"`` measures
             step by step whether one thread or every usable core is faster and uses that
             (:class:`midori_hf_nb.engine.ThreadGovernor`), a positive integer fixes the count,

@@ -1,5 +1,11 @@
 """The chat panel in a real browser: JupyterLab on 127.0.0.1, driven by headless Chromium through playwright.
 
+Two notebooks: ``chat.ipynb`` runs the panel on the offline default model (:func:`test_chat_panel_in_jupyterlab`),
+``scripted.ipynb`` on a scripted agent whose answers are known in advance
+(:func:`test_answers_you_can_use_in_jupyterlab`: unfenced code, Copy, As text, typing during an answer, Esc,
+edit and resend). Screenshots of both go to ``tests/artifacts``; the ones the README shows are copied to
+``docs/``.
+
 The test writes a notebook into a temporary folder, starts JupyterLab on a free port with a
 token (temporary config, runtime and data folders; the news pop-up disabled), opens the
 notebook in Debian's ``/usr/bin/chromium`` (never a downloaded browser), runs the cell that
@@ -33,6 +39,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from .test_notebook_unfenced import CODE, MANGLED
+
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -42,14 +50,33 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 TOKEN = "midori-browser-test-token"
 QUESTION = "What is the capital of France?"
 LONG_REQUEST = "Count from 1 to 500, one number per line."
+#: Typed while the long answer is written (queued, then answered after Stop).
+FOLLOW_UP = "What is 2 + 2?"
 #: Answered by the default model (greedy) with a fenced Python block.
 CODE_REQUEST = "Write a Python function that adds two numbers."
+
+#: The answers of the scripted panel, in order: code the model left unfenced, a long story, the answer to the
+#: message queued while the story is written, and the answer to an edited message.
+SCRIPTED_CELL = f"""\
+from midori_hf_nb.notebook import ChatPanel
+from midori_hf_nb.testing import ScriptedAgent
+
+MANGLED = {MANGLED!r}
+STORY = "Once upon a time there was a very long story that went on and on. " * 40
+scripted = ScriptedAgent([MANGLED, STORY, "A short one: the end.", "Edited: here is another way.", STORY,
+                          '{{"name": "Paris"}}'], delay=0.03, piece_chars=3)
+panel = ChatPanel(scripted, throttle=0.05)
+panel
+"""
+
+#: Sent while the long answer is written, with real key presses.
+TYPED_DURING_ANSWER = "And now a short one, please."
 
 SETUP_CELL = """\
 from midori_hf_nb import DEFAULT_MODEL, HuggingFaceLocalAgent
 from midori_hf_nb.notebook import ChatPanel
 
-agent = HuggingFaceLocalAgent(model=DEFAULT_MODEL, progress=False)
+agent = HuggingFaceLocalAgent(model=DEFAULT_MODEL)  # progress on, as by default: nothing may reach stderr
 panel = ChatPanel(agent, system_prompt="You are a helpful assistant.", greedy=True, max_new_tokens=600)
 panel
 """
@@ -76,6 +103,9 @@ RECORD_LIVE_TEXT = """(root) => {
     }).observe(root, {subtree: true, childList: true, characterData: true});
 }"""
 
+#: Rendered styles of the panel's buttons: (opacity, background colour, text).
+BUTTON_STYLE = "e => [getComputedStyle(e).opacity, getComputedStyle(e).backgroundColor, e.textContent.trim()]"
+
 #: True once the panel's status line shows the model loading.
 STATUS_LOADING = """() => [...document.querySelectorAll('.midori-chat-status')].some(
     (el) => el.textContent.includes('loading model…'))"""
@@ -86,25 +116,19 @@ STATUS_LOADING = """() => [...document.querySelectorAll('.midori-chat-status')].
 STOP_TOKENS = 100
 
 
-def tokens_in(status: str) -> int | None:
-    """The token count of a status line ("generating… 12 tokens · ...", "stopped · 15 tokens · ...")."""
-    found = re.search(r"(\d+) tokens\b", status)
-    return int(found.group(1)) if found else None
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def write_notebook(folder: Path) -> Path:
+def write_notebook(folder: Path, name: str = "chat.ipynb", cells: tuple[str, ...] = (SETUP_CELL, SLOW_CELL)) -> Path:
     import nbformat
 
     notebook = nbformat.v4.new_notebook(metadata={
         "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}})
-    notebook.cells = [nbformat.v4.new_code_cell(SETUP_CELL), nbformat.v4.new_code_cell(SLOW_CELL)]
-    path = folder / "chat.ipynb"
+    notebook.cells = [nbformat.v4.new_code_cell(cell) for cell in cells]
+    path = folder / name
     nbformat.write(notebook, path)
     return path
 
@@ -142,6 +166,7 @@ def jupyter_lab(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     notebook = write_notebook(root)
+    write_notebook(root, "scripted.ipynb", (SCRIPTED_CELL,))
     env = dict(os.environ)
     for name, folder in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_RUNTIME_DIR", "runtime"),
                          ("JUPYTER_DATA_DIR", "data"), ("IPYTHONDIR", "ipython")):
@@ -185,35 +210,62 @@ def jupyter_lab(tmp_path):
         log.close()
 
 
+IDLE = re.compile(r"Python 3 \(ipykernel\) \| Idle")
+
+
+def open_panel(page, base: str, name: str):
+    """Open notebook ``name``, run its first cell (the panel) and return (output area, input box, button finder)."""
+    from playwright.sync_api import expect
+
+    page.set_default_timeout(120_000)
+    page.goto(f"{base}/lab/tree/{name}?token={TOKEN}&reset")
+    page.wait_for_selector(".jp-NotebookPanel .jp-Cell .cm-content")
+    expect(page.get_by_role("button", name=IDLE)).to_be_visible(timeout=120_000)
+    page.locator(".jp-NotebookPanel .jp-Cell .cm-content").first.click()
+    page.keyboard.press("Shift+Enter")
+    # the panel's own output (the saved copy of its conversation follows it, hidden while it runs)
+    output = page.locator(".jp-NotebookPanel .jp-OutputArea").first.locator(".jp-OutputArea-child").first
+    box = output.locator('textarea[placeholder^="Message"]')
+    expect(box).to_be_visible(timeout=120_000)
+
+    def button(label: str):
+        return output.locator("button.jupyter-button", has_text=re.compile(rf"^\s*{re.escape(label)}\s*$"))
+
+    return output, box, button
+
+
+def launch(playwright):
+    """Debian's Chromium, and a page whose clipboard the test may read (what Copy wrote)."""
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 1100},
+                                  permissions=["clipboard-read", "clipboard-write"])
+    return browser, context.new_page()
+
+
+def clipboard(page) -> str:
+    return page.evaluate("navigator.clipboard.readText()")
+
+
 @pytest.mark.slow  # the notebook's kernel loads the offline default model
 def test_chat_panel_in_jupyterlab(jupyter_lab, artifacts_dir):
     from playwright.sync_api import expect, sync_playwright
 
     base, name, root = jupyter_lab
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        browser, page = launch(playwright)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1100})
-            page.set_default_timeout(120_000)
-            page.goto(f"{base}/lab/tree/{name}?token={TOKEN}&reset")
-            page.wait_for_selector(".jp-NotebookPanel .jp-Cell .cm-content")
-            expect(page.get_by_role("button", name=re.compile(r"Python 3 \(ipykernel\) \| Idle"))).to_be_visible(timeout=120_000)
-            page.locator(".jp-NotebookPanel .jp-Cell .cm-content").first.click()
-            page.keyboard.press("Shift+Enter")
-
-            # the panel's own output (the saved copy of its conversation follows it, hidden while it runs)
-            output = page.locator(".jp-NotebookPanel .jp-OutputArea").first.locator(".jp-OutputArea-child").first
-            box = output.locator('textarea[placeholder^="Message"]')
-            expect(box).to_be_visible(timeout=120_000)
-
-            def button(label: str):
-                return output.locator("button.jupyter-button", has_text=re.compile(rf"^\s*{re.escape(label)}\s*$"))
+            output, box, button = open_panel(page, base, name)
 
             # 1. Send under load: another cell keeps the kernel busy while the question is typed at an
             # ordinary speed and Send is clicked; the message sent is exactly the text in the box.
             # A MutationObserver records every text the live (streaming) view shows, so no state is missed.
             output.evaluate(RECORD_LIVE_TEXT)
-            expect(page.get_by_role("button", name=re.compile(r"Python 3 \(ipykernel\) \| Idle"))).to_be_visible()
+            expect(page.get_by_role("button", name=IDLE)).to_be_visible()
+            # idle: Stop is neither enabled nor coloured, Send is dimmed while the box is empty
+            stop_idle = button("Stop").evaluate(BUTTON_STYLE)
+            send_idle = output.locator(".midori-composer-send").evaluate(BUTTON_STYLE)
+            assert button("Stop").is_disabled() and float(stop_idle[0]) < 1, stop_idle
+            assert output.locator(".midori-composer-send").is_disabled() and float(send_idle[0]) < 0.6, send_idle
             page.locator(".jp-NotebookPanel .jp-Cell .cm-content").nth(1).click()
             page.keyboard.press("Shift+Enter")  # time.sleep(6)
             expect(page.get_by_role("button", name=re.compile(r"Python 3 \(ipykernel\) \| Busy"))).to_be_visible()
@@ -226,7 +278,8 @@ def test_chat_panel_in_jupyterlab(jupyter_lab, artifacts_dir):
             output.scroll_into_view_if_needed()
             page.screenshot(path=str(artifacts_dir / "chat_send_under_load.png"))
             expect(queued).to_have_count(0, timeout=60_000)
-            # 2. the model loads on first use: the status line ticks "loading model… N s" with its stage
+            # 2. the model loads on first use: the status line ticks "loading model… N s" with its stage,
+            # above the streamed answer too; nothing of the load goes to the notebook's stderr
             page.wait_for_function(STATUS_LOADING, timeout=60_000, polling=50)
             page.screenshot(path=str(artifacts_dir / "chat_loading.png"))
             live = output.locator(".midori-stream .midori-answer")
@@ -248,7 +301,9 @@ def test_chat_panel_in_jupyterlab(jupyter_lab, artifacts_dir):
             statuses = page.evaluate("window.midoriStatusTexts")
             loading = sorted({t.split(" · ")[0] for t in statuses if t.startswith("loading model…")})
             assert len(loading) >= 2, f"the loading status did not tick: {statuses!r}"
+            assert not [t for t in statuses if "first use only" in t], statuses  # the caches exist: no such stage
             assert "Assistant" in page.evaluate("window.midoriLiveLabels")  # labelled while it streamed
+            assert page.locator('[data-mime-type="application/vnd.jupyter.stderr"]').count() == 0  # no stderr box
             assert output.locator(".midori-chat-time").count() == 2  # when it was sent, when the answer ended
             button("Export").click()
             expect(output.locator(".midori-chat-info")).to_contain_text(".json")
@@ -257,7 +312,8 @@ def test_chat_panel_in_jupyterlab(jupyter_lab, artifacts_dir):
             output.scroll_into_view_if_needed()
             page.screenshot(path=str(artifacts_dir / "chat_panel_answer.png"))
 
-            # 3. Clear, then a long request sent with Enter; Stop ends it and the panel shows it as stopped
+            # 3. Clear, then a long request sent with Enter; a message typed meanwhile is queued (not glued,
+            # not lost); Stop ends the long answer and the queued message is answered next
             button("Clear").click()
             expect(output.locator(".midori-chat-empty")).to_be_visible()
             box.fill("line one")
@@ -269,14 +325,22 @@ def test_chat_panel_in_jupyterlab(jupyter_lab, artifacts_dir):
             box.press("Enter")
             expect(button("Stop")).to_be_enabled()
             expect(live).to_contain_text("3", timeout=300_000)
-            status = output.locator(".midori-chat-status")
-            expect(status).to_contain_text("tokens")
-            shown_at_stop = tokens_in(status.inner_text())  # what the page showed when Stop was pressed
+            stop_running = button("Stop").evaluate(BUTTON_STYLE)
+            assert stop_running[1] != stop_idle[1] and float(stop_running[0]) == 1, (stop_running, stop_idle)
+            box.press_sequentially(FOLLOW_UP, delay=TYPING_DELAY_MS)  # typed while the answer is written
+            expect(output.locator(".midori-composer-send")).to_have_text("Queue")
+            box.press("Enter")
+            expect(output.locator(".midori-chat-queued")).to_contain_text(FOLLOW_UP)
+            assert box.input_value() == ""
+            shown_at_stop = answers.first.inner_text()  # what the page showed when Stop was pressed
             button("Stop").click()
             expect(output.locator(".midori-chat-stopped")).to_be_visible(timeout=60_000)
-            expect(status).to_contain_text("stopped")
-            stopped_tokens = tokens_in(status.inner_text())
-            expect(button("Send")).to_be_enabled()
+            users = output.locator(".midori-chat-user .midori-chat-text")
+            expect(users).to_have_count(2, timeout=60_000)  # the queued message went out after the stop
+            assert users.all_inner_texts() == [LONG_REQUEST, FOLLOW_UP]
+            expect(output.locator(".midori-chat-queued")).to_have_count(0)
+            expect(output.locator(".midori-chat-assistant")).to_have_count(2, timeout=300_000)
+            expect(output.locator(".midori-chat-status")).to_contain_text("done", timeout=300_000)
             expect(button("Stop")).to_be_disabled()
             assert box.input_value() == ""
             stopped = answers.first.inner_text()
@@ -286,16 +350,17 @@ def test_chat_panel_in_jupyterlab(jupyter_lab, artifacts_dir):
             assert answers.first.inner_text() == stopped  # nothing more arrives after Stop
             # Stop cut the answer short, within a few tokens of what the page showed when it was pressed
             # (the page lags the kernel by a refresh or two): far from the 600 tokens asked for
-            assert shown_at_stop is not None and stopped_tokens is not None
-            assert shown_at_stop <= stopped_tokens <= shown_at_stop + STOP_TOKENS, (shown_at_stop, stopped_tokens)
+            shown_words, stopped_words = len(shown_at_stop.split()), len(stopped.split())
+            assert shown_words <= stopped_words <= shown_words + STOP_TOKENS, (shown_words, stopped_words)
 
             output.scroll_into_view_if_needed()
             page.screenshot(path=str(artifacts_dir / "chat_panel.png"))
 
-            # 4. a Markdown answer: the model's fenced code shows as a highlighted code block, no fences
+            # 4. a Markdown answer: the model's fenced code shows as a highlighted code block, no fences,
+            # with a Copy button that puts the code on the clipboard
             button("Clear").click()
             box.fill(CODE_REQUEST)
-            button("Send").click()
+            box.press("Enter")
             code = answers.first.locator("pre.midori-code code")
             expect(code.first).to_be_visible(timeout=300_000)
             expect(output.locator(".midori-chat-status")).to_contain_text("done", timeout=300_000)
@@ -305,7 +370,136 @@ def test_chat_panel_in_jupyterlab(jupyter_lab, artifacts_dir):
             plain = code.first.evaluate("e => getComputedStyle(e).color")
             assert colour != plain, f"the keyword is not highlighted: {colour} against {plain}"
             assert "```" not in answers.first.inner_text()
+            output.locator(".midori-copy-code").first.click()
+            expect(output.locator(".midori-copy-code").first).to_have_text("Copied")
+            assert clipboard(page) == code.first.evaluate("e => e.textContent")
             output.scroll_into_view_if_needed()
             page.screenshot(path=str(artifacts_dir / "chat_markdown_answer.png"))
+        finally:
+            browser.close()
+
+
+def test_answers_you_can_use_in_jupyterlab(jupyter_lab, artifacts_dir):
+    """Unfenced code, Copy, As text, typing during an answer, Esc (the panel's only while it has the focus), edit
+    and resend: on a scripted agent, so every answer is known (the panel's own behaviour in a real browser,
+    with real key presses)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    base, _, _ = jupyter_lab
+    with sync_playwright() as playwright:
+        browser, page = launch(playwright)
+        try:
+            output, box, button = open_panel(page, base, "scripted.ipynb")
+            answers = output.locator(".midori-chat-assistant")
+            status = output.locator(".midori-chat-status")
+
+            # 1. code the model left unfenced: one monospaced block, lines and indentation kept, no heading
+            box.click()
+            box.press_sequentially("Write a function that reverses a string.", delay=20)
+            box.press("Enter")
+            expect(status).to_contain_text("done", timeout=60_000)
+            pre = answers.first.locator("pre.midori-code")
+            expect(pre).to_have_count(1)
+            assert pre.evaluate("e => e.textContent") == CODE + "\n"
+            assert "mono" in pre.evaluate("e => getComputedStyle(e).fontFamily").lower()
+            assert answers.first.locator("h1").count() == 0
+            output.scroll_into_view_if_needed()
+            page.screenshot(path=str(artifacts_dir / "chat_unfenced_code.png"))
+
+            # 2. Copy: the code block's button copies the code, the message's button the answer's own text
+            answers.first.locator(".midori-copy-code").click()
+            expect(answers.first.locator(".midori-copy-code")).to_have_text("Copied")
+            assert clipboard(page) == CODE + "\n"
+            answers.first.locator('[data-midori-action="copy"]').click()
+            expect(answers.first.locator('[data-midori-action="copy"]')).to_have_text("Copied")
+            assert clipboard(page) == MANGLED
+            # As text: the answer's own text; As Markdown: rendered again
+            answers.first.locator('[data-midori-action="as-text"]').click()
+            expect(answers.first.locator(".midori-as-text")).to_contain_text("# Example usage:")
+            expect(answers.first.locator("pre.midori-code")).to_have_count(0)
+            answers.first.locator('[data-midori-action="as-text"]').click()
+            expect(answers.first.locator("pre.midori-code")).to_have_count(1)
+
+            # 3. typing during an answer: Send reads Queue, Enter queues the message (shown, box emptied),
+            # Esc stops the answer, and the queued message is sent and answered next
+            box.press_sequentially("Tell me a long story.", delay=20)
+            box.press("Enter")
+            expect(output.locator(".midori-chat-live")).to_contain_text("Once upon a time", timeout=60_000)
+            expect(output.locator(".midori-composer-send")).to_have_text("Queue")
+            box.press_sequentially(TYPED_DURING_ANSWER, delay=TYPING_DELAY_MS)
+            box.press("Enter")
+            queued = output.locator(".midori-chat-queued")
+            expect(queued).to_contain_text(TYPED_DURING_ANSWER)
+            assert box.input_value() == ""
+            output.scroll_into_view_if_needed()
+            page.screenshot(path=str(artifacts_dir / "chat_queued_while_answering.png"))
+            box.press("Escape")  # the panel has the focus: Esc stops
+            expect(output.locator(".midori-chat-stopped")).to_be_visible(timeout=30_000)
+            expect(answers).to_have_count(3, timeout=60_000)
+            expect(answers.nth(2)).to_contain_text("A short one: the end.")
+            users = output.locator(".midori-chat-user .midori-chat-text")
+            assert users.all_inner_texts()[1:] == ["Tell me a long story.", TYPED_DURING_ANSWER]  # in order, apart
+            expect(queued).to_have_count(0)
+
+            # 4. edit an earlier message and send it again: the conversation forks, the old version stays
+            output.locator('.midori-chat-user [data-midori-action="edit"]').first.click()
+            expect(box).to_have_value("Write a function that reverses a string.")
+            expect(output.locator(".midori-chat-info")).to_contain_text("Editing message 1")
+            box.press("End")
+            box.press_sequentially(" In one line.", delay=20)
+            box.press("Enter")
+            expect(output.locator(".midori-chat-version")).to_have_text("2/2", timeout=60_000)
+            expect(answers.first).to_contain_text("Edited: here is another way.")
+            assert answers.count() == 1 and users.first.inner_text().endswith("In one line.")
+            output.scroll_into_view_if_needed()
+            page.screenshot(path=str(artifacts_dir / "chat_edit_branch.png"))
+            output.locator('[data-midori-action="branch"]').first.click()  # ‹ : the first version again
+            expect(output.locator(".midori-chat-version")).to_have_text("1/2")
+            expect(answers).to_have_count(3)
+            expect(answers.first.locator("pre.midori-code")).to_have_count(1)
+
+            # 5. Esc is the panel's only while the panel has the focus: pressed in a notebook cell's editor the
+            # answer goes on; pressed with the focus on one of the panel's buttons it stops the answer
+            stopped = output.locator(".midori-chat-stopped")
+            before = stopped.count()
+            box.press_sequentially("Another long story.", delay=20)
+            box.press("Enter")
+            live = output.locator(".midori-chat-live")
+            expect(live).to_contain_text("Once upon a time", timeout=60_000)
+            page.locator(".jp-NotebookPanel .jp-Cell .cm-content").first.click()
+            page.keyboard.press("Escape")
+            written = len(live.text_content())
+            page.wait_for_function("n => { const live = document.querySelector('.midori-chat-live');"
+                                   " return live !== null && live.textContent.length > n + 30; }",
+                                   arg=written, timeout=30_000)  # still being written
+            assert stopped.count() == before
+            as_text = answers.first.locator('[data-midori-action="as-text"]')
+            as_text.focus()
+            page.keyboard.press("Escape")
+            expect(stopped).to_have_count(before + 1, timeout=30_000)
+            expect(button("Stop")).to_be_disabled(timeout=30_000)
+
+            # 6. the response-format box: several lines, checked as you type (where the JSON breaks, then the
+            # schema's name); the answer given under the schema carries a "schema" badge
+            output.get_by_text("Settings (apply to the next message)").click()
+            field = output.locator('textarea[placeholder^="empty: free text"]')
+            check = output.locator(".midori-format-check")
+            expect(check).to_contain_text("Free text")
+            field.click()
+            field.press_sequentially('{"title": "City", "type": "object",', delay=10)
+            field.press("Enter")
+            field.press_sequentially(' "properties": {', delay=10)
+            expect(check).to_contain_text("line 2", timeout=60_000)  # the kernel checks each key press
+            assert field.input_value().count("\n") == 1  # a line break in the box, nothing sent
+            field.press_sequentially('"name": {"type": "string"}}, "required": ["name"]}', delay=10)
+            expect(check).to_contain_text("JSON schema 'City'", timeout=60_000)
+            box.click()
+            box.press_sequentially("A city.", delay=20)
+            box.press("Enter")
+            expect(output.locator(".midori-chat-schema")).to_have_count(1, timeout=60_000)
+            expect(answers.last).to_contain_text("Paris")
+            output.scroll_into_view_if_needed()
+            answers.last.scroll_into_view_if_needed()  # the transcript kept the place the branch click scrolled to
+            page.screenshot(path=str(artifacts_dir / "chat_response_format.png"))
         finally:
             browser.close()

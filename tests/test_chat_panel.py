@@ -27,6 +27,7 @@ from midori_hf_nb.notebook.chat import render_transcript_html
 from midori_hf_nb.notebook.chat.composer import MAX_INPUT_CHARS
 
 from .conftest import loaded_agent, run, scripted
+from .markup import assert_inert_markdown
 
 LONG_TEXT = " ".join(f"word{i}" for i in range(700))
 STORY = "Once upon a time there was a very long story that went on and on. " * 20
@@ -152,25 +153,27 @@ def test_stop_keeps_the_partial_answer_and_the_conversation_goes_on():
     assert agent.calls[1].payload.memory[1].content == stopped["content"]  # the stopped answer was sent
 
 
-def test_stop_when_idle_and_refusals_while_busy():
+def test_stop_when_idle_refusals_from_code_and_the_box_queues_while_busy():
     panel = ChatPanel(ScriptedAgent(STORY, delay=0.005))
     assert panel.stop() is False
 
     async def scenario():
         panel.send("first")
         with pytest.raises(RuntimeError, match="generation is running"):
-            panel.send("second")
+            panel.send("second")  # from code: refused (the box queues; code awaits panel.wait() first)
         panel.input.value = "typed meanwhile"
-        assert panel.input.submit() is False  # refused, shown as a notice; the text goes back into the box
-        assert "generation is running" in panel.notice and panel.input.value == "typed meanwhile"
+        assert panel.input.submit() is True  # the box queues it: out of the box, shown, sent when the answer ends
+        assert panel.queued == ["typed meanwhile"] and panel.input.value == ""
+        assert "typed meanwhile" in panel.queue_html.value
         with pytest.raises(RuntimeError):
             panel.regenerate()
-        assert panel.stop() is True
+        assert panel.stop() is True  # Stop ends the running answer only: the queue goes on
         await panel.wait()
 
     run(scenario())
-    assert [t["role"] for t in panel.transcript] == ["user", "assistant"]
-    assert panel.input.value == "typed meanwhile"
+    assert [(t["role"], t["content"] if t["role"] == "user" else t["stopped"]) for t in panel.transcript] == [
+        ("user", "first"), ("assistant", True), ("user", "typed meanwhile"), ("assistant", False)]
+    assert panel.queued == [] and panel.queue_html.value == "" and panel.input.value == ""
 
 
 def test_cancelling_the_task_from_outside_records_the_answer_then_propagates():
@@ -483,7 +486,8 @@ def test_model_user_and_transcript_text_is_escaped_on_every_html_surface():
     assert "&lt;script&gt;alert(&#x27;user&#x27;)&lt;/script&gt;" in panel.history_html.value
     assert "&lt;img src=x onerror=alert(1)&gt;" in panel.history_html.value
     markdown = panel.to_markdown(title="<script>title</script>")
-    assert "<script" not in markdown and "<img" not in markdown and "&lt;script&gt;" in markdown
+    assert_inert_markdown(markdown)
+    assert "\\<script>title\\</script>" in markdown
 
 
 # --------------------------------------------------------------------------- Enter sends
@@ -506,13 +510,14 @@ def test_send_uses_the_text_that_came_with_the_click_not_the_synced_draft():
         assert panel.is_running and replies == [{"type": "ack", "id": "a1", "accepted": True}]
         assert panel.input.value == "W"  # the box belongs to the browser: a draft typed since stays
         browser_sends(panel.input, {"type": "send", "id": "a2", "text": "typed while it answers"})
-        assert replies[-1] == {"type": "ack", "id": "a2", "accepted": False}  # the browser puts it back
-        assert "generation is running" in panel.notice
+        assert replies[-1] == {"type": "ack", "id": "a2", "accepted": True}  # queued, not glued to anything
+        assert panel.queued == ["typed while it answers"]
         return await panel.wait()
 
     answer = run(scenario())
-    assert answer["content"] == "Paris."
-    assert [t["content"] for t in panel.transcript] == ["What is the capital of France?", "Paris."]
+    assert answer["content"] == "Later."
+    assert [t["content"] for t in panel.transcript] == ["What is the capital of France?", "Paris.",
+                                                        "typed while it answers", "Later."]
     browser_sends(panel.input, {"type": "send", "id": "a3", "text": "   "})
     assert replies[-1]["accepted"] is False and panel.notice == "Type a message first."
     for hostile in ({"type": "send", "id": 5, "text": "x"}, {"type": "send", "id": "x" * 65, "text": "x"},
@@ -520,7 +525,7 @@ def test_send_uses_the_text_that_came_with_the_click_not_the_synced_draft():
         browser_sends(panel.input, hostile)
     assert replies[-1] == {"type": "ack", "id": "b1", "accepted": False} and len(replies) == 4
     browser_sends(panel.input, {"type": "send", "id": "b2", "text": "x" * (MAX_INPUT_CHARS + 1)})
-    assert replies[-1]["accepted"] is False and len(panel.transcript) == 2
+    assert replies[-1]["accepted"] is False and len(panel.transcript) == 4
 
 
 def test_submit_clears_the_box_and_puts_refused_text_back():
@@ -532,13 +537,15 @@ def test_submit_clears_the_box_and_puts_refused_text_back():
     async def scenario():
         panel.input.value = "first\nline"
         assert panel.input.submit() is True and panel.input.value == ""
-        assert panel.input.submit("second") is False  # a generation is running: the text goes back
-        assert panel.input.value == "second"
+        assert panel.input.submit("second") is True  # a generation is running: queued, the box stays empty
+        assert panel.input.value == "" and panel.queued == ["second"]
         return await panel.wait()
 
     answer = run(scenario())
     assert answer["content"] == "Got it."
-    assert panel.transcript[0]["content"] == "first\nline"
+    assert [t["content"] for t in panel.transcript if t["role"] == "user"] == ["first\nline", "second"]
+    panel.max_new_tokens_input.value = -1  # refused: the text goes back into the box
+    assert panel.input.submit("third") is False and panel.input.value == "third"
 
 
 # --------------------------------------------------------------------------- export / import
@@ -557,7 +564,7 @@ def test_export_import_round_trip_and_continue():
     run(scenario())
     text = panel.to_json()
     document = json.loads(text)
-    assert document["format"] == "midori-hf-nb/chat-panel" and document["version"] == 2
+    assert document["format"] == "midori-hf-nb/chat-panel" and document["version"] == 3
     assert len(document["memory"]) == 4 and document["memory"][1]["metadata"]["completion_tokens"] == 2
 
     restored = ChatPanel.from_json(agent, text)
@@ -621,7 +628,8 @@ def test_real_agent_streams_into_the_panel(tiny_agent):
     assert panel.transcript[0]["tokens"] > 0 and answer["completion_tokens"] > 0
     assert answer["model"] == str(tiny_agent.config.model)
     assert panel.status.startswith("done") and "tokens/s" in panel.status and "RSS" in panel.status
-    assert "model weights" in panel.status and f"model: {tiny_agent.config.model}" in panel.status
+    assert "model weights" in panel.status and "model: model ·" in panel.status  # its folder's name, not the path
+    assert f'title="{tiny_agent.config.model}"' in panel.title_html.value  # the whole path on hover
     assert "decode: engine" in panel.status  # forced output runs in the engine's decode loop
 
 
@@ -829,13 +837,14 @@ def test_a_long_transcript_is_paged_so_the_browser_gets_a_bounded_html(tmp_path)
     sent = len(panel.history_html.get_state()["value"])  # what the browser receives for the transcript
     whole = len(render_transcript_html(memory))
     assert whole > 20_000 * 1000  # the whole transcript as one HTML string: over 20 MB
-    assert sent < 200_000 and whole / sent > 100
+    # a page: 100 messages of 1,000 characters, each answer's own text going along (hidden) for Copy
+    assert sent < 250_000 and whole / sent > 100
     assert "message 19999 " in panel.history_html.value and "message 19899 " not in panel.history_html.value
     assert "19900 earlier messages not shown" in panel.history_html.value
     assert panel.earlier_button.layout.display is None and "19900 more" in panel.earlier_button.description
     panel.earlier_button.click()
     assert "message 19899 " in panel.history_html.value and "19800 earlier" in panel.history_html.value
-    assert panel.show_earlier() == 300 and len(panel.history_html.value) < 3 * 200_000
+    assert panel.show_earlier() == 300 and len(panel.history_html.value) < 3 * 250_000
     # the JSON document holds it all (more than the 10,000 messages it used to refuse)
     again = ChatPanel.from_json(ScriptedAgent("x"), panel.to_json(indent=None))
-    assert len(again.memory) == 20_000 and len(again.history_html.value) < 200_000
+    assert len(again.memory) == 20_000 and len(again.history_html.value) < 250_000

@@ -20,6 +20,7 @@ from midori_hf_nb.notebook.chat.transcript import MAX_MESSAGES
 from midori_hf_nb.testing import ScriptedAgent
 
 from .conftest import ROOT, run
+from .markup import assert_inert_markdown
 
 V1_FILE = Path(__file__).parent / "data" / "chat_panel_v1.json"
 PACKAGE = ROOT / "midori_hf_nb" / "notebook" / "chat"
@@ -178,7 +179,7 @@ def test_the_size_of_the_text_is_bounded(monkeypatch):
 
 def test_a_valid_document_still_reads_after_the_checks():
     document = read_document(json.dumps(v2_document()))
-    assert document.version == 2 and [e.role for e in document.memory] == ["user", "assistant"]
+    assert document.version == chat_document.JSON_VERSION == 3 and [e.role for e in document.memory] == ["user", "assistant"]
     assert document.memory[1].tool_calls[0]["name"] == "add"
 
 
@@ -199,9 +200,9 @@ def test_a_version_1_file_is_read_with_its_statistics_under_their_names():
     assert panel.transcript[7]["tool_calls"][0]["name"] == "add"
     assert (panel.greedy_input.value, panel.max_new_tokens_input.value) == (True, 64)
     assert "17 tokens" in panel.history_html.value and "the backend went away" in panel.history_html.value
-    # saved again, it is version 2 with the ResponseStats names; read again, nothing changed
+    # saved again, it is the current version with the ResponseStats names; read again, nothing changed
     again = json.loads(panel.to_json())
-    assert again["version"] == 2
+    assert again["version"] == 3 and again["branches"] == []
     answers = [m["metadata"] for m in again["memory"] if m["role"] == "assistant"]
     assert all(not {"tokens", "seconds"} & set(meta) for meta in answers)
     assert answers[0]["completion_tokens"] == 17 and "total_seconds" in answers[0]
@@ -232,11 +233,12 @@ def test_the_exports_escape_everything_they_write():
     panel.memory.append(MemoryEntryData(role="<img src=x onerror=alert(1)>", content="edited in by hand"))
     markdown = panel.to_markdown(title="<script>t</script>")
     html = render_transcript_html(panel.memory)
-    for text in (markdown, html):
-        for tag in ("<script", "<img", "<b>", "<i>"):
-            assert tag not in text, (tag, text)
+    for tag in ("<script", "<img", "<b>", "<i>"):
+        assert tag not in html, (tag, html)
+    assert_inert_markdown(markdown)
     assert "\n*not bold*\n" in markdown  # the answer keeps its own Markdown
-    assert "&lt;img src\\=x onerror\\=alert\\(1\\)&gt;" in markdown  # what the export adds is escaped
+    assert "\\<img src=x onerror=alert(1)>" in markdown  # what the export adds is escaped, and reads as written
+    assert "\\<script>alert(1)\\</script>" in markdown and "&lt;" not in markdown
     assert "midori-chat-other" in html  # an unknown role gets no class of its own
     assert "&lt;b&gt;failed&lt;/b&gt;" in html and "&lt;i&gt;hmm&lt;/i&gt;" in html
 
@@ -289,3 +291,16 @@ def test_a_hand_edited_memory_list_still_renders():
     entry = panel.entries[0]
     assert entry.content == "7" and entry.stats.completion_tokens is None and not entry.stopped
     assert [row["name"] for row in entry.tool_rows()] == ["ok"] and "midori-tool-calls" in html
+
+
+def test_the_markdown_export_reads_as_plain_text_and_renders_safely():
+    panel = ChatPanel(ScriptedAgent("x"), memory=[
+        MemoryEntryData(role="user", content="Line one of my message.\nLine two: <b>bold?</b> costs 5.19 s"),
+        MemoryEntryData(role="assistant", content="It took 5.19 s. Use `<b>` for bold.",
+                        metadata={"completion_tokens": 7, "total_seconds": 5.19, "finish_reason": "stop"}),
+    ])
+    markdown = panel.to_markdown()
+    assert "Line one of my message.  \nLine two: \\<b>bold?\\</b> costs 5.19 s  " in markdown
+    assert "It took 5.19 s." in markdown and "*7 tokens · 5.19 s · finish: stop*" in markdown
+    assert "\\." not in markdown and "&lt;" not in markdown and "&gt;" not in markdown
+    assert_inert_markdown(markdown)

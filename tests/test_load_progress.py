@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import threading
 import time
@@ -12,7 +14,7 @@ from midori_hf_nb import HuggingFaceLocalAgent
 from midori_hf_nb.engine import REGISTRY, spec_for
 
 from .conftest import run
-from midori_hf_nb.load_progress import STAGES, LoadProgress, LoadTracker
+from midori_hf_nb.load_progress import STAGES, LoadProgress, LoadTracker, TerminalLoadBar
 
 
 @pytest.mark.slow
@@ -58,6 +60,10 @@ def test_the_tracker_refuses_unknown_stages_and_forgets_ended_loads():
     assert tracker.current("k") is None
     tracker.count("k", "late", 1, 1)  # a bar of an ended load changes nothing
     assert tracker.current("k") is None
+    ready = tracker.latest("k")  # a reader polling while the load finishes sees it ready, not started again
+    assert (ready.stage, ready.started) == ("ready", progress.started) and tracker.latest("other") is None
+    tracker.begin("k", "m")
+    assert tracker.latest("k").stage == "resolving"  # a new load of the same model forgets the ended one
 
 
 def test_transformers_progress_bars_report_counts_and_draw_as_text_while_observed():
@@ -116,6 +122,9 @@ def test_stream_to_cell_ticks_the_load_progress_above_the_answer():
         assert html.index('class="midori-loading"') < html.index('class="midori-answer"')
     assert "loading the model…" in loading[0]  # the footer says so too
     assert 'class="midori-loading"' not in htmls[-1] and "Paris is the capital." in htmls[-1]
+    finished = re.search(r'class="midori-loaded"[^>]*>([^<]*)<', htmls[-1])  # collapsed to one finished line
+    assert finished and re.fullmatch(r"scripted loaded in \d+\.\d s", finished.group(1)), htmls[-1]
+    assert htmls[-1].index('class="midori-loaded"') < htmls[-1].index('class="midori-answer"')
 
 
 def test_display_stream_ticks_the_load_progress_without_an_event_loop():
@@ -189,4 +198,90 @@ def test_a_load_in_a_real_kernel_leaves_no_widget_behind(tiny_model):
     assert displays and all("midori-stream" in o["data"]["text/html"] for o in displays)
     assert not [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     streamed = "".join(o.get("text", "") for o in outputs if o["type"] == "stream")
-    assert "finish:" in streamed and "Loading" in streamed  # the text progress bars of the load
+    assert "finish:" in streamed and "Loading" not in streamed  # no text bar is left in the notebook
+    assert not [o for o in outputs if o["type"] == "stream" and o["name"] == "stderr"], outputs  # no stderr box
+
+
+# --------------------------------------------------------------------------- quiet and honest
+
+
+class FakeTerminal(io.StringIO):
+    """A text stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_load_draws_nothing_unless_stderr_is_a_terminal(tiny_model):
+    from .test_cli import screen_lines
+
+    for stream, drawn in ((io.StringIO(), False), (FakeTerminal(), True)):
+        agent = HuggingFaceLocalAgent(model=str(tiny_model), progress=True)
+        with contextlib.redirect_stderr(stream):
+            agent.load_sync()
+        try:
+            written = stream.getvalue()
+            if not drawn:  # a notebook kernel's stderr, a pipe, a file: not one character
+                assert written == ""
+            else:  # one line, redrawn, then cleared: nothing is left on the screen
+                assert f"Loading {tiny_model}" in written and "weights" in written
+                assert "\n" not in written and not any(line.strip() for line in screen_lines(written))
+            assert agent.loaded_model.stages == ("tokenizer", "weights")
+        finally:
+            agent.unload_model_sync()
+
+
+def test_terminal_load_bar_is_one_throttled_line():
+    stream = FakeTerminal()
+    bar = TerminalLoadBar("m", stream=stream)
+    progress = LoadProgress(model="m", stage="weights", detail="weights: Loading weights", started=time.monotonic(),
+                            done=3, total=10)
+    bar.show(progress)
+    bar.show(progress)  # within the refresh interval: not drawn again
+    assert stream.getvalue().count("weights: Loading weights 3/10") == 1
+    bar.show(progress, force=True)
+    bar.close()
+    assert stream.getvalue().count("3/10") == 2 and stream.getvalue().endswith("\r")
+    quiet = io.StringIO()
+    off = TerminalLoadBar("m", stream=quiet)
+    off.show(progress, force=True)
+    off.close()
+    assert not off.shown and quiet.getvalue() == ""
+    assert not TerminalLoadBar("m", enabled=False, stream=FakeTerminal()).shown
+
+
+def test_conversion_stages_are_reported_only_when_a_cache_is_written(tmp_path, tiny_model):
+    import shutil
+
+    from midori_hf_nb import engine
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    written: list[str] = []
+    first = engine.dtype_variant(folder, "bfloat16", progress=False, on_write=lambda: written.append("copy"))
+    assert written == ["copy"]
+    again = engine.dtype_variant(folder, "bfloat16", progress=False, on_write=lambda: written.append("again"))
+    assert again == first and written == ["copy"]  # the cache is usable: no stage, nothing written
+
+
+@pytest.mark.slow
+def test_a_load_from_usable_caches_runs_no_first_use_stage(default_model_dir):
+    from midori_hf_nb import DEFAULT_MODEL
+
+    agent = HuggingFaceLocalAgent(model=DEFAULT_MODEL, progress=False)
+    agent.load_sync()  # makes the dtype copy on a fresh machine
+    agent.unload_model_sync()
+    seen: list[str] = []
+    loader = threading.Thread(target=agent.load_sync)
+    loader.start()
+    while loader.is_alive():
+        progress = agent.load_progress
+        if progress is not None and (not seen or progress.detail != seen[-1]):
+            seen.append(progress.detail)
+        time.sleep(0.001)
+    loader.join()
+    try:
+        assert agent.loaded_model.stages == ("tokenizer", "weights")
+        assert not [d for d in seen if "first use" in d or "convert" in d], seen
+    finally:
+        agent.unload_model_sync()

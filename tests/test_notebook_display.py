@@ -64,8 +64,7 @@ def test_thinking_is_collapsible_and_answer_follows(hostile_response):
 
 def test_markdown_escapes_too(hostile_response):
     md = render_response_markdown(hostile_response)
-    assert "<script" not in md and "<img" not in md and "<b>" not in md
-    assert "Hi &lt;script>alert(1)&lt;/script> and &lt;img src=x onerror=alert(2)> done" in md  # only < and & escaped
+    assert "Hi \\<script>alert(1)\\</script> and \\<img src=x onerror=alert(2)> done" in md  # only what starts a tag
     assert_inert_markdown(md)
     for renderer, html in markdown_renderings(md).items():
         assert ANSWER in text_of(html), renderer
@@ -146,7 +145,8 @@ def test_formatter_registered_by_the_extension(hostile_response):
 def test_markdown_escaping_keeps_quotes_readable():
     from midori_hf_nb.notebook.display import escape_markdown
 
-    assert escape_markdown("I'm \"here\" <b>") == "I'm \"here\" &lt;b&gt;"
+    assert escape_markdown("I'm \"here\" <b>") == "I'm \"here\" \\<b>"
+    assert escape_markdown("5.19 s · finish: stop") == "5.19 s · finish: stop"  # numbers and dots read as written
 
 
 def test_footer_names_the_decoder_and_why():

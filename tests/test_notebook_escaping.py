@@ -188,8 +188,26 @@ def test_a_value_whose_str_fails_is_shown_by_its_type():
 
 def test_escape_markdown_is_one_line_and_inert():
     assert escape_markdown("a\rb\nc") == "a b c"
-    assert escape_markdown("[x](javascript:alert(1)) $x$ <b>") == \
-        "\\[x\\]\\(javascript:alert\\(1\\)\\) \\$x\\$ &lt;b&gt;"
+    assert escape_markdown("[x](javascript:alert(1)) $x$ <b>") == "\\[x](javascript:alert(1)) \\$x\\$ \\<b>"
+    assert_inert_markdown(escape_markdown("[x](javascript:alert(1)) $x$ <b>"))
+
+
+@pytest.mark.parametrize("text", ["5.19 s", "Line one of my message.", "a < b and b > c", "AT&T (2024): 3 - 1 = 2!",
+                                  "snake_case_name", "2 * 3", "~5 s", "-5 degrees", "1.5x faster"])
+def test_escape_markdown_leaves_text_that_starts_no_markup_as_it_is(text):
+    assert escape_markdown(text) == text
+
+
+@pytest.mark.parametrize("text, escaped", [
+    ("<b>bold</b>", "\\<b>bold\\</b>"), ("# not a heading", "\\# not a heading"), ("> no quote", "\\> no quote"),
+    ("- no item", "\\- no item"), ("* no item", "\\* no item"), ("1. no list", "1\\. no list"),
+    ("*em* _em_ ~~s~~", "\\*em\\* \\_em\\_ \\~\\~s\\~~"), ("`code`", "\\`code\\`"), ("a | b", "a \\| b"),
+    ("&amp; &#60;", "\\&amp; \\&#60;"), ("\\*", "\\\\\\*"), ("<https://x.org>", "\\<https://x.org>"), ("===", "\\==="),
+])
+def test_escape_markdown_escapes_only_what_would_start_markup(text, escaped):
+    assert escape_markdown(text) == escaped
+    for renderer, html in markdown_renderings(escaped).items():
+        assert squash(text_of(html)) == squash(text), (renderer, html)
 
 
 @pytest.mark.parametrize("value", ["url(javascript:alert(1))", "red;background:url(x)", "expression(alert(1))",

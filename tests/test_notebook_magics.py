@@ -81,8 +81,8 @@ def html_of(captured):
 # --------------------------------------------------------------------------- help and usage errors
 
 
-def test_help_documents_every_option(shell):
-    result, captured = execute(shell, "%midori help")
+def test_help_all_documents_every_option(shell):
+    result, captured = execute(shell, "%midori help all")
     assert result.success
     text = captured.stdout
     parsers = [CELL_PARSER, *COMMAND_PARSERS.values()]
@@ -93,6 +93,46 @@ def test_help_documents_every_option(shell):
     for command in COMMAND_PARSERS:
         assert f"%midori {command}" in text
     assert "%%midori" in text
+
+
+@pytest.mark.parametrize("code", ["%midori help", "%midori --help", "%midori -h"])
+def test_help_lists_the_commands_in_a_few_lines(shell, code):
+    result, captured = execute(shell, code)
+    assert result.success, captured.stderr
+    lines = captured.stdout.strip().splitlines()
+    assert len(lines) <= 12, captured.stdout
+    for command in COMMAND_PARSERS.keys() - {"help"}:
+        assert any(line.strip().startswith(f"%midori {command}") for line in lines), command
+    assert lines[1].strip().startswith("%%midori") and "%midori help COMMAND" in captured.stdout
+    assert "--max-new-tokens" not in captured.stdout  # options are one command away
+
+
+@pytest.mark.parametrize("code, expected, absent", [
+    ("%%midori --help", "--schema NAME", "--8bit"),  # the cell magic with no body: its own help
+    ("%%midori -g --help", "--schema NAME", "--8bit"),
+    ("%midori help cell", "--schema NAME", "--8bit"),
+    ("%midori help load", "--8bit", "--schema"),
+    ("%midori load --help", "--8bit", "--schema"),
+    ("%midori help use", "--base-url URL", "--8bit"),
+])
+def test_help_for_one_command_is_short(shell, code, expected, absent):
+    result, captured = execute(shell, code)
+    assert result.success, captured.stderr
+    text = captured.stdout
+    assert expected in text and absent not in text
+    assert "cell body is empty" not in text + captured.stderr
+    assert len(text.strip().splitlines()) <= 40, text
+    assert current_session().agent is None and not captured.outputs
+
+
+def test_an_empty_cell_magic_without_help_is_still_refused(shell):
+    result, captured = execute(shell, "%%midori -g")
+    assert not result.success and current_session().agent is None
+
+
+def test_help_for_an_unknown_command_names_the_commands(shell):
+    result, captured = execute(shell, "%midori help bogus")
+    assert not result.success and "no command 'bogus'" in captured.stderr and "load" in captured.stderr
 
 
 def test_dtype_choices_and_help_come_from_the_core():

@@ -243,8 +243,8 @@ def test_the_transcript_export_keeps_the_answer_and_escapes_what_it_adds():
     entries = [MemoryEntryData(role="user", content="Write *add* <b>now</b>", metadata={}),
                MemoryEntryData(role="assistant", content=CODE_ANSWER, metadata={})]
     md = render_transcript_markdown(entries, title="Chat <script>")
-    assert md.startswith("# Chat &lt;script&gt;\n")
-    assert "Write \\*add\\* &lt;b&gt;now&lt;/b&gt;" in md  # the user's text is escaped, as before
+    assert md.startswith("# Chat \\<script>\n")
+    assert "Write \\*add\\* \\<b>now\\</b>" in md  # the user's text is escaped, and still reads as written
     assert "```python\ndef add_numbers(a, b):\n    \"\"\"Add.\"\"\"" in md
     assert_inert_markdown(md)
 

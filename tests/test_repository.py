@@ -52,3 +52,11 @@ def test_every_notebook_is_listed_in_the_readme():
     text = (ROOT / "README.md").read_text()
     for name in NOTEBOOKS:
         assert f"`{name}`" in text
+
+
+def test_every_image_the_readme_shows_is_in_the_repository():
+    text = (ROOT / "README.md").read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text)
+    local = [image for image in images if not image.startswith("http")]
+    assert "docs/chat_unfenced_code.png" in local and "docs/chat_queued_while_answering.png" in local
+    assert [image for image in local if not (ROOT / image).is_file()] == []

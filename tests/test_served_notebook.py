@@ -5,10 +5,12 @@ real ``transformers serve`` process (tests/served_server.py)."""
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit
 
 import pytest
 
 from midori_hf_nb import OpenAICompatibleAgent, compare, make_payload
+from midori_hf_nb.notebook.chat.generation import short_model_name
 from midori_hf_nb.notebook import ChatPanel, MemoryReadout, RecordingSink, current_session, display_stream, stream_to_cell
 from midori_hf_nb.notebook.memory import memory_readout
 from midori_hf_nb.stats import stats_of
@@ -68,6 +70,16 @@ def test_chat_panel_chats_with_the_served_model_and_stops_it(served_agent):
     assert stats.backend == "openai" and stats.base_url == served_agent.base_url
     assert [t["role"] for t in panel.transcript] == ["user", "assistant", "user", "assistant"]
     assert "Paris" in panel.history_html.value
+    # named by a short model id and the host, not by the raw cache path the server reports
+    short = short_model_name(served_agent.config.model)
+    label = f"{short} @ {urlsplit(served_agent.base_url).netloc}"
+    assert "/" not in short and f"Chat · {label}" in panel.title_html.value
+    run(_send_one(panel))
+    assert f"model: {label}" in panel.status and served_agent.config.model not in panel.status
+
+
+async def _send_one(panel):
+    return await panel.send(PARIS)
 
 
 def test_midori_use_backend_openai(shell, served_server):

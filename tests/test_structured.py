@@ -438,22 +438,22 @@ def test_chat_panel_response_format_setting(tiny_agent):
 
     panel = ChatPanel(tiny_agent, throttle=0, max_new_tokens=64)
     assert panel.response_format_field.widget in panel.settings_box.children[0].children
-    panel.response_format_field.widget.value = json.dumps(SMALL)
+    panel.response_format_field.box.value = json.dumps(SMALL)
     for question in ("First.", "Second."):
         answer = run(send(panel, question))
         assert answer["finish_reason"] == "stop"
         jsonschema.validate(json.loads(answer["content"]), SMALL)
-    panel.response_format_field.widget.value = "yaml please"
+    panel.response_format_field.box.value = "yaml please"
     with pytest.raises(ValueError, match="Response format='yaml please' is not allowed: expected empty"):
         panel.send("Third.")
-    panel.response_format_field.widget.value = '{"type": "nope"}'
+    panel.response_format_field.box.value = '{"type": "nope"}'
     with pytest.raises(ValueError, match="Response format: not a valid JSON schema"):
         panel.send("Third.")
-    panel.response_format_field.widget.value = ""
+    panel.response_format_field.box.value = ""
     assert "response_format" not in panel.generation_overrides()
     # given to the panel: shown by name and used while the field keeps it
     named = ChatPanel(tiny_agent, throttle=0, response_format=Label, max_new_tokens=64)
-    assert named.response_format_field.widget.value == "Label"
+    assert named.response_format_field.box.value == "Label"
     answer = run(send(named, "A label."))
     assert Label.model_validate_json(answer["content"])
 

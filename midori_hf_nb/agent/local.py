@@ -193,8 +193,10 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         key = self._loading_key
         from ..load_progress import TRACKER
 
-        progress = TRACKER.current(key) if key is not None else None
-        return began if progress is None else replace(progress, started=began.started)
+        progress = TRACKER.latest(key) if key is not None else None
+        if progress is None or progress.started < began.started:  # not begun yet (imports), or an earlier load's
+            return began
+        return replace(progress, started=began.started)
 
     async def ensure_loaded(self) -> "LoadedModel":
         """The loaded model, loading it (in a worker thread) on first use."""

@@ -116,7 +116,8 @@ def compare(
             ``{name: check}``. A check that raises counts as failed and its error is recorded.
         tools: tools offered to the model (parsed into ``tool_calls``, never executed).
         model_kwargs: constructor options for agents built from model sources.
-        progress: show a progress bar (tqdm; the widget flavour in a notebook).
+        progress: show the rows done: one line in the cell that ends as a finished line (with
+            :mod:`midori_hf_nb.notebook` imported), a text bar on a terminal, nothing elsewhere.
         on_event: called with a :class:`CompareEvent` when a model is ready, after its warm-up,
             after each call (a batch, or one row of an agent without batching) and when a model
             is released.

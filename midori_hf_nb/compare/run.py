@@ -48,14 +48,14 @@ class RowSink:
 
     def __init__(self, total: int, checks: list[Check], progress: bool,
                  on_event: Callable[[CompareEvent], None] | None, desc: str = "compare") -> None:
-        from tqdm.auto import tqdm
+        from ..progress_display import progress_display
 
         self.total = total
         self.done = 0
         self.checks = checks
         self.on_event = on_event
         self.batch_numbers = itertools.count()
-        self.bar = tqdm(total=total, desc=desc, unit="row", disable=not progress)
+        self.bar = progress_display(total=total, desc=desc, unit="row", enabled=progress)
         self.warmup_seconds: dict[str, float] = {}  #: model label -> seconds of its warm-up
 
     def next_batch(self) -> int:

@@ -133,12 +133,13 @@ def _clear(target: Path) -> None:
 
 
 def _write_cached(target: Path, lock_path: Path, full: bool, repair: str,
-                  write: Callable[[Path], dict]) -> Path:
+                  write: Callable[[Path], dict], on_write: Callable[[], None] | None = None) -> Path:
     """Write a cached folder once, under a file lock: check ``target`` again once the lock is held
     (another process may have written it meanwhile), warn that a damaged one is written again
     (``repair`` says how), clear it, let ``write`` fill a temporary folder beside it (returning the
     manifest's fields), record the files in the manifest and rename the folder into place. An
-    interrupted write leaves no half cache."""
+    interrupted write leaves no half cache. ``on_write`` is called just before the write starts
+    (never when the cached folder is usable)."""
     with open(lock_path, "w") as lock_file:
         if fcntl is not None:
             fcntl.flock(lock_file, fcntl.LOCK_EX)
@@ -148,6 +149,8 @@ def _write_cached(target: Path, lock_path: Path, full: bool, repair: str,
         if problems:
             _warn_repair(target, problems, repair)
         _clear(target)
+        if on_write is not None:
+            on_write()
         partial = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
         partial.chmod(0o755)
         try:
@@ -160,7 +163,8 @@ def _write_cached(target: Path, lock_path: Path, full: bool, repair: str,
     return target
 
 
-def convert_gguf(gguf_path: str | os.PathLike, progress: bool = True, verify: str | None = None) -> Path:
+def convert_gguf(gguf_path: str | os.PathLike, progress: bool = True, verify: str | None = None,
+                 on_write: Callable[[], None] | None = None) -> Path:
     """Convert a ``.gguf`` file once into a safetensors directory in the user cache.
 
     The conversion is written to a temporary folder beside the target and renamed into place,
@@ -169,7 +173,8 @@ def convert_gguf(gguf_path: str | os.PathLike, progress: bool = True, verify: st
     manifest on every call (``verify``: ``"quick"`` or ``"full"``; default
     ``$MIDORI_HF_NB_VERIFY``, else ``"quick"``; see the module docstring) and converted again,
     with a :class:`~midori_hf_nb.integrity.CacheRepairWarning`, when it does not match.
-    Returns the cached directory.
+    ``on_write`` is called when a conversion actually starts (not when the cache is used), so a
+    caller reports the "converting" stage only when it runs. Returns the cached directory.
 
     Raises :class:`~midori_hf_nb.integrity.CorruptModelError` when the file is not a whole
     GGUF file, and :class:`~midori_hf_nb.ModelSourceError` naming it when transformers cannot
@@ -210,7 +215,8 @@ def convert_gguf(gguf_path: str | os.PathLike, progress: bool = True, verify: st
         return {"gguf_file": str(gguf_path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
                 "transformers": transformers.__version__, "convert_seconds": round(time.perf_counter() - started, 3)}
 
-    return _write_cached(target, target.parent / f"{target.name}.lock", full, f"converting {gguf_path} again", write)
+    return _write_cached(target, target.parent / f"{target.name}.lock", full, f"converting {gguf_path} again", write,
+                         on_write)
 
 
 def _checked_source(folder: Path, progress: bool) -> Path:
@@ -231,14 +237,15 @@ def _checked_source(folder: Path, progress: bool) -> Path:
         f"({gguf or 'not recorded'}) is not there to convert it again: delete {folder} and load the .gguf file again")
 
 
-def dtype_variant(folder: str | os.PathLike, dtype: str, progress: bool = True, verify: str | None = None) -> Path:
+def dtype_variant(folder: str | os.PathLike, dtype: str, progress: bool = True, verify: str | None = None,
+                  on_write: Callable[[], None] | None = None) -> Path:
     """A copy of the converted model in ``folder`` saved in ``dtype``, made once, in ``folder/dtype``.
 
     Loading half-precision weights from a file in that precision maps them straight from disk:
     it reads half the bytes of the float32 conversion and never holds both copies in memory.
     Written atomically like :func:`convert_gguf`, checked like it on every call (``verify``),
     and saved again when it does not match; ``folder`` is checked in full (every file hashed)
-    before a copy is made from it.
+    before a copy is made from it. ``on_write`` is called when the copy is actually written.
     """
     full = _full_verify(verify)
     folder = Path(folder)
@@ -261,7 +268,8 @@ def dtype_variant(folder: str | os.PathLike, dtype: str, progress: bool = True, 
         return {"converted_from": str(folder), "dtype": dtype, "transformers": transformers.__version__,
                 "convert_seconds": round(time.perf_counter() - started, 3)}
 
-    target = _write_cached(target, folder / f"{dtype}.lock", full, f"saving the {dtype} copy again from {folder}", write)
+    target = _write_cached(target, folder / f"{dtype}.lock", full, f"saving the {dtype} copy again from {folder}", write,
+                           on_write)
     gc.collect()
     trim_heap()
     return target

@@ -40,6 +40,8 @@ class LoadedModel:
     tokenizer: Any
     load_seconds: float
     path: str  #: the folder or hub id actually loaded
+    #: the load stages that ran, in order (``converting`` and ``dtype copy`` only when a cache was written)
+    stages: tuple[str, ...] = ()
     #: held by each generation (the shared decode loop while it has rows); granted first come,
     #: first served (see :mod:`.fair_lock`)
     generation_lock: FairLock = field(default_factory=FairLock)

@@ -19,10 +19,11 @@ from ..settings import model_generation_defaults
 from ..integrity import damaged_folder_error
 from ..registry import ModelRegistry
 from ..sources import ModelSource, ModelSourceError, hub_offline, resolve_source
+from .. import third_party
 
 from . import capabilities
 from .convert import progress_bars, convert_gguf, dtype_variant
-from ..load_progress import TRACKER
+from ..load_progress import TRACKER, TerminalLoadBar
 from .devices import TORCH_DTYPES, trim_heap, mps_available, resolve_device, resolve_dtype
 from .layers import QuantizationError, quantize_weights, use_bf16_cpu_linears
 from .loaded import LoadedModel, LoadSpec
@@ -36,6 +37,7 @@ def _quantization_config(spec: LoadSpec):
             f"load_in_{spec.quantization}=True is not supported on device='mps' by bitsandbytes; "
             "use device='cpu' or 'cuda', or turn quantization off"
         )
+    third_party.install()  # before bitsandbytes is imported: it logs one of its notices on import
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as exc:
@@ -43,7 +45,8 @@ def _quantization_config(spec: LoadSpec):
             f"load_in_{spec.quantization}=True needs bitsandbytes: pip install 'midori-hf-nb[quantization]' "
             f"(or pip install bitsandbytes); import failed with: {exc}"
         ) from exc
-    warnings.filterwarnings("ignore", message=r".*inputs will be cast from.*")  # 8-bit CPU matmul chatter
+    # older bitsandbytes warned (instead of logging) about the 8-bit cast on every matmul
+    warnings.filterwarnings("ignore", message=r".*inputs will be cast from.*")
     if spec.quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     compute = TORCH_DTYPES[spec.dtype] if spec.dtype != "float16" or spec.device != "cpu" else torch.float32
@@ -98,31 +101,38 @@ def _explain_load_error(spec: LoadSpec, path: str, exc: Exception) -> None:
 def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
     """Load the model and tokenizer of ``spec`` (converting a GGUF file on first use).
 
-    The stages and the counts of transformers' progress bars are reported to
-    :data:`~midori_hf_nb.load_progress.TRACKER` under ``spec.key`` while the load runs; with ``progress`` a
-    text progress bar (``tqdm.std``, never a notebook widget) shows them too.
+    The stages that run and the counts of transformers' progress bars are reported to
+    :data:`~midori_hf_nb.load_progress.TRACKER` under ``spec.key`` while the load runs; a stage
+    that is not needed (a conversion whose cache is usable) is not reported. With ``progress``
+    and a terminal on stderr, one line shows them (:class:`~midori_hf_nb.load_progress.TerminalLoadBar`,
+    cleared when the load ends); transformers' own bars are never drawn. ``LoadedModel.stages``
+    lists the stages that ran.
     """
-    from tqdm.std import tqdm
-
     started = time.perf_counter()
     key = spec.key
     TRACKER.begin(key, spec.source.name)
-    bar = tqdm(total=3, desc=f"Loading {spec.source.name}", unit="step", disable=not progress, leave=False)
+    bar = TerminalLoadBar(spec.source.name, enabled=progress)
+    stages: list[str] = []
 
     def stage(name: str, detail: str) -> None:
+        stages.append(name)
         TRACKER.stage(key, name, detail)
-        bar.set_postfix_str(detail)
+        bar.show(TRACKER.current(key), force=True)
+
+    def count(label: str, done: int, total: int | None) -> None:
+        TRACKER.count(key, label, done, total)
+        bar.show(TRACKER.current(key))
 
     try:
-        with capabilities.observe_progress_bars(lambda label, done, total: TRACKER.count(key, label, done, total)):
+        with capabilities.observe_progress_bars(count):
+            path = str(spec.source.location)
             if spec.source.kind == "gguf":
-                stage("converting", "converting GGUF (first use only)")
-            path = str(convert_gguf(spec.source.location, progress) if spec.source.kind == "gguf" else spec.source.location)
+                path = str(convert_gguf(path, False, on_write=lambda: stage(
+                    "converting", "converting GGUF (first use only)")))
             if spec.source.kind == "gguf" and spec.dtype in ("bfloat16", "float16") \
                     and spec.quantization not in ("8bit", "4bit"):
-                stage("dtype copy", f"saving a {spec.dtype} copy (first use only)")
-                path = str(dtype_variant(path, spec.dtype, progress))
-            bar.update(1)
+                path = str(dtype_variant(path, spec.dtype, False, on_write=lambda: stage(
+                    "dtype copy", f"saving a {spec.dtype} copy (first use only)")))
             common = {"trust_remote_code": spec.trust_remote_code}
             stage("tokenizer", "tokenizer")
             try:
@@ -131,7 +141,6 @@ def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
                 _explain_tokenizer_error(spec, path, exc)
                 _explain_load_error(spec, path, exc)
                 raise
-            bar.update(1)
             stage("weights", "weights")
             kwargs: dict[str, Any] = {"dtype": TORCH_DTYPES[spec.dtype], **common}
             if spec.quantization in ("int8", "int4") and spec.device != "cpu":
@@ -147,7 +156,7 @@ def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
             elif spec.device != "cpu":
                 kwargs["device_map"] = {"": spec.device}
             try:
-                with progress_bars(progress):
+                with progress_bars(False):  # counted through the hook, shown by the one line above
                     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
             except Exception as exc:
                 _explain_load_error(spec, path, exc)
@@ -158,11 +167,11 @@ def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
             if spec.device == "cpu" and spec.dtype == "bfloat16" and spec.quantization not in ("8bit", "4bit") \
                     and not capabilities.cpu_has_native_bf16_gemm():
                 use_bf16_cpu_linears(model)  # the layers left in bfloat16 (an int4 model's output head)
-            bar.update(1)
     finally:
         bar.close()
         TRACKER.end(key)
-    lm = LoadedModel(spec=spec, model=model, tokenizer=tokenizer, load_seconds=time.perf_counter() - started, path=path)
+    lm = LoadedModel(spec=spec, model=model, tokenizer=tokenizer, load_seconds=time.perf_counter() - started, path=path,
+                     stages=tuple(stages))
     lm.base_generation_config = model.generation_config
     lm.generation_defaults = model_generation_defaults(model.generation_config.to_diff_dict(),
                                                        source=f"{spec.source.name}: generation_config.json")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 
 from ..lazy import lazy_exports
+from ..progress_display import register_front_end
 
 #: what the notebook layer needs beyond the core: the ``notebook`` extra of the package
 NOTEBOOK_REQUIREMENTS = ("IPython", "ipywidgets", "ipykernel", "nest_asyncio2", "matplotlib", "markdown_it", "pygments", "nh3")
@@ -85,6 +86,15 @@ _EXPORTS: dict[str, str] = {
     "unload_ipython_extension": ".magics",
 }
 
+
+def _progress_front_end(**options):
+    """Long operations of the core (``compare``) show their progress as one line in the cell."""
+    from .progress_line import notebook_progress
+
+    return notebook_progress(**options)
+
+
+register_front_end(_progress_front_end)
 
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 __all__ = sorted(_EXPORTS)

@@ -8,10 +8,12 @@ surface of the notebook layer that writes markup goes through these helpers:
   strings: numbers, dicts, objects with a hostile ``__str__``) becomes its text with ``&``,
   ``<``, ``>``, ``"`` and ``'`` escaped, so ``<script>``, ``<img onerror=...>`` and attribute
   break-outs show as text;
-* :func:`escape_markdown` for one line of Markdown text: HTML-escaped (Markdown renderers pass
-  raw HTML through), Markdown punctuation backslash-escaped, and every line break (``\\r\\n``,
-  ``\\r``, ``\\n`` and the other Unicode line boundaries) turned into a space, so nothing can
-  start a new block; :func:`markdown_lines` splits a text into such lines first;
+* :func:`escape_markdown` for one line of Markdown text that still reads as plain text: only the
+  characters that could start markup where they stand get a backslash (``<b>`` is written
+  ``\\<b>``, so Markdown renderers that pass raw HTML through show it as text; ``5.19 s`` stays
+  as it is), and every line break (``\\r\\n``, ``\\r``, ``\\n`` and the other Unicode line
+  boundaries) becomes a space, so nothing can start a new block; :func:`markdown_lines` splits a
+  text into such lines first;
 * :func:`markdown_code_block` for literal text in Markdown: an indented code block in which
   *every* line is indented (line breaks of every kind normalised first), so no line escapes
   the block;
@@ -31,8 +33,12 @@ import math
 import re
 from typing import Any
 
-#: Markdown punctuation that can start or end markup (``$`` opens math in Jupyter, ``=`` underlines a heading).
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>=$])")
+#: Characters that can start inline markup where they stand (see :func:`escape_markdown`).
+_MD_INLINE = re.compile(r"\\(?=[!-/:-@\[-`{-~])|[`\[|$*_~]|<(?=[A-Za-z/!?])|&(?=#?\w+;)")
+#: Markup a line can start with: a heading, a quote, a bullet, a thematic break or setext underline.
+_MD_LINE_START = re.compile(r"^( {0,3})([#>]|[-+=*](?=\s|$|[-=]+\s*$))")
+#: A numbered-list marker at the start of a line ("1." or "1)" then a space): its dot or bracket is escaped.
+_MD_NUMBERED = re.compile(r"^( {0,3}\d{1,9})(?=[.)](?:\s|$))")
 #: Every line boundary Python knows (a superset of CommonMark's \n, \r and \r\n).
 _LINE_BREAKS = re.compile(r"\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 #: CSS values allowed as they are: numbers with units, colours, keywords, rgba(...)/calc-free lists.
@@ -68,14 +74,34 @@ def normalise_newlines(text: Any) -> str:
     return _LINE_BREAKS.sub("\n", to_text(text))
 
 
-def escape_markdown(value: Any) -> str:
-    """Escape any value as one line of Markdown text.
+def _escape_inline(match: re.Match) -> str:
+    char, text, at = match.group(0), match.string, match.start()
+    before = text[at - 1] if at else " "
+    after = text[at + 1] if at + 1 < len(text) else " "
+    if char == "*" and before.isspace() and after.isspace():  # "2 * 3": no emphasis can start or end here
+        return char
+    if char == "_" and before.isalnum() and after.isalnum():  # snake_case: never emphasis
+        return char
+    if char == "~" and (after.isspace() or after.isdigit()):  # "~5 s": no strikethrough starts here
+        return char
+    return "\\" + char
 
-    ``<``, ``>`` and ``&`` are HTML-escaped (quotes need nothing outside attributes), Markdown
-    punctuation is backslash-escaped, and line breaks of every kind become spaces.
+
+def escape_markdown(value: Any) -> str:
+    """Escape any value as one line of Markdown text that reads as it is and renders as text.
+
+    Line breaks of every kind become spaces. Only characters that could start markup where they
+    stand get a backslash: ``<`` before a letter, ``/``, ``!`` or ``?`` (a tag, comment or autolink:
+    raw HTML never passes), ``&`` of an entity, a backslash before punctuation, `````, ``[``, ``|``,
+    ``$`` (math in Jupyter), ``*``/``_``/``~`` where they could open or close emphasis, and at the
+    start of the line ``#``, ``>``, a list marker or a numbered-list dot. So ``5.19 s``, ``Paris.``
+    and ``a < b`` stay as they are, and ``<b>`` is written ``\\<b>``.
     """
-    plain = html.escape(_LINE_BREAKS.sub(" ", to_text(value)), quote=False)
-    return _MD_SPECIAL.sub(r"\\\1", plain)
+    text = _MD_INLINE.sub(_escape_inline, _LINE_BREAKS.sub(" ", to_text(value)))
+    numbered = _MD_NUMBERED.match(text)
+    if numbered:
+        return f"{numbered.group(1)}\\{text[numbered.end(1):]}"
+    return _MD_LINE_START.sub(r"\1\\\2", text, count=1)
 
 
 def markdown_lines(value: Any) -> list[str]:

@@ -17,6 +17,9 @@ Model output is untrusted, so rendering it as Markdown goes through two walls:
    (:data:`ALLOWED_STYLE_PROPERTIES`; no ``background`` shorthand, which could carry ``url()``) and
    URL schemes, and adds ``rel="noopener noreferrer nofollow"`` to links.
 
+Code the model wrote without a fence is fenced before rendering (:mod:`.unfenced` states the
+rule), so it keeps its lines and indentation in a monospaced block.
+
 Input is bounded: at most :data:`MAX_MARKDOWN_CHARS` characters of an answer are rendered as
 Markdown; the rest is shown as escaped plain text under a note saying so (an answer is never cut).
 
@@ -45,6 +48,7 @@ from pygments.token import STANDARD_TYPES, Token
 from pygments.util import ClassNotFound
 
 from .escaping import NO_MATH_CLASS, normalise_newlines
+from .unfenced import fence_unfenced_code
 
 #: Characters of one text rendered as Markdown; past it the rest is shown as escaped plain text.
 MAX_MARKDOWN_CHARS = 200_000
@@ -200,8 +204,9 @@ def sanitize_html(html: str) -> str:
 
 
 def markdown_body_html(text: Any) -> str:
-    """``text`` rendered as Markdown and sanitised, without the root element and without the size bound."""
-    return sanitize_html(_parser().render(normalise_newlines(text)))
+    """``text`` rendered as Markdown and sanitised, without the root element and without the size bound.
+    Code the model left unfenced is fenced first (:func:`~.unfenced.fence_unfenced_code`)."""
+    return sanitize_html(_parser().render(fence_unfenced_code(normalise_newlines(text))))
 
 
 def _wrap(body: str, rest: str, limit: int) -> str:
@@ -313,13 +318,22 @@ def _destination_allowed(window: str) -> bool:
     return not (full and _UNDECIDED.fullmatch(text))
 
 
+#: What a backslash makes inert in prose: raw HTML (``<`` before a tag, comment or autolink), an entity,
+#: ``$`` math and an image; ``(\\*)`` is the run of backslashes before it (an odd run already escapes it).
+_PROSE_ESCAPES = re.compile(r"(\\*)(<(?=[A-Za-z/!?])|&(?=#?\w+;)|\$|!(?=\[))")
+
+
+def _escape_unescaped(match: re.Match) -> str:
+    slashes, char = match.group(1), match.group(2)
+    return match.group(0) if len(slashes) % 2 else f"{slashes}\\{char}"
+
+
 def _neutralise_prose(text: str) -> str:
-    """Raw HTML, ``$`` math and links to unsafe schemes in Markdown prose made inert, the rest kept.
+    """Raw HTML, entities, ``$`` math, images and links to unsafe schemes in Markdown prose made
+    inert with as few backslashes as it takes (``<b>`` becomes ``\\<b>``), the rest kept as written.
 
     Linear in the text: each link looks at most :data:`DESTINATION_WINDOW` characters ahead.
     """
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace("$", "\\$").replace("![", "\\![")
-
     def inline_link(match: re.Match) -> str:
         window = text[match.end():match.end() + DESTINATION_WINDOW]
         return match.group(0) if _destination_allowed(window) else "]\\("
@@ -330,14 +344,17 @@ def _neutralise_prose(text: str) -> str:
         window = text[match.end():match.end() + DESTINATION_WINDOW]
         return match.group(0) if _destination_allowed(window) else f"{match.group(1)}\\[{match.group(2)}]:"
 
-    return _REFERENCE_DEFINITION.sub(reference, text)
+    text = _REFERENCE_DEFINITION.sub(reference, text)
+    return _PROSE_ESCAPES.sub(_escape_unescaped, text)
 
 
 def markdown_for_export(text: Any) -> str:
     """An answer's Markdown for a ``.md`` export: its own Markdown kept, nothing in it live.
 
-    Code (fenced and indented blocks, as markdown-it-py parses them) is kept byte for byte. In
-    the prose around it ``&``, ``<`` and ``$`` are escaped (no raw HTML, entities or math), images
+    Code the model left unfenced is fenced first (:func:`~.unfenced.fence_unfenced_code`, as on
+    screen). Code (fenced and indented blocks, as markdown-it-py parses them) is kept byte for byte. In
+    the prose around it a backslash goes before ``<`` of a tag, ``&`` of an entity and ``$`` (no raw
+    HTML, entities or math; ``a < b`` and ``AT&T`` stay as written), images
     become links (a viewer of the file fetches nothing), and links or reference definitions to schemes other than :data:`LINK_SCHEMES` lose their link
     syntax. A fence left open by the answer is closed, so what the export writes next stays
     outside it. Inline code spans holding ``<`` or ``&`` show those escaped (the price of
@@ -355,6 +372,7 @@ def markdown_for_export(text: Any) -> str:
 
 
 def _export_head(text: str) -> str:
+    text = fence_unfenced_code(text)
     lines = text.split("\n")
     code = [False] * len(lines)
     open_fence = ""

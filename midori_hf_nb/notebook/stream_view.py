@@ -4,7 +4,7 @@ is escaped; the answer is safe Markdown (:mod:`.markdown`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..load_progress import LoadProgress
@@ -24,6 +24,12 @@ from .escaping import NO_MATH_CLASS, to_text
 from .markdown import IncrementalMarkdown, render_markdown_html
 
 STYLE_LOADING = "opacity:0.8;font-size:0.92em;margin:0.1em 0 0.3em 0"
+STYLE_LOADED = "opacity:0.55;font-size:0.85em;margin:0.1em 0 0.3em 0"
+
+
+def loaded_text(loaded: LoadProgress) -> str:
+    """The finished line of a load: "model loaded in 3.2 s" (``loaded.detail`` holds the seconds)."""
+    return f"{loaded.model} loaded in {loaded.detail} s"
 
 
 @dataclass
@@ -41,6 +47,14 @@ class StreamState:
     error: str | None = None
     title: str | None = None
     loading: LoadProgress | None = None  #: the model's load progress while it loads (before any text)
+    loaded: LoadProgress | None = None  #: the last load progress seen, once the load ended (the finished line)
+
+    def end_loading(self, now: float | None = None) -> None:
+        """The load ended: keep its last progress, with its seconds, for one finished line."""
+        if self.loading is not None:
+            seconds = self.loading.seconds(now)
+            self.loaded = replace(self.loading, detail=f"{seconds:.1f}")
+            self.loading = None
 
     @property
     def done(self) -> bool:
@@ -59,6 +73,8 @@ def render_stream_html(state: StreamState, *, show_thinking: bool = True, markdo
         parts.append(f'<div style="opacity:0.7;font-size:0.92em">{escape(state.title)}</div>')
     if state.loading is not None and not state.done:
         parts.append(f'<div class="midori-loading" style="{STYLE_LOADING}">{escape(state.loading.text())}</div>')
+    elif state.loaded is not None:  # collapsed to one finished line
+        parts.append(f'<div class="midori-loaded" style="{STYLE_LOADED}">{escape(loaded_text(state.loaded))}</div>')
     response = state.response
     thinking = to_text(getattr(response, "thinking", "") if response is not None else state.thinking)
     answer = to_text(getattr(response, "response", "") if response is not None else state.answer)

@@ -18,8 +18,9 @@ events=True)`` when it has one, else its ``invoke`` (one update at the end); see
   generation within a token and keeps the partial text; the response then has
   ``finish_reason == "cancelled"``;
 * while the model loads, a ticking "loading model… N s" line with the load's stage and counts
-  (conversion, weights) above the answer (:func:`load_progress_of`); the seconds tick while
-  waiting for the first token too;
+  (conversion, weights) above the answer (:func:`load_progress_of`), collapsed to one finished
+  line ("<model> loaded in N s") when the load ends; the seconds tick while waiting for the
+  first token too;
 * a one-line footer: tokens, seconds, tokens/s, finish reason, decoder (read typed, through
   :func:`~midori_hf_nb.stats.stats_of`).
 
@@ -167,11 +168,11 @@ class LiveView:
         if kind == "text":
             self.state.answer += text
             self.state.pieces += 1
-            self.state.loading = None
+            self.state.end_loading()
         elif kind == "thinking":
             self.state.thinking += text
             self.state.pieces += 1
-            self.state.loading = None
+            self.state.end_loading()
         elif kind == "tool_call" and isinstance(data, dict):
             self.state.tool_calls.append(data)
         elif kind == "tool_result" and isinstance(data, dict):  # a tool loop ran a call: announced -> run
@@ -204,7 +205,10 @@ class LiveView:
         progress, None once loaded). Returns whether the display was refreshed."""
         if self.state.done or self.state.pieces:
             return False
-        self.state.loading = loading
+        if loading is None:
+            self.state.end_loading()
+        else:
+            self.state.loading = loading
         self._dirty = True
         refreshed = self.refresh(force=True)
         self.stats.ticks += refreshed
@@ -217,7 +221,7 @@ class LiveView:
 
     def finish(self, response: Any = None, error: BaseException | None = None) -> None:
         """Show the final state (always one update). The response is left as it is."""
-        self.state.loading = None
+        self.state.end_loading()
         if response is not None:
             self.state.response = response
         if error is not None:

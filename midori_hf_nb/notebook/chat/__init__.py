@@ -8,15 +8,22 @@
   carries its "Assistant" label from its first piece;
 * long conversations are paged (:mod:`.pages`): the transcript shows the latest 100 messages
   and **Show earlier** adds more, so the browser never receives the whole history at once;
-* a multi-line input with **Send**, then **Stop**, **Regenerate**, **Clear** (with **Undo
-  clear** until the next message is sent) and **Export** (:meth:`ChatPanel.export`: JSON and
-  Markdown files next to the notebook; the notice says where);
+* a multi-line input with **Send** (**Queue** while an answer is written: the message waits and
+  is sent when the answer ends, :mod:`.actions`), then **Stop** (or Esc), **Regenerate**,
+  **Clear** (with **Undo clear** until the next message is sent) and **Export**
+  (:meth:`ChatPanel.export`: JSON and Markdown files next to the notebook; the notice says where);
+  buttons show their real state (Stop coloured only while an answer runs);
+* on each message **Copy** (and on each code block of an answer), **As text** on answers, **Edit**
+  on the user's messages (send it again: the conversation forks, :mod:`.branches`, and ‹ n/m ›
+  switches between the versions);
 * a status line: "loading model… N s" with the load's stage and counts while the model loads,
   then tokens, tokens/s, finish reason, model and the memory readout (process RSS and the
   weights of loaded models, from :func:`~midori_hf_nb.notebook.memory_readout`);
-* a collapsed **Settings** area: system prompt, temperature, max new tokens, greedy toggle
-  and "Enter sends"; settings apply to the next message and are checked by
-  :func:`~midori_hf_nb.settings.check_overrides`.
+* a collapsed **Settings** area: system prompt, temperature, max new tokens, top-p, top-k, seed,
+  greedy, the repetition guard, "Enter sends" and the response format (a box checked as you type;
+  answers under a format carry a "schema" badge); settings apply to the next message and are
+  checked by :func:`~midori_hf_nb.settings.check_overrides`;
+* the model named short in the title and status line (a served model by its id and host).
 
 ``agent`` is any :class:`~midori_hf_nb.MidoriAiAgentProtocol` agent: the panel streams with its
 ``stream`` when it has one (else awaits ``invoke``) and offers tools through
@@ -67,9 +74,12 @@ Outside a running event loop (a plain script), ``send`` and ``regenerate`` run t
 and return the dict directly.
 
 Modules: :mod:`.transcript` (typed entries, checks, dict/Markdown/DataFrame exports),
-:mod:`.document` (the JSON file), :mod:`.export` (the files of Export), :mod:`.pages` (paging and
-Undo clear), :mod:`.composer` (the input box and Send), :mod:`.options` (option checks), :mod:`.render` (HTML and status text), :mod:`.generation`
-(asking the agent), :mod:`.layout` (the widgets), :mod:`.panel` (the behaviour).
+:mod:`.document` (the JSON file), :mod:`.branches` (forks of the conversation), :mod:`.export` (the
+files of Export), :mod:`.pages` (paging and Undo clear), :mod:`.composer` (the input box, Send and
+the browser code of the message buttons and Esc), :mod:`.options` (option checks), :mod:`.render`
+(HTML and status text), :mod:`.generation` (asking the agent), :mod:`.layout` (the widgets),
+:mod:`.actions` (the queue, editing, branches, as text), :mod:`.persistence` (exports and import),
+:mod:`.structured_field` (the response format), :mod:`.panel` (the behaviour).
 """
 
 from __future__ import annotations

@@ -2,15 +2,18 @@
 
 A document made by :meth:`~midori_hf_nb.notebook.ChatPanel.to_json`::
 
-    {"format": "midori-hf-nb/chat-panel", "version": 2, "model": "...", "session_id": "...",
+    {"format": "midori-hf-nb/chat-panel", "version": 3, "model": "...", "session_id": "...",
      "settings": {"system_prompt": ..., "temperature": ..., "max_new_tokens": ..., "greedy": ...,
-                  "enter_sends": ...},
-     "memory": [{"role": ..., "content": ..., "timestamp": ..., "tool_calls": ..., "metadata": {...}}]}
+                  "top_p": ..., "top_k": ..., "seed": ..., "stop_on_repetition": ..., "enter_sends": ...},
+     "memory": [{"role": ..., "content": ..., "timestamp": ..., "tool_calls": ..., "metadata": {...}}],
+     "branches": [{"at": 2, "messages": [...], "branches": [...]}]}
 
-Version 2 keeps an answer's statistics under the names of
+Version 3 adds ``branches``: what followed a message before it was edited and sent again
+(:mod:`.branches`). Version 2 keeps an answer's statistics under the names of
 :class:`~midori_hf_nb.stats.ResponseStats` (``completion_tokens``, ``total_seconds``, ...; see
 :mod:`.transcript`). Version 1 called two of them ``tokens`` and ``seconds``; a version 1 file
-is read by giving those two their version 2 names, once, when it is read.
+is read by giving those two their version 2 names, once, when it is read. Versions 1 and 2 have
+no branches.
 
 Reading (:func:`read_document`) trusts nothing: the text is bounded (:data:`MAX_CHARS`), numbers
 must be finite and at most :data:`MAX_INT_DIGITS` digits long, nesting is bounded
@@ -30,15 +33,19 @@ from typing import Any
 from ...protocol import MemoryEntryData
 from ...settings import check_overrides
 from ...stats import MAX_TEXT
+from .branches import Branch, branches_from_json, branches_to_json
 from .transcript import MAX_MESSAGES, TranscriptError, check_entry
 
 #: The ``format`` field of a chat panel document.
 JSON_FORMAT = "midori-hf-nb/chat-panel"
 #: The version written; :data:`READABLE_VERSIONS` are read.
-JSON_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+JSON_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 #: Settings keys of a document (and of :meth:`ChatPanel.settings`).
-SETTINGS_KEYS = ("system_prompt", "temperature", "max_new_tokens", "greedy", "enter_sends")
+SETTINGS_KEYS = ("system_prompt", "temperature", "max_new_tokens", "greedy", "top_p", "top_k", "seed",
+                 "stop_on_repetition", "enter_sends")
+#: The generation settings among them (checked by :func:`~midori_hf_nb.settings.check_overrides`).
+GENERATION_KEYS = ("temperature", "max_new_tokens", "greedy", "top_p", "top_k", "seed", "stop_on_repetition")
 #: Bounds on what is read: characters of text, nesting of lists and objects, digits of an integer.
 MAX_CHARS = 64 * 2**20
 MAX_DEPTH = 64
@@ -58,6 +65,7 @@ class ChatDocument:
     session_id: str | None = None
     model: str | None = None
     version: int = JSON_VERSION
+    branches: list[Branch] = field(default_factory=list)
 
 
 def jsonable(value: Any) -> Any:
@@ -66,7 +74,7 @@ def jsonable(value: Any) -> Any:
 
 
 def write_document(memory: list[MemoryEntryData], settings: dict[str, Any], *, model: str, session_id: str,
-                   indent: int | None = 2) -> str:
+                   indent: int | None = 2, branches: list[Branch] | None = None) -> str:
     """The JSON text of a chat panel document (the current :data:`JSON_VERSION`)."""
     document = {
         "format": JSON_FORMAT,
@@ -75,6 +83,7 @@ def write_document(memory: list[MemoryEntryData], settings: dict[str, Any], *, m
         "session_id": session_id,
         "settings": settings,
         "memory": [entry_to_json(e) for e in memory],
+        "branches": branches_to_json(branches or [], entry_to_json),
     }
     return json.dumps(document, indent=indent, ensure_ascii=False, default=str)
 
@@ -183,7 +192,7 @@ def check_settings(settings: Any, where: str) -> dict[str, Any]:
     if settings.get("enter_sends") is not None and not isinstance(settings["enter_sends"], bool):
         raise TranscriptError(f"{where}: settings.enter_sends={settings['enter_sends']!r} is not allowed: "
                               "expected true or false")
-    generation = {k: settings[k] for k in ("temperature", "max_new_tokens", "greedy") if k in settings}
+    generation = {k: settings[k] for k in GENERATION_KEYS if k in settings}
     try:
         check_overrides(generation)
     except ValueError as exc:
@@ -232,6 +241,8 @@ def read_document(text: Any) -> ChatDocument:
         raise TranscriptError(f"{_SOURCE}: version {version!r} is not supported: expected one of "
                               f"{', '.join(map(str, READABLE_VERSIONS))}")
     items = document.get("memory")
+    if version < 3 and "branches" in document:
+        raise TranscriptError(f"{_SOURCE}: 'branches' is not allowed in a version {version} document")
     if not isinstance(items, list):
         raise TranscriptError(f"{_SOURCE}: 'memory' must be a list of messages")
     if len(items) > MAX_MESSAGES:
@@ -243,8 +254,10 @@ def read_document(text: Any) -> ChatDocument:
     for name, value in (("session_id", session_id), ("model", model)):
         if value is not None and (not isinstance(value, str) or len(value) > 10_000):
             raise TranscriptError(f"{_SOURCE}: {name}={value!r:.80} is not allowed: expected text or null")
+    branches = branches_from_json(document.get("branches"), read_item, length=len(memory), where=_SOURCE,
+                                  budget=MAX_MESSAGES)
     return ChatDocument(memory=memory, settings=check_settings(document.get("settings"), _SOURCE),
-                        session_id=session_id, model=model, version=version)
+                        session_id=session_id, model=model, version=version, branches=branches)
 
 
 __all__ = [
@@ -254,6 +267,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_INT_DIGITS",
     "READABLE_VERSIONS",
+    "GENERATION_KEYS",
     "SETTINGS_KEYS",
     "V1_STATS_NAMES",
     "ChatDocument",

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 from ...events import StreamEvent
 from ...config import DEFAULTS
@@ -39,11 +41,45 @@ def agent_model(agent: Any) -> str:
     return str(model) if model else repr(agent)
 
 
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+_DIGEST_SUFFIX = re.compile(r"-[0-9a-f]{16}$")
+_DTYPE_FOLDERS = {"bfloat16", "float16", "float32"}
+
+
+def short_model_name(model: str) -> str:
+    """A model id made short for a title: a folder path becomes its model's folder name (a
+    conversion's digest and a dtype sub-folder left out: ``.../gguf/SmolLM2-135M-Instruct.Q4_1-<digest>/bfloat16``
+    is ``SmolLM2-135M-Instruct.Q4_1``); a hub id (``org/name``) or any other name stays as it is."""
+    text = str(model)
+    if _HUB_ID.fullmatch(text) or ("/" not in text and "\\" not in text):
+        return text
+    parts = [p for p in re.split(r"[/\\]+", text) if p]
+    while len(parts) > 1 and parts[-1] in _DTYPE_FOLDERS:
+        parts.pop()
+    return _DIGEST_SUFFIX.sub("", parts[-1]) if parts else text
+
+
+def model_label(agent: Any, reported: str | None = None) -> tuple[str, str]:
+    """(short label, full form) of the model an agent answers with, for the panel's title and status:
+    ``reported`` (the model an answer's statistics name) or the agent's own, made short
+    (:func:`short_model_name`), with the host of a served agent (``SmolLM2-135M-Instruct.Q4_1 @ 127.0.0.1:8000``)."""
+    model = reported or agent_model(agent)
+    base_url = getattr(agent, "base_url", None)
+    if isinstance(base_url, str) and base_url:
+        host = urlsplit(base_url).netloc or base_url
+        return f"{short_model_name(model)} @ {host}", f"{model} on {base_url}"
+    return short_model_name(model), model
+
+
+#: The generation settings of the panel's Settings area, in the order they are shown.
+PANEL_SETTINGS = ("temperature", "max_new_tokens", "greedy", "top_p", "top_k", "seed", "stop_on_repetition")
+
+
 def agent_defaults(agent: Any) -> dict[str, Any]:
-    """Temperature, max new tokens and greedy the agent generates with when a message sets none:
-    its ``resolve_settings()`` where it has one (a local agent: once its model is loaded, with the
-    values of the model's ``generation_config.json``), else its ``config`` (the package defaults
-    for an agent without one)."""
+    """The panel's first settings: temperature, max new tokens, greedy, top-p, top-k, no seed and the
+    repetition guard the agent generates with when a message sets none: its ``resolve_settings()``
+    where it has one (a local agent: once its model is loaded, with the values of the model's
+    ``generation_config.json``), else its ``config`` (the package defaults for an agent without one)."""
     config = getattr(agent, "config", None)
     resolve = getattr(agent, "resolve_settings", None)
     if callable(resolve):
@@ -52,20 +88,26 @@ def agent_defaults(agent: Any) -> dict[str, Any]:
         except (TypeError, ValueError):  # another agent's resolve_settings: its config stands
             pass
     do_sample = getattr(config, "do_sample", DEFAULTS["do_sample"])
+
+    def value(name: str, default: Any) -> Any:
+        found = getattr(config, name, None)
+        return default if found is None else found
+
     return {"temperature": getattr(config, "temperature", DEFAULTS["temperature"]),
             "max_new_tokens": getattr(config, "max_new_tokens", DEFAULTS["max_new_tokens"]),
-            "greedy": not do_sample if isinstance(do_sample, bool) else not DEFAULTS["do_sample"]}
+            "greedy": not do_sample if isinstance(do_sample, bool) else not DEFAULTS["do_sample"],
+            "top_p": float(value("top_p", DEFAULTS["top_p"])), "top_k": int(value("top_k", DEFAULTS["top_k"])),
+            "seed": None, "stop_on_repetition": bool(value("stop_on_repetition", True))}
 
 
 def initial_settings(agent: Any, overrides: Mapping[str, Any], *, temperature: Any = None,
                      max_new_tokens: Any = None, greedy: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The panel's first settings and the rest of its overrides, checked with
+    """The panel's first settings (:data:`PANEL_SETTINGS`) and the rest of its overrides, checked with
     :func:`~midori_hf_nb.settings.check_overrides` (so its rules apply: a temperature above 0
     given without ``greedy`` means sampling). Settings given neither as keywords nor in
     ``overrides`` come from :func:`agent_defaults`. Raises ``ValueError`` naming the setting."""
     rest = dict(overrides)
-    given = {"temperature": rest.pop("temperature", None), "max_new_tokens": rest.pop("max_new_tokens", None),
-             "greedy": rest.pop("greedy", None), "do_sample": rest.pop("do_sample", None)}
+    given = {name: rest.pop(name, None) for name in (*PANEL_SETTINGS, "do_sample")}
     for name, value in (("temperature", temperature), ("max_new_tokens", max_new_tokens), ("greedy", greedy)):
         if value is not None:
             given[name] = value
@@ -79,6 +121,10 @@ def initial_settings(agent: Any, overrides: Mapping[str, Any], *, temperature: A
         "temperature": float(checked.get("temperature", defaults["temperature"])),
         "max_new_tokens": int(checked.get("max_new_tokens", defaults["max_new_tokens"])),
         "greedy": (not checked["do_sample"]) if "do_sample" in checked else bool(defaults["greedy"]),
+        "top_p": float(checked.get("top_p", defaults["top_p"])),
+        "top_k": int(checked.get("top_k", defaults["top_k"])),
+        "seed": checked.get("seed"),
+        "stop_on_repetition": bool(checked.get("stop_on_repetition", defaults["stop_on_repetition"])),
     }
     return settings, rest
 
@@ -99,7 +145,7 @@ class SettingsBaseline:
     def of(cls, settings: Mapping[str, Any], overrides: Mapping[str, Any], **keywords: Any) -> "SettingsBaseline":
         """The baseline of ``settings`` (from :func:`initial_settings`) for the panel's keywords and overrides."""
         given = {name for name, value in keywords.items() if value is not None}
-        given |= {name for name in ("temperature", "max_new_tokens", "greedy") if name in overrides}
+        given |= {name for name in PANEL_SETTINGS if overrides.get(name) is not None}
         return cls(dict(settings), frozenset(given | ({"greedy"} if "do_sample" in overrides else set())))
 
     def synced(self, settings: Mapping[str, Any], defaults: Mapping[str, Any],
@@ -114,17 +160,21 @@ class SettingsBaseline:
             show(changes)
         return SettingsBaseline({**self.initial, **changes}, self.given)
 
-    def asked(self, settings: Mapping[str, Any]) -> dict[str, Any]:
-        """The generation settings of ``settings`` (the panel's current ones) to send with a message."""
-        changed = {n for n in ("temperature", "max_new_tokens", "greedy")
-                   if n in self.given or settings[n] != self.initial[n]}
-        asked: dict[str, Any] = {}
-        if "max_new_tokens" in changed:
-            asked["max_new_tokens"] = settings["max_new_tokens"]
+    def asked(self, settings: Mapping[str, Any], reproducible: bool = False) -> dict[str, Any]:
+        """The generation settings of ``settings`` (the panel's current ones) to send with a message;
+        with ``reproducible`` (the agent offers reproducible answers), greedy or seeded answers ask
+        for them, so Regenerate gives the same greedy answer whether or not a KV cache was kept."""
+        changed = {n for n in PANEL_SETTINGS if n in self.given or settings[n] != self.initial[n]}
+        asked: dict[str, Any] = {n: settings[n] for n in ("max_new_tokens", "top_p", "top_k", "stop_on_repetition")
+                                 if n in changed}
         if changed & {"greedy", "temperature"}:
             asked["greedy"] = settings["greedy"]
             if not settings["greedy"]:
                 asked["temperature"] = settings["temperature"]
+        if settings["seed"] is not None:
+            asked["seed"] = settings["seed"]
+        if reproducible and (settings["greedy"] or settings["seed"] is not None):
+            asked["reproducible"] = True
         return asked
 
 
@@ -285,10 +335,11 @@ class AnswerRun:
         return response
 
 
-def answer_entry(outcome: Outcome, view: Any, *, model: str) -> TranscriptEntry:
+def answer_entry(outcome: Outcome, view: Any, *, model: str, schema: str | None = None) -> TranscriptEntry:
     """The transcript entry of an answer: the response (or, without one, what the view received),
     its statistics from :func:`~midori_hf_nb.stats.stats_of` with the model, the wall time and the
-    finish reason filled in where the agent did not report them."""
+    finish reason filled in where the agent did not report them; ``schema``: the name of the
+    response format the answer was constrained to."""
     response, state = outcome.response, view.state
     stats = stats_of(response) if response is not None else ResponseStats(tool_steps=state.tool_steps or None)
     stopped = outcome.stopped or stats.finish_reason == "cancelled"
@@ -304,17 +355,20 @@ def answer_entry(outcome: Outcome, view: Any, *, model: str) -> TranscriptEntry:
         timestamp=time.time(),
         tool_calls=jsonable(calls) if calls else None,
         thinking=(response.thinking if response is not None else state.thinking) or "",
-        stats=stats, stopped=stopped, error=outcome.error,
+        stats=stats, stopped=stopped, error=outcome.error, schema=schema,
         display_updates=view.updates, display_events=view.events)
 
 
 __all__ = [
+    "PANEL_SETTINGS",
     "AnswerRun",
     "GenerationPlan",
     "Outcome",
     "accepted_overrides",
     "agent_defaults",
     "agent_model",
+    "model_label",
+    "short_model_name",
     "answer_entry",
     "initial_settings",
     "SettingsBaseline",

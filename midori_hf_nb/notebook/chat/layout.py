@@ -49,22 +49,27 @@ def memory_text() -> str:
     return text
 
 
+#: The CSS class of every panel's root element (the input's browser code finds its panel by it).
+PANEL_CLASS = "midori-chat-panel"
+
+
 class ChatLayout:
     """The widgets of a chat panel (``widget`` is the whole panel), with the notice and status line.
 
     Args:
-        title: the model name (or a title) shown above the transcript.
-        system_prompt, temperature, max_new_tokens, greedy, enter_sends: the settings' first values.
+        title: the model name (or a title) shown above the transcript (``title_tooltip``: its full form).
+        system_prompt, enter_sends: the first system prompt and whether Enter sends.
+        settings: the first generation settings (:data:`~.generation.PANEL_SETTINGS`).
         height: the transcript's maximum height (CSS).
     """
 
-    def __init__(self, *, title: str, system_prompt: str, temperature: float, max_new_tokens: int, greedy: bool,
-                 enter_sends: bool, height: str) -> None:
+    def __init__(self, *, title: str, system_prompt: str, enter_sends: bool, height: str,
+                 settings: dict[str, Any], title_tooltip: str = "") -> None:
         self._notice = ""
         self._status = ""
         self._memory_text = ""
         self._memory_at = float("-inf")
-        self.title_html = widgets.HTML(render_title_html(title))
+        self.title_html = widgets.HTML(render_title_html(title, title_tooltip))
         self.history_html = widgets.HTML(layout=widgets.Layout(flex="0 0 auto", width="100%"))
         self.live_html = widgets.HTML(layout=widgets.Layout(flex="0 0 auto", width="100%"))
         self.earlier_button = widgets.Button(description="Show earlier", icon="angle-up",
@@ -77,22 +82,24 @@ class ChatLayout:
                                   border="1px solid rgba(128,128,128,0.35)", padding="2px 6px"),
         )
         self.notice_html = widgets.HTML()
-        self.input = ChatInput(placeholder="Message… (Enter sends, Shift+Enter: new line)", rows=3,
+        self.queue_html = widgets.HTML()
+        self.input = ChatInput(placeholder="Message… (Enter sends, Shift+Enter: new line, Esc stops)", rows=3,
                                enter_sends=enter_sends, layout=widgets.Layout(width="100%"))
         self._build_buttons()
         self.status_html = widgets.HTML()
-        self._build_settings(system_prompt, temperature, max_new_tokens, greedy, enter_sends)
+        self._build_settings(system_prompt, settings, enter_sends)
         widgets.link((self.enter_sends_input, "value"), (self.input, "enter_sends"))
         self.widget = widgets.VBox([
-            self.title_html, self.transcript_box, self.notice_html, self.input,
+            self.title_html, self.transcript_box, self.notice_html, self.queue_html, self.input,
             widgets.HBox([self.stop_button, self.regenerate_button, self.clear_button, self.undo_clear_button,
-                          self.export_button]),
+                          self.export_button, self.cancel_edit_button]),
             self.status_html, self.settings_box,
         ], layout=widgets.Layout(width="100%"))
+        self.widget.add_class(PANEL_CLASS)
 
     def _build_buttons(self) -> None:
-        self.stop_button = widgets.Button(description="Stop", button_style="warning", icon="stop", disabled=True,
-                                          tooltip="Stop the running generation, keeping the partial answer")
+        self.stop_button = widgets.Button(description="Stop", icon="stop", disabled=True,
+                                          tooltip="Stop the running generation, keeping the partial answer (Esc)")
         self.regenerate_button = widgets.Button(description="Regenerate", icon="redo",
                                                 tooltip="Answer the last message again")
         self.clear_button = widgets.Button(description="Clear", icon="trash",
@@ -102,22 +109,43 @@ class ChatLayout:
                                                 layout=widgets.Layout(display="none"))
         self.export_button = widgets.Button(description="Export", icon="download",
                                             tooltip="Write the conversation as JSON and Markdown next to the notebook")
+        self.cancel_edit_button = widgets.Button(description="Cancel edit", icon="times",
+                                                 tooltip="Stop editing the earlier message (Esc); the box is emptied",
+                                                 layout=widgets.Layout(display="none"))
 
-    def _build_settings(self, system_prompt: str, temperature: float, max_new_tokens: int, greedy: bool,
-                        enter_sends: bool) -> None:
+    def _build_settings(self, system_prompt: str, settings: dict[str, Any], enter_sends: bool) -> None:
         style = {"description_width": "9em"}
         self.system_prompt_input = widgets.Textarea(value=system_prompt, description="System prompt", rows=2,
                                                     style=style, layout=widgets.Layout(width="95%"))
-        self.temperature_input = widgets.FloatText(value=temperature, step=0.1, description="Temperature",
+        self.temperature_input = widgets.FloatText(value=settings["temperature"], step=0.1, description="Temperature",
                                                    style=style)
-        self.max_new_tokens_input = widgets.IntText(value=max_new_tokens, step=16, description="Max new tokens",
-                                                    style=style)
-        self.greedy_input = widgets.Checkbox(value=greedy, description="Greedy (no sampling)", indent=False)
+        self.max_new_tokens_input = widgets.IntText(value=settings["max_new_tokens"], step=16,
+                                                    description="Max new tokens", style=style)
+        self.top_p_input = widgets.FloatText(value=settings["top_p"], step=0.05, description="Top-p", style=style)
+        self.top_k_input = widgets.IntText(value=settings["top_k"], step=5, description="Top-k", style=style)
+        seed = settings.get("seed")
+        self.seed_input = widgets.Text(value="" if seed is None else str(seed), description="Seed",
+                                       placeholder="empty: random", style=style)
+        self.greedy_input = widgets.Checkbox(value=settings["greedy"], description="Greedy (no sampling)", indent=False)
+        self.guard_input = widgets.Checkbox(value=settings["stop_on_repetition"], indent=False,
+                                            description="Repetition guard (end a looping answer)")
         self.enter_sends_input = widgets.Checkbox(value=enter_sends, description="Enter sends", indent=False)
         self.settings_box = widgets.Accordion(
             children=[widgets.VBox([self.system_prompt_input, self.temperature_input, self.max_new_tokens_input,
-                                    widgets.HBox([self.greedy_input, self.enter_sends_input])])],
+                                    self.top_p_input, self.top_k_input, self.seed_input,
+                                    widgets.HBox([self.greedy_input, self.guard_input, self.enter_sends_input])])],
             titles=("Settings (apply to the next message)",), selected_index=None)
+
+    def seed_value(self) -> int | None:
+        """The Seed setting: None when empty (random); ``ValueError`` naming the setting for other text."""
+        text = self.seed_input.value.strip()
+        if not text:
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"seed={text[:40]!r} is not allowed: expected a whole number, or empty for a random "
+                             "seed") from None
 
     # ------------------------------------------------------------------ display
 
@@ -125,10 +153,16 @@ class ChatLayout:
         return self.widget._repr_mimebundle_(**kwargs)
 
     def settings(self) -> dict[str, Any]:
-        """The current settings: system_prompt, temperature, max_new_tokens, greedy, enter_sends."""
+        """The current settings: system_prompt, temperature, max_new_tokens, greedy, top_p, top_k, seed
+        (None: random; also for text that is not a number), stop_on_repetition, enter_sends."""
+        try:
+            seed = self.seed_value()
+        except ValueError:
+            seed = None
         return {"system_prompt": self.system_prompt_input.value, "temperature": self.temperature_input.value,
                 "max_new_tokens": self.max_new_tokens_input.value, "greedy": self.greedy_input.value,
-                "enter_sends": self.enter_sends_input.value}
+                "top_p": self.top_p_input.value, "top_k": self.top_k_input.value, "seed": seed,
+                "stop_on_repetition": self.guard_input.value, "enter_sends": self.enter_sends_input.value}
 
     def show_settings(self, values: dict[str, Any]) -> None:
         """Put ``values`` (temperature, max_new_tokens, greedy) into the settings' inputs."""
@@ -184,15 +218,17 @@ class ChatLayout:
         self.show_notice(f"Exported {written.messages} messages to {written.json_path} and {written.markdown_path}",
                          error=False)
 
-    def show_title(self, title: str) -> None:
-        """Show ``title`` (a model name) above the transcript."""
-        self.title_html.value = render_title_html(title)
+    def show_title(self, title: str, tooltip: str = "") -> None:
+        """Show ``title`` (a model name) above the transcript, ``tooltip`` (its full form) on hover."""
+        self.title_html.value = render_title_html(title, tooltip)
 
     def show_running(self, running: bool) -> None:
-        """Enable Stop while an answer runs, and Send and Regenerate otherwise."""
+        """Buttons in their real state: Stop enabled and coloured only while an answer runs, Regenerate
+        disabled meanwhile; the input's Send turns into Queue (a message sent now waits for the answer)."""
         self.input.busy = running
         self.regenerate_button.disabled = running
         self.stop_button.disabled = not running
+        self.stop_button.button_style = "warning" if running else ""
 
 
 __all__ = ["ChatLayout", "MEMORY_REFRESH_SECONDS", "WidgetSink", "memory_text"]

@@ -7,6 +7,8 @@ conversation stays in :attr:`~.panel.ChatPanel.memory` and in every export).
 
 from __future__ import annotations
 
+from typing import Any
+
 from ...protocol import MemoryEntryData
 from .render import render_transcript_html
 
@@ -24,9 +26,10 @@ class TranscriptPages:
         self.shown = page_size
         self.cleared: list[MemoryEntryData] | None = None
 
-    def html(self, memory: list[MemoryEntryData]) -> str:
-        """The HTML of the shown messages (with a line counting the hidden ones)."""
-        return render_transcript_html(memory, limit=self.shown)
+    def html(self, memory: list[MemoryEntryData], **view: Any) -> str:
+        """The HTML of the shown messages (with a line counting the hidden ones); ``view``: answers
+        shown as text and versions (see :func:`~.render.render_transcript_html`)."""
+        return render_transcript_html(memory, limit=self.shown, actions=True, **view)
 
     def hidden(self, memory: list[MemoryEntryData]) -> int:
         """How many earlier messages are not shown."""

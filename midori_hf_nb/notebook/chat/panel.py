@@ -1,13 +1,12 @@
 """``ChatPanel``: a conversation with any Midori protocol agent inside one notebook cell (what it shows and
 how it behaves: :mod:`midori_hf_nb.notebook.chat`). Here: the buttons' actions, each answer as a task on the
-kernel's event loop, the status line, export and import; :mod:`.persistence`: the call log and the saved copy."""
+kernel's event loop, the status line; :mod:`.actions`: the queue, editing, branches; :mod:`.saving`: export
+and import; :mod:`.persistence`: the call log and the saved copy."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from ...protocol import AgentPayload, MemoryEntryData, make_payload
@@ -15,22 +14,23 @@ from ...settings import check_overrides, offers_reproducible
 from ..conversation import count_tokens
 from ...load_progress import LoadProgress
 from ..streaming import DEFAULT_THROTTLE, LiveView, tick_while_waiting
+from .actions import PanelActions
+from .branches import Branch, fork
 from .composer import MAX_INPUT_CHARS
-from .document import read_document, write_document
-from .export import ChatExport, write_export
+from .export import ChatExport
 from .generation import AnswerRun, GenerationPlan, agent_defaults, agent_model, answer_entry, initial_settings, \
-    plan_generation, SettingsBaseline, tool_method
+    model_label, plan_generation, SettingsBaseline, tool_method
 from .layout import ChatLayout, WidgetSink
 from .options import check_panel_options
 from .pages import TranscriptPages
 from .persistence import PersistentPanel
+from .saving import PanelSaving
 from .render import final_status_text, live_status_text, render_live_html
 from .structured_field import ResponseFormatField, attach
-from .transcript import TOKENS_FIELD, TranscriptEntry, check_memory, entry_to_dict, payload_memory, \
-    render_transcript_markdown, transcript_frame
+from .transcript import TOKENS_FIELD, TranscriptEntry, check_memory, entry_to_dict, payload_memory
 
 
-class ChatPanel(PersistentPanel, ChatLayout):
+class ChatPanel(PanelActions, PanelSaving, PersistentPanel, ChatLayout):
     """A chat with ``agent`` as an ipywidgets panel (see :mod:`midori_hf_nb.notebook.chat`).
 
     Args:
@@ -41,7 +41,8 @@ class ChatPanel(PersistentPanel, ChatLayout):
         execute_tools: opt in to running the tools the model calls (needs an agent with ``stream_tools``).
         max_tool_steps: generations of the tool loop at most (``execute_tools=True``).
         system_prompt: the initial system prompt (editable in Settings).
-        temperature, max_new_tokens, greedy: initial settings; default to the agent's configuration.
+        temperature, max_new_tokens, greedy: initial settings; default to the agent's configuration
+            (so do ``top_p``, ``top_k``, ``seed`` and ``stop_on_repetition``, given as overrides).
         memory: an earlier conversation to continue (list of :class:`~midori_hf_nb.MemoryEntryData`;
             roles user, assistant, system or tool; checked field by field).
         session_id: the ``session_id`` of the payloads.
@@ -50,8 +51,9 @@ class ChatPanel(PersistentPanel, ChatLayout):
         height: the transcript's maximum height (CSS), e.g. ``"420px"``.
         enter_sends: whether Enter sends (Shift+Enter always starts a new line).
         conversation, log: a logged conversation to continue (id or name), the calls' log option (:mod:`.persistence`).
-        **overrides: further per-message generation overrides (``seed``, ``repetition_penalty``,
-            ``logits_processor``, ``tool_choice`` for the tools...), as for
+        **overrides: further per-message generation overrides (``seed``, ``top_p``, ``top_k`` and
+            ``stop_on_repetition`` are Settings; ``repetition_penalty``, ``logits_processor``,
+            ``tool_choice`` for the tools...), as for
             :meth:`~midori_hf_nb.HuggingFaceLocalAgent.invoke`. A ``response_format`` is the first
             value of the "Response format" setting (free text, ``json`` or a JSON schema).
     """
@@ -69,6 +71,8 @@ class ChatPanel(PersistentPanel, ChatLayout):
                                                     max_new_tokens=max_new_tokens, greedy=greedy)
         self._baseline = SettingsBaseline.of(settings, overrides, temperature=temperature,
                                              max_new_tokens=max_new_tokens, greedy=greedy)
+        self.init_actions()
+        self._cleared_branches: list[Branch] = []
         self.memory = check_memory(self.open_conversation(agent, conversation, memory, log), "ChatPanel(memory=...)")
         self.agent = agent
         self.tools = list(tools) if tools else None
@@ -83,16 +87,19 @@ class ChatPanel(PersistentPanel, ChatLayout):
         self._epoch = 0
         self._last_live_update = -1
         self.pages = TranscriptPages()
-        super().__init__(title=title if title is not None else agent_model(agent), system_prompt=system_prompt,
-                         enter_sends=enter_sends, height=height, **settings)
+        label, full = model_label(agent)
+        super().__init__(title=title if title is not None else label, title_tooltip="" if title is not None else full,
+                         system_prompt=system_prompt, enter_sends=enter_sends, height=height, settings=settings)
         self.input.on_send(self._on_send)
+        self.input.on_action(self.handle_action)
+        self.cancel_edit_button.on_click(lambda _: self.cancel_edit())
         self.stop_button.on_click(lambda _: self.stop())
         self.regenerate_button.on_click(lambda _: self._guarded(self.regenerate))
         self.clear_button.on_click(lambda _: self.clear())
         self.undo_clear_button.on_click(lambda _: self._guarded(self.undo_clear))
-        self.export_button.on_click(lambda _: self._export_clicked())
+        self.export_button.on_click(lambda _: self.export_clicked())
         self.earlier_button.on_click(lambda _: self.show_earlier())
-        self._render_history()
+        self.refresh()
         self.response_format_field = attach(self.settings_box,
                                             ResponseFormatField(self.overrides.pop("response_format", None)))
         self.show_status(self.ready_text())
@@ -125,18 +132,12 @@ class ChatPanel(PersistentPanel, ChatLayout):
         return [entry_to_dict(e) for e in self.memory]
 
     def generation_overrides(self) -> dict[str, Any]:
-        """The overrides the next message is generated with (settings the user neither gave nor changed
-        are left to the agent, see :class:`~.generation.SettingsBaseline`), checked by
-        :func:`~midori_hf_nb.settings.check_overrides`; raises ``ValueError`` naming a bad setting.
-
-        Greedy or seeded answers of an agent that offers reproducible answers (a local model) ask
-        for them (``reproducible=True``, unless the panel's overrides say otherwise), so Regenerate
-        gives the same greedy answer whether or not the conversation's KV cache was kept."""
-        asked = {**self.overrides, **self._baseline.asked(self.settings())}
-        if "reproducible" not in asked and offers_reproducible(self.agent) \
-                and (self.settings()["greedy"] or asked.get("seed") is not None):
-            asked["reproducible"] = True
+        """The overrides the next message is generated with (see :class:`~.generation.SettingsBaseline`;
+        greedy or seeded answers of a local model are reproducible unless the overrides say otherwise),
+        checked by :func:`~midori_hf_nb.settings.check_overrides`; raises ``ValueError`` naming a bad setting."""
         try:
+            reproducible = "reproducible" not in self.overrides and offers_reproducible(self.agent)
+            asked = {**self.overrides, **self._baseline.asked({**self.settings(), "seed": self.seed_value()}, reproducible)}
             asked["response_format"] = self.response_format_field.value()
             return check_overrides(asked)
         except ValueError as exc:
@@ -150,13 +151,16 @@ class ChatPanel(PersistentPanel, ChatLayout):
 
     # ------------------------------------------------------------------ actions
 
-    def send(self, text: str | None = None) -> Any:
+    def send(self, text: str | None = None, *, edit: int | None = None) -> Any:
         """Send ``text`` (default: the input box, which is then cleared) and start the answer.
 
+        ``edit``: the position of one of your earlier messages to send ``text`` in its place: the
+        messages from there on are kept as a branch (:mod:`.branches`; see :meth:`edit`).
         Returns an ``asyncio.Task`` resolving to the answer's transcript dict when an event loop
         is running (a notebook: ``await panel.send("...")``), else runs to completion and
         returns the dict. Raises ``ValueError`` for an empty message or invalid settings and
         ``RuntimeError`` while a generation runs; the input box is left as it was in both cases.
+        (The input box queues a message sent while an answer runs: :mod:`.actions`.)
         """
         from_input = text is None
         text = self.input.value if from_input else text
@@ -165,7 +169,12 @@ class ChatPanel(PersistentPanel, ChatLayout):
         if not text.strip():
             raise ValueError("ChatPanel.send: the message is empty; type something first")
         self._check_idle("send")
+        if edit is not None:
+            self.check_user_message(edit)
         plan = self._plan_or_notice()
+        if edit is not None:
+            self.memory[:], self.branches[:] = fork(self.memory, self.branches, edit)
+            self.stop_editing()
         self.pages.cleared = None  # a new message: Undo clear no longer applies
         self.show_widget(self.undo_clear_button, False)
         history = payload_memory(self.memory)
@@ -173,7 +182,7 @@ class ChatPanel(PersistentPanel, ChatLayout):
         if from_input:
             self.input.value = ""
         self.show_notice("")
-        return self._launch(self._turn(len(self.memory) - 1, history, plan))
+        return self._launch(self._turn(self.memory[-1], history, plan, self._epoch))
 
     def regenerate(self) -> Any:
         """Answer the last user message again, replacing the answer after it (if any).
@@ -189,8 +198,8 @@ class ChatPanel(PersistentPanel, ChatLayout):
         del self.memory[index + 1:]
         history = payload_memory(self.memory[:index])
         self.show_notice("")
-        self._render_history()
-        return self._launch(self._turn(index, history, plan))
+        self.refresh()
+        return self._launch(self._turn(self.memory[index], history, plan, self._epoch))
 
     def stop(self) -> bool:
         """Stop the running answer within a token or two, keeping what arrived (marked stopped); True if one ran."""
@@ -207,12 +216,17 @@ class ChatPanel(PersistentPanel, ChatLayout):
         there were. :meth:`undo_clear` brings them back until the next message is sent."""
         self.stop()
         self._epoch += 1  # a generation still finishing is not recorded
+        self.return_queue_to_box()
+        self.cancel_edit()
         count = len(self.memory)
+        if self.memory:
+            self._cleared_branches = list(self.branches)
         self.pages.keep_cleared(self.memory)
         self.memory.clear()
+        self.branches.clear()
         self.live_html.value = ""
         self.show_notice("")
-        self._render_history()
+        self.refresh()
         self.show_widget(self.undo_clear_button, self.pages.cleared is not None)
         self.show_status(f"cleared {count} messages" + (" (Undo clear brings them back)" if count else ""))
         return count
@@ -224,7 +238,8 @@ class ChatPanel(PersistentPanel, ChatLayout):
         self._check_idle("undo_clear")
         restored = self.pages.take_cleared()
         self.memory[:0] = restored
-        self._render_history()
+        self.branches[:0], self._cleared_branches = self._cleared_branches, []
+        self.refresh()
         self.show_widget(self.undo_clear_button, False)
         self.show_status(f"{len(restored)} messages brought back")
         return len(restored)
@@ -232,49 +247,21 @@ class ChatPanel(PersistentPanel, ChatLayout):
     def show_earlier(self) -> int:
         """Show :data:`~.pages.PAGE_SIZE` more of the earlier messages; returns how many are shown now."""
         shown = self.pages.show_more(self.memory)
-        self._render_history()
+        self.refresh()
         return shown
 
-    def export(self, folder: str | os.PathLike[str] | None = None, *, stem: str | None = None) -> ChatExport:
-        """Write :meth:`to_json` and :meth:`to_markdown` into ``folder`` (default: the working
-        directory, the notebook's folder in Jupyter) as ``<stem>.json`` and ``<stem>.md``, never
-        overwriting a file (see :func:`~.export.write_export`)."""
-        return write_export(Path.cwd() if folder is None else Path(folder), stem,
-                            {".json": self.to_json(), ".md": self.to_markdown()}, messages=len(self.memory))
-
     async def wait(self) -> dict[str, Any] | None:
-        """Wait for the running generation (if any); returns its answer's transcript dict."""
-        task = self._task
-        return None if task is None else (await asyncio.shield(task) if not task.done() else task.result())
-
-    # ------------------------------------------------------------------ export / import
-
-    def to_frame(self):
-        """The conversation as a DataFrame (see :func:`~.transcript.transcript_frame`)."""
-        return transcript_frame(self.memory)
-
-    def to_json(self, indent: int | None = 2) -> str:
-        """The conversation and settings as JSON text (see :mod:`.document`); :meth:`from_json` loads it."""
-        return write_document(self.memory, self.settings(), model=agent_model(self.agent),
-                              session_id=self.session_id, indent=indent)
-
-    @classmethod
-    def from_json(cls, agent: Any, text: str, **options: Any) -> "ChatPanel":
-        """A new panel on ``agent`` continuing the conversation saved by :meth:`to_json`.
-
-        Checks every message and setting (:func:`~.document.read_document`, current format and
-        version 1). The saved settings and session id apply unless given in ``options``.
-        """
-        document = read_document(text)
-        for key, value in document.settings.items():
-            options.setdefault(key, value)
-        if document.session_id is not None:
-            options.setdefault("session_id", document.session_id)
-        return cls(agent, memory=document.memory, **options)
-
-    def to_markdown(self, title: str | None = "Chat") -> str:
-        """The conversation as Markdown (everything from the transcript escaped)."""
-        return render_transcript_markdown(self.memory, title=title)
+        """Wait for the running generation (if any) and for the answers to the queued messages;
+        returns the last answer's transcript dict."""
+        while True:
+            task = self._task
+            if task is not None and not task.done():
+                await asyncio.shield(task)
+            elif self.queued:
+                self.send_next_queued()
+                await asyncio.sleep(0)
+            else:
+                return None if task is None else task.result()
 
     # ------------------------------------------------------------------ internals
 
@@ -303,26 +290,25 @@ class ChatPanel(PersistentPanel, ChatLayout):
             return None
 
     def _on_send(self, text: str) -> bool:
-        """Send (button or Enter) with the text the browser read from the box; False: refused
-        (a notice says why, and the input puts the text back)."""
+        """Send (button or Enter) with the text the browser read from the box: the edit of an earlier
+        message while editing, queued while an answer runs (:mod:`.actions`), else sent. False:
+        refused (a notice says why, and the input puts the text back)."""
         if not text.strip():
             self.show_notice("Type a message first.")
             return False
         if len(text) > MAX_INPUT_CHARS:
             self.show_notice(f"The message has {len(text)} characters; at most {MAX_INPUT_CHARS} are allowed.")
             return False
+        if self.editing is not None:
+            return self._guarded(self.edit, self.editing, text) is not None
+        if self.is_running:
+            return self._guarded(self.queue, text) is not None
         return self._guarded(self.send, text) is not None
 
-    def _export_clicked(self) -> None:
-        """The Export button: write the files and say where (or why not)."""
-        try:
-            self.show_exported(self.export())
-        except (OSError, ValueError) as exc:
-            self.show_notice(f"Export failed: {exc}")
-
-    def _render_history(self) -> None:
-        """Show the latest page of messages (:mod:`.pages`: a long transcript stays small in the browser)."""
-        self.show_history(self.pages.html(self.memory), hidden=self.pages.hidden(self.memory))
+    def refresh(self) -> None:
+        """Show the transcript again: the latest page of messages (:mod:`.pages`: a long transcript stays
+        small in the browser), with the answers shown as text and the versions where it forked."""
+        self.show_history(self.pages.html(self.memory, **self.view_state()), hidden=self.pages.hidden(self.memory))
 
     def _launch(self, coro: Awaitable[Any]) -> Any:
         try:
@@ -352,10 +338,11 @@ class ChatPanel(PersistentPanel, ChatLayout):
         tokens = count_tokens(self.agent, view.state.thinking + view.state.answer)
         self.show_status(live_status_text(tokens, time.perf_counter() - started))
 
-    async def _turn(self, user_index: int, history: list[MemoryEntryData], plan: GenerationPlan) -> dict:
-        epoch = self._epoch
-        user_entry = self.memory[user_index]
-        self._render_history()
+    async def _turn(self, user_entry: MemoryEntryData, history: list[MemoryEntryData], plan: GenerationPlan,
+                    epoch: int) -> dict:
+        """One answer; ``epoch``: the Clear count when it was sent (a Clear since, even before it started,
+        leaves the answer unrecorded)."""
+        self.refresh()
         title = "running the tool loop (tools execute)…" if self.execute_tools else None
         view = LiveView(WidgetSink(self.live_html, wrap=render_live_html), throttle=self.throttle, title=title)
         started = time.perf_counter()
@@ -370,7 +357,8 @@ class ChatPanel(PersistentPanel, ChatLayout):
             outcome = await run.run()
         finally:
             ticker.cancel()
-        entry = answer_entry(outcome, view, model=agent_model(self.agent))
+        schema = plan.kwargs.get("response_format")
+        entry = answer_entry(outcome, view, model=agent_model(self.agent), schema=getattr(schema, "name", None))
         self._run = None
         self.live_html.value = ""
         if epoch == self._epoch:  # not cleared meanwhile
@@ -389,18 +377,24 @@ class ChatPanel(PersistentPanel, ChatLayout):
         if user_tokens is not None:
             user_entry.metadata = {**(user_entry.metadata or {}), TOKENS_FIELD: user_tokens}
         self.memory.append(entry.to_memory())
-        self._render_history()
+        self.refresh()
+        label, full = model_label(self.agent, entry.stats.model)
         if self._fixed_title is None:
-            self.show_title(entry.stats.model or agent_model(self.agent))
-        self.show_status(final_status_text(entry, ignored=plan.ignored), fresh_memory=True)
+            self.show_title(label, full)
+        self.show_status(final_status_text(entry, ignored=plan.ignored, model=label), fresh_memory=True)
 
     def _task_done_soon(self) -> None:
-        """Re-enable the buttons once the task has finished (it finishes right after this returns)."""
+        """Re-enable the buttons once the task has finished (it finishes right after this returns),
+        then send the next queued message."""
+        def done(_: Any = None) -> None:
+            self.show_running(self.is_running)
+            self.send_next_queued()
+
         task = self._task
         if task is not None and not task.done():
-            task.add_done_callback(lambda _: self.show_running(self.is_running))
+            task.add_done_callback(done)
         else:
-            self.show_running(self.is_running)
+            done()
 
 
 __all__ = ["ChatExport", "ChatPanel", "check_panel_options"]

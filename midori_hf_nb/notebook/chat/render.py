@@ -5,10 +5,18 @@ piece of text is HTML-escaped here; an answer's body goes through
 :func:`~midori_hf_nb.notebook.render_response_html`, which renders it as safe Markdown
 (:mod:`~midori_hf_nb.notebook.markdown`: raw HTML off, safe links only, sanitised). Statistics are read
 typed (:class:`~.transcript.TranscriptEntry`), never by metadata keys.
+
+Each message carries its position (``data-midori-index``) and small buttons the input's browser
+code acts on (``data-midori-action``): **Copy** (the message's own text: a user's message as typed,
+an answer's Markdown source, kept in a hidden ``midori-chat-source`` element), **As text** / **As
+Markdown** on answers, **Edit** on the user's messages, and ‹ › with "2/3" where an edit forked the
+conversation. Every code block of an answer gets a **Copy** button of its own. The buttons are made
+here, never from model text.
 """
 
 from __future__ import annotations
 
+import re
 import time
 
 from ...protocol import MemoryEntryData
@@ -26,6 +34,9 @@ STYLE_BADGE = "font-size:0.75em;font-weight:600;padding:0 0.4em;border-radius:3p
 STYLE_STOPPED = STYLE_BADGE + ";background:rgba(230,140,0,0.2);color:#8a5200"
 STYLE_FAILED = STYLE_BADGE + ";background:rgba(176,0,32,0.15);color:#b00020"
 
+STYLE_SCHEMA = STYLE_BADGE + ";background:rgba(46,155,71,0.18);color:inherit"
+STYLE_AS_TEXT = "white-space:pre-wrap;word-break:break-word;font-family:var(--jp-code-font-family,monospace);" \
+                "font-size:0.92em"
 STYLE_TIME = "font-weight:400;margin-left:0.5em;opacity:0.85"
 STYLE_INFO = "white-space:pre-wrap;word-break:break-word;font-size:0.85em;padding:0.2em 0.5em;opacity:0.85"
 
@@ -47,37 +58,94 @@ def render_time_html(timestamp: float | None, what: str) -> str:
             f"{time.strftime('%H:%M:%S', local)}</span>")
 
 
-def render_typed_entry_html(entry: TranscriptEntry) -> str:
+def action_button(action: str, label: str, tooltip: str = "", **data: int) -> str:
+    """A small button of a message (``data-midori-action`` and further ``data-midori-*`` numbers),
+    styled by the input's stylesheet (:mod:`.composer`): many of them are sent with each page."""
+    extra = "".join(f' data-midori-{name}="{int(value)}"' for name, value in data.items())
+    title = f' title="{escape(tooltip)}"' if tooltip else ""
+    return f'<button class="midori-chat-action" data-midori-action="{escape(action)}"{extra}{title}>{escape(label)}</button>'
+
+
+#: The Copy button of a code block (its browser code copies the block's text).
+CODE_COPY_BUTTON = '<button class="midori-chat-action midori-copy-code" data-midori-action="copy-code">Copy</button>'
+_PRE_OPEN = re.compile(r"<pre\b")
+
+
+def with_code_copy_buttons(html: str) -> str:
+    """``html`` (an answer rendered by this package: sanitised, so every ``<pre`` in it is a code
+    block it made) with a Copy button on each code block."""
+    html = _PRE_OPEN.sub(f'<div class="midori-codeblock">{CODE_COPY_BUTTON}<pre', html)
+    return html.replace("</pre>", "</pre></div>")
+
+
+def branch_nav_html(index: int, version: tuple[int, int] | None) -> str:
+    """‹ 2/3 › at a message where the conversation forked ('' where it did not)."""
+    if version is None:
+        return ""
+    number, count = version
+    return (action_button("branch", "‹", "The previous version of the conversation from here", index=index, step=-1)
+            + f'<span class="midori-chat-version" style="margin-left:0.35em">{number}/{count}</span>'
+            + action_button("branch", "›", "The next version of the conversation from here", index=index, step=1))
+
+
+def render_typed_entry_html(entry: TranscriptEntry, *, index: int | None = None, as_text: bool = False,
+                            version: tuple[int, int] | None = None) -> str:
     """One typed message as HTML; all text is escaped. The role line shows when a message was
-    sent (an answer: when it ended)."""
+    sent (an answer: when it ended); with ``index`` (its position) it carries the message's buttons
+    (Copy; As text on answers, Edit on the user's messages; ‹ › and ``version`` = (n, of) where the
+    conversation forked). ``as_text`` shows an answer's own text instead of its rendered Markdown."""
     what = "answer ended" if entry.is_answer else "sent"
     label = escape(role_label(entry.role)) + render_time_html(entry.timestamp, what)
+    position = f' data-midori-index="{index}"' if index is not None else ""
+    actions = ""
+    if index is not None:
+        actions = branch_nav_html(index, version)
+        if entry.role == "user":
+            actions += action_button("edit", "Edit", index=index)
+        if entry.is_answer:
+            actions += action_button("as-text", "As Markdown" if as_text else "As text", index=index)
+        actions += action_button("copy", "Copy", index=index)
+        actions = f'<span class="midori-chat-actions">{actions}</span>'
     if not entry.is_answer:
         style = STYLE_USER if entry.role == "user" else STYLE_ASSISTANT
-        return (f'<div class="{_role_class(entry.role)}" style="{style}">'
-                f'<div style="{STYLE_ROLE}">{label}</div>'
+        return (f'<div class="{_role_class(entry.role)}"{position} style="{style}">'
+                f'<div style="{STYLE_ROLE}">{actions}{label}</div>'
                 f'<div class="midori-chat-text" style="{STYLE_TEXT}">{escape(entry.content)}</div></div>')
     badges = ""
+    if entry.schema:
+        badges += (f'<span class="midori-chat-schema" title="{escape("Constrained to the response format: " + entry.schema)}"'
+                   f' style="{STYLE_SCHEMA}">schema</span>')
     if entry.stopped:
         badges += f'<span class="midori-chat-stopped" style="{STYLE_STOPPED}">stopped</span>'
     if entry.error:
         badges += f'<span class="midori-chat-failed" style="{STYLE_FAILED}">failed</span>'
-    body = render_response_html(entry.as_response()) if entry.has_body else ""
+    body = ""
+    if entry.has_body:
+        body = render_response_html(entry.as_response(), markdown=not as_text)
+        if as_text:
+            body = f'<div class="midori-as-text" style="{STYLE_AS_TEXT}">{body}</div>'
+        elif index is not None:  # the panel's transcript: each code block gets its Copy button
+            body = with_code_copy_buttons(body)
     error = ""
     if entry.error:
         error = f'<div class="midori-chat-error" style="{STYLE_ERROR}">{escape(entry.error)}\n{RETRY_HINT}</div>'
-    return (f'<div class="midori-chat-assistant" style="{STYLE_ASSISTANT}">'
-            f'<div style="{STYLE_ROLE}">{label}{badges}</div>{body}{error}</div>')
+    source = f'<pre class="midori-chat-source" hidden>{escape(entry.content)}</pre>' if index is not None else ""
+    return (f'<div class="midori-chat-assistant"{position} style="{STYLE_ASSISTANT}">'
+            f'<div style="{STYLE_ROLE}">{actions}{label}{badges}</div>{body}{error}{source}</div>')
 
 
-def render_entry_html(entry: MemoryEntryData) -> str:
-    """One message of the transcript as HTML; all text is escaped."""
-    return render_typed_entry_html(TranscriptEntry.from_memory(entry))
+def render_entry_html(entry: MemoryEntryData, **view: object) -> str:
+    """One message of the transcript as HTML; all text is escaped (``view``: see :func:`render_typed_entry_html`)."""
+    return render_typed_entry_html(TranscriptEntry.from_memory(entry), **view)  # type: ignore[arg-type]
 
 
-def render_transcript_html(entries: list[MemoryEntryData], *, limit: int | None = None) -> str:
+def render_transcript_html(entries: list[MemoryEntryData], *, limit: int | None = None,
+                           as_text: frozenset[int] = frozenset(),
+                           versions: dict[int, tuple[int, int]] | None = None, actions: bool = False) -> str:
     """The transcript as HTML, or only its last ``limit`` messages with a line saying how many
-    earlier ones are not shown (a placeholder line when it is empty)."""
+    earlier ones are not shown (a placeholder line when it is empty). With ``actions`` (the live
+    panel) messages carry their buttons; without (a static copy) they do not. ``as_text`` holds the positions of answers shown as text, ``versions`` the
+    "n of m" of positions where the conversation forked."""
     if not entries:
         return (f'<div class="midori-chat-empty" style="{STYLE_BOX};{STYLE_FOOTER}">'
                 "No messages yet: type below and press Send.</div>")
@@ -86,8 +154,23 @@ def render_transcript_html(entries: list[MemoryEntryData], *, limit: int | None 
     if hidden:
         note = (f'<div class="midori-chat-hidden" style="{STYLE_FOOTER}">{hidden} earlier message'
                 f'{"s" if hidden != 1 else ""} not shown (Show earlier; Export writes them all)</div>')
-    return (f'<div class="midori-chat-transcript" style="{STYLE_BOX}">{note}'
-            + "".join(render_entry_html(e) for e in entries[hidden:]) + "</div>")
+    versions = versions or {}
+    rows = [render_entry_html(e, index=i, as_text=i in as_text, version=versions.get(i)) if actions
+            else render_entry_html(e) for i, e in enumerate(entries) if i >= hidden]
+    return f'<div class="midori-chat-transcript" style="{STYLE_BOX}">{note}' + "".join(rows) + "</div>"
+
+
+def render_queue_html(queued: list[str]) -> str:
+    """The messages sent while an answer runs, each with a button that takes it back into the box; '' for none."""
+    if not queued:
+        return ""
+    rows = "".join(
+        f'<div class="midori-chat-queued" style="{STYLE_INFO}"><b>Queued {n + 1}:</b> {escape(text)}'
+        + action_button("unqueue", "Back to the box", "Take this message out of the queue and back into the box",
+                        position=n) + "</div>"
+        for n, text in enumerate(queued))
+    return (f'<div class="midori-chat-queue" style="{STYLE_FOOTER}">Sent in order when the answer ends '
+            f'(Esc stops the answer; the queue goes on):</div>{rows}')
 
 
 def render_live_html(body: str) -> str:
@@ -98,9 +181,10 @@ def render_live_html(body: str) -> str:
             f'<div style="{STYLE_ROLE}">{escape(role_label("assistant"))}</div>{body}</div>')
 
 
-def render_title_html(model: str) -> str:
-    """The panel's heading: "Chat · <model>" (escaped)."""
-    return f'<div style="{STYLE_ROLE}">Chat · {escape(model)}</div>'
+def render_title_html(model: str, tooltip: str = "") -> str:
+    """The panel's heading: "Chat · <model>" (escaped), ``tooltip`` (e.g. the model's full id) on hover."""
+    title = f' title="{escape(tooltip)}"' if tooltip else ""
+    return f'<div class="midori-chat-title" style="{STYLE_ROLE}"{title}>Chat · {escape(model)}</div>'
 
 
 def render_notice_html(text: str) -> str:
@@ -132,13 +216,15 @@ def live_status_text(tokens: int | None, elapsed: float) -> str:
     return " · ".join(parts)
 
 
-def final_status_text(entry: TranscriptEntry, *, ignored: tuple[str, ...] = ()) -> str:
-    """The status after an answer: outcome, tokens, tokens/s, seconds, finish reason, model,
-    decode path, and the settings the agent did not take (``ignored``)."""
+def final_status_text(entry: TranscriptEntry, *, ignored: tuple[str, ...] = (), model: str | None = None) -> str:
+    """The status after an answer: outcome, tokens, tokens/s, seconds, finish reason, model (``model``:
+    its short name, else the one the statistics report), decode path, and the settings the agent
+    did not take (``ignored``)."""
     if entry.error:
         return f"error: {entry.error}"
     parts = ["stopped" if entry.stopped else "done"]
-    summary = format_footer(entry.stats, seconds=entry.seconds, model=True)
+    stats = entry.stats.replace(model=model) if model else entry.stats
+    summary = format_footer(stats, seconds=entry.seconds, model=True)
     if summary:
         parts.append(summary)
     if ignored:
@@ -154,6 +240,9 @@ __all__ = [
     "render_info_html",
     "render_live_html",
     "render_notice_html",
+    "render_queue_html",
+    "with_code_copy_buttons",
+    "action_button",
     "render_status_html",
     "render_time_html",
     "render_title_html",

@@ -7,7 +7,8 @@ the payload memory of the next message). Its ``metadata`` has one layout:
   :class:`~midori_hf_nb.stats.ResponseStats` (``completion_tokens``, ``total_seconds``,
   ``tokens_per_second``, ``finish_reason``, ``decode_path``, ``tool_steps``...), plus the
   panel's own fields :data:`PANEL_FIELDS`: ``thinking``, ``stopped``, ``error``,
-  ``display_updates`` and ``display_events``;
+  ``display_updates``, ``display_events`` and ``schema`` (the name of the response format the
+  answer was constrained to, when it was);
 * any other message: ``tokens`` (its length under the agent's tokenizer, when known).
 
 :class:`TranscriptEntry` is the typed view of one memory entry, read once with
@@ -42,7 +43,7 @@ MAX_TIMESTAMP = 9_223_372_036
 #: How each role is labelled in the transcript (HTML and Markdown).
 ROLE_LABELS = {"user": "You", "assistant": "Assistant", "system": "System", "tool": "Tool"}
 #: Metadata fields of an answer that the panel owns (the rest are response statistics).
-PANEL_FIELDS = ("thinking", "stopped", "error", "display_updates", "display_events")
+PANEL_FIELDS = ("thinking", "stopped", "error", "display_updates", "display_events", "schema")
 #: Metadata field of a non-answer message: its length in tokens.
 TOKENS_FIELD = "tokens"
 #: The ResponseStats fields, in order (a transcript dict carries each under its own name).
@@ -72,6 +73,8 @@ class TranscriptEntry:
     error: str | None = None
     display_updates: int | None = None
     display_events: int | None = None
+    #: the name of the response format (JSON schema) the answer was constrained to, if any
+    schema: str | None = None
 
     @property
     def is_answer(self) -> bool:
@@ -108,7 +111,7 @@ class TranscriptEntry:
         own = {key: meta.get(key) for key in (*PANEL_FIELDS, TOKENS_FIELD)}
         stats = ResponseStats.from_metadata({k: v for k, v in meta.items() if k not in own}) \
             if entry.role == "assistant" else ResponseStats()
-        thinking, error = own["thinking"], own["error"]
+        thinking, error, schema = own["thinking"], own["error"], own["schema"]
         return cls(
             role=entry.role if isinstance(entry.role, str) else str(entry.role),
             content=entry.content if isinstance(entry.content, str) else str(entry.content),
@@ -122,6 +125,7 @@ class TranscriptEntry:
             error=error if isinstance(error, str) else None,
             display_updates=_count_or_none(own["display_updates"]),
             display_events=_count_or_none(own["display_events"]),
+            schema=schema if isinstance(schema, str) and schema else None,
         )
 
     def to_memory(self) -> MemoryEntryData:
@@ -130,7 +134,8 @@ class TranscriptEntry:
             meta = {k: v for k, v in self.stats.as_dict().items() if v is not None and v != []}
             meta.update({"thinking": self.thinking or None, "stopped": self.stopped or None,
                          "error": self.error or self.stats.error,
-                         "display_updates": self.display_updates, "display_events": self.display_events})
+                         "display_updates": self.display_updates, "display_events": self.display_events,
+                         "schema": self.schema})
         else:
             meta = {TOKENS_FIELD: self.tokens}
         meta = {k: v for k, v in meta.items() if v is not None}
@@ -243,7 +248,7 @@ def _check_metadata(where: str, role: str, metadata: Any) -> None:
         valid = isinstance(value, bool) if key == "stopped" else _count_or_none(value) is not None
         if value is not None and not valid:
             raise _refuse(where, f"metadata field {key!r}", value, allowed)
-    for key in ("thinking", "error"):
+    for key in ("thinking", "error", "schema"):
         _check_text(where, f"metadata field {key!r}", metadata.get(key), optional=True)
     if role == "tool":
         for key in ("name", "tool_call_id"):
@@ -325,13 +330,14 @@ def role_label(role: str) -> str:
     return ROLE_LABELS.get(role, role)
 
 
-def render_transcript_markdown(entries: list[MemoryEntryData], title: str | None = None) -> str:
+def render_transcript_markdown(entries: list[MemoryEntryData], title: str | None = None, *, level: int = 1) -> str:
     """The transcript as Markdown: answers keep their own Markdown (made inert:
     :func:`~midori_hf_nb.notebook.markdown.markdown_for_export`); everything else written from the
-    transcript (title, roles, user messages, errors) is HTML- and Markdown-escaped."""
+    transcript (title, roles, user messages, errors) is Markdown-escaped (only what would start
+    markup: :func:`~midori_hf_nb.notebook.escaping.escape_markdown`). ``level``: the title's heading level."""
     lines: list[str] = []
     if title:
-        lines += [f"# {escape_markdown(title)}", ""]
+        lines += [f"{'#' * max(1, min(6, level))} {escape_markdown(title)}", ""]
     for entry in map(TranscriptEntry.from_memory, entries):
         heading = f"**{escape_markdown(role_label(entry.role))}**"
         if entry.stopped:

@@ -10,11 +10,13 @@ Quick start::
 The cell is sent as the user message and the answer streams into the output. With no agent
 loaded, the first ``%%midori`` uses the offline default model; ``%midori use VAR`` sends the
 messages to any Midori protocol agent held in a notebook variable instead. Conversation memory
-across cells is on by default. ``%midori help`` (or ``--help`` after any command) lists every
-option; bad options and settings print a usage error naming them, not a traceback.
+across cells is on by default. ``%midori help`` lists the commands in a few lines;
+``%midori help COMMAND`` (or ``--help`` after a command, ``%%midori --help`` alone in a cell) gives
+one command's options, ``%midori help all`` every option; bad options and settings print a usage
+error naming them, not a traceback.
 
 Line commands: ``help``, ``load``, ``use``, ``ask``, ``history``, ``reset``, ``memory``,
-``unload``, ``status``. The session (agent, conversation, defaults) is :func:`current_session`.
+``unload``, ``status``, ``log``. The session (agent, conversation, defaults) is :func:`current_session`.
 
 The package: :mod:`.parsers` (argument parsers, help, interpolation), :mod:`.session` (the
 session and the checking of settings) and :mod:`.commands` (the magics and the extension's

@@ -15,7 +15,8 @@ from ...log.record import new_id
 from ..agent_calls import agent_model_name, is_local_agent, require_agent
 from ..conversation import count_tokens
 from .log_command import run_log_command
-from .parsers import CELL_PARSER, COMMAND_PARSERS, HelpShown, full_help, interpolate, split_line
+from .parsers import CELL_PARSER, COMMAND_PARSERS, HelpShown, command_help, command_list, full_help, interpolate, \
+    split_line
 from .session import MidoriSession, load_config, message_overrides
 
 
@@ -33,6 +34,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 _ACTIVE: "MidoriMagics | None" = None
+
+def cell_help_transform(lines: list[str]) -> list[str]:
+    """An IPython input transformer (``input_transformers_cleanup``): a cell that is only a
+    ``%%midori`` line with ``-h``/``--help`` becomes ``%midori help cell`` (IPython refuses a cell
+    magic with an empty body before the magic runs); any other cell is left as it is."""
+    text = "".join(lines).strip()
+    words = text.split()
+    if "\n" in text or not words or words[0] != "%%midori" or not {"-h", "--help"} & set(words[1:]):
+        return lines
+    return ["get_ipython().run_line_magic('midori', 'help cell')\n"]
 
 
 def current_session() -> MidoriSession | None:
@@ -68,14 +79,14 @@ class MidoriMagics(Magics):
     def _line(self, line: str) -> None:
         argv = split_line(line)
         if argv and argv[0] in ("-h", "--help"):
-            print(full_help())
+            print(command_list())
             return
         if not argv:
             raise UsageError("%midori: a command is needed: " + ", ".join(COMMAND_PARSERS)
-                             + "\nRun `%midori help` for every option, or use %%midori to send a cell.")
+                             + "\nRun `%midori help` for the list, or use %%midori to send a cell.")
         if argv[0] not in COMMAND_PARSERS:
             raise UsageError(f"%midori: unknown command {argv[0]!r}: expected one of {', '.join(COMMAND_PARSERS)}\n"
-                             "Run `%midori help` for every option.")
+                             "Run `%midori help` for the list.")
         command = argv[0]
         args = COMMAND_PARSERS[command].parse_args(argv[1:])
         getattr(self, f"_cmd_{command}")(args)
@@ -83,13 +94,11 @@ class MidoriMagics(Magics):
     def _cmd_help(self, args: argparse.Namespace) -> None:
         topic = args.topic
         if topic is None:
+            print(command_list())
+        elif topic == "all":
             print(full_help())
-        elif topic in ("cell", "%%midori"):
-            print(CELL_PARSER.format_help())
-        elif topic in COMMAND_PARSERS:
-            print(COMMAND_PARSERS[topic].format_help())
         else:
-            raise UsageError(f"%midori help: no topic {topic!r}: expected cell or one of {', '.join(COMMAND_PARSERS)}")
+            print(command_help(topic))
 
     def _cmd_load(self, args: argparse.Namespace) -> None:
         from ...agent import HuggingFaceLocalAgent
@@ -313,6 +322,8 @@ def load_ipython_extension(ipython: Any) -> None:
         return  # already loaded in this shell
     magics = MidoriMagics(ipython)
     ipython.register_magics(magics)
+    if cell_help_transform not in ipython.input_transformers_cleanup:
+        ipython.input_transformers_cleanup.append(cell_help_transform)
     register_formatters(ipython)
     _ACTIVE = magics
 
@@ -325,9 +336,12 @@ def unload_ipython_extension(ipython: Any) -> None:
 
     unregister_magics(ipython, "midori", "MidoriMagics")
     unregister_formatters(ipython)
+    if cell_help_transform in ipython.input_transformers_cleanup:
+        ipython.input_transformers_cleanup.remove(cell_help_transform)
     if _ACTIVE is not None and _ACTIVE.shell is ipython:
         _ACTIVE.session.release()
         _ACTIVE = None
 
 
-__all__ = ["MidoriMagics", "current_session", "load_ipython_extension", "unload_ipython_extension"]
+__all__ = ["MidoriMagics", "cell_help_transform", "current_session", "load_ipython_extension",
+           "unload_ipython_extension"]

@@ -24,12 +24,35 @@ class HelpShown(Exception):
     """argparse printed help (``--help``): nothing else to do."""
 
 
+#: Width of the help text: wide enough that most options take one line in a notebook output.
+HELP_WIDTH = 110
+
+
+class CompactHelpFormatter(argparse.HelpFormatter):
+    """argparse help with one line per option where it fits: ``-s, --system TEXT`` (the metavar
+    once), the help text beside it, :data:`HELP_WIDTH` characters wide."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30, width=HELP_WIDTH)
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return f"{', '.join(action.option_strings)} {metavar}"
+
+
 class MagicParser(argparse.ArgumentParser):
-    """argparse that reports errors as IPython ``UsageError`` (one clear line, no traceback)."""
+    """argparse that reports errors as IPython ``UsageError`` (one clear line, no traceback)
+    and writes compact help (:class:`CompactHelpFormatter`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", CompactHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}\nusage: {self.format_usage().removeprefix('usage: ').strip()}\n"
-                         "Run `%midori help` for every option.")
+                         f"Run `{help_command(self.prog)}` for its options.")
 
     def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
         if message:
@@ -108,9 +131,10 @@ def build_parsers() -> tuple[MagicParser, MagicParser, dict[str, MagicParser]]:
     sub = line.add_subparsers(dest="command", metavar="COMMAND", parser_class=MagicParser)
     commands: dict[str, MagicParser] = {}
 
-    commands["help"] = sub.add_parser("help", help="show this help (or `help COMMAND`)",
-                                      description="Show help for every command, or for one.")
-    commands["help"].add_argument("topic", nargs="?", help="a command name, or `cell` for the cell magic")
+    commands["help"] = sub.add_parser("help", help="list the commands (or `help COMMAND`: one command's options)",
+                                      description="List the commands, or show the options of one.")
+    commands["help"].add_argument("topic", nargs="?",
+                                  help="a command name, `cell` for the cell magic, or `all` for everything")
 
     load = sub.add_parser(
         "load", help="load or switch the session's local model",
@@ -168,18 +192,53 @@ def build_parsers() -> tuple[MagicParser, MagicParser, dict[str, MagicParser]]:
 LINE_PARSER, CELL_PARSER, COMMAND_PARSERS = build_parsers()
 
 
+#: What ``%midori help`` lists: each form of the magics and what it does, one line each.
+COMMAND_SUMMARY = (
+    ("%%midori [options]", "send the cell as the user message and stream the answer"),
+    ("%midori load [options]", "load or switch the session's local model"),
+    ("%midori use VAR", "use an agent from a notebook variable (or --backend openai: a served model)"),
+    ("%midori ask MESSAGE", "send a one-line message (the line form of %%midori)"),
+    ("%midori history", "the conversation as a DataFrame"),
+    ("%midori reset", "forget the conversation"),
+    ("%midori memory", "the memory readout"),
+    ("%midori unload", "free the session's model"),
+    ("%midori status", "the agent, its settings and the conversation length"),
+    ("%midori log [options]", "the call log: recent calls, search, transcripts, conversations"),
+)
+
+
+def help_command(prog: str) -> str:
+    """The command that shows the help of the parser named ``prog`` (``%%midori`` -> ``%%midori --help``)."""
+    if prog == "%%midori":
+        return "%%midori --help"
+    command = prog.removeprefix("%midori").strip()
+    return f"%midori help {command}" if command else "%midori help"
+
+
+def command_list() -> str:
+    """``%midori help``: the commands in a few lines, and how to get one command's options."""
+    width = max(len(form) for form, _ in COMMAND_SUMMARY)
+    lines = ["midori magics (chat with a local model, or any Midori protocol agent, from notebook cells):"]
+    lines += [f"  {form.ljust(width)}  {what}" for form, what in COMMAND_SUMMARY]
+    lines.append("Options of one command: %midori help COMMAND (or %midori COMMAND --help); of the cell magic: "
+                 "%%midori --help; everything: %midori help all.")
+    return "\n".join(lines)
+
+
+def command_help(topic: str) -> str:
+    """The short help of one command (``cell`` or ``%%midori``: the cell magic); ``UsageError`` for
+    a topic that is not a command."""
+    if topic in ("cell", "%%midori", "midori"):
+        return CELL_PARSER.format_help()
+    if topic in COMMAND_PARSERS:
+        return COMMAND_PARSERS[topic].format_help()
+    raise UsageError(f"%midori help: no command {topic!r}: expected cell, all or one of {', '.join(COMMAND_PARSERS)}")
+
+
 def full_help() -> str:
-    """Help for the cell magic and every line command."""
-    parts = [
-        "midori magics: chat with a local Hugging Face model (or any Midori protocol agent) from notebook cells.",
-        "",
-        "%%midori [options]      the cell body is the user message; the answer streams into the output",
-        "%midori COMMAND [...]   " + ", ".join(COMMAND_PARSERS),
-        "",
-        "=" * 72,
-        CELL_PARSER.format_help(),
-    ]
-    for parser in COMMAND_PARSERS.values():
+    """Help for the cell magic and every line command (``%midori help all`` and ``%midori?``)."""
+    parts = [command_list(), ""]
+    for parser in (CELL_PARSER, *COMMAND_PARSERS.values()):
         parts += ["=" * 72, parser.format_help()]
     return "\n".join(parts)
 
@@ -239,5 +298,6 @@ def split_line(line: str) -> list[str]:
         raise UsageError(f"%midori: cannot split the options ({exc}); check the quotes") from None
 
 
-__all__ = ["CELL_PARSER", "COMMAND_PARSERS", "HelpShown", "LINE_PARSER", "MagicParser", "build_parsers",
-           "full_help", "interpolate", "parse_set", "split_line"]
+__all__ = ["CELL_PARSER", "COMMAND_PARSERS", "COMMAND_SUMMARY", "CompactHelpFormatter", "HELP_WIDTH", "HelpShown",
+           "LINE_PARSER", "MagicParser", "build_parsers", "command_help", "command_list", "full_help", "help_command",
+           "interpolate", "parse_set", "split_line"]
