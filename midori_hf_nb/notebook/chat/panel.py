@@ -125,17 +125,11 @@ class ChatPanel(PersistentPanel, ChatLayout):
         return [entry_to_dict(e) for e in self.memory]
 
     def generation_overrides(self) -> dict[str, Any]:
-        """The overrides the next message is generated with (settings the user neither gave nor changed
-        are left to the agent, see :class:`~.generation.SettingsBaseline`), checked by
-        :func:`~midori_hf_nb.settings.check_overrides`; raises ``ValueError`` naming a bad setting.
-
-        Greedy or seeded answers of an agent that offers reproducible answers (a local model) ask
-        for them (``reproducible=True``, unless the panel's overrides say otherwise), so Regenerate
-        gives the same greedy answer whether or not the conversation's KV cache was kept."""
-        asked = {**self.overrides, **self._baseline.asked(self.settings())}
-        if "reproducible" not in asked and offers_reproducible(self.agent) \
-                and (self.settings()["greedy"] or asked.get("seed") is not None):
-            asked["reproducible"] = True
+        """The overrides the next message is generated with (see :class:`~.generation.SettingsBaseline`;
+        greedy or seeded answers of a local model ask to be reproducible unless the overrides say otherwise),
+        checked by :func:`~midori_hf_nb.settings.check_overrides`; raises ``ValueError`` naming a bad setting."""
+        reproducible = "reproducible" not in self.overrides and offers_reproducible(self.agent)
+        asked = {**self.overrides, **self._baseline.asked(self.settings(), reproducible, self.overrides.get("seed"))}
         try:
             asked["response_format"] = self.response_format_field.value()
             return check_overrides(asked)
