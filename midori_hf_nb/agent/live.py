@@ -15,8 +15,10 @@ class LiveGeneration:
     """Runs :func:`midori_hf_nb.engine.generate` in a daemon thread (with ``reuse_key``: from
     and into the kept KV cache of that agent and session).
 
-    The thread posts ``("text", piece)`` for each decoded piece, then ``("done", result)`` or
-    ``("error", exception)`` to :attr:`queue` on the event loop that created this object. Setting
+    The thread posts ``("text", piece)`` for each decoded piece (and, when token probabilities
+    were asked for on the engine's loop, ``("token", record)`` for each token before its text),
+    then ``("done", result)`` or ``("error", exception)`` to :attr:`queue` on the event loop that
+    created this object. Setting
     :attr:`stop_event` stops the generation within a token. The thread holds no reference to
     the stream that consumes it, so an abandoned stream can be collected (and stopped) at once.
     """
@@ -62,8 +64,11 @@ def _generate_into(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, stop_e
     from .. import engine
 
     try:
+        on_token = None
+        if settings.probabilities is not None:
+            on_token = lambda record: _post(loop, queue, stop_event, ("token", record))  # noqa: E731
         result = engine.generate(lm, input_ids, settings, on_text=lambda t: _post(loop, queue, stop_event, ("text", t)),
-                                 stop_event=stop_event, reuse_key=reuse_key)
+                                 stop_event=stop_event, reuse_key=reuse_key, on_token=on_token)
         _post(loop, queue, stop_event, ("done", result))
     except BaseException as exc:  # delivered to the consumer, raised there
         _post(loop, queue, stop_event, ("error", exc))

@@ -14,6 +14,7 @@ import torch
 from . import capabilities
 from .decode_path import ENGINE, choose_decode_path, closing_of, generation_config, with_constraint
 from .decoders import decode_batch, decode_one, run_generate
+from .logprobs import new_recorder, prompt_logprobs
 from .prefix_cache import NO_REUSE, kv_bytes_per_token
 from .repetition import closing_finish, loop_guard
 from .results import GenerationResult, finish_reason, finish_tokens
@@ -32,8 +33,13 @@ def generate(
     on_text: Callable[[str], None] | None = None,
     stop_event: threading.Event | None = None,
     reuse_key: Hashable | None = None,
+    on_token: Callable[[Any], None] | None = None,
 ) -> GenerationResult:
     """Generate one sequence (blocking). ``on_text`` receives text pieces as they are decoded.
+
+    With ``settings.probabilities`` (``logprobs``, ``top_logprobs``, ``prompt_logprobs``) the result
+    carries a record per token (:mod:`.logprobs`; on the engine's loops ``on_token`` receives each
+    as it is made, before its text) and the prompt's log-probabilities.
 
     Generations on one model run one at a time (``lm.generation_lock``); a request cancelled
     while it waits returns at once with ``finish_reason="cancelled"``.
@@ -52,7 +58,9 @@ def generate(
         call_kwargs = with_constraint(lm, settings, call_kwargs, 1)
         path = choose_decode_path(lm, settings, cfg, call_kwargs)
         if path is ENGINE and capabilities.cache_rows_support():
-            return _generate_shared(lm, input_ids, settings, cfg, call_kwargs, on_text, stop_event, reuse_key)
+            prompt = _prompt_logprobs(lm, settings, input_ids, locked=False)
+            return _generate_shared(lm, input_ids, settings, cfg, call_kwargs, on_text, stop_event, reuse_key,
+                                    on_token, prompt)
     with lm.generation_lock:
         if lm.model is None:
             raise RuntimeError(f"model {lm.spec.source.name!r} was unloaded")
@@ -65,6 +73,8 @@ def generate(
         cfg, call_kwargs = generation_config(lm, settings)
         call_kwargs = with_constraint(lm, settings, call_kwargs, 1)
         path = choose_decode_path(lm, settings, cfg, call_kwargs)
+        prompt = _prompt_logprobs(lm, settings, input_ids, locked=True)
+        recorder = new_recorder(lm, settings.probabilities, call_kwargs, 1, on_token)
         reused = 0
         if path is ENGINE:
             keep = reuse_key is not None and lm.prefix_support.supported
@@ -72,14 +82,14 @@ def generate(
             reused = found.reused
             tokens, first_token_at, started, cache = decode_one(
                 lm, ids, cfg, settings, stop_event, streamer, governor, call_kwargs.get("logits_processor"),
-                found.cache, reused)
+                found.cache, reused, recorder)
             if keep and tokens:
                 held = list(input_ids) + tokens[:-1]
                 if capabilities.cache_length(cache) == len(held):
                     lm.prefix_caches.put(reuse_key, held, cache, kv_bytes_per_token(lm.model))
         else:
             output, timer, started = run_generate(lm, ids, torch.ones_like(ids), settings, stop_event, streamer,
-                                                  (cfg, call_kwargs), governor)
+                                                  (cfg, call_kwargs), governor, recorder)
             tokens, first_token_at = output[0, ids.shape[1]:].tolist(), timer.first_token_at
         seconds = time.perf_counter() - started
         cancelled = bool(stop_event is not None and stop_event.is_set())
@@ -90,12 +100,29 @@ def generate(
             text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
     ttft = first_token_at - started if first_token_at is not None else None
     return GenerationResult(tokens, text, finish, len(input_ids), len(tokens), ttft, seconds, path.name, path.reason,
-                            first_token_at, reused, closing_tokens=closed)
+                            first_token_at, reused, closing_tokens=closed,
+                            logprobs=recorder.row(0, len(tokens)) if recorder is not None else None,
+                            prompt_logprobs=prompt)
+
+
+def _prompt_logprobs(lm: LoadedModel, settings: GenerationSettings, input_ids: list[int], *, locked: bool) -> Any:
+    """The prompt's log-probabilities when ``prompt_logprobs`` was asked for (else None); takes
+    the model's lock unless the caller holds it."""
+    request = settings.probabilities
+    if request is None or not request.prompt:
+        return None
+    if locked:
+        return prompt_logprobs(lm, input_ids)
+    with lm.generation_lock:
+        if lm.model is None:
+            raise RuntimeError(f"model {lm.spec.source.name!r} was unloaded")
+        return prompt_logprobs(lm, input_ids)
 
 
 def _generate_shared(lm: LoadedModel, input_ids: list[int], settings: GenerationSettings, cfg: Any,
                      call_kwargs: dict[str, Any], on_text: Callable[[str], None] | None,
-                     stop_event: threading.Event | None, reuse_key: Hashable | None) -> GenerationResult:
+                     stop_event: threading.Event | None, reuse_key: Hashable | None,
+                     on_token: Callable[[Any], None] | None = None, prompt: Any = None) -> GenerationResult:
     """:func:`generate` through the model's shared decode loop."""
     if stop_event is not None and stop_event.is_set():
         return GenerationResult([], "", "cancelled", len(input_ids), 0, None, 0.0)
@@ -106,8 +133,9 @@ def _generate_shared(lm: LoadedModel, input_ids: list[int], settings: Generation
         from transformers import LogitsProcessorList
 
         processors = LogitsProcessorList(processors)
+    recorder = new_recorder(lm, settings.probabilities, call_kwargs, 1, on_token)
     request = decoder_for(lm).run(SharedRequest(list(input_ids), settings, cfg, processors or None, streamer,
-                                                  stop_event, reuse_key))
+                                                  stop_event, reuse_key, recorder=recorder))
     if request.error is not None:
         raise request.error
     tokens = request.tokens
@@ -122,7 +150,8 @@ def _generate_shared(lm: LoadedModel, input_ids: list[int], settings: Generation
     first = request.first_token_at
     ttft = first - started if first is not None else None
     return GenerationResult(tokens, text, finish, len(input_ids), len(tokens), ttft, seconds, ENGINE.name, None, first,
-                            request.reused, request.peak_rows, closed[1] if closed is not None else None)
+                            request.reused, request.peak_rows, closed[1] if closed is not None else None,
+                            recorder.row(0, len(tokens)) if recorder is not None else None, prompt)
 
 
 def generate_batch(
@@ -152,12 +181,14 @@ def generate_batch(
         cfg, call_kwargs = generation_config(lm, settings)
         call_kwargs = with_constraint(lm, settings, call_kwargs, len(batch))
         path = choose_decode_path(lm, settings, cfg, call_kwargs, rows=len(batch))
+        prompts = [_prompt_logprobs(lm, settings, ids, locked=True) for ids in batch]
+        recorder = new_recorder(lm, settings.probabilities, call_kwargs, len(batch))
         if path is ENGINE:
             generated, first_token_at, started = decode_batch(lm, input_ids, attention_mask, cfg,
-                                                              stop_event, governor, loop_guard(settings))
+                                                              stop_event, governor, loop_guard(settings), recorder)
         else:
             output, timer, started = run_generate(lm, input_ids, attention_mask, settings, stop_event,
-                                                  prepared=(cfg, call_kwargs), governor=governor)
+                                                  prepared=(cfg, call_kwargs), governor=governor, recorder=recorder)
             generated, first_token_at = output[:, width:].tolist(), timer.first_token_at
         seconds = time.perf_counter() - started
         cancelled = bool(stop_event is not None and stop_event.is_set())
@@ -175,5 +206,7 @@ def generate_batch(
                 text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
             ttft = first_token_at - started if first_token_at is not None else None
             results.append(GenerationResult(tokens, text, finish, len(prompt), len(tokens), ttft, seconds,
-                                            path.name, path.reason, first_token_at, closing_tokens=closed))
+                                            path.name, path.reason, first_token_at, closing_tokens=closed,
+                                            logprobs=recorder.row(index, len(tokens)) if recorder is not None else None,
+                                            prompt_logprobs=prompts[index]))
     return results

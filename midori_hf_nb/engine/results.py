@@ -36,6 +36,10 @@ class GenerationResult:
     #: under a constraint, when the repetition guard ended a loop: the tokens of the grammar's shortest
     #: completion written after it, so the answer is complete (None: the guard closed nothing)
     closing_tokens: int | None = None
+    #: one :class:`~midori_hf_nb.logprobs.TokenLogprob` per token when token probabilities were asked for
+    logprobs: list[Any] | None = None
+    #: the prompt's :class:`~midori_hf_nb.logprobs.PromptLogprobs` when ``prompt_logprobs`` was asked for
+    prompt_logprobs: Any = None
 
     @property
     def tokens_per_second(self) -> float:

@@ -39,6 +39,11 @@ _EXPORTS: dict[str, str] = {
     "ResponseView": ".display",
     "render_response_html": ".display",
     "render_response_markdown": ".display",
+    # token probabilities
+    "token_view": ".token_view",
+    "branch_view": ".token_view",
+    "token_view_html": ".token_view",
+    "TokenView": ".token_view",
     # calling any protocol agent
     "open_event_stream": ".agent_calls",
     "EventStream": ".agent_calls",
@@ -66,6 +71,7 @@ _EXPORTS: dict[str, str] = {
     "ChatPanel": ".chat",
     # prompt comparison views
     "comparison_view": ".compare_view",
+    "comparison_tokens": ".compare_view",
     "results_view": ".compare_view",
     "plot_comparison": ".compare_view",
     # magics

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..config import ConfigError
+from ..logprobs.request import PROBABILITY_OPTIONS, ProbabilityRequest, probability_request
 from ..prompting import memory_to_messages, system_text
 from ..protocol import AgentPayload, ReasoningEffort
 from ..settings import split_overrides
 from .config import OpenAIConfig, check_server_options
+from .logprobs import request_fields
 
 @dataclass(frozen=True)
 class ServedCallSettings:
@@ -27,6 +29,8 @@ class ServedCallSettings:
     seed: int | None = None
     stop: str | list[str] | None = None
     server_options: dict[str, Any] = field(default_factory=dict)
+    #: token probabilities asked for (sent as ``logprobs``/``top_logprobs``); None: none
+    probabilities: ProbabilityRequest | None = None
 
     @property
     def greedy(self) -> bool:
@@ -50,16 +54,18 @@ def resolve_served_settings(config: OpenAIConfig, overrides: Mapping[str, Any] |
     """The settings one call runs with: ``config`` with ``overrides`` applied and checked.
 
     Overrides: ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``do_sample``,
-    ``greedy``, ``seed``, ``stop`` and further server options (JSON data, sent as request
-    fields). Raises :class:`~midori_hf_nb.config.ConfigError` naming the field.
+    ``greedy``, ``seed``, ``stop``, ``logprobs``, ``top_logprobs``, ``prompt_logprobs`` (see
+    :mod:`.logprobs`) and further server options (JSON data, sent as request fields). Raises
+    :class:`~midori_hf_nb.config.ConfigError` naming the field.
     """
     fields, seed, rest = split_overrides(overrides or {})
+    probabilities = probability_request({k: rest.pop(k, None) for k in PROBABILITY_OPTIONS})
     if "stop_strings" in rest:  # the local agent's name for it
         rest["stop"] = rest.pop("stop_strings")
     stop = _check_stop(rest.pop("stop", None))
     options = check_server_options(rest, "overrides") if rest else {}
     call_config = config.replace(**fields) if fields else config
-    return ServedCallSettings(call_config, seed, stop, {**config.server_options, **options})
+    return ServedCallSettings(call_config, seed, stop, {**config.server_options, **options}, probabilities)
 
 
 def _wire_call(call: dict[str, Any]) -> dict[str, Any]:
@@ -119,6 +125,7 @@ def request_body(config: OpenAIConfig, payload: AgentPayload, call: ServedCallSe
         body["tools"] = schemas
     if reasoning_effort is not None:
         body["reasoning_effort"] = reasoning_effort.effort
+    body.update(request_fields(call.probabilities))
     extra = dict(call.server_options)
     if c.top_k is not None and not c.greedy:
         extra.setdefault("top_k", c.top_k)

@@ -23,7 +23,8 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
-from ..events import EventStream, StreamEvent, piece_events
+from ..events import EventStream, StreamEvent, piece_events, with_pending
+from ..logprobs import LogprobsResponse
 from ..parsing import StreamSplitter, extract_reasoning_blocks, normalise_call
 from ..protocol import AgentPayload, AgentResponse
 from ..stats import ResponseStats
@@ -31,7 +32,8 @@ from ..tools import tool_names
 from ..tools.answers import adopt_live_ids, attach_tool_calls
 from ..validation import validate_payload
 from .client import import_openai
-from .errors import scrub
+from .errors import ServerRequestError, scrub
+from .logprobs import ServedLogprobs, without_logprobs
 
 if TYPE_CHECKING:  # pragma: no cover
     from .host import ServedHost
@@ -181,7 +183,8 @@ def _finish_reason(reading: _Reading) -> str:
 
 def build_served_response(agent: "ServedHost", payload: AgentPayload, call: Any,
                           schemas: list[dict] | None, reading: _Reading, server_calls: _ServerCalls,
-                          called_at: float, sent_at: float) -> AgentResponse:
+                          called_at: float, sent_at: float, probabilities: ServedLogprobs | None = None,
+                          ) -> AgentResponse:
     """The protocol response of one streamed answer, with its statistics in ``metadata``."""
     now = time.perf_counter()
     raw_text = "".join(reading.content)
@@ -217,6 +220,11 @@ def build_served_response(agent: "ServedHost", payload: AgentPayload, call: Any,
         answer, blocks, calls = attach_tool_calls(answer, blocks, structured, structured_errors, schemas, stats,
                                                   tools_in_template=None)
     stats.thinking_blocks = list(blocks)
+    logprobs = probabilities.result(config.server) if probabilities is not None else None
+    if logprobs is not None:
+        stats.logprobs = logprobs.as_dict()
+        return LogprobsResponse(thinking="\n\n".join(blocks), response=answer, code=None, tool_calls=calls,
+                                metadata=stats.as_dict(), logprobs=logprobs)
     return AgentResponse(thinking="\n\n".join(blocks), response=answer, code=None, tool_calls=calls,
                          metadata=stats.as_dict())
 
@@ -237,8 +245,10 @@ async def _close(stream: Any) -> None:
 class _Collector:
     """Turns the chunks of one stream into events, keeping what arrived (:class:`_Reading`)."""
 
-    def __init__(self, schemas: list[dict] | None) -> None:
+    def __init__(self, schemas: list[dict] | None, probabilities: ServedLogprobs | None = None) -> None:
         self.reading = _Reading()
+        self.probabilities = probabilities or ServedLogprobs(None)
+        self.pending: list = []  # token records not yet put on an event
         self.server_calls = _ServerCalls()
         self.splitter = StreamSplitter(start_in_thinking=False, tools=schemas is not None)
         self.offered = set(tool_names(schemas or []))
@@ -250,10 +260,12 @@ class _Collector:
         if getattr(chunk, "usage", None) is not None:
             reading.usage = chunk.usage
         events: list[StreamEvent] = []
+        records: list = []
         for choice in getattr(chunk, "choices", None) or []:
             delta = getattr(choice, "delta", None)
             if getattr(choice, "index", 0) not in (0, None) or delta is None:
                 continue
+            records.extend(self.probabilities.absorb(choice))
             thought = _reasoning_of(delta)
             if thought:
                 reading.reasoning.append(thought)
@@ -272,12 +284,13 @@ class _Collector:
                     reading.first_at = time.perf_counter()
             if getattr(choice, "finish_reason", None):
                 reading.finish = str(choice.finish_reason)
-        return events
+        self.pending.extend(records)
+        return with_pending(events, self.pending)
 
     def finish(self) -> list[StreamEvent]:
         """The events of the text the splitter still holds."""
-        return [event for piece in self.splitter.finish() for event in piece_events(piece, self.offered,
-                                                                                        self.live_calls)]
+        return with_pending([event for piece in self.splitter.finish()
+                             for event in piece_events(piece, self.offered, self.live_calls)], self.pending)
 
 
 def _midway_error(exc: BaseException, openai: Any, agent: "ServedHost", timeout: float) -> str:
@@ -326,19 +339,26 @@ async def run_served(state: ServedState, agent: "ServedHost", payload: AgentPayl
     state.loop, state.wake = asyncio.get_running_loop(), asyncio.Event()
     if state.stop.is_set():
         state.wake.set()
-    collector = _Collector(schemas)
+    probabilities = ServedLogprobs(call.probabilities)
+    collector = _Collector(schemas, probabilities)
     reading = collector.reading
 
     def respond() -> AgentResponse:
         state.response = build_served_response(agent, payload, call, schemas, reading, collector.server_calls,
-                                               called_at, sent_at)
+                                               called_at, sent_at, probabilities)
         return state.response
 
     sent_at = time.perf_counter()
     waker = asyncio.ensure_future(state.wake.wait())
     stream = None
     try:
-        stream = await _open(state, agent, body, waker, openai)
+        try:
+            stream = await _open(state, agent, body, waker, openai)
+        except ServerRequestError as exc:  # a server that refuses the logprobs parameters: ask again without
+            if exc.status not in (400, 422) or without_logprobs(body) == body:
+                raise
+            probabilities.refused = f"HTTP {exc.status}: {exc}"[:400]
+            stream = await _open(state, agent, without_logprobs(body), waker, openai)
         reading.cancelled = stream is None
         while stream is not None and not reading.cancelled:
             if state.stop.is_set():
@@ -378,7 +398,8 @@ async def run_served(state: ServedState, agent: "ServedHost", payload: AgentPayl
                            agent.config.model, reading.error)
         for found in adopt_live_ids(response.tool_calls or [], collector.live_calls):
             yield StreamEvent("tool_call", found["name"], found)
-        yield StreamEvent("done", response.response, response)
+        yield StreamEvent("done", response.response, response,
+                          logprobs=list(collector.pending) if collector.pending else None)
     finally:
         waker.cancel()
         if stream is not None:

@@ -23,10 +23,13 @@ class TranscriptPages:
         self.page_size = page_size
         self.shown = page_size
         self.cleared: list[MemoryEntryData] | None = None
+        #: show answers that carry token probabilities as their tokens (the panel's Probabilities toggle)
+        self.probs = False
 
     def html(self, memory: list[MemoryEntryData]) -> str:
-        """The HTML of the shown messages (with a line counting the hidden ones)."""
-        return render_transcript_html(memory, limit=self.shown)
+        """The HTML of the shown messages (with a line counting the hidden ones; answers as their
+        tokens while :attr:`probs` is on)."""
+        return render_transcript_html(memory, limit=self.shown, probs=self.probs)
 
     def hidden(self, memory: list[MemoryEntryData]) -> int:
         """How many earlier messages are not shown."""

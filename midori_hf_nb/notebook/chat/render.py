@@ -13,6 +13,7 @@ import time
 
 from ...protocol import MemoryEntryData
 from ..display import STYLE_BOX, STYLE_FOOTER, escape, format_footer, render_response_html
+from ..token_view import has_logprobs
 from .transcript import ROLES, TranscriptEntry, role_label
 
 STYLE_MESSAGE = "margin:0.35em 0;padding:0.35em 0.6em;border-radius:6px;line-height:1.45"
@@ -47,9 +48,11 @@ def render_time_html(timestamp: float | None, what: str) -> str:
             f"{time.strftime('%H:%M:%S', local)}</span>")
 
 
-def render_typed_entry_html(entry: TranscriptEntry) -> str:
+def render_typed_entry_html(entry: TranscriptEntry, *, probs: bool = False, index: int | None = None) -> str:
     """One typed message as HTML; all text is escaped. The role line shows when a message was
-    sent (an answer: when it ended)."""
+    sent (an answer: when it ended). With ``probs``, an answer that carries token probabilities
+    is shown as its tokens, alternatives as buttons (``index``: its place in the conversation,
+    which a click on one names)."""
     what = "answer ended" if entry.is_answer else "sent"
     label = escape(role_label(entry.role)) + render_time_html(entry.timestamp, what)
     if not entry.is_answer:
@@ -62,22 +65,27 @@ def render_typed_entry_html(entry: TranscriptEntry) -> str:
         badges += f'<span class="midori-chat-stopped" style="{STYLE_STOPPED}">stopped</span>'
     if entry.error:
         badges += f'<span class="midori-chat-failed" style="{STYLE_FAILED}">failed</span>'
-    body = render_response_html(entry.as_response()) if entry.has_body else ""
+    response = entry.as_response()
+    tokens = probs and has_logprobs(response)
+    body = render_response_html(response, probs=tokens, branchable=tokens) if entry.has_body else ""
     error = ""
     if entry.error:
         error = f'<div class="midori-chat-error" style="{STYLE_ERROR}">{escape(entry.error)}\n{RETRY_HINT}</div>'
-    return (f'<div class="midori-chat-assistant" style="{STYLE_ASSISTANT}">'
+    answer = f' data-answer="{int(index)}"' if index is not None else ""
+    return (f'<div class="midori-chat-assistant"{answer} style="{STYLE_ASSISTANT}">'
             f'<div style="{STYLE_ROLE}">{label}{badges}</div>{body}{error}</div>')
 
 
-def render_entry_html(entry: MemoryEntryData) -> str:
-    """One message of the transcript as HTML; all text is escaped."""
-    return render_typed_entry_html(TranscriptEntry.from_memory(entry))
+def render_entry_html(entry: MemoryEntryData, *, probs: bool = False, index: int | None = None) -> str:
+    """One message of the transcript as HTML; all text is escaped (``probs``, ``index``: see
+    :func:`render_typed_entry_html`)."""
+    return render_typed_entry_html(TranscriptEntry.from_memory(entry), probs=probs, index=index)
 
 
-def render_transcript_html(entries: list[MemoryEntryData], *, limit: int | None = None) -> str:
+def render_transcript_html(entries: list[MemoryEntryData], *, limit: int | None = None, probs: bool = False) -> str:
     """The transcript as HTML, or only its last ``limit`` messages with a line saying how many
-    earlier ones are not shown (a placeholder line when it is empty)."""
+    earlier ones are not shown (a placeholder line when it is empty); ``probs`` shows answers as
+    their tokens (see :func:`render_typed_entry_html`)."""
     if not entries:
         return (f'<div class="midori-chat-empty" style="{STYLE_BOX};{STYLE_FOOTER}">'
                 "No messages yet: type below and press Send.</div>")
@@ -87,7 +95,8 @@ def render_transcript_html(entries: list[MemoryEntryData], *, limit: int | None 
         note = (f'<div class="midori-chat-hidden" style="{STYLE_FOOTER}">{hidden} earlier message'
                 f'{"s" if hidden != 1 else ""} not shown (Show earlier; Export writes them all)</div>')
     return (f'<div class="midori-chat-transcript" style="{STYLE_BOX}">{note}'
-            + "".join(render_entry_html(e) for e in entries[hidden:]) + "</div>")
+            + "".join(render_entry_html(e, probs=probs, index=hidden + i) for i, e in enumerate(entries[hidden:]))
+            + "</div>")
 
 
 def render_live_html(body: str) -> str:
