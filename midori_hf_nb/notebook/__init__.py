@@ -40,10 +40,10 @@ _EXPORTS: dict[str, str] = {
     "render_response_html": ".display",
     "render_response_markdown": ".display",
     # token probabilities
-    "token_view": ".token_view",
-    "branch_view": ".token_view",
-    "token_view_html": ".token_view",
-    "TokenView": ".token_view",
+    "token_view": ".probs_view",
+    "branch_view": ".probs_view",
+    "token_view_html": ".probs_view",
+    "TokenView": ".probs_view",
     # calling any protocol agent
     "open_event_stream": ".agent_calls",
     "EventStream": ".agent_calls",

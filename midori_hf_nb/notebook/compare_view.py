@@ -149,10 +149,10 @@ def comparison_view(df: "pd.DataFrame", *, columns: str = "settings", value: str
 
 def comparison_tokens(df: "pd.DataFrame", row: Any, *, shade: str = "probability", processed: bool = False) -> Any:
     """The drill-down of one cell of a comparison: row ``row`` (an index label of ``df``) as a
-    :func:`~.token_view.token_view`, titled with its model, prompt and setting. The grid's
+    :func:`~.probs_view.token_view`, titled with its model, prompt and setting. The grid's
     setting must have asked for token probabilities (e.g. ``settings={"top_logprobs": [5]}``);
     otherwise the view says so. Raises ``ValueError`` for a label that is not in ``df``."""
-    from .token_view import token_view
+    from .probs_view import token_view
 
     if row not in df.index:
         raise ValueError(f"comparison_tokens: row={row!r} is not allowed: expected an index label of the frame "

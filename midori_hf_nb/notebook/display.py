@@ -25,7 +25,7 @@ from typing import Any, Mapping
 from ..stats import ResponseStats, StatsError, stats_of
 from .escaping import NO_MATH_CLASS, escape_html, escape_markdown, markdown_lines, to_text
 from .markdown import fenced_code, markdown_for_export, render_markdown_html
-from .token_view import SHADES, token_view_html
+from .probs_view import SHADES, token_view_html
 
 #: Inline styles (Jupyter front ends keep inline styles; no <style> blocks needed).
 STYLE_BOX = "font-family:inherit;line-height:1.45;max-width:100%"
@@ -172,7 +172,7 @@ def answer_html(answer: Any, *, markdown: bool = True) -> str:
 
 def probs_shade(probs: Any, where: str = "probs") -> str | None:
     """The shading of a ``probs`` toggle: None (off), ``"probability"`` (True) or a mode of
-    :data:`~.token_view.SHADES`; ``ValueError`` naming ``where`` otherwise."""
+    :data:`~.probs_view.SHADES`; ``ValueError`` naming ``where`` otherwise."""
     if probs is None or probs is False:
         return None
     if probs is True:
@@ -190,7 +190,7 @@ def render_response_html(response: Any, *, title: str | None = None, show_thinki
     (``.code`` optional). The answer is rendered as safe Markdown (``markdown=False``: plain
     escaped text); every other value is escaped. ``probs`` (True, ``"probability"`` or
     ``"surprisal"``) shows the answer's tokens shaded by probability with their alternatives
-    (:func:`~.token_view.token_view`; ``branchable``: alternatives as buttons, for the chat panel).
+    (:func:`~.probs_view.token_view`; ``branchable``: alternatives as buttons, for the chat panel).
     """
     shade = probs_shade(probs)
     parts = [f'<div class="midori-response {NO_MATH_CLASS}" style="{STYLE_BOX}">']
@@ -258,7 +258,7 @@ class ResponseView:
     the thinking in a collapsed block and a table of tool calls. The wrapped response is
     ``.response``; attribute access falls through to it. ``probs=True`` (or ``"surprisal"``)
     shows the answer's tokens shaded by probability, with their alternatives on hover
-    (:func:`~.token_view.token_view`; the response must carry token probabilities).
+    (:func:`~.probs_view.token_view`; the response must carry token probabilities).
     """
 
     def __init__(self, response: Any, *, title: str | None = None, show_thinking: bool = True,

@@ -22,7 +22,7 @@ from .display import (
 )
 from .escaping import NO_MATH_CLASS, to_text
 from .markdown import IncrementalMarkdown, render_markdown_html
-from .token_view import has_logprobs, token_view_html
+from .probs_view import has_logprobs, token_view_html
 from ..logprobs import Logprobs
 
 STYLE_LOADING = "opacity:0.8;font-size:0.92em;margin:0.1em 0 0.3em 0"
@@ -56,7 +56,7 @@ def render_stream_html(state: StreamState, *, show_thinking: bool = True, markdo
 
     The answer is safe Markdown (``markdown=False``: escaped plain text); while streaming,
     ``renderer`` (an :class:`~.markdown.IncrementalMarkdown`) re-renders only the answer's
-    unsettled tail. With ``probs`` (a shading of :mod:`.token_view`) the answer is its tokens,
+    unsettled tail. With ``probs`` (a shading of :mod:`.probs_view`) the answer is its tokens,
     shaded as they arrive. Every other value is escaped."""
     parts = [f'<div class="midori-stream {NO_MATH_CLASS}" style="{STYLE_BOX}">']
     if state.title:

@@ -109,7 +109,7 @@ class LiveView:
         clock: the time source (``time.perf_counter``).
         markdown: render the answer as safe Markdown (default) or, with False, as plain text.
         probs: show the answer as its tokens shaded by probability (True, ``"probability"`` or
-            ``"surprisal"``) as they arrive (:func:`~.token_view.token_view`).
+            ``"surprisal"``) as they arrive (:func:`~.probs_view.token_view`).
 
     :attr:`stats` is the view's :class:`DisplayStats`, updated as it goes; ``updates``,
     ``events`` and ``render_seconds`` read it.

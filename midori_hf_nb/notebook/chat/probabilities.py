@@ -4,7 +4,7 @@ that branches the answer from it.
 
 With the toggle on (``panel.probs = True``, or a panel made with ``top_logprobs=k`` among its
 overrides), each message asks the agent for ``top_logprobs=5`` and answers that carry token
-probabilities are drawn by :func:`~midori_hf_nb.notebook.token_view.token_view_html` with their
+probabilities are drawn by :func:`~midori_hf_nb.notebook.probs_view.token_view_html` with their
 alternatives as buttons (an answer streams as text, then shows as its tokens). The answers are
 static HTML in the transcript, so a few lines of browser code (an
 `anywidget <https://anywidget.dev>`_ widget, :class:`BranchRelay`) listen for a click on such a
@@ -29,7 +29,7 @@ import anywidget
 import ipywidgets as widgets
 
 from ...agent.branching import branch_answer, check_branch
-from ..token_view import branch_view, has_logprobs
+from ..probs_view import branch_view, has_logprobs
 from .transcript import TranscriptEntry, payload_memory
 
 logger = logging.getLogger(__name__)
@@ -173,12 +173,13 @@ class ProbabilitiesMixin:
             if render:
                 self.show_history(pages.html(self.memory), hidden=pages.hidden(self.memory))
 
-    def _branch_clicked(self, answer: int, step: int, token: int) -> None:
-        """A click on an alternative: branch, or say in a notice why not."""
+    def _branch_clicked(self, answer: int, step: int, token: int) -> Any:
+        """A click on an alternative: branch (returns what :meth:`branch` does), or say in a notice why not."""
         try:
-            self.branch(answer, step, token)
+            return self.branch(answer, step, token)
         except (ValueError, RuntimeError) as exc:
             self.show_notice(str(exc))
+            return None
 
     def branch(self, answer: int, step: int, token: int | str) -> Any:
         """Continue answer ``answer`` (its index in ``memory``) from ``token`` (an id, or the text of

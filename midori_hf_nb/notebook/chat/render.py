@@ -13,7 +13,7 @@ import time
 
 from ...protocol import MemoryEntryData
 from ..display import STYLE_BOX, STYLE_FOOTER, escape, format_footer, render_response_html
-from ..token_view import has_logprobs
+from ..probs_view import has_logprobs
 from .transcript import ROLES, TranscriptEntry, role_label
 
 STYLE_MESSAGE = "margin:0.35em 0;padding:0.35em 0.6em;border-radius:6px;line-height:1.45"
