@@ -94,10 +94,11 @@ def lab(tmp_path):
             stop_process_tree(proc)
 
 
-def open_theme_menu_item(page, name: str) -> None:
-    page.get_by_role("menuitem", name="Settings", exact=True).click()
-    page.get_by_role("menuitem", name="Theme", exact=True).click()
-    page.get_by_role("menuitem", name=name).click()
+def use_theme(page, name: str) -> None:
+    """Settings > Theme > ``name`` in JupyterLab's menu bar."""
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Settings$")).click()
+    page.locator(".lm-Menu-item", has_text=re.compile(r"^Theme")).first.hover()
+    page.locator(".lm-Menu-item", has_text=re.compile(rf"^{re.escape(name)}$")).first.click()
 
 
 def test_hover_a_token_in_the_chat_panel(lab, artifacts_dir):
@@ -157,7 +158,7 @@ def test_hover_a_token_in_the_chat_panel(lab, artifacts_dir):
 
             # the dark theme: the card takes the theme's colours
             light = luminance(card.evaluate("e => getComputedStyle(e).backgroundColor"))
-            open_theme_menu_item(page, "JupyterLab Dark")
+            use_theme(page, "JupyterLab Dark")
             page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'")
             paris.hover()
             expect(card).to_be_visible()
@@ -167,7 +168,7 @@ def test_hover_a_token_in_the_chat_panel(lab, artifacts_dir):
             assert text > 0.6, text
             page.screenshot(path=str(artifacts_dir / "chat_token_probabilities_dark.png"))
             shutil.copy(artifacts_dir / "chat_token_probabilities_dark.png", DOCS / "chat_token_probabilities_dark.png")
-            open_theme_menu_item(page, "JupyterLab Light")
+            use_theme(page, "JupyterLab Light")
 
             # the static view, saved and exported: a page with no server and no kernel still shows the cards
             page.locator(".jp-NotebookPanel .jp-Cell .cm-content").nth(1).click()

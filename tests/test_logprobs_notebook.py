@@ -102,7 +102,7 @@ def test_views_without_or_with_bad_probabilities_say_so():
 def test_response_view_toggle_and_branch_view():
     response = response_of(hostile())
     html = ResponseView(response, probs="surprisal")._repr_html_()
-    assert 'class="midori-tokens' in html and "shade: surprisal" in html
+    assert 'class="midori-tokens' in html and "shaded by surprisal" in html
     assert 'class="midori-tokens' not in ResponseView(response)._repr_html_()
     with pytest.raises(ValueError, match="probs='yes' is not allowed"):
         ResponseView(response, probs="yes")
@@ -167,7 +167,7 @@ def test_magic_probs(tiny_model):
             result = shell.run_cell("%%midori --probs surprisal --no-stream --name r\nHello")
         assert result.success, captured.stderr
         html = [o.data["text/html"] for o in captured.outputs if "text/html" in o.data][-1]
-        assert 'class="midori-tokens' in html and "shade: surprisal" in html
+        assert 'class="midori-tokens' in html and "shaded by surprisal" in html
         assert len(shell.user_ns["r"].logprobs.content[0].top_logprobs) == 5
     finally:
         with capture_output():

@@ -212,8 +212,8 @@ def token_view_html(source: Any, *, shade: str = "probability", processed: bool 
     if found.note:
         parts.append(f'<div class="mt-note" style="{STYLE_NOTE}">{escape_html(found.note)}</div>')
     content = found.content[:MAX_VIEW_TOKENS]
-    legend = ("shade: " + ("surprisal" if shade == "surprisal" else "1 - probability")
-              + (" (the distribution sampled from)" if processed else "") + " · hover or focus a token for its "
+    legend = ("shaded by " + ("surprisal (-log2 p)" if shade == "surprisal" else "how unlikely each token was (1 - p)")
+              + (" in the distribution sampled from" if processed else "") + " · hover or focus a token for its "
               "alternatives")
     if any(record.top_forbidden for record in content):
         legend += " · dotted: the constraint forbade the model's first choice"
