@@ -49,8 +49,8 @@ test-latest:
 	$(LATEST)/bin/pip list --format=freeze | grep -iE '^(torch|transformers|accelerate|tokenizers|ipython|ipykernel|ipywidgets|pandas|numpy)=='
 	$(LATEST)/bin/python -m midori_hf_nb --prepare
 	MIDORI_HF_NB_LATEST=1 $(LATEST)/bin/python -m pytest tests -m "not slow and not browser" -p no:cacheprovider
-	$(LATEST)/bin/python -m pytest --nbmake --nbmake-timeout=180 notebooks -p no:cacheprovider
-	$(LATEST)/bin/python benchmarks/bench.py --smoke
+	$(TMPLOG) $(LATEST)/bin/python -m pytest --nbmake --nbmake-timeout=180 notebooks -p no:cacheprovider
+	$(TMPLOG) $(LATEST)/bin/python benchmarks/bench.py --smoke
 
 # Chromium for the real-browser test (Debian packages; needs root). Skipped with a note elsewhere.
 browser:
@@ -60,18 +60,22 @@ browser:
 	else echo "chromium is not installed and cannot be installed here: the browser test will be skipped"; fi
 
 # MIDORI_HF_NB_REQUIRE_SERVE=1: the tests against a real `transformers serve` fail rather than skip.
+# The notebooks and benchmarks record their calls in a temporary call log, never the user's own
+# (tests/conftest.py does the same for pytest tests).
+TMPLOG  = MIDORI_HF_NB_LOG=$$(mktemp -d)/logs.db
+
 test:
 	MIDORI_HF_NB_REQUIRE_SERVE=1 $(PY) -m pytest tests
-	$(PY) -m pytest --nbmake --nbmake-timeout=180 notebooks
+	$(TMPLOG) $(PY) -m pytest --nbmake --nbmake-timeout=180 notebooks
 	$(MAKE) bench-smoke
 
 # Speed and memory of the agent against the plain-pipeline baseline (benchmarks/README.md).
 bench:
-	$(PY) benchmarks/bench.py
+	$(TMPLOG) $(PY) benchmarks/bench.py
 
 # A few tokens of every benchmark figure, so the benchmark cannot rot (about 30 s).
 bench-smoke:
-	$(PY) benchmarks/bench.py --smoke
+	$(TMPLOG) $(PY) benchmarks/bench.py --smoke
 
 test-fast:
 	$(PY) -m pytest tests -m "not slow and not browser"

@@ -14,6 +14,7 @@ import time
 from typing import Sequence
 
 from .config import DEVICES, DTYPES
+from .log.context import context as log_context
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +61,8 @@ async def _run(args: argparse.Namespace, question: str) -> int:
         print(f"ready: {agent.config.model} -> {lm.path} ({time.perf_counter() - started:.1f} s)", file=sys.stderr)
         return 0
     payload = make_payload(question, args.system, session_id="cli")
-    stream = agent.stream(payload, events=True, seed=args.seed)
+    with log_context(surface="cli"):  # the call log records where the call came from
+        stream = agent.stream(payload, events=True, seed=args.seed)
     dim, reset = ("\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "")
     response = None
     async for event in stream:

@@ -4,6 +4,7 @@ helpers and ``compare()``'s concurrent calls)."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import queue
 import threading
 from typing import Any
@@ -29,7 +30,8 @@ class AsyncIterPump:
         self._iterator = iterator
         self._on_cancel = on_cancel
         self.items: queue.Queue = queue.Queue()
-        self.thread = threading.Thread(target=self._main, name="midori-stream", daemon=True)
+        self.thread = threading.Thread(target=contextvars.copy_context().run, args=(self._main,), name="midori-stream",
+                                       daemon=True)  # the caller's context (the call log's, the kernel's) goes along
 
     def _main(self) -> None:
         async def consume() -> None:

@@ -92,6 +92,8 @@ class ResponseStats:
     #: token probabilities, when asked for (``logprobs=True``): the plain form of
     #: :class:`~midori_hf_nb.logprobs.Logprobs` (OpenAI's ``logprobs`` object plus this project's fields)
     logprobs: dict[str, Any] | None = None
+    #: the call's id in the call log (:mod:`midori_hf_nb.log`); None when it was not recorded
+    log_id: str | None = None
     #: metadata keys this class does not know (kept as they are)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -231,7 +233,7 @@ def _logprobs(name: str, value: Any) -> dict[str, Any]:
 
 
 _CHECKS = {
-    "model": _opt(_text), "backend": _opt(_text), "session_id": _opt(_text),
+    "model": _opt(_text), "backend": _opt(_text), "session_id": _opt(_text), "log_id": _opt(_text),
     "prompt_tokens": _opt(_count), "completion_tokens": _opt(_count),
     "time_to_first_token": _opt(_seconds), "total_seconds": _opt(_seconds), "wall_seconds": _opt(_seconds), "call_to_first_token": _opt(_seconds),
     "tokens_per_second": _opt(_seconds), "decode_tokens_per_second": _opt(_seconds),

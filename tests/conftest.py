@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,60 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Every call the tests make is recorded in the call log (it is on by default): point it at a
+# folder of this test session, never the user's own log. Set before the package is imported,
+# so the kernels, servers and scripts the tests start inherit it too.
+TEST_LOG_DIR = Path(tempfile.mkdtemp(prefix="midori-test-log-"))
+os.environ["MIDORI_HF_NB_LOG"] = str(TEST_LOG_DIR / "logs.db")
+os.environ.pop("MIDORI_HF_NB_LOG_MAX_MB", None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_call_log():
+    """The test session's call log folder (see :data:`TEST_LOG_DIR`), removed at the end."""
+    yield TEST_LOG_DIR
+    import shutil
+    import sys as _sys
+
+    log = _sys.modules.get("midori_hf_nb.log")
+    if log is not None:
+        log.flush(5)
+    shutil.rmtree(TEST_LOG_DIR, ignore_errors=True)
+
+
+@pytest.fixture
+def call_log(tmp_path):
+    """A fresh call log for one test (``tmp_path/logs/logs.db``, recording); the process's log
+    settings (switch, location, bound, redaction hook) are restored afterwards."""
+    from midori_hf_nb import log
+
+    state = log.state()
+    saved = (state.enabled, state.path, state.max_bytes, state.redactor)
+    path = log.on(tmp_path / "logs" / "logs.db")
+    try:
+        yield path
+    finally:
+        log.flush(30)
+        state.enabled, state.path, state.max_bytes, state.redactor = saved
+
+
+def log_rows(path, where: str = "1", args: tuple = ()) -> list[dict]:
+    """Rows of ``responses`` in the log at ``path``, read with sqlite3 itself (oldest first)."""
+    import sqlite3
+
+    from midori_hf_nb import log
+
+    log.flush(30)
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(str(path))
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute(f"SELECT * FROM responses WHERE {where} ORDER BY datetime_utc, rowid",
+                                              args)]
+    finally:
+        conn.close()
 
 
 def run(coro):

@@ -189,7 +189,8 @@ def test_chat_panel_in_jupyterlab(jupyter_lab, artifacts_dir):
             page.locator(".jp-NotebookPanel .jp-Cell .cm-content").first.click()
             page.keyboard.press("Shift+Enter")
 
-            output = page.locator(".jp-NotebookPanel .jp-OutputArea").first
+            # the panel's own output (the saved copy of its conversation follows it, hidden while it runs)
+            output = page.locator(".jp-NotebookPanel .jp-OutputArea").first.locator(".jp-OutputArea-child").first
             box = output.locator('textarea[placeholder^="Message"]')
             expect(box).to_be_visible(timeout=120_000)
 

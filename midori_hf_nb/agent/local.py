@@ -12,6 +12,7 @@ import asyncio
 import threading
 import time
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..config import DEFAULTS, ConfigError, HuggingFaceConfig
@@ -22,6 +23,9 @@ from ..tools import DEFAULT_MAX_RESULT_CHARS, DEFAULT_TOOL_TIMEOUT, tool_instruc
 from ..validation import validate_payloads, validate_reasoning_effort
 from ..logprobs import attach_brancher
 from .branching import make_brancher
+from ..log.capture import finish_call, new_id, start_call
+from ..log.control import check_log_option
+from .call_log import local_details
 from .responses import build_response
 from .stream import AgentStream
 from .tool_loop import ToolLoopStream
@@ -55,6 +59,9 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         kv_reuse: keep each session's KV cache between turns, so a prompt that extends the
             previous one of the same session (``payload.session_id``) prefills only its new
             tokens (same tokens out; see :mod:`midori_hf_nb.engine.prefix_cache`). Default True.
+        log: the call log of this agent's calls (:mod:`midori_hf_nb.log`): None (default)
+            follows the process's switch, False records nothing, True records even when the
+            switch is off, a path records to that database. A call's own ``log=`` wins.
         **kwargs: further :class:`HuggingFaceConfig` options (``num_threads``, ``decode_loop``,
             ``quantize_weights``, ``progress``) and ``generate()`` options (e.g. ``repetition_penalty``).
 
@@ -79,8 +86,10 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         *,
         reasoning_effort: ReasoningEffort | dict | None = None,
         kv_reuse: bool = True,
+        log: Any = None,
         **kwargs: Any,
     ) -> None:
+        self.log = log
         if not isinstance(kv_reuse, bool):
             raise ConfigError(f"kv_reuse={kv_reuse!r} is not allowed: expected True or False")
         self._config = HuggingFaceConfig.from_kwargs(
@@ -109,6 +118,15 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         return f"HuggingFaceLocalAgent(model={self._config.model!r}, device={self._config.device!r}, {state})"
 
     # ------------------------------------------------------------------ properties
+
+    @property
+    def log(self) -> Any:
+        """Where this agent's calls are logged (see the ``log`` argument); settable."""
+        return self._log
+
+    @log.setter
+    def log(self, value: Any) -> None:
+        self._log = check_log_option(value, "HuggingFaceLocalAgent(log=...)")
 
     @property
     def config(self) -> HuggingFaceConfig:
@@ -281,11 +299,28 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         ``model.generate``. ``logprobs``/``top_logprobs``/``prompt_logprobs`` record token
         probabilities for every answer (see :meth:`invoke`). Timing metadata (``total_seconds``,
         ``time_to_first_token``) is that of the whole batch. Setting ``stop_event`` stops every
-        sequence within a token (``finish_reason="cancelled"``).
+        sequence within a token (``finish_reason="cancelled"``). Each answer is recorded in the call
+        log as its own call (one ``group_id`` per batch; ``log=`` as for :meth:`invoke`).
         """
         payloads = validate_payloads(payloads)
         if not payloads:
             return []
+        log_option = overrides.pop("log", None)
+        batch_id = new_id()
+        tickets = [start_call(self._log, log_option, method="generate_batch", group_id=batch_id, payload=payload)
+                   for payload in payloads]
+        try:
+            responses = self._generate_batch(payloads, tools, stop_event, overrides, tickets)
+        except BaseException as exc:
+            for ticket in tickets:
+                finish_call(ticket, None, exc)
+            raise
+        for ticket, response in zip(tickets, responses):
+            finish_call(ticket, response)
+        return responses
+
+    def _generate_batch(self, payloads: list[AgentPayload], tools: list[Any] | None,
+                        stop_event: threading.Event | None, overrides: dict[str, Any], tickets: list) -> list[AgentResponse]:
         schemas = tool_schemas(tools) if tools else None
         call, schemas = apply_tool_choice(self.resolve_settings(overrides, streaming=False), schemas)
         from .. import engine
@@ -294,6 +329,9 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         engine.check_generation_kwargs(call.generation.extra)
         lm = self._acquire_sync()
         call = with_model_defaults(call, self.resolve_settings(overrides, streaming=False))  # the model's defaults
+        for ticket in tickets:
+            if ticket is not None:
+                ticket.details, ticket.tools = partial(local_details, self._config, lm, call), schemas
         prompts = [self.build_prompt(lm, payload, call, schemas, None) for payload in payloads]
         if len(prompts) == 1:  # no padding: the single-sequence path of invoke
             results = [engine.generate(lm, prompts[0].input_ids, call.generation, stop_event=stop_event)]
@@ -324,7 +362,8 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         ``do_sample``, ``greedy`` (True means ``do_sample=False``), ``seed``, and any
         ``generate()`` option (e.g. ``logits_processor``, ``stop_strings``). A ``temperature``
         above 0 given without ``do_sample`` or ``greedy`` turns sampling on for the call.
-        Cancelling the calling task stops the generation within a token.
+        Cancelling the calling task stops the generation within a token. ``log``: where this call
+        is recorded (None, False, True or a path; see :mod:`midori_hf_nb.log`), over the agent's ``log``.
 
         ``response_format`` (a pydantic model class, a JSON schema dict, a Python type or
         ``"json"``) constrains the answer token by token to JSON matching it; the response is then
@@ -342,7 +381,7 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         ``response.logprobs.content[i]`` in the OpenAI shape, and ``await response.branch(step,
         token)`` continues the answer from another token.
         """
-        return await AgentStream(self, payload, events=True, overrides=overrides).collect()
+        return await AgentStream(self, payload, events=True, overrides=overrides, method="invoke").collect()
 
     def stream(self, payload: AgentPayload, *, events: bool = False, **overrides: Any) -> AgentStream:
         """Stream the answer to ``payload``.
@@ -371,7 +410,8 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         schemas = tool_schemas(tools)
         if tool_choice is not None:
             overrides["tool_choice"] = tool_choice
-        return await AgentStream(self, payload, events=True, overrides=overrides, schemas=schemas).collect()
+        return await AgentStream(self, payload, events=True, overrides=overrides, schemas=schemas,
+                                 method="invoke_with_tools").collect()
 
     def stream_with_tools(self, payload: AgentPayload, tools: list[Any], *, events: bool = True,
                           tool_choice: Any = None, **overrides: Any) -> AgentStream:
@@ -386,7 +426,8 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         """
         if tool_choice is not None:
             overrides["tool_choice"] = tool_choice
-        return AgentStream(self, payload, events=events, overrides=overrides, schemas=tool_schemas(tools))
+        return AgentStream(self, payload, events=events, overrides=overrides, schemas=tool_schemas(tools),
+                           method="stream_with_tools")
 
     async def run_tools(self, payload: AgentPayload, tools: list[Any], max_steps: int = 5, *,
                         tool_timeout: float | None = DEFAULT_TOOL_TIMEOUT,

@@ -13,6 +13,7 @@ import asyncio
 import threading
 import time
 import weakref
+from functools import partial
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
@@ -22,8 +23,10 @@ from ..settings import apply_tool_choice, with_model_defaults
 from ..tools import tool_names
 from ..validation import validate_payload
 from ..events import EventStream, StreamEvent, piece_events, with_pending
+from ..log.capture import CallTicket, finish_call, start_call
 from ..logprobs import attach_brancher
 from .branching import make_brancher
+from .call_log import local_details
 from .live import LiveGeneration
 from ..tools.answers import adopt_live_ids
 from .responses import build_response
@@ -52,9 +55,13 @@ class AgentStream(EventStream):
 
     def __init__(self, agent: "GenerationHost", payload: AgentPayload, *, events: bool,
                  overrides: dict[str, Any], schemas: list[dict] | None = None,
-                 continuation: list[dict] | None = None) -> None:
+                 continuation: list[dict] | None = None, method: str = "stream", group_id: str | None = None) -> None:
         state = StreamState()
-        super().__init__(run_generation(state, agent, payload, overrides, schemas, continuation), state, events=events)
+        overrides = dict(overrides)
+        ticket = start_call(getattr(agent, "log", None), overrides.pop("log", None), method=method,
+                            group_id=group_id, payload=payload)
+        super().__init__(logged_generation(state, ticket, agent, payload, overrides, schemas, continuation), state,
+                         events=events)
         weakref.finalize(self, state.stop.set)
 
     @property
@@ -81,15 +88,52 @@ class AgentStream(EventStream):
         await self.aclose()
 
 
+def stop_reason(exc: BaseException) -> str:
+    """What a call that ended by ``exc`` records as its error."""
+    if isinstance(exc, GeneratorExit):
+        return "the stream was closed before the answer ended"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def logged_generation(state: StreamState, ticket: CallTicket | None, agent: "GenerationHost",
+                            payload: AgentPayload, overrides: dict[str, Any], schemas: list[dict] | None,
+                            continuation: list[dict] | None) -> AsyncIterator[StreamEvent]:
+    """The events of :func:`run_generation`, with the call handed to the call log when it ends
+    (answered, stopped or failed; nothing when ``ticket`` is None)."""
+    if ticket is None:
+        async for event in run_generation(state, agent, payload, overrides, schemas, continuation):
+            yield event
+        return
+    ticket.details = partial(local_details, agent.config, None, None)
+    events = run_generation(state, agent, payload, overrides, schemas, continuation, ticket)
+    try:
+        async for event in events:
+            yield event
+    except BaseException as exc:
+        stopped = isinstance(exc, (asyncio.CancelledError, GeneratorExit)) and state.response is not None
+        finish_call(ticket, state.response, None if stopped else stop_reason(exc))
+        raise
+    finally:
+        await events.aclose()
+    finish_call(ticket, state.response)
+
+
 async def run_generation(state: StreamState, agent: "GenerationHost", payload: AgentPayload,
                          overrides: dict[str, Any], schemas: list[dict] | None,
-                         continuation: list[dict] | None) -> AsyncIterator[StreamEvent]:
+                         continuation: list[dict] | None, ticket: CallTicket | None = None) -> AsyncIterator[StreamEvent]:
     """The events of one generation (the body of :class:`AgentStream`)."""
     called_at = time.perf_counter()
     payload = await asyncio.to_thread(validate_payload, payload)  # refused before a model loads, naming the field
     call, schemas = apply_tool_choice(agent.resolve_settings(overrides), schemas)  # refused before a model loads
+    if ticket is not None:
+        ticket.tools, ticket.continuation = schemas, continuation
+        ticket.details = partial(local_details, agent.config, None, call)
     lm = await agent.ensure_loaded()
     call = with_model_defaults(call, agent.resolve_settings(overrides))  # the loaded model's own defaults
+    if ticket is not None:
+        ticket.details = partial(local_details, agent.config, lm, call)
     from .. import engine
 
     engine.check_generation_kwargs(call.generation.extra)

@@ -16,6 +16,7 @@ from ..stats import ResponseStats
 from ..structured.formats import tool_choice_from
 from ..tools import DEFAULT_MAX_RESULT_CHARS, DEFAULT_TOOL_TIMEOUT, ToolRunner, check_tool_options
 from ..events import EventStream, StreamEvent
+from ..log.capture import new_id
 from .stream import AgentStream
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -94,10 +95,11 @@ async def run_tool_loop(state: ToolLoopState, agent: "GenerationHost", payload: 
     totals = {"prompt_tokens": 0, "completion_tokens": 0, "total_seconds": 0.0}
     response: AgentResponse | None = None
     step = 0
+    loop_id = new_id()  # the log's group_id of the loop's generations
     for step in range(1, max_steps + 1):
         step_overrides = overrides if step == 1 else later_step_overrides(overrides)
         state.current = AgentStream(agent, payload, events=True, overrides=step_overrides, schemas=schemas,
-                                    continuation=list(continuation))
+                                    continuation=list(continuation), method="tool_loop", group_id=loop_id)
         if state.cancelled:
             state.current.cancel()
         async for event in state.current:

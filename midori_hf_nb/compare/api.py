@@ -53,6 +53,8 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from ..log.context import context as log_context, current_context
+from ..log.record import new_id
 from ..protocol import AgentPayload
 from .columns import STATUS_NOT_RUN
 from .frames import frame_from_rows
@@ -122,6 +124,9 @@ def compare(
             of its first prompt, answer dropped); False: none. The seconds are in
             ``df.attrs["warmup_seconds"]`` (per model label).
 
+    Every answer is recorded in the call log (:mod:`midori_hf_nb.log`) with ``surface="compare"``
+    and one ``group_id`` for the whole comparison; the warm-up is not recorded.
+
     Returns:
         A DataFrame, one row per (model, prompt, system, setting, repeat); see the module
         documentation for the columns (``df.attrs``: ``interrupted``, ``seed``, ``warmup_seconds``). Interrupting (Ctrl-C, a kernel interrupt) keeps the
@@ -136,7 +141,9 @@ def compare(
     grid = build_grid(prompts, systems=systems, settings=settings, models=models, repeats=repeats, checks=checks,
                       tools=tools, model_kwargs=model_kwargs, progress=progress)
     warmups: dict[str, float] = {}
-    interrupted = run_grid(grid, options, progress=progress, on_event=on_event, warmups=warmups)
+    enclosing = current_context()  # a caller's own log context (a judge's, say) keeps its fields
+    with log_context(surface=enclosing.surface or "compare", group_id=enclosing.group_id or new_id()):
+        interrupted = run_grid(grid, options, progress=progress, on_event=on_event, warmups=warmups)
     if interrupted:
         not_run = sum(row.result.status == STATUS_NOT_RUN for row in grid.rows)
         warnings.warn(f"compare was interrupted: {not_run} of {len(grid.rows)} rows were not run",

@@ -10,6 +10,7 @@ cancels the calls still running and keeps the finished ones.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -48,7 +49,8 @@ class WorkerLoop:
         self._task: asyncio.Task | None = None
         self._ready = threading.Event()
         self.result: Any = None
-        self._thread = threading.Thread(target=self._thread_main, name="midori-compare", daemon=True)
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._thread_main,),
+                                        name="midori-compare", daemon=True)  # the caller's context goes along
 
     def post(self, item: Any) -> None:
         """Hand ``item`` to the calling thread (safe from any thread)."""

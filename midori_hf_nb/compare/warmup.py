@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import time
 import warnings
+from typing import Any
 
+from ..log.context import context as log_context
 from .agents import ModelEntry, offers_batching, takes_overrides
 from .batched import batches
 from .concurrent import run_coroutine
@@ -42,18 +44,23 @@ def warm_up(entry: ModelEntry, rows: list[Row], mode: bool | None, batch_size: i
     agent = entry.agent
     started = time.perf_counter()
     try:
-        if offers_batching(agent):
-            first = next(batches(agent, rows, batch_size, None))
-            agent.generate_batch([row.payload for row in first.rows], max_new_tokens=WARMUP_TOKENS, greedy=True)
-        elif mode is True:
-            overrides = {"max_new_tokens": WARMUP_TOKENS} if takes_overrides(agent) else {}
-            run_coroutine(lambda: agent.invoke(rows[0].payload, **overrides))
-        else:
-            return None
+        with log_context(log=False):  # an untimed warm-up is not a call of the comparison: not logged
+            return _warm_up(agent, rows, mode, batch_size, started)
     except Exception as exc:  # the rows run anyway and report their own errors, row by row
         warnings.warn(f"compare: the warm-up of model {entry.label!r} failed ({type(exc).__name__}: {exc}); "
                       "its rows run without it, so its first call's timing includes the first-call costs",
                       RuntimeWarning, stacklevel=2)
+        return None
+
+
+def _warm_up(agent: Any, rows: list[Row], mode: bool | None, batch_size: int | None, started: float) -> float | None:
+    if offers_batching(agent):
+        first = next(batches(agent, rows, batch_size, None))
+        agent.generate_batch([row.payload for row in first.rows], max_new_tokens=WARMUP_TOKENS, greedy=True)
+    elif mode is True:
+        overrides = {"max_new_tokens": WARMUP_TOKENS} if takes_overrides(agent) else {}
+        run_coroutine(lambda: agent.invoke(rows[0].payload, **overrides))
+    else:
         return None
     return time.perf_counter() - started
 

@@ -74,6 +74,9 @@ _EXPORTS: dict[str, str] = {
     "comparison_tokens": ".compare_view",
     "results_view": ".compare_view",
     "plot_comparison": ".compare_view",
+    # the call log's views
+    "log_view": ".log_view",
+    "conversation_view": ".log_view",
     # magics
     "MidoriMagics": ".magics",
     "MidoriSession": ".magics",
@@ -85,3 +88,8 @@ _EXPORTS: dict[str, str] = {
 
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 __all__ = sorted(_EXPORTS)
+
+# Calls made from a notebook are logged with its path, the cell's id and its execution count.
+from .log_origin import install as _install_log_origin  # noqa: E402
+
+_install_log_origin()

@@ -31,6 +31,7 @@ token), then re-raises.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from typing import Any, Awaitable, Coroutine, Iterator, TypeVar
 
@@ -60,7 +61,8 @@ class _ThreadRunner:
         self._started = threading.Event()
         self._result: Any = None
         self._error: BaseException | None = None
-        self.thread = threading.Thread(target=self._main, name="midori-run", daemon=True)
+        self.thread = threading.Thread(target=contextvars.copy_context().run, args=(self._main,), name="midori-run",
+                                       daemon=True)  # the caller's context (the call log's, the kernel's) goes along
 
     async def _wrapper(self) -> Any:
         self._loop = asyncio.get_running_loop()

@@ -92,11 +92,18 @@ def render_stream_text(state: StreamState) -> str:
 
 
 def stream_footer(state: StreamState) -> str:
-    """The footer line: live progress while streaming, then tokens, seconds, tokens/s, finish."""
+    """The footer line: live progress while streaming, then tokens, seconds, tokens/s, finish and
+    the call's id in the call log (the output is saved with the notebook, so a reopened notebook
+    shows which logged call it was)."""
     if state.error is not None:
         return f"error: {state.error}"
     if state.response is not None:
-        return format_footer(response_stats(state.response), interrupted=state.interrupted)
+        footer = format_footer(response_stats(state.response), interrupted=state.interrupted)
+        metadata = getattr(state.response, "metadata", None)
+        log_id = metadata.get("log_id") if isinstance(metadata, dict) else None
+        if isinstance(log_id, str) and log_id:  # the call log's id: midori_hf_nb.log.logs(ids=...) finds it
+            footer += f" · log id {log_id}"
+        return footer
     if state.interrupted:
         return f"stopping… {state.elapsed:.1f} s"
     if state.pieces == 0:

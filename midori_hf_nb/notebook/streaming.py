@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..load_progress import LoadProgress
+from ..log.context import context as log_context, current_context
 from ..loop_thread import AsyncIterPump
 from .agent_calls import open_event_stream
 from .escaping import to_text
@@ -267,7 +268,9 @@ def _start(agent: Any, payload: Any, on_interrupt: str, view: LiveView | None, t
     view = view or LiveView(view_options.pop("sink"), **view_options)
     if view.probs is not None and not any(overrides.get(k) for k in ("logprobs", "top_logprobs")):
         overrides = {**overrides, "top_logprobs": PROBS_TOP_LOGPROBS}
-    stream = open_event_stream(agent, payload, tools=tools, **overrides)
+    surface = current_context().surface or "stream_to_cell"  # the magics' own surface is kept
+    with log_context(surface=surface):  # the call log records the stream's call as made from here
+        stream = open_event_stream(agent, payload, tools=tools, **overrides)
     view.start()
     return view, stream
 

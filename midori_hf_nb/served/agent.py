@@ -17,6 +17,7 @@ from typing import Any
 from ..config import ConfigError
 from ..protocol import AgentPayload, AgentResponse, MidoriAiAgentProtocol, ReasoningEffort
 from ..tools import tool_schemas
+from ..log.control import check_log_option
 from ..validation import validate_reasoning_effort
 from .client import import_openai
 from .config import SERVED_DEFAULTS, OpenAIConfig
@@ -67,6 +68,9 @@ class OpenAICompatibleAgent(MidoriAiAgentProtocol):
             invalid values raise ``ValueError`` naming the field.
         reasoning_effort: default :class:`ReasoningEffort` for payloads that carry none (sent as
             the request's ``reasoning_effort``).
+        log: the call log of this agent's calls (:mod:`midori_hf_nb.log`): None (default) follows
+            the process's switch, False records nothing, True records even when it is off, a path
+            records to that database; a call's own ``log=`` wins. The key is never recorded.
         **kwargs: further request fields for the server (JSON data), e.g. ``repetition_penalty``.
 
     Errors name the server and the model and never the key: :class:`ServerUnreachableError`,
@@ -88,8 +92,10 @@ class OpenAICompatibleAgent(MidoriAiAgentProtocol):
         context_window: int = SERVED_DEFAULTS["context_window"],
         *,
         reasoning_effort: ReasoningEffort | dict | None = None,
+        log: Any = None,
         **kwargs: Any,
     ) -> None:
+        self.log = log
         config = OpenAIConfig.from_kwargs(
             model=model, base_url=base_url, api_key=api_key, max_new_tokens=max_new_tokens,
             temperature=temperature, top_p=top_p, top_k=top_k, do_sample=do_sample,
@@ -98,6 +104,8 @@ class OpenAICompatibleAgent(MidoriAiAgentProtocol):
         self._setup(config, reasoning_effort)
 
     def _setup(self, config: OpenAIConfig, reasoning_effort: Any) -> None:
+        if not hasattr(self, "_log"):
+            self._log = None
         self._config = config
         self._reasoning_effort = validate_reasoning_effort(reasoning_effort, "reasoning_effort", error=ConfigError)
         self._clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
@@ -117,6 +125,15 @@ class OpenAICompatibleAgent(MidoriAiAgentProtocol):
         raise TypeError("an OpenAICompatibleAgent cannot be pickled (it holds an API key): create it again")
 
     # ------------------------------------------------------------------ properties
+
+    @property
+    def log(self) -> Any:
+        """Where this agent's calls are logged (see the ``log`` argument); settable."""
+        return self._log
+
+    @log.setter
+    def log(self, value: Any) -> None:
+        self._log = check_log_option(value, "OpenAICompatibleAgent(log=...)")
 
     @property
     def config(self) -> OpenAIConfig:
@@ -246,9 +263,10 @@ class OpenAICompatibleAgent(MidoriAiAgentProtocol):
 
         Per-call ``overrides``: ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``,
         ``do_sample``, ``greedy``, ``seed``, ``stop`` and further server options (JSON data).
-        Cancelling the calling task closes the HTTP stream.
+        Cancelling the calling task closes the HTTP stream. ``log``: where this call is recorded
+        (None, False, True or a path; see :mod:`midori_hf_nb.log`), over the agent's ``log``.
         """
-        return await ServedStream(self, payload, events=True, overrides=overrides).collect()
+        return await ServedStream(self, payload, events=True, overrides=overrides, method="invoke").collect()
 
     def stream(self, payload: AgentPayload, *, events: bool = False, **overrides: Any) -> ServedStream:
         """Stream the answer to ``payload``: text pieces (their concatenation equals the final
@@ -263,12 +281,14 @@ class OpenAICompatibleAgent(MidoriAiAgentProtocol):
         a server returns them as text; calls to names not offered carry ``"unknown": True``.
         """
         schemas = tool_schemas(tools)
-        return await ServedStream(self, payload, events=True, overrides=overrides, schemas=schemas).collect()
+        return await ServedStream(self, payload, events=True, overrides=overrides, schemas=schemas,
+                                  method="invoke_with_tools").collect()
 
     def stream_with_tools(self, payload: AgentPayload, tools: list[Any], *, events: bool = True,
                           **overrides: Any) -> ServedStream:
         """Like :meth:`invoke_with_tools`, streamed (typed events by default); nothing is executed."""
-        return ServedStream(self, payload, events=events, overrides=overrides, schemas=tool_schemas(tools))
+        return ServedStream(self, payload, events=events, overrides=overrides, schemas=tool_schemas(tools),
+                            method="stream_with_tools")
 
 
 __all__ = ["OpenAICompatibleAgent"]

@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 import weakref
+from functools import partial
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
@@ -31,6 +32,8 @@ from ..stats import ResponseStats
 from ..tools import tool_names
 from ..tools.answers import adopt_live_ids, attach_tool_calls
 from ..validation import validate_payload
+from ..log.capture import CallTicket, finish_call, start_call
+from .call_log import served_details
 from .client import import_openai
 from .errors import ServerRequestError, scrub
 from .logprobs import ServedLogprobs, without_logprobs
@@ -75,9 +78,15 @@ class ServedStream(EventStream):
     """
 
     def __init__(self, agent: "ServedHost", payload: AgentPayload, *, events: bool,
-                 overrides: dict[str, Any], schemas: list[dict] | None = None) -> None:
+                 overrides: dict[str, Any], schemas: list[dict] | None = None, method: str = "stream") -> None:
         state = ServedState()
-        super().__init__(run_served(state, agent, payload, overrides, schemas), state, events=events)
+        overrides = dict(overrides)
+        ticket = start_call(getattr(agent, "log", None), overrides.pop("log", None), method=method, payload=payload)
+        if ticket is not None:
+            ticket.details = partial(served_details, agent.config, None)
+            ticket.tools = schemas
+            ticket.secrets = (agent.config.api_key.reveal(),)
+        super().__init__(logged_served(state, ticket, agent, payload, overrides, schemas), state, events=events)
         weakref.finalize(self, state.request_stop)
 
     def cancel(self) -> None:
@@ -328,13 +337,34 @@ async def _open(state: ServedState, agent: "ServedHost", body: dict[str, Any], w
     return stream
 
 
+async def logged_served(state: ServedState, ticket: CallTicket | None, agent: "ServedHost", payload: AgentPayload,
+                        overrides: dict[str, Any], schemas: list[dict] | None) -> AsyncIterator[StreamEvent]:
+    """The events of :func:`run_served`, with the call handed to the call log when it ends."""
+    events = run_served(state, agent, payload, overrides, schemas, ticket)
+    try:
+        async for event in events:
+            yield event
+    except BaseException as exc:
+        stopped = isinstance(exc, (asyncio.CancelledError, GeneratorExit)) and state.response is not None
+        error = None if stopped else ("cancelled" if isinstance(exc, (asyncio.CancelledError, GeneratorExit))
+                                      else f"{type(exc).__name__}: {exc}")
+        finish_call(ticket, state.response, error)
+        raise
+    finally:
+        await events.aclose()
+    finish_call(ticket, state.response)
+
+
 async def run_served(state: ServedState, agent: "ServedHost", payload: AgentPayload,
-                     overrides: dict[str, Any], schemas: list[dict] | None) -> AsyncIterator[StreamEvent]:
+                     overrides: dict[str, Any], schemas: list[dict] | None,
+                     ticket: CallTicket | None = None) -> AsyncIterator[StreamEvent]:
     """The events of one streamed answer (the body of :class:`ServedStream`)."""
     openai = import_openai()
     called_at = time.perf_counter()
     payload = validate_payload(payload)
     call = agent.resolve_settings(overrides)
+    if ticket is not None:
+        ticket.details = partial(served_details, agent.config, call)
     body = agent.request_body(payload, call, schemas)
     state.loop, state.wake = asyncio.get_running_loop(), asyncio.Event()
     if state.stop.is_set():

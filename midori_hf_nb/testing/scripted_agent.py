@@ -15,10 +15,13 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Sequence
 
 from ..events import EventStream, StreamEvent
+from ..log.capture import CallTicket, finish_call, start_call
+from ..log.control import check_log_option
 from ..load_progress import LoadProgress, LoadTracker
 from ..parsing import StreamSplitter, extract_reasoning_blocks, parse_tool_calls_detailed
 from ..protocol import AgentPayload, AgentResponse, MidoriAiAgentProtocol
@@ -54,6 +57,7 @@ class ScriptedAgent(MidoriAiAgentProtocol):
         fail_after: for an exception reply, how many pieces stream before it is raised.
         load_seconds: seconds the first call spends "loading the model" before its first piece,
             reporting stages and counts through :attr:`load_progress` as a real load does.
+        log: the call log option of its calls, as for the project's agents (None: the process's switch).
 
     ``calls`` records every call (payload, overrides, tools). ``max_new_tokens`` (per call)
     bounds the number of pieces, with ``finish_reason="length"``; stopping a stream gives
@@ -62,7 +66,7 @@ class ScriptedAgent(MidoriAiAgentProtocol):
 
     def __init__(self, replies: str | BaseException | Sequence[str | BaseException], *, delay: float = 0.0,
                  piece_chars: int = 4, context_window: int = 4096, model: str = "scripted",
-                 fail_after: int = 0, load_seconds: float = 0.0) -> None:
+                 fail_after: int = 0, load_seconds: float = 0.0, log: Any = None) -> None:
         self.replies = [replies] if isinstance(replies, (str, BaseException)) else list(replies)
         if not self.replies:
             raise ValueError("ScriptedAgent needs at least one reply")
@@ -75,6 +79,7 @@ class ScriptedAgent(MidoriAiAgentProtocol):
         self.fail_after = fail_after
         self.load_seconds = float(load_seconds)
         self.calls: list[ScriptedCall] = []
+        self.log = check_log_option(log, "ScriptedAgent(log=...)")
         self._loading: LoadProgress | None = None
         self._loaded = self.load_seconds <= 0
 
@@ -147,12 +152,19 @@ def _tool_name(tool: Any) -> str:
 
 
 class ScriptedStream(EventStream):
-    """The stream of one scripted reply; the same surface as the local agent's stream."""
+    """The stream of one scripted reply; the same surface as the local agent's stream. Like the
+    project's agents, it records the call in the call log (:mod:`midori_hf_nb.log`; ``log=`` on
+    the agent or the call as for them)."""
 
     def __init__(self, agent: ScriptedAgent, reply: str | BaseException, overrides: dict[str, Any], *,
                  events: bool, tools: list[str] | None) -> None:
         state = _State()
-        super().__init__(_run(state, agent, reply, overrides, tools), state, events=events)
+        overrides = dict(overrides)
+        ticket = start_call(agent.log, overrides.pop("log", None), method="stream", payload=agent.calls[-1].payload)
+        if ticket is not None:
+            ticket.details = partial(_details, agent, dict(overrides))
+            ticket.tools = [{"name": name} for name in tools] if tools is not None else None
+        super().__init__(_logged(state, ticket, agent, reply, overrides, tools), state, events=events)
         weakref.finalize(self, _State.__setattr__, state, "stopped", True)
 
     def cancel(self) -> None:
@@ -163,6 +175,26 @@ class ScriptedStream(EventStream):
         """Stop and close the stream."""
         self._state.stopped = True
         await self._iterator.aclose()
+
+
+def _details(agent: ScriptedAgent, overrides: dict[str, Any]) -> dict[str, Any]:
+    return {"model": agent.model, "backend": "scripted", "options": overrides}
+
+
+async def _logged(state: _State, ticket: CallTicket | None, agent: ScriptedAgent, reply: str | BaseException,
+                  overrides: dict[str, Any], tools: list[str] | None) -> AsyncIterator[StreamEvent]:
+    events = _run(state, agent, reply, overrides, tools)
+    try:
+        async for event in events:
+            yield event
+    except BaseException as exc:
+        closed = isinstance(exc, (asyncio.CancelledError, GeneratorExit))
+        finish_call(ticket, state.response, None if closed and state.response is not None
+                    else "cancelled" if closed else exc)
+        raise
+    finally:
+        await events.aclose()
+    finish_call(ticket, state.response)
 
 
 async def _run(state: _State, agent: ScriptedAgent, reply: str | BaseException, overrides: dict[str, Any],

@@ -1,9 +1,6 @@
-"""``ChatPanel``: a conversation with any Midori protocol agent inside one notebook cell.
-
-See :mod:`midori_hf_nb.notebook.chat` for what the panel shows and how it behaves. This module
-holds the behaviour: the buttons' actions, each answer running as a task on the kernel's event
-loop, the status line, and export and import of the conversation.
-"""
+"""``ChatPanel``: a conversation with any Midori protocol agent inside one notebook cell (what it shows and
+how it behaves: :mod:`midori_hf_nb.notebook.chat`). Here: the buttons' actions, each answer as a task on the
+kernel's event loop, the status line, export and import; :mod:`.persistence`: the call log and the saved copy."""
 
 from __future__ import annotations
 
@@ -26,13 +23,14 @@ from .generation import AnswerRun, GenerationPlan, agent_model, answer_entry, in
 from .layout import ChatLayout, WidgetSink
 from .options import check_panel_options
 from .pages import TranscriptPages
+from .persistence import PersistentPanel
 from .render import final_status_text, live_status_text, render_live_html
 from .structured_field import ResponseFormatField, attach
 from .transcript import TOKENS_FIELD, TranscriptEntry, check_memory, entry_to_dict, payload_memory, \
     render_transcript_markdown, transcript_frame
 
 
-class ChatPanel(ChatLayout):
+class ChatPanel(PersistentPanel, ChatLayout):
     """A chat with ``agent`` as an ipywidgets panel (see :mod:`midori_hf_nb.notebook.chat`).
 
     Args:
@@ -51,6 +49,7 @@ class ChatPanel(ChatLayout):
         throttle: minimum seconds between transcript updates while streaming.
         height: the transcript's maximum height (CSS), e.g. ``"420px"``.
         enter_sends: whether Enter sends (Shift+Enter always starts a new line).
+        conversation, log: a logged conversation to continue (id or name), the calls' log option (:mod:`.persistence`).
         **overrides: further per-message generation overrides (``seed``, ``repetition_penalty``,
             ``logits_processor``, ``tool_choice`` for the tools...), as for
             :meth:`~midori_hf_nb.HuggingFaceLocalAgent.invoke`. A ``response_format`` is the first
@@ -62,7 +61,7 @@ class ChatPanel(ChatLayout):
                  temperature: float | None = None, max_new_tokens: int | None = None, greedy: bool | None = None,
                  memory: list[MemoryEntryData] | None = None, session_id: str = "chat-panel",
                  title: str | None = None, throttle: float = DEFAULT_THROTTLE, height: str = "420px",
-                 enter_sends: bool = True, **overrides: Any) -> None:
+                 enter_sends: bool = True, conversation: str | None = None, log: Any = None, **overrides: Any) -> None:
         check_panel_options(agent=agent, tools=tools, execute_tools=execute_tools, max_tool_steps=max_tool_steps,
                             throttle=throttle, system_prompt=system_prompt, enter_sends=enter_sends)
         tool_method(agent, tools, execute_tools)  # refuses a tool loop the agent cannot run
@@ -70,7 +69,7 @@ class ChatPanel(ChatLayout):
                                                     max_new_tokens=max_new_tokens, greedy=greedy)
         self._baseline = SettingsBaseline.of(settings, overrides, temperature=temperature,
                                              max_new_tokens=max_new_tokens, greedy=greedy)
-        self.memory: list[MemoryEntryData] = check_memory(memory, "ChatPanel(memory=...)")
+        self.memory = check_memory(self.open_conversation(agent, conversation, memory, log), "ChatPanel(memory=...)")
         self.agent = agent
         self.tools = list(tools) if tools else None
         self.execute_tools = execute_tools
@@ -96,7 +95,7 @@ class ChatPanel(ChatLayout):
         self._render_history()
         self.response_format_field = attach(self.settings_box,
                                             ResponseFormatField(self.overrides.pop("response_format", None)))
-        self.show_status("ready")
+        self.show_status(self.ready_text())
         self.show_running(False)
 
     def __repr__(self) -> str:
@@ -326,8 +325,8 @@ class ChatPanel(ChatLayout):
             loop = None
         self._stop_requested = False
         if loop is None:  # a plain script: run to completion here
-            return asyncio.run(self._tracked(coro))
-        self._task = loop.create_task(coro)
+            return self.log_context().run(asyncio.run, self._tracked(coro))
+        self._task = loop.create_task(coro, context=self.log_context())
         self.show_running(True)
         return self._task
 

@@ -10,8 +10,11 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
+from ...log.context import context as log_context
+from ...log.record import new_id
 from ..agent_calls import agent_model_name, is_local_agent, require_agent
 from ..conversation import count_tokens
+from .log_command import run_log_command
 from .parsers import CELL_PARSER, COMMAND_PARSERS, HelpShown, full_help, interpolate, split_line
 from .session import MidoriSession, load_config, message_overrides
 
@@ -195,7 +198,11 @@ class MidoriMagics(Magics):
 
     def _cmd_reset(self, args: argparse.Namespace) -> None:
         count = self.session.conversation.reset()
+        self.session.conversation_id = new_id()  # a new conversation in the call log
         print(f"Conversation cleared ({count} turns forgotten).")
+
+    def _cmd_log(self, args: argparse.Namespace) -> None:
+        run_log_command(args, self.shell)
 
     def _cmd_memory(self, args: argparse.Namespace) -> None:
         from IPython.display import display
@@ -278,18 +285,19 @@ class MidoriMagics(Magics):
             payload = session.conversation.payload(message, system)
         else:
             payload = make_payload(message, system, session_id=session.conversation.session_id)
-        if args.no_stream:
-            from IPython.display import display
+        with log_context(surface="magic", conversation_id=session.conversation_id if use_memory else None):
+            if args.no_stream:
+                from IPython.display import display
 
-            response = run(agent.invoke(payload, **overrides))
-            display(ResponseView(response, show_thinking=not args.hide_thinking, markdown=not args.plain,
-                                 probs=args.probs or False))
-            session.last_display = None
-        else:
-            view = LiveView(throttle=throttle, show_thinking=not args.hide_thinking, markdown=not args.plain,
-                            probs=args.probs or False)
-            response = display_stream(agent, payload, view=view, **overrides)
-            session.last_display = view.stats
+                response = run(agent.invoke(payload, **overrides))
+                display(ResponseView(response, show_thinking=not args.hide_thinking, markdown=not args.plain,
+                                     probs=args.probs or False))
+                session.last_display = None
+            else:
+                view = LiveView(throttle=throttle, show_thinking=not args.hide_thinking, markdown=not args.plain,
+                                probs=args.probs or False)
+                response = display_stream(agent, payload, view=view, **overrides)
+                session.last_display = view.stats
         if use_memory:
             session.conversation.add_exchange(message, response, user_tokens=count_tokens(agent, message),
                                               sent_at=sent_at)

@@ -17,6 +17,7 @@ from IPython.core.error import UsageError
 
 from ...config import DTYPES
 from ..streaming import DEFAULT_THROTTLE
+from .log_command import add_log_parser
 
 
 class HelpShown(Exception):
@@ -158,6 +159,8 @@ def build_parsers() -> tuple[MagicParser, MagicParser, dict[str, MagicParser]]:
                                         "model's footprint (an agent that is not local: remote/unknown).")
     memory.add_argument("--name", metavar="VAR", help="also store the MemoryReadout in this notebook variable")
     commands["memory"] = memory
+
+    commands["log"] = add_log_parser(sub)
 
     commands["unload"] = sub.add_parser("unload", help="free the session's model",
                                         description="Release the model; the next message loads it again.")

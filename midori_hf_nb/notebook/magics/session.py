@@ -16,6 +16,7 @@ from typing import Any
 from IPython.core.error import UsageError
 
 from ...config import ConfigError, HuggingFaceConfig
+from ...log.record import new_id
 from ...settings import CONFIG_OVERRIDES, check_overrides
 from ..agent_calls import is_local_agent, require_agent
 from ..conversation import Conversation
@@ -132,6 +133,8 @@ class MidoriSession:
         last_response: the most recent response.
         last_display: the :class:`~midori_hf_nb.notebook.streaming.DisplayStats` of the most
             recent streamed message (None before one, or after ``--no-stream``).
+        conversation_id: the id of the conversation in the call log (:mod:`midori_hf_nb.log`);
+            ``%midori reset`` starts a new one.
     """
 
     def __init__(self) -> None:
@@ -143,6 +146,7 @@ class MidoriSession:
         self.throttle = DEFAULT_THROTTLE
         self.last_response: Any = None
         self.last_display: DisplayStats | None = None
+        self.conversation_id = new_id()
 
     @property
     def agent(self) -> Any:
