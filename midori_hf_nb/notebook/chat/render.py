@@ -71,7 +71,7 @@ def render_typed_entry_html(entry: TranscriptEntry, *, probs: bool = False, inde
     error = ""
     if entry.error:
         error = f'<div class="midori-chat-error" style="{STYLE_ERROR}">{escape(entry.error)}\n{RETRY_HINT}</div>'
-    answer = f' data-answer="{int(index)}"' if index is not None else ""
+    answer = f' data-answer="{int(index)}"' if index is not None and tokens else ""
     return (f'<div class="midori-chat-assistant"{answer} style="{STYLE_ASSISTANT}">'
             f'<div style="{STYLE_ROLE}">{label}{badges}</div>{body}{error}</div>')
 
