@@ -2,9 +2,11 @@
 call with each step's raw logits, the scores the token was chosen from, and the chosen tokens.
 
 Free when off: without ``logprobs``/``top_logprobs`` a generation gets no recorder (``None``), and
-the loops only test for it once per token. With one, each step costs two ``log_softmax`` passes, a
-gather, a comparison, an entropy and a top-k over the vocabulary (a few hundred microseconds on a
-CPU, next to tens of milliseconds for the forward pass), and one ``tolist``.
+the loops only test for it once per token. With one, each step costs a few numpy passes over the
+vocabulary (the log-normaliser, the entropy, the rank, a top-k; a second normaliser when something
+processed the scores) and the token texts, which are cached per tokenizer: a few hundred
+microseconds on a CPU, next to tens of milliseconds for the forward pass
+(``benchmarks/logprobs.py`` measures both).
 
 What each decoder gives the recorder:
 
@@ -28,6 +30,7 @@ import math
 import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
 import torch
 from transformers import LogitsProcessor
 
@@ -108,6 +111,53 @@ def token_texts(lm: "LoadedModel") -> TokenTexts:
 # --------------------------------------------------------------------------- the recorder
 
 
+def _as_numpy(scores: torch.Tensor) -> np.ndarray:
+    """``(n, vocabulary)`` scores as float32 numpy rows (a view on the CPU when they already are)."""
+    return scores.detach().to(device="cpu", dtype=torch.float32).numpy()
+
+
+def _log_total(scores: np.ndarray) -> tuple[float, float]:
+    """(maximum, log of the sum of ``exp(scores - maximum)``) of one row; (-inf, 0) when nothing is finite."""
+    top = float(scores.max())
+    if top == -math.inf:
+        return top, 0.0
+    return top, math.log(float(np.exp(scores - top).sum(dtype=np.float64)))
+
+
+def _row_values(raw: np.ndarray, processed: np.ndarray | None, token: int, top: int,
+                ) -> tuple[tuple[float, float, int, float], list[int], list[float], list[float]]:
+    """One row's numbers: (raw logprob, processed logprob, rank, entropy), the top ids, their raw and
+    processed logprobs.
+
+    Computed with numpy in the calling thread: these are a few passes over the vocabulary, and
+    torch would spread each over its intra-op threads, which on a busy CPU waits far longer than
+    the work takes (the same reason as the constraint's bitmask, :mod:`~midori_hf_nb.structured.processor`).
+    """
+    maximum = float(raw.max())
+    shifted = raw - maximum
+    weights = np.exp(shifted)
+    total = float(weights.sum(dtype=np.float64))
+    log_total = math.log(total)
+    spread = float(np.dot(weights, shifted))
+    if math.isnan(spread):  # -inf logits (a masked part of the vocabulary) weigh nothing
+        finite = np.isfinite(shifted)
+        spread = float(np.dot(weights[finite], shifted[finite]))
+    entropy = log_total - spread / total
+    logprob = float(shifted[token]) - log_total
+    rank = int(np.count_nonzero(raw > raw[token])) + 1
+    ids: list[int] = []
+    if top:
+        count = min(top, raw.shape[-1])
+        found = np.argpartition(raw, -count)[-count:]
+        ids = found[np.argsort(-raw[found], kind="stable")].tolist()
+    top_values = [float(shifted[i]) - log_total for i in ids]
+    if processed is None:
+        return (logprob, logprob, rank, entropy), ids, top_values, top_values
+    p_max, p_log = _log_total(processed)
+    processed_value = (lambda i: float(processed[i]) - p_max - p_log) if p_max != -math.inf else (lambda i: -math.inf)
+    return (logprob, processed_value(token), rank, entropy), ids, top_values, [processed_value(i) for i in ids]
+
+
 def _value(number: float) -> float | None:
     """A log-probability as stored: None for -inf (no chance), never below ``MIN_LOGPROB``."""
     if number == -math.inf or math.isnan(number):
@@ -132,42 +182,34 @@ class Recorder:
 
     def step(self, raw: torch.Tensor, processed: torch.Tensor, tokens: torch.Tensor,
              rows: list[int] | None = None) -> None:
-        """Record one step: ``raw`` logits and ``processed`` scores (``(n, vocabulary)``, float32;
-        the same tensor when nothing processed them) and the chosen ``tokens`` (``(n,)``) of the
-        rows ``rows`` (default ``0..n-1``)."""
-        with torch.inference_mode():
-            raw_lp = torch.log_softmax(raw.float(), dim=-1)
-            proc_lp = raw_lp if processed is raw else torch.log_softmax(processed.float(), dim=-1)
-            index = tokens.reshape(-1, 1).to(raw_lp.device)
-            chosen = raw_lp.gather(1, index)
-            parts = [chosen, proc_lp.gather(1, index), (raw_lp > chosen).sum(dim=-1, keepdim=True).float() + 1,
-                     torch.special.entr(raw_lp.exp()).sum(dim=-1, keepdim=True)]
-            top_ids: list[list[int]] = [[] for _ in range(index.shape[0])]
-            if self.top:
-                values, ids = raw_lp.topk(min(self.top, raw_lp.shape[-1]), dim=-1)
-                parts += [values, proc_lp.gather(1, ids)]
-                top_ids = ids.tolist()
-            table = torch.cat(parts, dim=1).tolist()
-        for index_in_batch, row in enumerate(rows if rows is not None else range(len(table))):
-            self._add(row, int(tokens[index_in_batch]), table[index_in_batch], top_ids[index_in_batch])
+        """Record one step: ``raw`` logits and ``processed`` scores (``(n, vocabulary)``; the same
+        tensor when nothing processed them) and the chosen ``tokens`` (``(n,)``) of the rows
+        ``rows`` (default ``0..n-1``)."""
+        raw_rows = _as_numpy(raw)
+        processed_rows = raw_rows if processed is raw else _as_numpy(processed)
+        chosen = tokens.reshape(-1).tolist()
+        for index, row in enumerate(rows if rows is not None else range(len(chosen))):
+            token = int(chosen[index])
+            self._add(row, token, *_row_values(raw_rows[index], None if processed is raw else processed_rows[index],
+                                               token, self.top))
 
-    def _add(self, row: int, token: int, values: list[float], top_ids: list[int]) -> None:
+    def _add(self, row: int, token: int, values: tuple[float, float, int, float], top_ids: list[int],
+             top_values: list[float], top_processed: list[float]) -> None:
         texts = self.texts
         text, data = texts.get(token)
-        count = len(top_ids)
         alternatives = []
-        for position, alternative in enumerate(top_ids):
+        for alternative, value, processed in zip(top_ids, top_values, top_processed):
             alt_text, alt_bytes = texts.get(alternative)
-            alternatives.append(TopLogprob(alt_text, _value(values[4 + position]), alt_bytes, alternative,
-                                           _value(values[4 + count + position])))
+            alternatives.append(TopLogprob(alt_text, _value(value), alt_bytes, alternative, _value(processed)))
         step = len(self.records[row])
         allowed = forbidden = None
         if self.pressure is not None:
             found = self.pressure.pressure_at(step, row)
             if found is not None:
                 allowed, forbidden = found
-        record = TokenLogprob(text, _value(values[0]), data, alternatives, token, _value(values[1]), int(values[2]),
-                              max(0.0, values[3]) if math.isfinite(values[3]) else None, allowed, forbidden)
+        logprob, processed_logprob, rank, entropy = values
+        record = TokenLogprob(text, _value(logprob), data, alternatives, token, _value(processed_logprob), rank,
+                              max(0.0, entropy) if math.isfinite(entropy) else None, allowed, forbidden)
         self.records[row].append(record)
         if self.on_token is not None and row == 0:
             self.on_token(record)
