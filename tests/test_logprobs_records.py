@@ -207,3 +207,29 @@ def test_chat_transcripts_keep_them_and_refuse_bad_ones():
     with pytest.raises(ValueError, match="transcript message 1: .*top_logprobs=.* is not allowed: expected a list of at "
                                          "most 20 items"):
         read_document(json.dumps(hostile))
+
+
+def test_the_recorder_s_numbers_on_the_cpu_and_on_an_accelerator_agree():
+    """The CPU path (numpy, in the decoding thread) and the accelerator path (torch, on the device) give
+    the same numbers; the torch path is exercised here on CPU tensors."""
+    import torch
+
+    from midori_hf_nb.engine.logprobs import _row_values, device_values
+
+    generator = torch.Generator().manual_seed(0)
+    raw = torch.randn(3, 5000, generator=generator) * 4
+    processed = raw / 0.7
+    processed[:, ::2] = float("-inf")  # a constraint (or top-k) left only some tokens
+    tokens = torch.tensor([int(row[1::2].argmax()) * 2 + 1 for row in processed])
+    on_device = device_values(raw, processed, tokens, 5)
+    for row in range(3):
+        values, ids, top_raw, top_processed = _row_values(raw[row].numpy(), processed[row].numpy(),
+                                                          int(tokens[row]), 5)
+        expected = on_device[row]
+        assert ids == expected[1] and values[2] == expected[0][2]
+        assert values[:2] + values[3:] == pytest.approx(expected[0][:2] + expected[0][3:], abs=1e-4)
+        assert top_raw == pytest.approx(expected[2], abs=1e-4)
+        assert [v if v != float("-inf") else None for v in top_processed] == \
+            [pytest.approx(v, abs=1e-4) if v != float("-inf") else None for v in expected[3]]
+    same = device_values(raw, raw, tokens, 0)
+    assert [v[0][0] for v in same] == [v[0][1] for v in same] and same[0][1] == []

@@ -6,7 +6,8 @@ the loops only test for it once per token. With one, each step costs a few numpy
 vocabulary (the log-normaliser, the entropy, the rank, a top-k; a second normaliser when something
 processed the scores) and the token texts, which are cached per tokenizer: a few hundred
 microseconds on a CPU, next to tens of milliseconds for the forward pass
-(``benchmarks/logprobs.py`` measures both).
+(``benchmarks/logprobs.py`` measures both). On an accelerator the same numbers come from torch on
+the device (:func:`device_values`), with one small transfer per step.
 
 What each decoder gives the recorder:
 
@@ -158,6 +159,27 @@ def _row_values(raw: np.ndarray, processed: np.ndarray | None, token: int, top: 
     return (logprob, processed_value(token), rank, entropy), ids, top_values, [processed_value(i) for i in ids]
 
 
+def device_values(raw: torch.Tensor, processed: torch.Tensor, tokens: torch.Tensor, top: int) -> list[tuple]:
+    """What :func:`_row_values` gives for each row, computed by torch where the scores are (an
+    accelerator, where these operations are cheap and a copy of the logits to the CPU is not)."""
+    with torch.inference_mode():
+        raw_lp = torch.log_softmax(raw.float(), dim=-1)
+        proc_lp = raw_lp if processed is raw else torch.log_softmax(processed.float(), dim=-1)
+        index = tokens.reshape(-1, 1).to(raw_lp.device)
+        chosen = raw_lp.gather(1, index)
+        parts = [chosen, proc_lp.gather(1, index), (raw_lp > chosen).sum(dim=-1, keepdim=True).float() + 1,
+                 torch.special.entr(raw_lp.exp()).sum(dim=-1, keepdim=True)]
+        count = min(top, raw_lp.shape[-1])
+        ids: list[list[int]] = [[] for _ in range(index.shape[0])]
+        if count:
+            top_values, top_ids = raw_lp.topk(count, dim=-1)
+            parts += [top_values, proc_lp.gather(1, top_ids)]
+            ids = top_ids.tolist()
+        table = torch.cat(parts, dim=1).tolist()
+    return [((row[0], row[1], int(row[2]), row[3]), ids[i], row[4:4 + count], row[4 + count:4 + 2 * count])
+            for i, row in enumerate(table)]
+
+
 def _value(number: float) -> float | None:
     """A log-probability as stored: None for -inf (no chance), never below ``MIN_LOGPROB``."""
     if number == -math.inf or math.isnan(number):
@@ -185,13 +207,16 @@ class Recorder:
         """Record one step: ``raw`` logits and ``processed`` scores (``(n, vocabulary)``; the same
         tensor when nothing processed them) and the chosen ``tokens`` (``(n,)``) of the rows
         ``rows`` (default ``0..n-1``)."""
-        raw_rows = _as_numpy(raw)
-        processed_rows = raw_rows if processed is raw else _as_numpy(processed)
         chosen = tokens.reshape(-1).tolist()
+        if raw.device.type == "cpu":
+            raw_rows = _as_numpy(raw)
+            processed_rows = raw_rows if processed is raw else _as_numpy(processed)
+            values = [_row_values(raw_rows[i], None if processed is raw else processed_rows[i], int(token), self.top)
+                      for i, token in enumerate(chosen)]
+        else:  # on an accelerator: the same numbers by torch on the device, one transfer per step
+            values = device_values(raw, processed, tokens, self.top)
         for index, row in enumerate(rows if rows is not None else range(len(chosen))):
-            token = int(chosen[index])
-            self._add(row, token, *_row_values(raw_rows[index], None if processed is raw else processed_rows[index],
-                                               token, self.top))
+            self._add(row, int(chosen[index]), *values[index])
 
     def _add(self, row: int, token: int, values: tuple[float, float, int, float], top_ids: list[int],
              top_values: list[float], top_processed: list[float]) -> None:
