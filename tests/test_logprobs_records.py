@@ -233,3 +233,12 @@ def test_the_recorder_s_numbers_on_the_cpu_and_on_an_accelerator_agree():
             [pytest.approx(v, abs=1e-4) if v != float("-inf") else None for v in expected[3]]
     same = device_values(raw, raw, tokens, 0)
     assert [v[0][0] for v in same] == [v[0][1] for v in same] and same[0][1] == []
+
+
+def test_agents_refuse_them_as_construction_options():
+    from midori_hf_nb import HuggingFaceLocalAgent, OpenAICompatibleAgent
+
+    with pytest.raises(ConfigError, match="top_logprobs'\\]=5 is not allowed: top_logprobs is a per-call option"):
+        HuggingFaceLocalAgent(model="m", top_logprobs=5)
+    with pytest.raises(ConfigError, match="logprobs'\\]=True is not allowed: logprobs is a per-call option"):
+        OpenAICompatibleAgent(model="m", base_url="http://127.0.0.1:9/v1", logprobs=True)
