@@ -95,6 +95,9 @@ class GenerationSettings:
     constraint: Any = None
     #: token probabilities to record (``logprobs``, ``top_logprobs``, ``prompt_logprobs``); None: none
     probabilities: ProbabilityRequest | None = None
+    #: tokens at the end of the input that an earlier, paused part of this answer generated (a
+    #: stream continued after nobody read it for a while): the constraint follows them as answer
+    answer_so_far: int = 0
 
     @property
     def greedy(self) -> bool:

@@ -33,13 +33,21 @@ def generate(
     on_text: Callable[[str], None] | None = None,
     stop_event: threading.Event | None = None,
     reuse_key: Hashable | None = None,
-    on_token: Callable[[Any], None] | None = None,
+    on_token: Callable[[int], None] | None = None,
+    carry: Any = None,
+    on_record: Callable[[Any], None] | None = None,
 ) -> GenerationResult:
-    """Generate one sequence (blocking). ``on_text`` receives text pieces as they are decoded.
+    """Generate one sequence (blocking). ``on_text`` receives text pieces as they are decoded,
+    ``on_token`` the number of tokens each step brought (both from the generating thread).
+
+    ``carry`` (a :class:`~.capabilities.TextCarry`) joins the text of a generation that continues
+    a paused one: the streamer starts from the text the paused one held, and keeps its own held
+    text there when it is stopped with ``carry.hold`` set.
 
     With ``settings.probabilities`` (``logprobs``, ``top_logprobs``, ``prompt_logprobs``) the result
-    carries a record per token (:mod:`.logprobs`; on the engine's loops ``on_token`` receives each
-    as it is made, before its text) and the prompt's log-probabilities.
+    carries a record per token (:mod:`.logprobs`; on the engine's loops ``on_record`` receives each
+    as it is made, before its text) and the prompt's log-probabilities (not for a continuation:
+    ``settings.answer_so_far`` tokens of its input are answer).
 
     Generations on one model run one at a time (``lm.generation_lock``); a request cancelled
     while it waits returns at once with ``finish_reason="cancelled"``.
@@ -60,7 +68,7 @@ def generate(
         if path is ENGINE and capabilities.cache_rows_support():
             prompt = _prompt_logprobs(lm, settings, input_ids, locked=False)
             return _generate_shared(lm, input_ids, settings, cfg, call_kwargs, on_text, stop_event, reuse_key,
-                                    on_token, prompt)
+                                    on_token, carry, on_record, prompt)
     with lm.generation_lock:
         if lm.model is None:
             raise RuntimeError(f"model {lm.spec.source.name!r} was unloaded")
@@ -68,13 +76,13 @@ def generate(
             return GenerationResult([], "", "cancelled", len(input_ids), 0, None, 0.0)
         governor = apply_threads(lm, settings.num_threads)
         ids = torch.tensor([input_ids], dtype=torch.long, device=lm.input_device)
-        streamer = (capabilities.callback_streamer(lm.tokenizer, on_text, lm.tokenizer_lock)
+        streamer = (capabilities.callback_streamer(lm.tokenizer, on_text, lm.tokenizer_lock, on_token, carry)
                     if on_text is not None else None)
         cfg, call_kwargs = generation_config(lm, settings)
         call_kwargs = with_constraint(lm, settings, call_kwargs, 1)
         path = choose_decode_path(lm, settings, cfg, call_kwargs)
         prompt = _prompt_logprobs(lm, settings, input_ids, locked=True)
-        recorder = new_recorder(lm, settings.probabilities, call_kwargs, 1, on_token)
+        recorder = new_recorder(lm, settings.probabilities, call_kwargs, 1, on_record)
         reused = 0
         if path is ENGINE:
             keep = reuse_key is not None and lm.prefix_support.supported
@@ -109,7 +117,7 @@ def _prompt_logprobs(lm: LoadedModel, settings: GenerationSettings, input_ids: l
     """The prompt's log-probabilities when ``prompt_logprobs`` was asked for (else None); takes
     the model's lock unless the caller holds it."""
     request = settings.probabilities
-    if request is None or not request.prompt:
+    if request is None or not request.prompt or settings.answer_so_far:
         return None
     if locked:
         return prompt_logprobs(lm, input_ids)
@@ -122,18 +130,19 @@ def _prompt_logprobs(lm: LoadedModel, settings: GenerationSettings, input_ids: l
 def _generate_shared(lm: LoadedModel, input_ids: list[int], settings: GenerationSettings, cfg: Any,
                      call_kwargs: dict[str, Any], on_text: Callable[[str], None] | None,
                      stop_event: threading.Event | None, reuse_key: Hashable | None,
-                     on_token: Callable[[Any], None] | None = None, prompt: Any = None) -> GenerationResult:
+                     on_token: Callable[[int], None] | None = None, carry: Any = None,
+                     on_record: Callable[[Any], None] | None = None, prompt: Any = None) -> GenerationResult:
     """:func:`generate` through the model's shared decode loop."""
     if stop_event is not None and stop_event.is_set():
         return GenerationResult([], "", "cancelled", len(input_ids), 0, None, 0.0)
-    streamer = (capabilities.callback_streamer(lm.tokenizer, on_text, lm.tokenizer_lock)
+    streamer = (capabilities.callback_streamer(lm.tokenizer, on_text, lm.tokenizer_lock, on_token, carry)
                 if on_text is not None else None)
     processors = call_kwargs.get("logits_processor")
     if processors:
         from transformers import LogitsProcessorList
 
         processors = LogitsProcessorList(processors)
-    recorder = new_recorder(lm, settings.probabilities, call_kwargs, 1, on_token)
+    recorder = new_recorder(lm, settings.probabilities, call_kwargs, 1, on_record)
     request = decoder_for(lm).run(SharedRequest(list(input_ids), settings, cfg, processors or None, streamer,
                                                   stop_event, reuse_key, recorder=recorder))
     if request.error is not None:

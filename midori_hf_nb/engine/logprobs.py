@@ -191,16 +191,16 @@ class Recorder:
     """The token records of one generation of ``rows`` sequences (see the module docstring).
 
     ``pressure``: the constraint's processor (its per-step log of allowed tokens), or None;
-    ``on_token``: called with each record of row 0 as it is made (streaming).
+    ``on_record``: called with each record of row 0 as it is made (streaming).
     """
 
     def __init__(self, request: "ProbabilityRequest", lm: "LoadedModel", rows: int = 1, pressure: Any = None,
-                 on_token: Callable[[TokenLogprob], None] | None = None) -> None:
+                 on_record: Callable[[TokenLogprob], None] | None = None) -> None:
         self.top = int(request.top)
         self.texts = token_texts(lm)
         self.records: list[list[TokenLogprob]] = [[] for _ in range(rows)]
         self.pressure = pressure
-        self.on_token = on_token
+        self.on_record = on_record
 
     def step(self, raw: torch.Tensor, processed: torch.Tensor, tokens: torch.Tensor,
              rows: list[int] | None = None) -> None:
@@ -236,8 +236,8 @@ class Recorder:
         record = TokenLogprob(text, _value(logprob), data, alternatives, token, _value(processed_logprob), rank,
                               max(0.0, entropy) if math.isfinite(entropy) else None, allowed, forbidden)
         self.records[row].append(record)
-        if self.on_token is not None and row == 0:
-            self.on_token(record)
+        if self.on_record is not None and row == 0:
+            self.on_record(record)
 
     def from_generate(self, logits: tuple[torch.Tensor, ...], scores: tuple[torch.Tensor, ...],
                       generated: torch.Tensor) -> None:
@@ -252,7 +252,7 @@ class Recorder:
 
 
 def new_recorder(lm: "LoadedModel", request: "ProbabilityRequest | None", call_kwargs: dict[str, Any], rows: int = 1,
-                 on_token: Callable[[TokenLogprob], None] | None = None) -> Recorder | None:
+                 on_record: Callable[[TokenLogprob], None] | None = None) -> Recorder | None:
     """The recorder of a generation, or None when no token probabilities were asked for (the
     decode loops then do no extra work). Under a constraint (its processor is the last of
     ``call_kwargs["logits_processor"]``), the processor starts logging the grammar's pressure."""
@@ -263,7 +263,7 @@ def new_recorder(lm: "LoadedModel", request: "ProbabilityRequest | None", call_k
         if hasattr(processor, "track_pressure"):
             processor.track_pressure()
             pressure = processor
-    return Recorder(request, lm, rows, pressure, on_token)
+    return Recorder(request, lm, rows, pressure, on_record)
 
 
 # --------------------------------------------------------------------------- the prompt

@@ -69,7 +69,7 @@ class ServedLogprobs:
         """The records in one chunk's choice (none when the server sent none or they cannot be read)."""
         if not self.active:
             return []
-        found = getattr(choice, "logprobs", None)
+        found = choice.get("logprobs") if isinstance(choice, dict) else getattr(choice, "logprobs", None)
         if found is None:
             return []
         items = _plain(found).get("content") if isinstance(_plain(found), dict) else None
