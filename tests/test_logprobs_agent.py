@@ -63,3 +63,32 @@ def test_a_batch_records_each_answer_and_its_prompt(agent):
     branched = run(responses[1].branch(step, alternative.id))
     assert [r.id for r in branched.logprobs.content[:step]] == [r.id for r in responses[1].logprobs.content[:step]]
     assert branched.logprobs.content[step].id == alternative.id
+
+
+def test_a_paused_stream_keeps_every_token_record(tiny_model):
+    """A stream nobody reads pauses after its look-ahead and continues when read again: its token
+    records are those of the answer that never paused, streamed with its pieces."""
+    from .test_hostile_streams import wait_until_idle
+
+    prompt = make_payload("Tell me everything.")
+
+    async def scenario(agent):
+        unpaused = await agent.invoke(prompt, logprobs=True)
+        stream = agent.stream(prompt, events=True, logprobs=True)
+        events = []
+        async for event in stream:
+            events.append(event)
+            break
+        idle = await wait_until_idle(timeout=60)
+        was_paused = stream.paused
+        events += [event async for event in stream]
+        return unpaused, stream.response, events, idle, was_paused
+
+    for agent in loaded_agent(tiny_model, max_new_tokens=200, stop_on_repetition=False):
+        unpaused, resumed, events, idle, was_paused = run(scenario(agent))
+    assert idle == [] and was_paused
+    content = resumed.logprobs.content
+    assert len(content) == resumed.metadata["completion_tokens"] == 200
+    assert [r.id for r in content] == [r.id for r in unpaused.logprobs.content]
+    assert all(abs(a.logprob - b.logprob) < 1e-3 for a, b in zip(content, unpaused.logprobs.content))
+    assert [r for e in events for r in (e.logprobs or [])] == content
