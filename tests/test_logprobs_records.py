@@ -242,3 +242,19 @@ def test_agents_refuse_them_as_construction_options():
         HuggingFaceLocalAgent(model="m", top_logprobs=5)
     with pytest.raises(ConfigError, match="logprobs'\\]=True is not allowed: logprobs is a per-call option"):
         OpenAICompatibleAgent(model="m", base_url="http://127.0.0.1:9/v1", logprobs=True)
+
+
+def test_a_server_s_records_are_bounded_and_checked():
+    from midori_hf_nb.logprobs import ProbabilityRequest
+    from midori_hf_nb.served.logprobs import ServedLogprobs
+
+    item = {"token": "a", "logprob": -0.1, "bytes": [97], "top_logprobs": [{"token": "b", "logprob": -3.0}] * 25}
+    reading = ServedLogprobs(ProbabilityRequest(tokens=True, top=3), budget=4)
+    assert len(reading.absorb({"logprobs": {"content": [item] * 50}})) == 20  # max_new_tokens and some slack
+    assert all(len(record.top_logprobs) == 20 for record in reading.content)  # a longer list is cut
+    assert "more than 20 token records" in reading.result("http://server").note
+    broken = ServedLogprobs(ProbabilityRequest(tokens=True))
+    broken.absorb({"logprobs": {"content": [item, {"token": "<x>", "logprob": "sure"}, item]}})
+    found = broken.result("http://server")
+    assert len(found.content) == 1 and "could not be read: logprobs.content[1].logprob='sure'" in found.note
+    assert ServedLogprobs(None).result("http://server") is None

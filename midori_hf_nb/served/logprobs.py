@@ -15,9 +15,9 @@ agent's own, so they are None here. Servers differ:
   says the server refused them and why;
 * ``prompt_logprobs`` is not part of the OpenAI API: the note says so.
 
-What a server sends is bounded like any input: at most
-:data:`~midori_hf_nb.logprobs.records.MAX_TOKENS` records, 20 alternatives each, every field
-type-checked; records that cannot be read end the reading with a note, never the answer.
+What a server sends is bounded like any input: at most the call's ``max_new_tokens`` records (and a
+few more), 20 alternatives each, every field type-checked; records that cannot be read end the
+reading with a note, never the answer.
 """
 
 from __future__ import annotations
@@ -55,8 +55,10 @@ def _plain(value: Any) -> Any:
 class ServedLogprobs:
     """Collects the token records of one streamed answer (see the module docstring)."""
 
-    def __init__(self, request: ProbabilityRequest | None) -> None:
+    def __init__(self, request: ProbabilityRequest | None, budget: int | None = None) -> None:
         self.request = request
+        #: the most records read: the call's ``max_new_tokens`` (and some slack for a final token)
+        self.limit = MAX_TOKENS if budget is None else min(MAX_TOKENS, int(budget) + 16)
         self.content: list[TokenLogprob] = []
         self.problem: str | None = None
         self.refused: str | None = None
@@ -77,8 +79,8 @@ class ServedLogprobs:
             return []
         records = []
         for item in items:
-            if len(self.content) >= MAX_TOKENS:
-                self.problem = f"the server sent more than {MAX_TOKENS} token records; the rest were not read"
+            if len(self.content) >= self.limit:
+                self.problem = f"the server sent more than {self.limit} token records; the rest were not read"
                 break
             try:
                 record = read_token(_plain(item), f"logprobs.content[{len(self.content)}]", cut_top=True)

@@ -307,7 +307,7 @@ async def run_served(state: ServedState, agent: "ServedHost", payload: AgentPayl
     state.loop, state.wake = asyncio.get_running_loop(), asyncio.Event()
     if state.stop.is_set():
         state.wake.set()
-    collector = Collector(schemas, config.max_new_tokens, secret_of(config.api_key), ServedLogprobs(call.probabilities))
+    collector = Collector(schemas, config.max_new_tokens, secret_of(config.api_key), ServedLogprobs(call.probabilities, config.max_new_tokens))
     reading = collector.reading
     reader = _Events(collector, agent)
 
