@@ -75,7 +75,9 @@ def _percent(logprob: float | None) -> str:
 
 
 def _doubt(record: TokenLogprob, shade: str, processed: bool) -> float:
-    """How strongly a token is shaded, 0 to 1."""
+    """How strongly a token is shaded, 0 to 1 (a server's record, which has no processed value,
+    by its raw one)."""
+    processed = processed and (record.processed_logprob is not None or record.rank is not None)
     logprob = record.processed_logprob if processed else record.logprob
     if logprob is None:
         return 1.0 if processed and record.logprob is not None else 0.0
