@@ -20,7 +20,10 @@ Figures (see benchmarks/README.md for what each one means):
 * the comparison grid: ``compare()`` over 8 prompts batched versus one by one (aggregate tokens/s);
 * a 10-turn conversation: time to first token of turn 1 and turn 10, with the conversation's KV
   cache kept between turns (``kv_reuse=True``, the default) and without;
-* 8 concurrent ``invoke`` calls versus the same 8 in a row (aggregate tokens/s).
+* 8 concurrent ``invoke`` calls versus the same 8 in a row (aggregate tokens/s);
+* reproducible mode (``reproducible=True``) against the default mode, side by side: decode
+  tokens/s of one answer (row ``agent-reproducible``), the grid batched and one by one, 8
+  concurrent and 8 sequential invokes, and the 10-turn conversation with the kept KV cache.
 
 It prints a table of medians, minima and maxima with ratios to the baseline and writes
 ``benchmarks/results/bench-<time>.json``. The machine may be shared: only ratios measured in the
@@ -73,6 +76,7 @@ ROWS: dict[str, tuple[str, dict[str, Any], str]] = {
     "agent-int8": ("agent", {"quantize_weights": "int8"}, "agent with quantize_weights='int8' (weight-only int8, bf16 activations)"),
     "agent-int4": ("agent", {"quantize_weights": "int4"}, "agent with quantize_weights='int4' (4-bit groups of 32 as in the GGUF, bf16 head)"),
     "agent-generate": ("agent", {"decode_loop": "generate"}, "agent default, but decode_loop='generate' (model.generate)"),
+    "agent-reproducible": ("agent", {"reproducible": True}, "agent default, but reproducible=True"),
     "llama.cpp": ("llama_cpp", {}, "reference: llama-cpp-python on the same GGUF (only if importable)"),
 }
 
@@ -306,7 +310,7 @@ class Worker:
         tokens = options.get("turn_tokens", TURN_TOKENS)
         counter = iter(range(10**9))
 
-        def mode(reuse: bool):
+        def mode(reuse: bool, reproducible: bool = False):
             def run(max_new: int) -> dict[str, Any]:
                 agent.kv_reuse = reuse
                 session = f"bench-{next(counter)}"  # a new conversation: nothing kept from an earlier run
@@ -315,7 +319,8 @@ class Worker:
                 started = time.perf_counter()
                 for question in TURNS[:options.get("turn_count", len(TURNS))]:
                     payload = make_payload(question, SYSTEM, memory=list(memory), session_id=session)
-                    response = self.loop.run_until_complete(agent.invoke(payload, max_new_tokens=min(tokens, max_new)))
+                    response = self.loop.run_until_complete(agent.invoke(payload, max_new_tokens=min(tokens, max_new),
+                                                                         reproducible=reproducible))
                     stats = stats_of(response)
                     ttfts.append(stats.call_to_first_token)
                     prompts.append(stats.prompt_tokens)
@@ -331,6 +336,7 @@ class Worker:
 
         self.runners[f"{name}:reuse"] = mode(True)
         self.runners[f"{name}:no-reuse"] = mode(False)
+        self.runners[f"{name}:reuse-reproducible"] = mode(True, reproducible=True)
         self.info[name] = self._agent_info(agent)
 
     def _setup_concurrent(self, name: str, options: dict[str, Any], n: int) -> None:
@@ -343,15 +349,16 @@ class Worker:
         payloads = [make_payload(p, SYSTEM, session_id=f"concurrent-{i}") for i, p in enumerate(GRID_PROMPTS)]
         agent.kv_reuse = False  # every call prefills its whole prompt, in both modes
 
-        def mode(concurrent: bool):
+        def mode(concurrent: bool, reproducible: bool = False):
             def run(max_new: int) -> dict[str, Any]:
                 limit = min(tokens, max_new)
 
                 async def all_at_once() -> list[Any]:
-                    return await asyncio.gather(*(agent.invoke(p, max_new_tokens=limit) for p in payloads))
+                    return await asyncio.gather(*(agent.invoke(p, max_new_tokens=limit, reproducible=reproducible)
+                                                  for p in payloads))
 
                 async def in_a_row() -> list[Any]:
-                    return [await agent.invoke(p, max_new_tokens=limit) for p in payloads]
+                    return [await agent.invoke(p, max_new_tokens=limit, reproducible=reproducible) for p in payloads]
 
                 started = time.perf_counter()
                 responses = self.loop.run_until_complete(all_at_once() if concurrent else in_a_row())
@@ -364,6 +371,8 @@ class Worker:
 
         self.runners[f"{name}:concurrent"] = mode(True)
         self.runners[f"{name}:sequential"] = mode(False)
+        self.runners[f"{name}:concurrent-reproducible"] = mode(True, reproducible=True)
+        self.runners[f"{name}:sequential-reproducible"] = mode(False, reproducible=True)
         self.info[name] = self._agent_info(agent)
 
     def _setup_grid(self, name: str, options: dict[str, Any], n: int) -> None:
@@ -371,11 +380,11 @@ class Worker:
 
         agent = self._agent(options, n)
 
-        def mode(batch_size: int):
+        def mode(batch_size: int, reproducible: bool = False):
             def run(max_new: int) -> dict[str, Any]:
                 started = time.perf_counter()
                 frame = compare(GRID_PROMPTS, systems=[SYSTEM], models=agent, batch_size=batch_size, seed=None,
-                                settings={"max_new_tokens": [max_new]}, progress=False)
+                                settings={"max_new_tokens": [max_new]}, progress=False, reproducible=reproducible)
                 total = time.perf_counter() - started
                 tokens = int(frame["completion_tokens"].sum())
                 return {"tokens": tokens, "total": total, "aggregate_tps": tokens / total,
@@ -384,6 +393,8 @@ class Worker:
 
         self.runners[f"{name}:batched"] = mode(len(GRID_PROMPTS))
         self.runners[f"{name}:one-by-one"] = mode(1)
+        self.runners[f"{name}:batched-reproducible"] = mode(len(GRID_PROMPTS), reproducible=True)
+        self.runners[f"{name}:one-by-one-reproducible"] = mode(1, reproducible=True)
         from midori_hf_nb import make_payload
         from midori_hf_nb.stats import stats_of
 
@@ -652,10 +663,12 @@ def main(argv: list[str] | None = None) -> int:
                           f"{result['tokens']} tokens", file=sys.stderr)
         stream_names = [n for n in ("stream:raw", "stream:cell", "stream:cell-every-piece") if n in by_runner]
         stream_samples: dict[str, list[dict[str, Any]]] = {n: [] for n in stream_names}
-        grid_names = [n for n in ("grid:batched", "grid:one-by-one") if n in by_runner]
+        grid_names = [n for n in ("grid:batched", "grid:one-by-one", "grid:batched-reproducible",
+                                  "grid:one-by-one-reproducible") if n in by_runner]
         grid_samples: dict[str, list[dict[str, Any]]] = {n: [] for n in grid_names}
-        pair_names = [n for n in ("turns:reuse", "turns:no-reuse", "concurrent:concurrent", "concurrent:sequential")
-                      if n in by_runner]
+        pair_names = [n for n in ("turns:reuse", "turns:no-reuse", "turns:reuse-reproducible", "concurrent:concurrent",
+                                  "concurrent:sequential", "concurrent:concurrent-reproducible",
+                                  "concurrent:sequential-reproducible") if n in by_runner]
         pair_samples: dict[str, list[dict[str, Any]]] = {n: [] for n in pair_names}
         for r in range(rounds):
             for name in rotated(pair_names, r):
@@ -802,6 +815,7 @@ def main(argv: list[str] | None = None) -> int:
         targets["8 concurrent invokes >= 3x 8 in a row"] = {"value": value, "goal": 3.0,
                                                             "met": value is not None and value >= 3.0,
                                                             "per_round_ratio": per_round}
+    targets.update(reproducible_costs(rows_out, grid_samples, pair_samples, paired))
     if "llama.cpp" in rows_out and agent and rows_out["llama.cpp"]["decode_tps"] and agent["decode_tps"]:
         targets["(reference) agent decode / llama.cpp decode"] = {
             "value": agent["decode_tps"]["median"] / rows_out["llama.cpp"]["decode_tps"]["median"],
@@ -873,6 +887,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED: row {name!r} should decode through the engine's loop but took {', '.join(paths)}",
               file=sys.stderr)
     return 1 if (failed and not rows_out) or slow else 0
+
+
+def reproducible_costs(rows_out: dict[str, Any], grid: dict[str, list[dict[str, Any]]],
+                       pairs: dict[str, list[dict[str, Any]]], paired: Any) -> dict[str, Any]:
+    """The closing figures of reproducible mode: each a per-round ratio reproducible / default
+    (speed: below 1 is the cost; time to first token: above 1 is the cost)."""
+    out: dict[str, Any] = {}
+    one, exact = rows_out.get("agent"), rows_out.get("agent-reproducible")
+    if one and exact and one["decode_tps"] and exact["decode_tps"]:
+        out["(reproducible cost) decode tok/s, reproducible / default"] = {
+            "value": exact["decode_tps"]["median"] / one["decode_tps"]["median"], "goal": None, "met": None}
+    for label, a, b, samples, key in (
+            ("grid batched", "grid:batched-reproducible", "grid:batched", grid, "aggregate_tps"),
+            ("grid one by one", "grid:one-by-one-reproducible", "grid:one-by-one", grid, "aggregate_tps"),
+            ("8 concurrent invokes", "concurrent:concurrent-reproducible", "concurrent:concurrent", pairs,
+             "aggregate_tps"),
+            ("8 invokes in a row", "concurrent:sequential-reproducible", "concurrent:sequential", pairs,
+             "aggregate_tps"),
+            ("turn-10 TTFT with KV reuse", "turns:reuse-reproducible", "turns:reuse", pairs, "ttft_turn10")):
+        if samples.get(a) and samples.get(b):
+            per_round = paired(samples[a], samples[b], key)
+            what = "TTFT" if key.startswith("ttft") else "aggregate tok/s"
+            out[f"(reproducible cost) {label}: {what}, reproducible / default"] = {
+                "value": per_round["median"] if per_round else None, "goal": None, "met": None,
+                "per_round_ratio": per_round}
+    if grid.get("grid:batched-reproducible") and grid.get("grid:one-by-one-reproducible"):
+        per_round = paired(grid["grid:batched-reproducible"], grid["grid:one-by-one-reproducible"], "aggregate_tps")
+        out["(reproducible) grid batched / one by one"] = {"value": per_round["median"] if per_round else None,
+                                                           "goal": None, "met": None, "per_round_ratio": per_round}
+    if pairs.get("concurrent:concurrent-reproducible") and pairs.get("concurrent:sequential-reproducible"):
+        per_round = paired(pairs["concurrent:concurrent-reproducible"], pairs["concurrent:sequential-reproducible"],
+                           "aggregate_tps")
+        out["(reproducible) 8 concurrent / 8 in a row"] = {"value": per_round["median"] if per_round else None,
+                                                           "goal": None, "met": None, "per_round_ratio": per_round}
+    return out
 
 
 def off_engine_rows(rows_out: dict[str, Any]) -> dict[str, list[str]]:

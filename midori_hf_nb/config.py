@@ -118,6 +118,9 @@ class HuggingFaceConfig:
         stop_on_repetition: end a generation whose last tokens repeat one pattern (a loop such as
             "Ada, ada, ada, ...") with ``finish_reason="repetition"`` instead of running on to
             ``max_new_tokens`` (:class:`midori_hf_nb.settings.RepetitionGuard`).
+        reproducible: the same prompt, settings and seed give the same tokens alone, batched,
+            concurrently and from a kept KV cache (greedy or seeded, on CPU; see
+            :mod:`midori_hf_nb.engine.reproducible`); ``metadata["reproducible"]`` says if it held.
         unset_fields: the generation fields the user did not set (filled in from ``None`` values;
             kept by :meth:`replace`); not normally given by hand.
         context_window: maximum tokens of prompt plus answer (> 0); the oldest memory is
@@ -167,6 +170,7 @@ class HuggingFaceConfig:
     decode_loop: str = "auto"
     quantize_weights: str | None = None
     stop_on_repetition: bool = True
+    reproducible: bool = False
     unset_fields: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
@@ -199,7 +203,8 @@ class HuggingFaceConfig:
             _fail("top_p", self.top_p, "expected a number in (0, 1]")
         _check_positive_int("top_k", self.top_k)
         _check_positive_int("context_window", self.context_window)
-        for name in ("do_sample", "trust_remote_code", "load_in_8bit", "load_in_4bit", "progress", "stop_on_repetition"):
+        for name in ("do_sample", "trust_remote_code", "load_in_8bit", "load_in_4bit", "progress", "stop_on_repetition",
+                     "reproducible"):
             _check_bool(name, getattr(self, name))
         if self.load_in_8bit and self.load_in_4bit:
             raise ConfigError(

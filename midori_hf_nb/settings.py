@@ -42,7 +42,8 @@ from .structured.formats import ResponseFormat, ToolChoice, response_format_from
 from .structured.tools import tool_call_constraint
 
 #: Per-call overrides that change a configuration field.
-CONFIG_OVERRIDES = ("max_new_tokens", "temperature", "top_p", "top_k", "do_sample", "stop_on_repetition")
+CONFIG_OVERRIDES = ("max_new_tokens", "temperature", "top_p", "top_k", "do_sample", "stop_on_repetition",
+                    "reproducible")
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,9 @@ class GenerationSettings:
     decode_loop: str = "auto"
     #: ends a looping generation with finish_reason "repetition"; None lets it run to max_new_tokens
     repetition_guard: RepetitionGuard | None = None
+    #: the same prompt, settings and seed give the same tokens alone, batched, concurrently or from a
+    #: kept KV cache (:mod:`midori_hf_nb.engine.reproducible`)
+    reproducible: bool = False
     #: a compiled grammar (:class:`~midori_hf_nb.structured.GrammarConstraint`) the engine runs as a
     #: logits processor: from ``response_format``, or a forced tool call; None: unconstrained
     constraint: Any = None
@@ -197,7 +201,7 @@ def resolve_call_settings(config: HuggingFaceConfig, overrides: Mapping[str, Any
     """The settings one call runs with: ``config`` with ``overrides`` applied and validated.
 
     Overrides: ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``do_sample``,
-    ``greedy``, ``seed``, ``stop_on_repetition``, ``response_format`` and ``tool_choice`` (see
+    ``greedy``, ``seed``, ``stop_on_repetition``, ``reproducible``, ``response_format`` and ``tool_choice`` (see
     :mod:`midori_hf_nb.structured`), ``logprobs``, ``top_logprobs`` and ``prompt_logprobs`` (see
     :mod:`midori_hf_nb.logprobs`) and any ``generate()`` option (e.g. ``repetition_penalty``,
     ``logits_processor``). ``model_defaults``: what the model's ``generation_config.json``
@@ -227,6 +231,7 @@ def resolve_call_settings(config: HuggingFaceConfig, overrides: Mapping[str, Any
         num_threads=call_config.num_threads,
         decode_loop=call_config.decode_loop,
         repetition_guard=DEFAULT_REPETITION_GUARD if call_config.stop_on_repetition else None,
+        reproducible=call_config.reproducible,
         constraint=response_format.constraint if response_format is not None else None,
         probabilities=probabilities,
     )
@@ -239,6 +244,13 @@ def with_model_defaults(call: CallSettings, resolved: CallSettings) -> CallSetti
     keeping ``call``'s grammar constraint (set by a ``tool_choice`` that forces a call)."""
     generation = dataclasses.replace(resolved.generation, constraint=call.generation.constraint)
     return dataclasses.replace(call, config=resolved.config, generation=generation, origins=resolved.origins)
+
+
+def offers_reproducible(agent: Any) -> bool:
+    """True when ``agent`` answers reproducibly when asked (``reproducible=True``, see
+    :mod:`midori_hf_nb.engine.reproducible`): its ``config`` has a boolean ``reproducible`` field,
+    as :class:`~midori_hf_nb.HuggingFaceLocalAgent`'s configuration does."""
+    return isinstance(getattr(getattr(agent, "config", None), "reproducible", None), bool)
 
 
 def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -260,7 +272,7 @@ def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 
 __all__ = ["apply_tool_choice", "CONFIG_OVERRIDES", "DEFAULT_REPETITION_GUARD", "CallSettings", "GenerationSettings",
-           "RepetitionGuard", "check_overrides", "model_generation_defaults", "resolve_call_settings",
+           "RepetitionGuard", "check_overrides", "model_generation_defaults", "offers_reproducible", "resolve_call_settings",
            "split_overrides", "with_model_defaults"]
 
 

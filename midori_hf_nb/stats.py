@@ -97,6 +97,12 @@ class ResponseStats:
     logprobs: dict[str, Any] | None = None
     #: the call's id in the call log (:mod:`midori_hf_nb.log`); None when it was not recorded
     log_id: str | None = None
+    # ------------------------------------------------------------------ reproducibility (None: not said)
+    #: the same prompt, settings and seed give the same tokens alone, batched, concurrently or from
+    #: a kept KV cache (``reproducible=True``, greedy or seeded, where it holds)
+    reproducible: bool | None = None
+    #: why the answer is not reproducible (reproducible mode off, sampled without a seed, ...)
+    reproducible_reason: str | None = None
     #: metadata keys this class does not know (kept as they are)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -154,7 +160,7 @@ _STRUCTURED_FIELDS = frozenset({"response_format", "tool_choice", "structured_er
 #: fields left out of :meth:`ResponseStats.as_dict` while None (tools not offered, structured output
 #: not asked, and what only served agents know)
 _OMITTED_WHEN_NONE = _TOOL_FIELDS | _STRUCTURED_FIELDS | {"base_url", "error", "server_finish_reason", "notes",
-                                                          "logprobs"}
+                                                          "logprobs", "reproducible", "reproducible_reason"}
 
 
 def _bad(name: str, value: Any, allowed: str) -> StatsError:
@@ -251,6 +257,7 @@ _CHECKS = {
     "tool_steps": _opt(_records), "steps": _opt(_count), "max_steps_reached": _opt(_flag),
     "response_format": _opt(_text), "tool_choice": _opt(_text), "structured_error": _opt(_text),
     "closing_tokens": _opt(_count), "logprobs": _opt(_logprobs),
+    "reproducible": _opt(_flag), "reproducible_reason": _opt(_text),
 }
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from .suite_guards import CpuPaths, DefaultModelLoads, held_by_wider_fixtures, models_left_loaded, registry_counts
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
@@ -68,6 +70,65 @@ def log_rows(path, where: str = "1", args: tuple = ()) -> list[dict]:
                                               args)]
     finally:
         conn.close()
+
+
+#: Model loads of every test and the processes it starts (see tests/suite_guards.py).
+LOADS = DefaultModelLoads()
+#: Which CPU-dependent path each test ran (fixture ``cpu_path``; "CPU paths" in the summary).
+CPU_PATHS = CpuPaths()
+
+
+_LOAD_MARK = pytest.StashKey[tuple]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Model loads count from the start of a test's setup: a wider fixture that loads the default
+    model for the first test that needs it makes that test a slow one."""
+    item.stash[_LOAD_MARK] = LOADS.mark()
+
+
+@pytest.fixture(autouse=True)
+def _guards(request):
+    """Around every test (inside the wider-scoped fixtures, outside its other function-scoped ones):
+    a test that leaves a model loaded has it unloaded and fails; a test that loads the offline
+    default model (here or in a process it starts) fails unless it is marked ``slow``."""
+    item = request.node
+    before, (held_before, _) = registry_counts(), held_by_wider_fixtures(item)
+    mark = item.stash.get(_LOAD_MARK, None) or LOADS.mark()
+    yield
+    left = models_left_loaded(item, before, held_before)
+    problems = []
+    if left:
+        problems.append("it left models loaded (now unloaded, so later tests start clean): " + "; ".join(left)
+                        + ". Unload in a finally block or a fixture (conftest.loaded_agent).")
+    uses = LOADS.default_uses(mark)
+    if uses and item.get_closest_marker("slow") is None:
+        problems.append("it uses the offline default model (" + "; ".join(uses[:3]) + ") but is not marked "
+                        "@pytest.mark.slow, so `make test-fast` would run it")
+    if problems:
+        pytest.fail(f"{item.nodeid}: " + " | ".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def cpu_path(request, record_property):
+    """``cpu_path(what, path)`` records which CPU-dependent path ran (also under ``-rA``: the
+    "CPU paths" summary section, and a ``record_property`` entry for JUnit XML)."""
+
+    def ran(what: str, path: str) -> None:
+        record_property(f"cpu path: {what}", path)
+        CPU_PATHS.add(request.node.nodeid, what, path)
+        print(f"CPU path: {what}: {path}")
+
+    return ran
+
+
+def pytest_terminal_summary(terminalreporter):
+    CPU_PATHS.summary(terminalreporter)
+
+
+def pytest_unconfigure(config):
+    LOADS.close()
 
 
 def run(coro):

@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -135,6 +137,7 @@ def test_truncated_cached_tokenizer_json_is_converted_again_from_the_gguf(cache)
     _manifest_matches(cache)
 
 
+@pytest.mark.slow
 def test_truncated_bfloat16_weights_are_saved_again_from_the_float32_conversion(cache):
     variant = cache / "bfloat16"
     parent_manifest = (cache / MANIFEST).read_bytes()
@@ -172,6 +175,7 @@ def test_damaged_float32_conversion_is_converted_again_before_a_bfloat16_copy_is
     print(f"float32 conversion and bfloat16 copy made again in {time.perf_counter() - started:.1f} s")
 
 
+@pytest.mark.slow
 def test_cache_damaged_behind_the_quick_check_names_the_file_when_it_fails_to_load(cache):
     variant = cache / "bfloat16"
     tokenizer = variant / "tokenizer.json"
@@ -185,6 +189,7 @@ def test_cache_damaged_behind_the_quick_check_names_the_file_when_it_fails_to_lo
     assert f"delete {variant}" in message and "MIDORI_HF_NB_VERIFY=full" in message
 
 
+@pytest.mark.slow
 def test_touched_or_copied_cache_is_accepted_without_converting_again(cache):
     weights = cache / "model.safetensors"
     inode = weights.stat().st_ino
@@ -197,6 +202,7 @@ def test_touched_or_copied_cache_is_accepted_without_converting_again(cache):
     assert recorded["mtime_ns"] == weights.stat().st_mtime_ns  # next load does not hash it again
 
 
+@pytest.mark.slow
 def test_full_verification_finds_a_change_that_kept_the_file_time(cache, monkeypatch):
     variant = cache / "bfloat16"
     weights = variant / "model.safetensors"
@@ -227,6 +233,7 @@ def _as_older_version(folder: Path) -> None:
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
+@pytest.mark.slow
 def test_manifest_of_an_older_version_is_upgraded_without_converting_again(cache):
     _as_older_version(cache)
     inode = (cache / "model.safetensors").stat().st_ino
@@ -241,6 +248,7 @@ def test_manifest_of_an_older_version_is_upgraded_without_converting_again(cache
     _manifest_matches(cache)
 
 
+@pytest.mark.slow
 def test_damaged_cache_of_an_older_version_is_converted_again(cache):
     variant = cache / "bfloat16"
     _as_older_version(variant)
@@ -254,6 +262,7 @@ def test_damaged_cache_of_an_older_version_is_converted_again(cache):
     _manifest_matches(variant)
 
 
+@pytest.mark.slow
 def test_cache_with_a_missing_file_or_a_damaged_manifest_is_made_again(cache):
     variant = cache / "bfloat16"
     _as_older_version(variant)
@@ -269,25 +278,69 @@ def test_cache_with_a_missing_file_or_a_damaged_manifest_is_made_again(cache):
     assert verify_conversion(variant, full=True) == []
 
 
-def test_damaged_cache_in_a_read_only_folder_says_so(cache, tmp_path):
+#: Capabilities that let root write into folders without write permission; dropped for the read-only check.
+OVERRIDES = "-dac_override,-dac_read_search,-fowner"
+
+#: The read-only check run in a process of its own: ``CACHE PROBE`` -> JSON on the last line.
+READ_ONLY_CHECK = """
+import json, os, sys
+from pathlib import Path
+from midori_hf_nb import engine
+from midori_hf_nb.integrity import CorruptModelError
+cache, probe = Path(sys.argv[1]), Path(sys.argv[2])
+result = {"uid": os.geteuid(), "writes_into_read_only_folders": os.access(probe, os.W_OK), "error": None}
+try:
+    engine.dtype_variant(cache, "bfloat16", progress=False)
+except CorruptModelError as exc:
+    result["error"] = str(exc)
+print(json.dumps(result))
+"""
+
+
+def _read_only_check_without_root_overrides(cache: Path, probe: Path) -> str:
+    """The error of :func:`engine.dtype_variant` on ``cache``, in a process that keeps root's user id
+    but not the capabilities that ignore folder permissions (``setpriv``, util-linux), so the
+    check runs where CI runs as root."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.fail("this user writes into read-only folders (root with CAP_DAC_OVERRIDE) and setpriv "
+                    "(util-linux) is not installed to drop that capability for the check")
+    command = [setpriv, f"--inh-caps={OVERRIDES}", f"--bounding-set={OVERRIDES}",
+               sys.executable, "-c", READ_ONLY_CHECK, str(cache), str(probe)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["writes_into_read_only_folders"] is False, f"setpriv did not drop the capabilities: {result}"
+    assert result["error"] is not None, f"the damaged read-only cache raised nothing: {result}"
+    return result["error"]
+
+
+@pytest.mark.slow
+def test_damaged_cache_in_a_read_only_folder_says_so(cache, tmp_path, record_property):
     probe = tmp_path / "probe"
     probe.mkdir(mode=0o555)
-    if os.access(probe, os.W_OK):
-        pytest.skip("this user writes into read-only folders (root with CAP_DAC_OVERRIDE); run it with "
-                    "`setpriv --bounding-set=-dac_override,-dac_read_search,-fowner` to drop that")
     variant = cache / "bfloat16"
     _truncate(variant / "model.safetensors", 1000)
     cache.chmod(0o555)
     try:
-        with pytest.raises(CorruptModelError) as info:
-            engine.dtype_variant(cache, "bfloat16", progress=False)
+        if os.access(probe, os.W_OK):  # root: the check runs without the capabilities that ignore permissions
+            message = _read_only_check_without_root_overrides(cache, probe)
+            how = "as root without CAP_DAC_OVERRIDE (setpriv), in a process of its own"
+        else:
+            with pytest.raises(CorruptModelError) as info:
+                engine.dtype_variant(cache, "bfloat16", progress=False)
+            message = str(info.value)
+            how = f"in this process (user id {os.geteuid()})"
     finally:
         cache.chmod(0o755)
-    message = str(info.value)
+        probe.chmod(0o755)
+    record_property("read-only check", how)
+    print(f"read-only check ran {how}")
     assert str(variant) in message and "model.safetensors: truncated" in message
     assert "not writable" in message and "MIDORI_HF_NB_CACHE" in message
 
 
+@pytest.mark.slow
 def test_quick_check_on_load_reads_no_file_content(cache):
     """The per-load check is a few stat calls: far below hashing the 538 MB weights."""
     started = time.perf_counter()
@@ -395,8 +448,14 @@ def test_truncated_gguf_file_is_refused_before_conversion(tmp_path, empty_cache)
         assert "download or copy it again" in message
 
 
-def test_whole_gguf_file_passes_the_check():
-    check_gguf_file(default_model_path())
+def test_whole_gguf_file_passes_the_check(tmp_path):
+    original = default_model_path()
+    assert check_gguf_file(original) is None  # the whole file: no CorruptModelError
+    cut = tmp_path / "one-byte-short.gguf"
+    with original.open("rb") as src:
+        cut.write_bytes(src.read(original.stat().st_size - 1))
+    with pytest.raises(CorruptModelError, match=r"\(1 bytes missing\)"):  # the same check refuses one byte less
+        check_gguf_file(cut)
 
 
 def test_gguf_file_transformers_cannot_read_is_named(tmp_path, empty_cache):

@@ -63,6 +63,7 @@ def generations(tiny_agent, count: int = 6) -> list[str]:
 # --------------------------------------------------------------------------- keys
 
 
+@pytest.mark.slow  # the gateway fronts `transformers serve` on the offline default model
 def test_api_keys_in_headers_settings_and_error_text_never_reach_the_file(call_log, gateway, served_server,
                                                                           monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", RIGHT_KEY)  # the agent's key from the environment, sent as a header

@@ -213,7 +213,7 @@ def test_the_loop_drives_a_model_that_names_the_cache_past_key_values(tiny_model
         lm.model.__class__ = PastKeyValuesLlama
         lm.decode_support = capabilities.decode_loop_support(lm.model)
         assert lm.decode_support.supported and lm.decode_support.cache_argument == "past_key_values"
-        response = run(agent.invoke(make_payload("Tell me a story.")))
+        response = run(agent.invoke(make_payload("Tell me a story.", "You are a helpful assistant.")))
         assert response.metadata["decode_path"] == "engine"
         lm.model.__class__ = original
         ids = agent.loaded_model.tokenizer.apply_chat_template(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 
 import pytest
@@ -625,31 +626,48 @@ def test_real_agent_streams_into_the_panel(tiny_agent):
 
 
 def test_real_agent_generates_in_a_thread_and_stop_keeps_the_partial_answer(tiny_agent):
-    panel = ChatPanel(tiny_agent, max_new_tokens=1500, logits_processor=scripted(tiny_agent, LONG_TEXT, "Short."))
+    from midori_hf_nb.testing import ScriptedOutput
+
+    class HeldAtStep(ScriptedOutput):
+        """The forced output; at its third decode step the generation (in its own thread) waits until
+        a coroutine on the event loop has seen it there (10 s at most)."""
+
+        steps = 0
+        seen_by_the_loop: bool | None = None
+
+        def __call__(self, input_ids, scores):
+            self.steps += 1
+            if self.steps == 3:
+                self.seen_by_the_loop = seen.wait(10)
+            return super().__call__(input_ids, scores)
+
+    seen = threading.Event()
+    forced = HeldAtStep(tiny_agent.loaded_model.tokenizer, [LONG_TEXT, "Short."])
+    panel = ChatPanel(tiny_agent, max_new_tokens=1500, logits_processor=[forced])
 
     async def scenario():
-        ticks = 0
-
         async def ticker():
-            nonlocal ticks
             while True:
-                ticks += 1
-                await asyncio.sleep(0.01)
+                if forced.steps == 3:
+                    seen.set()
+                await asyncio.sleep(0.001)
 
         ticking = asyncio.ensure_future(ticker())
         panel.send("Say a lot.")
+        await wait_for(lambda: forced.seen_by_the_loop is not None)
+        # the loop kept serving another coroutine while the model generated: it saw the generation held
+        # at its third step (a generation that blocked the loop would wait in vain)
+        assert forced.seen_by_the_loop is True, "the event loop did not run while the model generated"
         await wait_for(lambda: len(panel.partial.split()) >= 5)
-        ticks_while_generating = ticks
         tokens_seen = len(tiny_agent.loaded_model.tokenizer.encode(panel.partial, add_special_tokens=False))
         panel.stop_button.click()
         stopped = await panel.wait()
         ticking.cancel()
-        return ticks_while_generating, tokens_seen, stopped
+        return tokens_seen, stopped
 
     began = time.perf_counter()
-    ticks, tokens_seen, stopped = run(scenario())
+    tokens_seen, stopped = run(scenario())
     wall = time.perf_counter() - began
-    assert ticks > 0  # the loop kept serving other coroutines while the model generated
     assert stopped["stopped"] and stopped["finish_reason"] == "cancelled"
     assert 5 <= len(stopped["content"].split()) and LONG_TEXT.startswith(stopped["content"])
     assert tokens_seen <= stopped["completion_tokens"] <= tokens_seen + 8  # within a few tokens of Stop

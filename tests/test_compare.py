@@ -26,7 +26,7 @@ from .conftest import run
 
 RESULT_COLUMNS = [
     "repeat", "response", "thinking", "tool_calls", "prompt_tokens", "completion_tokens",
-    "time_to_first_token", "seconds", "tokens_per_second", "finish_reason", "seed", "batch",
+    "time_to_first_token", "seconds", "tokens_per_second", "finish_reason", "reproducible", "seed", "batch",
     "batch_size", "status", "error",
 ]
 
@@ -80,8 +80,10 @@ def test_grid_schema_row_count_and_batches(tiny_model, payload):
     agent = HuggingFaceLocalAgent(str(tiny_model), progress=False, logits_processor=[recorder])
     prompts = ["Hello there", payload("What is two plus two?", system="ignored")]
     grid = {"temperature": [0, 0.9], "max_new_tokens": [3]}
+    # reproducible=False: the rows of a setting run in one left-padded batch (what this test counts);
+    # reproducible rows decode together in the shared loop instead (tests/test_reproducible.py)
     df = compare(prompts, systems=["Be brief.", "Be kind."], settings=grid, models=agent, repeats=2,
-                 progress=False, warmup=False)  # the warm-up's own generate call: test_compare_timing.py
+                 progress=False, warmup=False, reproducible=False)  # warm-up: test_compare_timing.py
 
     assert list(df.columns) == ["model", "prompt_id", "prompt", "system", "temperature", "max_new_tokens",
                                 *RESULT_COLUMNS]
@@ -105,7 +107,7 @@ def test_grid_schema_row_count_and_batches(tiny_model, payload):
     # an explicit batch size cuts each group into batches; batch k of a group is seeded seed + k
     recorder.calls.clear()
     df3 = compare(prompts, systems=["Be brief.", "Be kind."], settings=grid, models=agent, repeats=2,
-                  batch_size=3, seed=10, progress=False, warmup=False)
+                  batch_size=3, seed=10, progress=False, warmup=False, reproducible=False)
     assert recorder.calls == [3, 3, 2, 3, 3, 2]
     assert df3["batch"].nunique() == 6
     for _, group in df3.groupby("temperature"):
@@ -153,7 +155,8 @@ def test_batched_greedy_equals_unbatched_on_default_model(float32_agent):
     assert (df["batch_size"] == len(prompts)).all()  # one batch...
     assert df["prompt_tokens"].nunique() > 1  # ...of prompts of different lengths: left padding was used
     for row in df.to_dict("records"):
-        alone = run(default_agent.invoke(make_payload(row["prompt"], system), max_new_tokens=20, greedy=True))
+        alone = run(default_agent.invoke(make_payload(row["prompt"], system), max_new_tokens=20, greedy=True,
+                                         reproducible=True))
         assert row["response"] == alone.response, row["prompt"]
         assert row["completion_tokens"] == alone.metadata["completion_tokens"]
         assert row["finish_reason"] == alone.metadata["finish_reason"]
@@ -183,7 +186,7 @@ def test_seed_makes_sampled_rows_reproducible(tiny_model):
     try:
         for row in single.to_dict("records"):
             alone = run(agent.invoke(make_payload(row["prompt"]), seed=int(row["seed"]), temperature=1.0,
-                                     max_new_tokens=6))
+                                     max_new_tokens=6, reproducible=True))
             assert alone.response == row["response"]
     finally:
         agent.unload_model_sync()
@@ -248,8 +251,10 @@ def test_interrupt_keeps_finished_rows(tiny_model, where):
 
     grid = {"temperature": [0, 0.9, 1.2], "max_new_tokens": [3]}
     with pytest.warns(RuntimeWarning, match="interrupted"):
+        # InterruptAt counts generate calls: no warm-up call, and left-padded batches (reproducible
+        # rows run one at a time with the agent's own logits processors)
         df = compare(["hi", "hello"], settings=grid, models=agent, checks=[check] if where == "check" else None,
-                     progress=False, warmup=False)  # InterruptAt counts generate calls: no warm-up call
+                     progress=False, warmup=False, reproducible=False)
     assert len(df) == 6 and df.attrs["interrupted"] is True
     finished = df[df["temperature"] == 0]
     assert (finished["status"] == "ok").all()
@@ -331,8 +336,12 @@ def test_a_logits_processor_in_the_grid_runs_and_exports(tiny_model, tmp_path):
     agent = HuggingFaceLocalAgent(str(tiny_model), progress=False)
     assert offers_batching(agent)
     df = compare(["hi", "hello"], settings={"logits_processor": [[recorder]], "max_new_tokens": [2]}, models=agent,
-                 progress=False)
+                 progress=False, reproducible=False)
     assert (df["status"] == "ok").all() and recorder.calls == [2]  # the grid's processor took part in the batch
+    recorder.calls.clear()  # reproducible rows with a logits processor of their own run one at a time
+    again = compare(["hi", "hello"], settings={"logits_processor": [[recorder]], "max_new_tokens": [2]}, models=agent,
+                    progress=False, warmup=False)
+    assert again["reproducible"].tolist() == [True, True] and recorder.calls == [1, 1]
     for writer, name in ((to_csv, "t.csv"), (to_jsonl, "t.jsonl")):
         back = load_comparison(writer(df, tmp_path / name))
         assert back["logits_processor"].tolist() == [[repr(recorder)]] * 2  # objects come back as their repr

@@ -71,6 +71,7 @@ def test_warmup_is_checked(warmup):
         compare(["one"], models=ScriptedAgent("x"), progress=False, warmup=warmup)
 
 
+@pytest.mark.slow
 def test_a_local_model_is_warmed_up_before_its_first_configuration():
     """The default model, loaded by compare (the case of notebook 04): the first configuration's tokens/s
     is not an outlier. Measured in fresh processes without the warm-up, the first of two settings ran at

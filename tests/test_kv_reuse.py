@@ -48,6 +48,7 @@ def _same_with_and_without(agent, session):
     return with_reuse
 
 
+@pytest.mark.slow
 def test_greedy_turns_are_token_for_token_those_of_a_full_prefill_on_the_default_model(default_agent):
     run(default_agent.load())
     _same_with_and_without(default_agent, "reuse-default")
@@ -142,16 +143,24 @@ def test_store_is_lru_bounded_in_entries_and_bytes():
         PrefixCacheStore(max_entries=-1)
 
 
-def test_unloading_the_model_empties_its_store(tiny_model):
+def test_unloading_the_model_empties_its_store(tiny_model, tmp_path):
+    """The last reference going frees the model and empties its store of kept caches, also those
+    of owners other than the agent that let go (an agent forgets only its own). The model is a copy
+    of the tiny model in a folder of its own, so no other agent shares it."""
+    import shutil
+
     from midori_hf_nb.engine import REGISTRY
 
-    for agent in loaded_agent(tiny_model, torch_dtype="float32"):
+    own = shutil.copytree(tiny_model, tmp_path / "own-model")
+    for agent in loaded_agent(own, torch_dtype="float32"):
         lm = agent.loaded_model
         run(agent.invoke(make_payload("Hello there, how are you?", SYSTEM), max_new_tokens=4))
         assert len(lm.prefix_caches) >= 1
-        if REGISTRY.refcount(lm.spec.key) == 1:  # the last reference: the model is freed
-            lm.close()
-            assert len(lm.prefix_caches) == 0
+        assert lm.prefix_caches.put(("another owner", "session"), list(range(20)), _FakeCache(20), 10)
+        assert REGISTRY.refcount(lm.spec.key) == 1  # this agent's reference is the only one
+        run(agent.unload_model())
+        assert REGISTRY.refcount(lm.spec.key) == 0 and lm.model is None  # freed
+        assert len(lm.prefix_caches) == 0
 
 
 def test_cache_capabilities_on_a_real_cache(tiny_model):

@@ -15,6 +15,7 @@ from .conftest import run
 from midori_hf_nb.load_progress import STAGES, LoadProgress, LoadTracker
 
 
+@pytest.mark.slow
 def test_a_real_default_model_load_reports_its_stages_and_weight_counts(default_model_dir):
     agent = HuggingFaceLocalAgent(model=str(default_model_dir), progress=False)
     assert REGISTRY.refcount(spec_for(agent.config).key) == 0, "the model is loaded already: nothing to observe"

@@ -107,13 +107,46 @@ def test_hostile_markdown_is_inert_on_every_html_surface(surface, payload):
     assert not any(re.match(r"\s*(javascript|data|vbscript):", h, re.I) for h in hrefs(html)), hrefs(html)
 
 
+#: What a reader sees of the hostile cases whose words are not simply shown as written: the text each
+#: must show, and (for links that are kept) the exact ``href`` values.
+SHOWN = {
+    "[x](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)":
+        (["[x](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)"], []),  # no link: the text as written
+    "![x](https://example.com/x.png)": (["x"], ["https://example.com/x.png"]),  # a link to the image, no <img>
+    "&#60;img src=x onerror=alert(1)&#62;": (["<img src=x onerror=alert(1)>"], []),  # the characters, as text
+    "<!-- x --><style>body{display:none}</style>": (["<!-- x --><style>body{display:none}</style>"], []),
+    "<style>body{display:none}</style>": (["<style>body{display:none}</style>"], []),
+    '[x](https://ok.example/"onmouseover="alert(1))': (["x"], ["https://ok.example/%22onmouseover=%22alert(1)"]),
+}
+#: Words of a hostile payload that must stay visible when the payload shows them as written.
+WORDS = ("alert", "javascript", "onerror", "script")
+
+
+def expected_shown(payload: str) -> tuple[list[str], list[str] | None]:
+    """The texts ``payload`` must show and its expected ``href`` values (None: not checked)."""
+    if payload in SHOWN:
+        return SHOWN[payload]
+    assert not any(marker in payload for marker in ("&#", "data:", "https:")), \
+        f"{payload!r} is not shown as written: give its expectation in SHOWN"
+    return [word for word in WORDS if word in payload], None
+
+
+def test_every_hostile_case_has_something_to_show():
+    for payload in MARKDOWN_PAYLOADS + PAYLOADS:
+        assert expected_shown(payload.replace("\\n", "\n"))[0], payload
+
+
 @pytest.mark.parametrize("payload", MARKDOWN_PAYLOADS + PAYLOADS)
 def test_hostile_markdown_is_shown_not_dropped(payload):
     payload = payload.replace("\\n", "\n")
-    shown = text_of(render_markdown_html(payload))
-    for word in ("alert", "javascript", "onerror", "script"):
-        if word in payload and "&#" not in payload and "data:" not in payload and "https:" not in payload:
-            assert word in shown, (word, shown)
+    html = render_markdown_html(payload)
+    shown = text_of(html)
+    texts, links = expected_shown(payload)
+    assert texts, f"nothing to check for {payload!r}"
+    for text in texts:
+        assert text in shown, (text, shown)
+    if links is not None:
+        assert hrefs(html) == links
 
 
 @pytest.mark.parametrize("payload", MARKDOWN_PAYLOADS + PAYLOADS)

@@ -181,6 +181,7 @@ print(json.dumps({"schema": schema["function"]["name"], "answered": isinstance(r
 """
 
 
+@pytest.mark.slow  # the default model behind a real server
 def test_a_served_agent_and_a_tool_schema_leave_torch_unloaded(served_server):
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(SERVED_SCRIPT), served_server.model,
                            served_server.base_url], capture_output=True, text=True, timeout=300, cwd=ROOT)

@@ -17,6 +17,7 @@ from midori_hf_nb.config import ConfigError
 from midori_hf_nb.engine import GenerationSettings, QuantizationError
 
 from .conftest import run
+from .suite_guards import cpu_description
 
 #: Factual questions and a word a correct answer contains (the fp32 greedy answers of the
 #: default model contain it; the other ones it gets wrong in fp32 are left out).
@@ -163,6 +164,7 @@ def test_float32_is_exact_and_matches_reference_generate(tiny_model):
     run(agent.unload_model())
 
 
+@pytest.mark.slow
 def test_float32_default_model_matches_reference_generate(default_model_dir):
     agent = HuggingFaceLocalAgent(model=DEFAULT_MODEL, torch_dtype="float32", do_sample=False, max_new_tokens=16,
                                   progress=False)
@@ -181,11 +183,14 @@ def test_float32_default_model_matches_reference_generate(default_model_dir):
 # --------------------------------------------------------------------------- the decode loop
 
 
+@pytest.mark.cpu_path
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_lean_loop_gives_the_tokens_of_generate_greedy_and_seeded(tiny_model, dtype):
+def test_lean_loop_gives_the_tokens_of_generate_greedy_and_seeded(tiny_model, dtype, cpu_path):
     lean = _agent(tiny_model, torch_dtype=dtype, max_new_tokens=20)
     slow = _agent(tiny_model, torch_dtype=dtype, max_new_tokens=20, decode_loop="generate")
     run(lean.load()), run(slow.load())
+    widened = any(isinstance(m, engine.Bf16CpuLinear) for m in lean.loaded_model.model.modules())
+    cpu_path(f"{dtype} decode", f"{cpu_description()}; bfloat16 products widened: {'yes' if widened else 'no'}")
     assert lean.loaded_model is slow.loaded_model and lean.loaded_model.decode_support.supported
     greedy_a, _, _ = _tokens(lean)
     greedy_b, _, _ = _tokens(slow)
@@ -198,6 +203,7 @@ def test_lean_loop_gives_the_tokens_of_generate_greedy_and_seeded(tiny_model, dt
     run(lean.unload_model()), run(slow.unload_model())
 
 
+@pytest.mark.slow
 def test_batched_loop_drops_finished_rows_and_gives_the_tokens_of_generate(default_model_dir):
     questions = ["What is the capital of France?", "Write a short poem about the sea.", "Name three colours."]
     payloads = [make_payload(q, "You are a helpful assistant.") for q in questions]
@@ -305,27 +311,42 @@ def test_generation_config_is_built_once_per_settings(tiny_model):
 # --------------------------------------------------------------------------- bfloat16 on CPU
 
 
-def test_bf16_cpu_linear_matches_float32_products_and_keeps_ties(tiny_model):
-    if engine.cpu_has_native_bf16_gemm():
-        pytest.skip("this CPU multiplies bfloat16 natively; the widening layer is not used")
+@pytest.mark.cpu_path
+def test_bf16_cpu_linear_matches_float32_products_and_keeps_ties(tiny_model, cpu_path):
+    """The loader widens bfloat16 products (``Bf16CpuLinear``) only on CPUs where oneDNN has no native
+    bfloat16 GEMM; the widening layer itself is checked on every CPU (on a separate copy of the model
+    where the loader keeps torch's own layers)."""
+    native = engine.cpu_has_native_bf16_gemm()
     agent = _agent(tiny_model, torch_dtype="bfloat16")
-    model = run(agent.load()).loaded_model.model
-    layers = [m for m in model.modules() if isinstance(m, engine.Bf16CpuLinear)]
-    assert layers and all(m.weight.dtype == torch.bfloat16 for m in layers)
-    if model.config.tie_word_embeddings:
-        assert model.lm_head.weight is model.get_input_embeddings().weight
-    layer = layers[0]
-    torch.manual_seed(0)
-    for rows in (1, 2, 3, 17):
-        x = torch.randn(rows, layer.in_features).to(torch.bfloat16)
-        with torch.inference_mode():
-            got = layer(x)
-        expected = (x.float() @ layer.weight.float().t()).to(torch.bfloat16)
-        assert got.dtype == torch.bfloat16 and got.shape == expected.shape
-        assert torch.allclose(got.float(), expected.float(), rtol=1e-2, atol=1e-2), rows
-    run(agent.unload_model())
+    try:
+        model = run(agent.load()).loaded_model.model
+        layers = [m for m in model.modules() if isinstance(m, engine.Bf16CpuLinear)]
+        assert bool(layers) is not native  # widened exactly where the CPU has no native bfloat16 GEMM
+        if native:
+            model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16).eval()
+            assert engine.use_bf16_cpu_linears(model) > 0
+            layers = [m for m in model.modules() if isinstance(m, engine.Bf16CpuLinear)]
+        cpu_path("bfloat16 linear layers", f"{cpu_description()}: " + (
+            "the loader keeps torch's layers (oneDNN's native product); the widening layer checked on a copy"
+            if native else "the loader widens the products (Bf16CpuLinear)"))
+        assert layers and all(m.weight.dtype == torch.bfloat16 for m in layers)
+        if model.config.tie_word_embeddings:
+            assert model.lm_head.weight is model.get_input_embeddings().weight
+        widest = max(layers, key=lambda m: m.weight.numel())  # the output head: widened in several blocks
+        torch.manual_seed(0)
+        for layer in (layers[0], widest):
+            for rows in (1, 2, 3, 17):
+                x = torch.randn(rows, layer.in_features).to(torch.bfloat16)
+                with torch.inference_mode():
+                    got = layer(x)
+                expected = (x.float() @ layer.weight.float().t()).to(torch.bfloat16)
+                assert got.dtype == torch.bfloat16 and got.shape == expected.shape
+                assert torch.allclose(got.float(), expected.float(), rtol=1e-2, atol=1e-2), rows
+    finally:
+        run(agent.unload_model())
 
 
+@pytest.mark.slow
 def test_bf16_copy_of_a_gguf_conversion_is_cached_beside_it(default_model_dir):
     agent = HuggingFaceLocalAgent(model=DEFAULT_MODEL, torch_dtype="bfloat16", progress=False)
     lm = run(agent.load()).loaded_model
@@ -352,6 +373,7 @@ def float32_facts(default_model_dir):
 
 @pytest.mark.parametrize("options", [{}, {"quantize_weights": "int8"}, {"quantize_weights": "int4"}],
                          ids=["auto-dtype", "int8-weights", "int4-weights"])
+@pytest.mark.slow
 def test_fast_paths_answer_factual_questions_as_float32_does(float32_facts, options):
     """Greedy answers of the fast paths are the float32 answers or, where they differ, equally correct."""
     exact_answers, exact_spec = float32_facts
@@ -369,10 +391,12 @@ def test_fast_paths_answer_factual_questions_as_float32_does(float32_facts, opti
 # --------------------------------------------------------------------------- int8 / int4 weights
 
 
-def test_int8_weights_replace_every_linear_and_quarter_the_bytes(tiny_model):
+@pytest.mark.cpu_path
+def test_int8_weights_replace_every_linear_and_quarter_the_bytes(tiny_model, cpu_path):
     agent = _agent(tiny_model, quantize_weights="int8", torch_dtype="float32")
     lm = run(agent.load()).loaded_model
     model = lm.model
+    cpu_path("int8 weights", f"torch's _weight_int8pack_mm kernels ({cpu_description()})")
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
     layers = [m for m in model.modules() if isinstance(m, engine.Int8WeightLinear)]
     assert layers and all(m.qweight.dtype == torch.int8 for m in layers)
@@ -391,10 +415,12 @@ def test_int8_weights_replace_every_linear_and_quarter_the_bytes(tiny_model):
     run(agent.unload_model())
 
 
-def test_int4_weights_keep_the_head_and_reproduce_4_bit_groups(tiny_model):
+@pytest.mark.cpu_path
+def test_int4_weights_keep_the_head_and_reproduce_4_bit_groups(tiny_model, cpu_path):
     agent = _agent(tiny_model, quantize_weights="int4", torch_dtype="bfloat16")
     lm = run(agent.load()).loaded_model
     model = lm.model
+    cpu_path("int4 weights", f"torch's _weight_int4pack_mm_for_cpu kernels ({cpu_description()})")
     layers = [m for m in model.modules() if isinstance(m, engine.Int4WeightLinear)]
     assert layers and not isinstance(model.lm_head, engine.Int4WeightLinear)
     assert lm.footprint()["quantization"] == "int4"

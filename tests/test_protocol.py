@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
+import re
 
 import pytest
 
@@ -17,11 +19,38 @@ from midori_hf_nb import (
     ReasoningEffort,
 )
 
+from .conftest import ROOT
+
 MISSING = dataclasses.MISSING
+#: The interface as the protocol document states it (test data, beside the reference adapter's documentation).
+PROTOCOL = ROOT / "tests" / "data" / "protocol" / "protocol.md"
 
 
 def fields_of(cls):
     return [(f.name, f.default if f.default is not MISSING else MISSING) for f in dataclasses.fields(cls)]
+
+
+def documented_fields() -> dict[str, list]:
+    """The data-model table of protocol.md: ``{class: [(field, default or MISSING)]}``."""
+    table = {}
+    for line in PROTOCOL.read_text().splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if len(cells) != 2 or not re.fullmatch(r"`\w+`", cells[0]):
+            continue
+        fields = []
+        for spec in re.findall(r"`([^`]+)`", cells[1]):
+            name, _, rest = spec.partition(":")
+            _, equals, default = rest.rpartition(" = ")
+            fields.append((name.strip(), ast.literal_eval(default.strip()) if equals else MISSING))
+        table[cells[0].strip("`")] = fields
+    return table
+
+
+@pytest.mark.parametrize("cls", [MemoryEntryData, ReasoningEffort, AgentPayload, AgentResponse], ids=lambda c: c.__name__)
+def test_dataclasses_match_the_protocol_document(cls):
+    documented = documented_fields()
+    assert set(documented) == {"MemoryEntryData", "ReasoningEffort", "AgentPayload", "AgentResponse"}
+    assert fields_of(cls) == documented[cls.__name__]
 
 
 def test_memory_entry_fields():

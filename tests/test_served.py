@@ -11,6 +11,7 @@ import json
 import logging
 import socket
 import threading
+import time
 
 import pytest
 
@@ -293,15 +294,31 @@ def test_cancelling_the_task_keeps_the_partial_answer(served_agent):
 
 
 def test_breaking_out_of_the_loop_closes_the_stream(served_agent):
-    async def go():
-        stream = served_agent.stream(make_payload(LONG), max_new_tokens=200)
-        async for _ in stream:
-            break
-        await stream.aclose()
-        return stream
+    """``break`` out of ``async for`` and nothing else (no ``aclose``, no ``cancel``, the garbage
+    collector off): the HTTP stream of the running answer is closed, and the stream itself is freed
+    at once (no reference cycle keeps it)."""
+    import gc
+    import weakref
 
-    stream = run(go())
-    assert stream.http_closed is True
+    async def go():
+        gc.disable()
+        try:
+            stream = served_agent.stream(make_payload(LONG), max_new_tokens=200)
+            freed = weakref.ref(stream)
+            async for _ in stream:
+                http = stream._state.http  # the HTTP response of the answer under way (kept, not the stream)
+                break
+            del stream  # what leaving the function that looped does
+            deadline = time.monotonic() + 30
+            while not http.is_closed and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            return freed() is None, http.is_closed
+        finally:
+            gc.enable()
+
+    freed, closed = run(go())
+    assert freed, "the stream outlived the loop that dropped it: a reference cycle holds it"
+    assert closed, "breaking out of the loop left the HTTP stream open"
 
 
 # --------------------------------------------------------------------------- failures

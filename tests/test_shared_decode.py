@@ -27,6 +27,7 @@ def _payloads():
     return [make_payload(p, SYSTEM, session_id=f"s{i}") for i, p in enumerate(PROMPTS)]
 
 
+@pytest.mark.slow  # the default model (fp32_agent)
 def test_concurrent_invokes_join_one_loop_and_give_the_sequential_tokens(fp32_agent):
     limits = [12, 20, 16, 8]  # per-request settings stay per request
 
@@ -49,6 +50,7 @@ def test_concurrent_invokes_join_one_loop_and_give_the_sequential_tokens(fp32_ag
             assert stats.completion_tokens == limit
 
 
+@pytest.mark.slow  # the default model (fp32_agent)
 def test_concurrent_streams_stream_and_one_can_be_cancelled(fp32_agent):
     async def main():
         streams = [fp32_agent.stream(p, events=True, max_new_tokens=24, greedy=True) for p in _payloads()]
@@ -74,6 +76,7 @@ def test_concurrent_streams_stream_and_one_can_be_cancelled(fp32_agent):
             assert stats[index].finish_reason in ("stop", "length")
 
 
+@pytest.mark.slow  # the default model (fp32_agent)
 def test_sampled_and_greedy_requests_share_the_loop(fp32_agent):
     async def main():
         payloads = _payloads()
@@ -88,6 +91,7 @@ def test_sampled_and_greedy_requests_share_the_loop(fp32_agent):
     assert stats_of(responses[1]).do_sample is True and stats_of(responses[1]).completion_tokens > 0
 
 
+@pytest.mark.slow  # the default model (fp32_agent)
 def test_sharing_can_be_turned_off(fp32_agent):
     lm = fp32_agent.loaded_model
     lm.share_decoding = False
@@ -140,6 +144,7 @@ class _FailsAfter:
         return scores
 
 
+@pytest.mark.slow  # the default model (fp32_agent)
 def test_a_failing_request_ends_alone_with_its_error(fp32_agent):
     async def main():
         payloads = _payloads()

@@ -497,7 +497,9 @@ def test_cell_magic_schema_names_a_notebook_variable(tiny_tools_model):
             result, captured = execute(f"%%midori --schema {name} --name answer --no-memory\nDescribe it.")
             assert result.success, captured.stderr
             response = shell.user_ns["answer"]
-            assert response.metadata["finish_reason"] == "stop", response.response
+            # the random model may loop inside the answer: the guard then closes it by the grammar's
+            # shortest completion (structured/closing.py), so it parses either way
+            assert response.metadata["finish_reason"] in ("stop", "repetition"), response.response
             assert check(response), response.response
         result, captured = execute("%%midori --schema missing_variable\nDescribe it.")
         assert not result.success

@@ -174,8 +174,9 @@ class GenerationParts:
         """The next part, started."""
         done = self.tokens
         settings = self.settings
-        if done:  # a continuation: the rest of the budget, the answer so far as input, no second seeding
-            settings = dataclasses.replace(settings, max_new_tokens=settings.max_new_tokens - len(done), seed=None,
+        if done:  # a continuation: the rest of the budget, the answer so far as input; a seeded sample's
+            # generator continues past the draws of the answer so far (see engine.reproducible.request_generator)
+            settings = dataclasses.replace(settings, max_new_tokens=settings.max_new_tokens - len(done),
                                            answer_so_far=len(done))
         event = threading.Event()
         self.state.part_stop = event

@@ -15,7 +15,7 @@ from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from ..config import DEFAULTS, ConfigError, HuggingFaceConfig
+from ..config import DEFAULTS, ConfigError, HuggingFaceConfig, validate_seed
 from ..prompting import Prompt, build_prompt, template_supports_tools
 from ..protocol import AgentPayload, AgentResponse, MidoriAiAgentProtocol, ReasoningEffort
 from ..settings import CallSettings, apply_tool_choice, resolve_call_settings, with_model_defaults
@@ -33,6 +33,20 @@ from .tool_loop import ToolLoopStream
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine import LoadedModel
     from ..load_progress import LoadProgress
+
+
+def _row_seeds(seeds: Any, count: int, overrides: dict[str, Any], reproducible: bool) -> list[int] | None:
+    """``generate_batch``'s ``seeds`` checked: one seed per payload, only without ``seed`` and in a
+    reproducible call (a batch that is not reproducible draws from one generator)."""
+    if seeds is None:
+        return None
+    if not isinstance(seeds, (list, tuple)) or len(seeds) != count:
+        raise ConfigError(f"seeds={seeds!r:.80} is not allowed: expected a list of {count} seeds, one per payload")
+    if overrides.get("seed") is not None:
+        raise ConfigError("seeds and seed are both given: give one seed per payload (seeds) or one for the batch (seed)")
+    if not reproducible:
+        raise ConfigError("seeds=[...] needs reproducible=True: a batch that is not reproducible draws from one generator")
+    return [validate_seed(seed) for seed in seeds]
 
 
 def _reasoning_kwargs(effort: Any) -> dict[str, Any]:
@@ -288,12 +302,17 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
             )
 
     def generate_batch(self, payloads: list[AgentPayload], *, tools: list[Any] | None = None,
-                       stop_event: threading.Event | None = None, **overrides: Any) -> list[AgentResponse]:
+                       stop_event: threading.Event | None = None, seeds: list[int] | None = None,
+                       **overrides: Any) -> list[AgentResponse]:
         """Answer several payloads with one left-padded batch (blocking, in the calling thread).
 
         Loads the model on first use. ``overrides`` are those of :meth:`invoke` and apply to every
         payload; a ``seed`` seeds the whole call once, so a sampled answer depends on the batch it
-        ran in (its companions and its position). ``tools`` are offered as in
+        ran in (its companions and its position) -- unless the call is reproducible
+        (``reproducible=True``, on the agent or among the overrides): then every answer is the one
+        :meth:`invoke` gives its payload alone with the same settings (each sampled row draws from
+        its own generator), and ``seeds`` (one per payload, instead of ``seed``) gives each row its
+        own seed. ``tools`` are offered as in
         :meth:`invoke_with_tools` (parsed, never executed; ``tool_choice`` among the overrides as
         there). A ``response_format`` constrains every answer; a batch with it decodes through
         ``model.generate``. ``logprobs``/``top_logprobs``/``prompt_logprobs`` record token
@@ -310,7 +329,7 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         tickets = [start_call(self._log, log_option, method="generate_batch", group_id=batch_id, payload=payload)
                    for payload in payloads]
         try:
-            responses = self._generate_batch(payloads, tools, stop_event, overrides, tickets)
+            responses = self._generate_batch(payloads, tools, stop_event, overrides, tickets, seeds)
         except BaseException as exc:
             for ticket in tickets:
                 finish_call(ticket, None, exc)
@@ -320,9 +339,11 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         return responses
 
     def _generate_batch(self, payloads: list[AgentPayload], tools: list[Any] | None,
-                        stop_event: threading.Event | None, overrides: dict[str, Any], tickets: list) -> list[AgentResponse]:
+                        stop_event: threading.Event | None, overrides: dict[str, Any], tickets: list,
+                        seeds: list[int] | None = None) -> list[AgentResponse]:
         schemas = tool_schemas(tools) if tools else None
         call, schemas = apply_tool_choice(self.resolve_settings(overrides, streaming=False), schemas)
+        row_seeds = _row_seeds(seeds, len(payloads), overrides, call.generation.reproducible)
         from .. import engine
 
         started = time.perf_counter()
@@ -334,9 +355,11 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
                 ticket.details, ticket.tools = partial(local_details, self._config, lm, call), schemas
         prompts = [self.build_prompt(lm, payload, call, schemas, None) for payload in payloads]
         if len(prompts) == 1:  # no padding: the single-sequence path of invoke
-            results = [engine.generate(lm, prompts[0].input_ids, call.generation, stop_event=stop_event)]
+            generation = call.generation if row_seeds is None else replace(call.generation, seed=row_seeds[0])
+            results = [engine.generate(lm, prompts[0].input_ids, generation, stop_event=stop_event)]
         else:
-            results = engine.generate_batch(lm, [p.input_ids for p in prompts], call.generation, stop_event)
+            results = engine.generate_batch(lm, [p.input_ids for p in prompts], call.generation, stop_event,
+                                            seeds=row_seeds)
         name = str(self._config.model)
         responses = [build_response(name, lm, prompt, result, call, payload, schemas, started)
                      for prompt, result, payload in zip(prompts, results, payloads)]

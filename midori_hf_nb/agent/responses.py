@@ -108,6 +108,7 @@ def build_response(model_name: str, lm: "LoadedModel", prompt: "Prompt", result:
         quantization=lm.spec.quantization, seed=settings.seed, do_sample=not settings.greedy,
         temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
         raw_text=result.text, parser="tokenizer" if native is not None else "tags",
+        reproducible=result.reproducible, reproducible_reason=result.reproducible_reason,
     )
     calls = None
     if schemas is not None:

@@ -10,6 +10,9 @@ with one depends on what the agent offers, tested by name:
   a comparison loads it before its rows and releases it after, unless the caller had loaded it;
 * :func:`resolves_settings`: the agent checks a setting against its own configuration
   (``resolve_settings``), before any model loads;
+* :func:`offers_reproducible`: the agent gives reproducible answers when asked (its
+  configuration has a ``reproducible`` flag, as :class:`~midori_hf_nb.HuggingFaceLocalAgent`'s
+  does); :func:`reproducible_for` says whether a setting's rows ask for them;
 * :func:`takes_overrides`: the agent's ``invoke`` accepts per-call options (``**overrides``, as
   this project's agents do). The protocol's own ``invoke(payload)`` takes none: such an agent
   runs its rows without settings and without a seed.
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..protocol import MidoriAiAgentProtocol
-from ..settings import CallSettings, check_overrides
+from ..settings import CallSettings, check_overrides, offers_reproducible
 from .columns import not_allowed, setting_text
 from .concurrent import run_coroutine
 
@@ -49,6 +52,21 @@ def manages_model(agent: Any) -> bool:
 def resolves_settings(agent: Any) -> bool:
     """True when the agent resolves a call's settings against its configuration (``resolve_settings``)."""
     return callable(getattr(agent, "resolve_settings", None))
+
+
+def reproducible_for(agent: Any, setting: Mapping[str, Any], seed: int | None, requested: bool | None) -> bool | None:
+    """The ``reproducible`` override of a setting's rows on ``agent`` (None: none is passed, the
+    agent does not offer it). ``requested`` None means on when the rows are greedy or seeded."""
+    if not offers_reproducible(agent):
+        return None
+    if requested is not None:
+        return requested
+    if seed is not None:
+        return True
+    try:
+        return bool(agent.resolve_settings(dict(setting), streaming=False).greedy) if resolves_settings(agent) else False
+    except ValueError:
+        return False  # the rows report the setting's error themselves
 
 
 def takes_overrides(agent: Any) -> bool:

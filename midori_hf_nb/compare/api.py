@@ -27,25 +27,27 @@ is the row's share of its batch's throughput; :func:`summarize` gives the aggreg
 per configuration. A figure the agent does not report (or reports with the wrong type) is
 missing.
 
-Seeds: with ``seed=S`` the ``k``-th batch of every (model, setting) group is generated after
-``torch.manual_seed(S + k)`` (the ``seed`` column); for an agent without batching every row is
-a batch of one, so the ``k``-th row of a group gets ``S + k`` (passed as the ``seed`` override;
-an agent whose ``invoke`` takes no overrides, as the bare protocol has it, gets no seed and no
-settings).
-One seed drives a whole batch, so a sampled row depends on its batch's composition and its
-position in it. What is guaranteed: the same inputs (prompts, systems, grid, models, repeats,
-seed, batch_size) give the same table on the same software and hardware (with
-``batch_size=None`` the size is chosen from the free memory; it is in the ``batch_size``
-column, and passing it explicitly fixes the batches); and with ``batch_size=1`` every row
-equals ``agent.invoke(payload, seed=row.seed, **setting)``. Settings and models share random
-numbers (batch ``k`` of each group uses the same seed), which makes their differences easier
-to see.
+Seeds: with ``seed=S`` the ``k``-th batch of every (model, setting) group is generated with
+seed ``S + k`` (the ``seed`` column); for an agent without batching every row is a batch of one,
+so the ``k``-th row of a group gets ``S + k`` (passed as the ``seed`` override; an agent whose
+``invoke`` takes no overrides, as the bare protocol has it, gets no seed and no settings).
+Settings and models share random numbers (batch ``k`` of each group uses the same seed), which
+makes their differences easier to see.
 
-Batching and numerics: in float32, a greedy row's answer is the same batched or alone (the
-attention mask hides the left padding and position ids follow it). In bfloat16 or float16 a
-batch's matrix products round differently from a single sequence's, so a batched greedy answer
-can differ from the unbatched one after the first few words; use ``torch_dtype="float32"`` or
-``batch_size=1`` when that matters.
+Reproducible answers (``reproducible``, on by default for local models whenever a setting is
+greedy or seeded, see :mod:`midori_hf_nb.engine.reproducible`): every row is the answer
+``agent.invoke(payload, seed=row.seed, reproducible=True, **setting)`` gives alone, whatever
+batch it ran in, its company and its position in it: a greedy row is the same for every
+``batch_size``, and a sampled row draws from its own generator seeded with its ``seed``. Each
+row's ``reproducible`` column says whether that held (False with the reason in
+``metadata["reproducible_reason"]``, e.g. on a GPU). With ``reproducible=False`` one seed drives
+a whole batch through ``torch.manual_seed`` (a sampled row then depends on its batch's
+composition and position), and in bfloat16 or float16 a batch's matrix products round
+differently from a single sequence's, so a batched greedy answer can differ from the unbatched
+one after the first few words. Either way the same inputs (prompts, systems, grid, models,
+repeats, seed, batch_size) give the same table on the same software and hardware (with
+``batch_size=None`` the size is chosen from the free memory; it is in the ``batch_size`` column,
+and passing it explicitly fixes the batches).
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def compare(
     progress: bool = True,
     on_event: Callable[[CompareEvent], None] | None = None,
     warmup: bool | None = None,
+    reproducible: bool | None = None,
 ) -> "pd.DataFrame":
     """Run every prompt under every system prompt, setting and model, and tabulate the answers.
 
@@ -123,6 +126,10 @@ def compare(
             (default): agents that batch (local models); True: every agent (one extra ``invoke``
             of its first prompt, answer dropped); False: none. The seconds are in
             ``df.attrs["warmup_seconds"]`` (per model label).
+        reproducible: reproducible answers (see the module documentation) from the agents that
+            offer them (local models): None (default) turns them on for every setting that decodes
+            greedily or is seeded (with the default ``seed=0``, every setting), True or False
+            for all. Other agents (a served model) run as they are.
 
     Every answer is recorded in the call log (:mod:`midori_hf_nb.log`) with ``surface="compare"``
     and one ``group_id`` for the whole comparison; the warm-up is not recorded.
@@ -137,7 +144,8 @@ def compare(
     Raises:
         ValueError: an argument or grid value is not allowed (the message names it).
     """
-    options = run_options(seed=seed, batch_size=batch_size, concurrency=concurrency, tools=tools, warmup=warmup)
+    options = run_options(seed=seed, batch_size=batch_size, concurrency=concurrency, tools=tools, warmup=warmup,
+                          reproducible=reproducible)
     grid = build_grid(prompts, systems=systems, settings=settings, models=models, repeats=repeats, checks=checks,
                       tools=tools, model_kwargs=model_kwargs, progress=progress)
     warmups: dict[str, float] = {}

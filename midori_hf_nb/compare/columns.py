@@ -22,7 +22,7 @@ PASSED_COLUMN = "passed"
 KEY_COLUMNS = ("model", "prompt_id", "prompt", "system")
 RESULT_COLUMNS = (
     "repeat", "response", "thinking", "tool_calls", "prompt_tokens", "completion_tokens",
-    "time_to_first_token", "seconds", "tokens_per_second", "finish_reason", "seed", "batch",
+    "time_to_first_token", "seconds", "tokens_per_second", "finish_reason", "reproducible", "seed", "batch",
     "batch_size", "status", "error",
 )
 INT_COLUMNS = ("prompt_id", "repeat", "prompt_tokens", "completion_tokens", "seed", "batch", "batch_size")
@@ -32,6 +32,7 @@ TEXT_COLUMNS = ("model", "prompt", "system", "response", "thinking", "finish_rea
 #: setting asked for them (``logprobs``/``top_logprobs``)
 LOGPROBS_COLUMN = "token_logprobs"
 JSON_COLUMNS = ("tool_calls", LOGPROBS_COLUMN)
+BOOL_COLUMNS = ("reproducible",)
 #: names a setting of the grid cannot have (they are columns of the table)
 RESERVED_NAMES = frozenset({*KEY_COLUMNS, *RESULT_COLUMNS, PASSED_COLUMN})
 

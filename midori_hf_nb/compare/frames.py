@@ -7,6 +7,7 @@ import math
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from .columns import (
+    BOOL_COLUMNS,
     CHECK_PREFIX,
     FLOAT_COLUMNS,
     INT_COLUMNS,
@@ -51,7 +52,7 @@ def column_series(column: str, values: list[Any], check_columns: Sequence[str]) 
     if column in FLOAT_COLUMNS:
         floats = _converted(column, values, float, "a number")
         return pd.array([math.nan if v is None else v for v in floats], dtype="float64")
-    if column in check_columns or column == PASSED_COLUMN:
+    if column in check_columns or column == PASSED_COLUMN or column in BOOL_COLUMNS:
         return pd.array([None if is_missing(v) else bool(v) for v in values], dtype="boolean")
     if column in JSON_COLUMNS:
         return pd.Series([None if is_missing(v) else v for v in values], dtype=object)

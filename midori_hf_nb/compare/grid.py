@@ -120,6 +120,8 @@ class RunOptions:
     tools: list[Any] | None = None
     #: warm-up before timing: None (agents that batch), True (every agent) or False (none)
     warmup: bool | None = None
+    #: reproducible answers from agents that offer them: None (when greedy or seeded), True, False
+    reproducible: bool | None = None
 
 
 @dataclass
@@ -178,8 +180,11 @@ def build_grid(prompts: Any, *, systems: Any, settings: Any, models: Any, repeat
     return grid
 
 
-def run_options(*, seed: Any, batch_size: Any, concurrency: Any, tools: Any, warmup: Any = None) -> RunOptions:
+def run_options(*, seed: Any, batch_size: Any, concurrency: Any, tools: Any, warmup: Any = None,
+                reproducible: Any = None) -> RunOptions:
     """Validated :class:`RunOptions`."""
+    if reproducible is not None and not isinstance(reproducible, bool):
+        raise not_allowed("reproducible", reproducible, "expected None (on when greedy or seeded), True or False")
     if warmup is not None and not isinstance(warmup, bool):
         raise not_allowed("warmup", warmup, "expected None (warm up agents that batch), True (every agent) or False")
     check_seed(seed)
@@ -188,7 +193,7 @@ def run_options(*, seed: Any, batch_size: Any, concurrency: Any, tools: Any, war
     if tools is not None and not isinstance(tools, (list, tuple)):
         raise not_allowed("tools", tools, "expected None or a list of tools")
     return RunOptions(seed=seed, batch_size=batch_size, concurrency=concurrency,
-                      tools=list(tools) if tools is not None else None, warmup=warmup)
+                      tools=list(tools) if tools is not None else None, warmup=warmup, reproducible=reproducible)
 
 
 __all__ = ["DEFAULT_CONCURRENCY", "Grid", "RunOptions", "as_list", "build_grid", "check_seed", "lay_out",

@@ -30,6 +30,8 @@ class RowResult:
     seconds: float | None = None
     tokens_per_second: float | None = None
     finish_reason: str | None = None
+    #: the answer is reproducible (see :mod:`midori_hf_nb.engine.reproducible`); None: not said
+    reproducible: bool | None = None
     seed: int | None = None
     batch: int | None = None
     batch_size: int | None = None
@@ -80,6 +82,7 @@ def result_of(outcome: Outcome) -> RowResult:
         seconds=stats.total_seconds,
         tokens_per_second=stats.tokens_per_second,
         finish_reason=stats.finish_reason,
+        reproducible=stats.reproducible,
         seed=outcome.seed,
         batch=outcome.batch,
         batch_size=outcome.batch_size,
@@ -121,7 +124,7 @@ class Row:
             "tool_calls": result.tool_calls, "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens, "time_to_first_token": result.time_to_first_token,
             "seconds": result.seconds, "tokens_per_second": result.tokens_per_second,
-            "finish_reason": result.finish_reason, "seed": result.seed, "batch": result.batch,
+            "finish_reason": result.finish_reason, "reproducible": result.reproducible, "seed": result.seed, "batch": result.batch,
             "batch_size": result.batch_size, "status": result.status, "error": result.error,
         }
         for name, passed in result.checks.items():

@@ -102,7 +102,7 @@ class RowSink:
 
 def run_batched(entry: ModelEntry, rows: list[Row], options: RunOptions, sink: RowSink) -> None:
     """An agent's rows, a batch at a time (the agent offers ``generate_batch``)."""
-    for batch in batches(entry.agent, rows, options.batch_size, options.seed):
+    for batch in batches(entry.agent, rows, options.batch_size, options.seed, options.reproducible):
         sink.status(f"{entry.label} | {setting_text(batch.setting)}")
         sink.finished(entry.label, run_batch(entry.agent, batch, options.tools, sink.next_batch))
 
@@ -154,7 +154,7 @@ def run_model(entry: ModelEntry, rows: list[Row], options: RunOptions, sink: Row
     try:
         sink.emit(CompareEvent("model_loaded", entry.label, sink.done, sink.total))
         sink.status(f"warming up {entry.label}")
-        seconds = warm_up(entry, rows, options.warmup, options.batch_size)  # untimed: no row pays for it
+        seconds = warm_up(entry, rows, options.warmup, options.batch_size, options)  # untimed: no row pays for it
         if seconds is not None:
             sink.warmup_seconds[entry.label] = seconds
             sink.emit(CompareEvent("warmup", entry.label, sink.done, sink.total, seconds=seconds))

@@ -5,6 +5,7 @@ whose finished rows leave it) and ``model.generate``. Each stops within a token 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 import time
@@ -13,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from . import capabilities
+from . import capabilities, reproducible
 from .decode_path import generation_config
+from .forward_mode import ForwardMode, forward_mode
 from .repetition import LoopDetector, RepetitionStop, loop_guard
 from .threads import ThreadGovernor
 
@@ -45,7 +47,9 @@ def decode_one(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings: Gen
                stop_event: threading.Event | None, streamer: Any = None,
                governor: ThreadGovernor | None = None,
                processors: Any = None, cache: Any = None,
-               reused: int = 0, recorder: Any = None) -> tuple[list[int], float | None, float, Any]:
+               reused: int = 0, exact: reproducible.ReproducibleSupport | None = None,
+               first: reproducible.FirstForward | None = None, recorder: Any = None,
+               ) -> tuple[list[int], float | None, float, Any, str | None]:
     """Greedy or sampled decoding of one sequence over a ``DynamicCache``, one forward per token.
 
     The forward passes and the token choice (the caller's logits processors, then argmax, or
@@ -54,10 +58,15 @@ def decode_one(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings: Gen
     preparation, stopping-criteria lists, attention-mask growth). Logits processors see the
     prompt and the tokens so far, as in ``generate``. ``cache`` (holding the first ``reused``
     prompt positions, see :mod:`.prefix_cache`) is extended instead of a new one, so only the
-    rest of the prompt is prefilled. A ``recorder`` (:class:`~.logprobs.Recorder`, None when no
-    token probabilities were asked for) gets each step's logits, the scores the token was chosen
-    from and the token. Returns (tokens, first-token time, start time, the cache, which then holds
-    the prompt and every token but the last).
+    rest of the prompt is prefilled. A seeded sample draws from a generator of its own. A
+    ``recorder`` (:class:`~.logprobs.Recorder`, None when no token probabilities were asked for)
+    gets each step's logits, the scores the token was chosen from and the token.
+
+    With ``exact`` (reproducible generation, :mod:`.reproducible`) the first forward runs as
+    ``first`` says (the prefill in aligned tiles, or the decode step a paused generation's
+    continuation resumes with) and each step in the decode mode of ``exact``. Returns (tokens, first-token time, start
+    time, the cache, which then holds the prompt and every token but the last, and why the
+    forward could not keep to the reproducible mode, None when it could).
     """
     from transformers import LogitsProcessorList
 
@@ -71,8 +80,13 @@ def decode_one(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings: Gen
     loops = LoopDetector(guard) if guard is not None else None
     tokens: list[int] = []
     first_token_at: float | None = None
-    if settings.seed is not None:
-        torch.manual_seed(settings.seed)
+    generator: torch.Generator | None = None  # a seeded sample's own, made at the first draw
+    if exact is not None and first is None:
+        first = reproducible.first_forward(exact, settings, input_ids.shape[1], reused, 0)
+    prefill = first.mode if first is not None else None
+    step: ForwardMode | None = reproducible.decode_mode(exact) if exact is not None else None
+    prefill_threads = first.threads if first is not None else None
+    step_threads = exact.decode_threads if exact is not None else None
     started = time.perf_counter()
     if streamer is not None:
         streamer.put(input_ids.cpu())
@@ -84,7 +98,8 @@ def decode_one(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings: Gen
     with torch.inference_mode():
         if cache is None:
             cache, reused = capabilities.new_dynamic_cache(model), 0
-        out = model(input_ids=input_ids[:, reused:], use_cache=True, logits_to_keep=1, **{cache_argument: cache})
+        with forward_mode(prefill), reproducible.threads(prefill_threads):
+            out = model(input_ids=input_ids[:, reused:], use_cache=True, logits_to_keep=1, **{cache_argument: cache})
         while True:
             logits = raw = out.logits[:, -1, :].to(dtype=torch.float32)
             if sequence is not None:
@@ -95,7 +110,10 @@ def decode_one(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings: Gen
                 next_token = torch.argmax(logits, dim=-1)
             else:
                 logits = warpers(input_ids, logits)
-                next_token = torch.multinomial(torch.nn.functional.softmax(logits, dim=-1), num_samples=1).squeeze(1)
+                probs = torch.nn.functional.softmax(logits, dim=-1)
+                if generator is None and not tokens:
+                    generator = reproducible.request_generator(settings, input_ids.device, probs.shape[-1])
+                next_token = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
             if recorder is not None:
                 recorder.step(raw, logits, next_token)
             token = int(next_token[0])
@@ -113,10 +131,12 @@ def decode_one(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings: Gen
                 break
             if loops is not None and loops.push(token):
                 break
-            out = model(input_ids=next_token[:, None], use_cache=True, **{cache_argument: cache})
+            with forward_mode(step), reproducible.threads(step_threads):
+                out = model(input_ids=next_token[:, None], use_cache=True, **{cache_argument: cache})
     if streamer is not None:
         streamer.end()
-    return tokens, first_token_at, started, cache
+    inexact = [*(prefill.inexact if prefill is not None else []), *(step.inexact if step is not None else [])]
+    return tokens, first_token_at, started, cache, inexact[0] if inexact else None
 
 
 def decode_batch(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, cfg: Any,
@@ -192,12 +212,15 @@ def run_generate(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch
     criteria = StoppingCriteriaList([timer, *call_kwargs.pop("stopping_criteria", [])])
     if loop_guard(settings) is not None:  # under a constraint its logits processor runs the guard
         criteria.append(RepetitionStop(settings.repetition_guard, input_ids.shape[0]))
-    if settings.seed is not None:
-        torch.manual_seed(settings.seed)
     if recorder is not None:  # a copy: the settings' config is shared
         cfg = copy.deepcopy(cfg)
         cfg.update(output_logits=True, output_scores=True, return_dict_in_generate=True)
-    with torch.inference_mode():
+    seeded = settings.seed is not None and not settings.greedy
+    with reproducible.GLOBAL_RNG_LOCK if seeded else _NO_LOCK, torch.inference_mode():
+        if settings.seed is not None:
+            torch.manual_seed(settings.seed)  # generate() draws from torch's global generator
+            if seeded:  # a paused generation's continuation: past the draws of the answer so far
+                reproducible.skip_draws(None, settings.answer_so_far, reproducible.logits_width(lm), input_ids.device)
         output = lm.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -211,3 +234,6 @@ def run_generate(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch
         recorder.from_generate(output.logits, output.scores, output.sequences[:, input_ids.shape[1]:])
         output = output.sequences
     return output, timer, started
+
+
+_NO_LOCK = contextlib.nullcontext()

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Hashable
 
 import torch
 
-from . import capabilities
+from . import capabilities, reproducible
 from .decode_path import ENGINE, choose_decode_path, closing_of, generation_config, with_constraint
 from .decoders import decode_batch, decode_one, run_generate
 from .logprobs import new_recorder, prompt_logprobs
@@ -60,6 +61,10 @@ def generate(
     On the engine's loop, generations that overlap in time share one decode loop
     (:mod:`.shared_decode`): a request that arrives while another runs joins it at the next
     step instead of waiting for the whole answer (``lm.share_decoding=False`` turns this off).
+
+    With ``settings.reproducible`` the answer is the same alone, batched, concurrently or from a
+    kept cache (:mod:`.reproducible`); ``result.reproducible`` says whether that holds, and
+    ``result.reproducible_reason`` why not.
     """
     if lm.share_decoding and lm.model is not None:
         cfg, call_kwargs = generation_config(lm, settings)
@@ -84,17 +89,26 @@ def generate(
         prompt = _prompt_logprobs(lm, settings, input_ids, locked=True)
         recorder = new_recorder(lm, settings.probabilities, call_kwargs, 1, on_record)
         reused = 0
+        unreproducible = reproducible.call_reason(lm, settings, engine_path=path is ENGINE)
         if path is ENGINE:
+            exact = reproducible.support(lm) if settings.reproducible else None
+            exact = exact if exact is not None and exact.supported else None
             keep = reuse_key is not None and lm.prefix_support.supported
-            found = lm.prefix_caches.take(reuse_key, input_ids) if keep else NO_REUSE
+            tile = reproducible.PREFILL_TILE if exact is not None else None
+            found = (lm.prefix_caches.take(reuse_key, input_ids, tile, continuation=settings.answer_so_far > 0)
+                     if keep else NO_REUSE)
             reused = found.reused
-            tokens, first_token_at, started, cache = decode_one(
+            first = (reproducible.first_forward(exact, settings, len(input_ids), reused, found.exact)
+                     if exact is not None else None)
+            tokens, first_token_at, started, cache, inexact = decode_one(
                 lm, ids, cfg, settings, stop_event, streamer, governor, call_kwargs.get("logits_processor"),
-                found.cache, reused, recorder)
+                found.cache, reused, exact, first, recorder)
+            unreproducible = unreproducible or (first.reason if first is not None else None) or inexact
             if keep and tokens:
                 held = list(input_ids) + tokens[:-1]
                 if capabilities.cache_length(cache) == len(held):
-                    lm.prefix_caches.put(reuse_key, held, cache, kv_bytes_per_token(lm.model))
+                    lm.prefix_caches.put(reuse_key, held, cache, kv_bytes_per_token(lm.model),
+                                         first.exact if first is not None else 0, unreproducible is None)
         else:
             output, timer, started = run_generate(lm, ids, torch.ones_like(ids), settings, stop_event, streamer,
                                                   (cfg, call_kwargs), governor, recorder)
@@ -110,7 +124,8 @@ def generate(
     return GenerationResult(tokens, text, finish, len(input_ids), len(tokens), ttft, seconds, path.name, path.reason,
                             first_token_at, reused, closing_tokens=closed,
                             logprobs=recorder.row(0, len(tokens)) if recorder is not None else None,
-                            prompt_logprobs=prompt)
+                            prompt_logprobs=prompt, reproducible=unreproducible is None,
+                            reproducible_reason=unreproducible)
 
 
 def _prompt_logprobs(lm: LoadedModel, settings: GenerationSettings, input_ids: list[int], *, locked: bool) -> Any:
@@ -127,14 +142,13 @@ def _prompt_logprobs(lm: LoadedModel, settings: GenerationSettings, input_ids: l
         return prompt_logprobs(lm, input_ids)
 
 
-def _generate_shared(lm: LoadedModel, input_ids: list[int], settings: GenerationSettings, cfg: Any,
-                     call_kwargs: dict[str, Any], on_text: Callable[[str], None] | None,
-                     stop_event: threading.Event | None, reuse_key: Hashable | None,
-                     on_token: Callable[[int], None] | None = None, carry: Any = None,
-                     on_record: Callable[[Any], None] | None = None, prompt: Any = None) -> GenerationResult:
-    """:func:`generate` through the model's shared decode loop."""
-    if stop_event is not None and stop_event.is_set():
-        return GenerationResult([], "", "cancelled", len(input_ids), 0, None, 0.0)
+def _shared_request(lm: LoadedModel, input_ids: list[int], settings: GenerationSettings, cfg: Any,
+                    call_kwargs: dict[str, Any], on_text: Callable[[str], None] | None,
+                    stop_event: threading.Event | None, reuse_key: Hashable | None,
+                    on_token: Callable[[int], None] | None = None, carry: Any = None,
+                    on_record: Callable[[Any], None] | None = None) -> SharedRequest:
+    """The shared decode loop's request for one :func:`generate` call (with its token-probability
+    recorder when probabilities were asked for)."""
     streamer = (capabilities.callback_streamer(lm.tokenizer, on_text, lm.tokenizer_lock, on_token, carry)
                 if on_text is not None else None)
     processors = call_kwargs.get("logits_processor")
@@ -143,13 +157,34 @@ def _generate_shared(lm: LoadedModel, input_ids: list[int], settings: Generation
 
         processors = LogitsProcessorList(processors)
     recorder = new_recorder(lm, settings.probabilities, call_kwargs, 1, on_record)
-    request = decoder_for(lm).run(SharedRequest(list(input_ids), settings, cfg, processors or None, streamer,
-                                                  stop_event, reuse_key, recorder=recorder))
+    return SharedRequest(list(input_ids), settings, cfg, processors or None, streamer, stop_event, reuse_key,
+                         recorder=recorder)
+
+
+def _generate_shared(lm: LoadedModel, input_ids: list[int], settings: GenerationSettings, cfg: Any,
+                     call_kwargs: dict[str, Any], on_text: Callable[[str], None] | None,
+                     stop_event: threading.Event | None, reuse_key: Hashable | None,
+                     on_token: Callable[[int], None] | None = None, carry: Any = None,
+                     on_record: Callable[[Any], None] | None = None, prompt: Any = None) -> GenerationResult:
+    """:func:`generate` through the model's shared decode loop."""
+    if stop_event is not None and stop_event.is_set():
+        return GenerationResult([], "", "cancelled", len(input_ids), 0, None, 0.0)
+    request = decoder_for(lm).run(_shared_request(lm, input_ids, settings, cfg, call_kwargs, on_text, stop_event,
+                                                  reuse_key, on_token, carry, on_record))
+    return _shared_result(lm, request, settings, call_kwargs, stop_event, prompt)
+
+
+def _shared_result(lm: LoadedModel, request: SharedRequest, settings: GenerationSettings,
+                   call_kwargs: dict[str, Any], stop_event: threading.Event | None,
+                   prompt: Any = None) -> GenerationResult:
+    """The :class:`GenerationResult` of a finished shared request (raises its error); ``prompt``:
+    the prompt's log-probabilities when they were asked for."""
+    input_ids = request.input_ids
     if request.error is not None:
         raise request.error
     tokens = request.tokens
     started = request.started if request.started is not None else time.perf_counter()
-    seconds = time.perf_counter() - started
+    seconds = (request.ended_at or time.perf_counter()) - started
     cancelled = bool(stop_event is not None and stop_event.is_set())
     finish = finish_reason(tokens, lm.eos_token_ids, settings.max_new_tokens, cancelled, request.repeated)
     closed = closing_finish(tokens, closing_of(settings, call_kwargs, 0), lm.eos_token_ids)
@@ -160,7 +195,8 @@ def _generate_shared(lm: LoadedModel, input_ids: list[int], settings: Generation
     ttft = first - started if first is not None else None
     return GenerationResult(tokens, text, finish, len(input_ids), len(tokens), ttft, seconds, ENGINE.name, None, first,
                             request.reused, request.peak_rows, closed[1] if closed is not None else None,
-                            recorder.row(0, len(tokens)) if recorder is not None else None, prompt)
+                            request.recorder.row(0, len(tokens)) if request.recorder is not None else None, prompt,
+                            request.unreproducible is None, request.unreproducible)
 
 
 def generate_batch(
@@ -168,15 +204,26 @@ def generate_batch(
     batch: list[list[int]],
     settings: GenerationSettings,
     stop_event: threading.Event | None = None,
+    seeds: list[int] | None = None,
 ) -> list[GenerationResult]:
     """Generate for several prompts in one left-padded batch.
 
     Greedy decoding with plain settings runs in the engine's batch loop (finished sequences
     leave the batch, see :func:`~.decoders.decode_batch`); anything else in one ``model.generate``
     call. Each result's ``seconds`` and ``time_to_first_token`` are those of the whole batch.
+
+    With ``settings.reproducible`` each prompt gets the answer it gets alone: the prompts are
+    prefilled one by one and decode together in the shared decode loop (each its own timing), or,
+    on ``model.generate``'s path or with logits processors of the caller's, run one after another;
+    ``seeds`` (reproducible only) gives each prompt its own seed.
     """
     if not batch:
         return []
+    if seeds is not None and (not settings.reproducible or len(seeds) != len(batch)):
+        raise ValueError("seeds: one seed per prompt, in a reproducible generation only")
+    if settings.reproducible:
+        rows = [settings] * len(batch) if seeds is None else [replace(settings, seed=seed) for seed in seeds]
+        return _reproducible_batch(lm, batch, rows, stop_event)
     with lm.generation_lock:
         if lm.model is None:
             raise RuntimeError(f"model {lm.spec.source.name!r} was unloaded")
@@ -219,3 +266,28 @@ def generate_batch(
                                             logprobs=recorder.row(index, len(tokens)) if recorder is not None else None,
                                             prompt_logprobs=prompts[index]))
     return results
+
+
+def _reproducible_batch(lm: LoadedModel, batch: list[list[int]], rows: list[GenerationSettings],
+                        stop_event: threading.Event | None) -> list[GenerationResult]:
+    """:func:`generate_batch` in reproducible mode (``rows``: each prompt's settings): every
+    prompt as :func:`generate` answers it alone, decoding together in the shared loop where the
+    engine's loop runs them. With logits processors of the caller's own (which may keep state
+    across the steps of one generation) the prompts run one after another."""
+    own_processors = any(settings.extra.get("logits_processor") for settings in rows)
+    if lm.share_decoding and lm.model is not None and capabilities.cache_rows_support() and not own_processors:
+        prepared = []
+        for ids, settings in zip(batch, rows):
+            cfg, call_kwargs = generation_config(lm, settings)
+            call_kwargs = with_constraint(lm, settings, call_kwargs, 1)
+            prepared.append((ids, settings, cfg, call_kwargs))
+        if all(choose_decode_path(lm, settings, cfg, kwargs) is ENGINE for _, settings, cfg, kwargs in prepared):
+            if stop_event is not None and stop_event.is_set():
+                return [GenerationResult([], "", "cancelled", len(ids), 0, None, 0.0) for ids in batch]
+            prompts = [_prompt_logprobs(lm, settings, ids, locked=False) for ids, settings, _, _ in prepared]
+            requests = [_shared_request(lm, ids, settings, cfg, kwargs, None, stop_event, None)
+                        for ids, settings, cfg, kwargs in prepared]
+            decoder_for(lm).run_all(requests)
+            return [_shared_result(lm, request, settings, kwargs, stop_event, prompt)
+                    for request, (_, settings, _, kwargs), prompt in zip(requests, prepared, prompts)]
+    return [generate(lm, list(ids), settings, stop_event=stop_event) for ids, settings in zip(batch, rows)]

@@ -1,5 +1,6 @@
 """Linear layers for fast CPU decoding: bfloat16 weights with float32 products for many rows,
-and int8 / int4 weight-only quantization.
+and int8 / int4 weight-only quantization. Every layer here (and plain ``nn.Linear`` layers turned
+into :class:`TiledLinear`) follows the thread's :mod:`.forward_mode` in reproducible generation.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 
 from . import capabilities
 from .devices import trim_heap
+from .forward_mode import ForwardMode, current, tile_bounds
 
 
 class QuantizationError(RuntimeError):
@@ -25,6 +27,24 @@ BF16_BLOCK_ELEMENTS = 1 << 19
 _scratch = threading.local()
 
 
+def exact_rows(x: torch.Tensor, mode: ForwardMode, direct, tile_product) -> torch.Tensor:
+    """``x @ W.T`` (``x``: ``[..., in]``) cut as the thread's forward ``mode`` says (see
+    :mod:`.forward_mode`): ``direct(rows)`` is the layer's own product for any row count (decode
+    with ``tile=0``), ``tile_product(rows, spans)`` computes the rows of each ``(start, stop)``
+    span as one product of exactly those rows. Decode tiles are padded with zero rows to a whole
+    tile, so every product has the tile's shape."""
+    rows = x.numel() // x.shape[-1] if x.dim() else 1
+    flat = x.reshape(rows, x.shape[-1])
+    if mode.kind == "decode" and mode.tile == 0:
+        out = direct(flat)
+    else:
+        size = mode.tile
+        if mode.kind == "decode" and rows % size:
+            flat = torch.cat([flat, flat.new_zeros((size - rows % size, flat.shape[1]))])
+        out = tile_product(flat, tile_bounds(flat.shape[0], size))[:rows]
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
 class Bf16CpuLinear(torch.nn.Linear):
     """``nn.Linear`` with bfloat16 weights on a CPU without native bfloat16 matrix products.
 
@@ -34,16 +54,45 @@ class Bf16CpuLinear(torch.nn.Linear):
     in float32, instead of torch's generic bfloat16 matrix product, which on AVX2 is about 5x
     slower than float32. Both compute in float32 from the same bfloat16 weights and round the
     result to bfloat16. The module keeps its weight (tied weights stay tied).
+
+    In a reproducible forward (:mod:`.forward_mode`) a prefill's tiles are widened products of
+    their own rows (each weight block widened once for all tiles), and decoding with ``tile=0``
+    uses torch's bfloat16 kernel for any row count (it computes each output as its own dot
+    product, so a row's result does not depend on the other rows).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
-        rows = x.numel() // x.shape[-1] if x.dim() else 1
-        if rows <= BF16_DIRECT_ROWS or weight.dtype != torch.bfloat16 or torch.is_grad_enabled():
+        if weight.dtype != torch.bfloat16 or torch.is_grad_enabled():
             return torch.nn.functional.linear(x, weight, self.bias)
+        mode = current()
+        if mode is not None:
+            direct = lambda flat: torch.nn.functional.linear(flat, weight, self.bias)  # noqa: E731
+            return exact_rows(x, mode, direct, self._spans_product)
+        rows = x.numel() // x.shape[-1] if x.dim() else 1
+        if rows <= BF16_DIRECT_ROWS:
+            return torch.nn.functional.linear(x, weight, self.bias)
+        flat = x.reshape(rows, x.shape[-1])
+        return self._widened(flat, [(0, rows)]).reshape(*x.shape[:-1], weight.shape[0])
+
+    def _spans_product(self, flat: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
+        """Each span's rows as the product this layer runs for that many rows."""
+        small = [(a, b) for a, b in spans if b - a <= BF16_DIRECT_ROWS]
+        large = [(a, b) for a, b in spans if b - a > BF16_DIRECT_ROWS]
+        if not small:
+            return self._widened(flat, large)
+        out = self._widened(flat, large) if large else flat.new_empty((flat.shape[0], self.weight.shape[0]))
+        for a, b in small:
+            out[a:b] = torch.nn.functional.linear(flat[a:b], self.weight, self.bias)
+        return out
+
+    def _widened(self, flat: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
+        """The float32 product of each span's rows with the weight, widened one block at a time
+        (each block once for every span), rounded to ``flat``'s dtype."""
+        weight = self.weight
         out_features, in_features = weight.shape
-        flat = x.reshape(rows, in_features).to(torch.float32)
-        out = torch.empty(rows, out_features, dtype=torch.float32, device=x.device)
+        wide = flat.to(torch.float32)
+        out = torch.empty(flat.shape[0], out_features, dtype=torch.float32, device=flat.device)
         block = getattr(_scratch, "block", None)
         if block is None:
             block = _scratch.block = torch.empty(BF16_BLOCK_ELEMENTS, dtype=torch.float32)
@@ -54,10 +103,34 @@ class Bf16CpuLinear(torch.nn.Linear):
                 block = _scratch.block = torch.empty((stop - start) * in_features, dtype=torch.float32)
             widened = block[: (stop - start) * in_features].view(stop - start, in_features)
             widened.copy_(weight[start:stop])
-            out[:, start:stop] = flat @ widened.t()
+            for a, b in spans:
+                out[a:b, start:stop] = wide[a:b] @ widened.t()
         if self.bias is not None:
             out += self.bias.to(torch.float32)
-        return out.to(x.dtype).reshape(*x.shape[:-1], out_features)
+        return out.to(flat.dtype)
+
+
+class TiledLinear(torch.nn.Linear):
+    """A plain ``nn.Linear`` that follows the thread's :mod:`.forward_mode` (a prefill's tiles and
+    decode tiles as products of their own rows); outside it, exactly ``nn.Linear``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mode = current()
+        if mode is None or torch.is_grad_enabled():
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+        direct = lambda flat: torch.nn.functional.linear(flat, self.weight, self.bias)  # noqa: E731
+        return exact_rows(x, mode, direct, lambda flat, spans: torch.cat([direct(flat[a:b]) for a, b in spans]))
+
+
+def use_tiled_linears(model: torch.nn.Module) -> int:
+    """Turn the plain ``nn.Linear`` layers of ``model`` into :class:`TiledLinear` (in place, only
+    the class changes); how many changed."""
+    changed = 0
+    for module in model.modules():
+        if type(module) is torch.nn.Linear:
+            module.__class__ = TiledLinear
+            changed += 1
+    return changed
 
 
 def use_bf16_cpu_linears(model: torch.nn.Module) -> int:
@@ -83,15 +156,21 @@ class _PackedWeightLinear(torch.nn.Module):
     def _product(self, flat: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _rows(self, flat: torch.Tensor) -> torch.Tensor:
+        out = self._product(flat)
+        return out + self.bias if self.bias is not None else out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         if flat.dtype != self.activation_dtype:
             flat = flat.to(self.activation_dtype)
-        out = self._product(flat)
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*shape[:-1], self.out_features)
+        mode = current()
+        if mode is not None:
+            return exact_rows(flat, mode, self._rows,
+                              lambda rows, spans: torch.cat([self._rows(rows[a:b]) for a, b in spans]),
+                              ).reshape(*shape[:-1], self.out_features)
+        return self._rows(flat).reshape(*shape[:-1], self.out_features)
 
 
 class Int8WeightLinear(_PackedWeightLinear):

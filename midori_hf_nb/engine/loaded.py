@@ -66,6 +66,9 @@ class LoadedModel:
     #: concurrent single-sequence generations join one decode loop (see :mod:`.shared_decode`);
     #: False runs them one after another
     share_decoding: bool = True
+    #: whether reproducible generation holds for this model here (see
+    #: :func:`~midori_hf_nb.engine.reproducible.support`; None: not checked yet)
+    reproducible: Any = None
     #: the model's shared decode loop, created on first use by
     #: :func:`~midori_hf_nb.engine.shared_decode.decoder_for`
     decoder: Any = field(default=None, repr=False)

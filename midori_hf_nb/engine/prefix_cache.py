@@ -5,8 +5,14 @@ the answer, all but the last token) is kept in the model's :class:`PrefixCacheSt
 caller's owner key (an agent and a session). The owner's next prompt is compared with the kept
 token ids: their longest common prefix is kept (the cache is cut back to it) and only the rest
 of the prompt is prefilled. Keys and values of a position depend only on the tokens up to it,
-so the tokens out are those of a full prefill; a history that was edited, regenerated or
-trimmed shares a shorter prefix (or none), and only what still matches is used.
+so the answer follows the same tokens; a history that was edited, regenerated or trimmed shares a
+shorter prefix (or none), and only what still matches is used.
+
+Same tokens out holds exactly in reproducible generation (:mod:`.reproducible`), which reuses only
+the whole prefill tiles a reproducible prefill computed (``KeptCache.exact``). Otherwise the kept
+positions were computed with other row counts than a full prefill of the longer prompt computes
+them (the prompt in one pass, the answer one token at a time): their last bits can differ, and in
+bfloat16 a greedy answer can then change after some tokens (in float32 too, more rarely).
 
 The store is a least-recently-used map bounded in entries and bytes; it is emptied when the
 model is unloaded. Each owner has at most one entry, taken out while its generation runs.
@@ -49,14 +55,22 @@ class KeptCache:
     token_ids: tuple[int, ...]
     cache: Any
     nbytes: int
+    #: the first positions a reproducible prefill computed in whole tiles (reproducible generations
+    #: reuse no more than these; 0: none)
+    exact: int = 0
+    #: every position was computed by a reproducible generation (its prefill and decode steps), so
+    #: the continuation of a paused one may reuse all of them
+    reproducible: bool = False
 
 
 @dataclass(frozen=True)
 class Reuse:
-    """What :meth:`PrefixCacheStore.take` found: a cache cut back to ``reused`` positions (None: none)."""
+    """What :meth:`PrefixCacheStore.take` found: a cache cut back to ``reused`` positions (None:
+    none), the first ``exact`` of them computed by a reproducible prefill in whole tiles."""
 
     cache: Any
     reused: int
+    exact: int = 0
 
 
 NO_REUSE = Reuse(None, 0)
@@ -102,9 +116,14 @@ class PrefixCacheStore:
         with self._lock:
             return list(self._entries)
 
-    def take(self, owner: Hashable, input_ids: Sequence[int]) -> Reuse:
+    def take(self, owner: Hashable, input_ids: Sequence[int], tile: int | None = None,
+             continuation: bool = False) -> Reuse:
         """Take the owner's kept cache out of the store, cut back to the prefix it shares with
         ``input_ids`` (at most all but the last prompt token, whose logits the generation needs).
+        With ``tile`` (a reproducible generation) only whole tiles of the positions a
+        reproducible prefill computed (``KeptCache.exact``) are kept -- except for the
+        ``continuation`` of a paused reproducible generation whose prompt is the whole kept cache
+        and one token more: it keeps everything, as the unpaused generation would have.
 
         Returns :data:`NO_REUSE` when the owner has none or the shared prefix is shorter than
         :data:`MIN_REUSED_TOKENS` (the kept cache is dropped: the prompt no longer extends it).
@@ -114,24 +133,30 @@ class PrefixCacheStore:
         if entry is None:
             return NO_REUSE
         shared = min(common_prefix(entry.token_ids, input_ids), len(input_ids) - 1)
+        whole = continuation and entry.reproducible and shared == len(entry.token_ids) == len(input_ids) - 1
+        if tile is not None and not whole:
+            shared = (min(shared, entry.exact) // tile) * tile
         if shared < MIN_REUSED_TOKENS:
             return NO_REUSE
         capabilities.crop_cache(entry.cache, shared)
         with self._lock:
             self.hits += 1
             self.reused_tokens += shared
-        return Reuse(entry.cache, shared)
+        return Reuse(entry.cache, shared, min(shared, entry.exact))
 
-    def put(self, owner: Hashable, token_ids: Sequence[int], cache: Any, bytes_per_token: int) -> bool:
-        """Keep ``cache`` (holding ``token_ids``) as the owner's, evicting the least recently used
-        entries beyond the bounds. False (nothing kept) when it alone exceeds ``max_bytes``."""
+    def put(self, owner: Hashable, token_ids: Sequence[int], cache: Any, bytes_per_token: int, exact: int = 0,
+            reproducible: bool = False) -> bool:
+        """Keep ``cache`` (holding ``token_ids``; its first ``exact`` positions computed by a
+        reproducible prefill in whole tiles; ``reproducible``: all of them by a reproducible
+        generation) as the owner's, evicting the least recently used entries beyond the bounds.
+        False (nothing kept) when it alone exceeds ``max_bytes``."""
         nbytes = len(token_ids) * bytes_per_token
         if nbytes > self.max_bytes or self.max_entries == 0:
             self.drop(owner)
             return False
         with self._lock:
             self._entries.pop(owner, None)
-            self._entries[owner] = KeptCache(tuple(token_ids), cache, nbytes)
+            self._entries[owner] = KeptCache(tuple(token_ids), cache, nbytes, exact, reproducible)
             total = sum(entry.nbytes for entry in self._entries.values())
             while len(self._entries) > self.max_entries or total > self.max_bytes:
                 _, evicted = self._entries.popitem(last=False)

@@ -40,6 +40,11 @@ class GenerationResult:
     logprobs: list[Any] | None = None
     #: the prompt's :class:`~midori_hf_nb.logprobs.PromptLogprobs` when ``prompt_logprobs`` was asked for
     prompt_logprobs: Any = None
+    #: the answer is reproducible: the same prompt, settings and seed give the same tokens alone,
+    #: batched, concurrently or from a kept cache (see :mod:`.reproducible`)
+    reproducible: bool = False
+    #: why it is not (None when it is)
+    reproducible_reason: str | None = "reproducible mode is off (reproducible=False)"
 
     @property
     def tokens_per_second(self) -> float:
@@ -83,7 +88,8 @@ def finish_tokens(tokens: list[int], eos: frozenset[int], settings: GenerationSe
 def join_results(parts: list[GenerationResult], text: str, finish: str) -> GenerationResult:
     """One result for a generation that ran in several parts (a stream paused and continued):
     the tokens of every part, ``text`` (decoded from all of them) and ``finish``; the timing of
-    the first token from the first part, the seconds of generation summed (pauses left out)."""
+    the first token from the first part, the seconds of generation summed (pauses left out);
+    reproducible when every part was (else the first part's reason it was not)."""
     first = parts[0]
     tokens = [token for part in parts for token in part.token_ids]
     records = None if first.logprobs is None else [record for part in parts for record in part.logprobs or []]
@@ -91,4 +97,6 @@ def join_results(parts: list[GenerationResult], text: str, finish: str) -> Gener
                             sum(part.seconds for part in parts), parts[-1].decode_path,
                             next((p.decode_path_reason for p in parts if p.decode_path_reason), None),
                             first.first_token_at, first.reused_prompt_tokens, max(p.shared_rows for p in parts),
-                            parts[-1].closing_tokens, records, first.prompt_logprobs)
+                            parts[-1].closing_tokens, records, first.prompt_logprobs,
+                            all(p.reproducible for p in parts),
+                            next((p.reproducible_reason for p in parts if not p.reproducible), None))

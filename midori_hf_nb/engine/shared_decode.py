@@ -10,7 +10,10 @@ runs one forward for every row; each row chooses its token with its own settings
 its temperature/top-k/top-p, its logits processors), streams it, and leaves the batch when it
 ends, is cancelled or reaches its own ``max_new_tokens``. A request alone runs exactly the single
 sequence loop (same operations, same tokens); rows that shared a batch ran their products with
-several rows, whose float rounding can differ from one row's (as in ``generate_batch``).
+several rows, whose float rounding can differ from one row's (as in ``generate_batch``), unless
+they are reproducible (:mod:`.reproducible`): a reproducible request is prefilled in aligned
+tiles, and a step with a reproducible row runs in the reproducible decode mode, so each of its
+rows gets the tokens it gets alone. A seeded sampled row draws from its own generator.
 
 Waiting is fair. The model's ``generation_lock`` is granted first come, first served
 (:mod:`.fair_lock`), and while a caller that needs the whole model (``generate_batch``, a
@@ -30,7 +33,8 @@ from typing import TYPE_CHECKING, Any, Hashable
 
 import torch
 
-from . import capabilities
+from . import capabilities, reproducible
+from .forward_mode import forward_mode
 from .prefix_cache import NO_REUSE, kv_bytes_per_token
 from .repetition import LoopDetector, loop_guard
 from .threads import apply_threads
@@ -62,6 +66,7 @@ class SharedRequest:
     text: str = ""  #: the answer's text (a final eos left out), decoded before the model can be unloaded
     started: float | None = None
     first_token_at: float | None = None
+    ended_at: float | None = None
     reused: int = 0
     #: the most rows this request's steps ran with
     peak_rows: int = 1
@@ -70,6 +75,8 @@ class SharedRequest:
     failure: BaseException | None = None
     #: the repetition guard saw this row loop (it ends with ``finish_reason="repetition"``)
     repeated: bool = False
+    #: why the answer is not reproducible (None: it is; see :func:`.reproducible.call_reason`)
+    unreproducible: str | None = "reproducible mode is off (reproducible=False)"
     done: threading.Event = field(default_factory=threading.Event)
     # ------------------------------------------------------------------ loop state
     cache: Any = None  #: its own cache until it joins a batch
@@ -78,6 +85,11 @@ class SharedRequest:
     next_token: torch.Tensor | None = None
     prompt: torch.Tensor | None = None
     loops: Any = None  #: the row's :class:`~.repetition.LoopDetector` (None without the guard)
+    #: the model's reproducible support when this row runs reproducibly (None: it does not)
+    exact: Any = None
+    #: positions of its cache a later reproducible prefill may reuse (see :class:`.prefix_cache.KeptCache`)
+    exact_positions: int = 0
+    generator: torch.Generator | None = None  #: a seeded row's own random numbers
 
     def finished(self, eos: frozenset[int]) -> bool:
         if self.failure is not None or self.repeated:
@@ -122,6 +134,17 @@ class SharedDecoder:
                 threading.Thread(target=self._loop, name="midori-shared-decode", daemon=True).start()
         request.done.wait()
         return request
+
+    def run_all(self, requests: list[SharedRequest]) -> list[SharedRequest]:
+        """Queue every request at once (they join one batch) and block until all have finished."""
+        with self._cond:
+            self._pending.extend(requests)
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._loop, name="midori-shared-decode", daemon=True).start()
+        for request in requests:
+            request.done.wait()
+        return requests
 
     # ------------------------------------------------------------------ the loop
 
@@ -213,12 +236,15 @@ class SharedDecoder:
                 if keep and request.cache is not None and request.tokens:
                     held = list(request.input_ids) + request.tokens[:-1]
                     if capabilities.cache_length(request.cache) == len(held):
-                        lm.prefix_caches.put(request.reuse_key, held, request.cache, kv_bytes_per_token(lm.model))
+                        lm.prefix_caches.put(request.reuse_key, held, request.cache, kv_bytes_per_token(lm.model),
+                                             request.exact_positions, request.unreproducible is None)
         except BaseException as exc:  # delivered to the caller
             error = exc
         finally:
             request.error = error
             request.cache = request.sequence = request.next_token = request.prompt = request.loops = None
+            request.generator = None
+            request.ended_at = time.perf_counter()
             request.done.set()
 
 
@@ -246,8 +272,9 @@ class _Batch:
         request.warpers = capabilities.sampling_warpers(request.cfg) if request.cfg.do_sample else None
         guard = loop_guard(settings)  # under a constraint its logits processor runs the guard
         request.loops = LoopDetector(guard) if guard is not None else None
-        if settings.seed is not None:
-            torch.manual_seed(settings.seed)
+        request.unreproducible = reproducible.call_reason(lm, settings, engine_path=True)
+        if settings.reproducible and reproducible.support(lm).supported:
+            request.exact = reproducible.support(lm)
         governor = apply_threads(lm, settings.num_threads)
         ids = request.prompt = torch.tensor([request.input_ids], dtype=torch.long, device=lm.input_device)
         request.started = time.perf_counter()
@@ -258,12 +285,23 @@ class _Batch:
                                            device=ids.device)
             request.sequence[:, :ids.shape[1]] = ids
         keep = request.reuse_key is not None and lm.prefix_support.supported
-        found = lm.prefix_caches.take(request.reuse_key, request.input_ids) if keep else NO_REUSE
+        tile = reproducible.PREFILL_TILE if request.exact else None
+        found = (lm.prefix_caches.take(request.reuse_key, request.input_ids, tile,
+                                       continuation=settings.answer_so_far > 0) if keep else NO_REUSE)
         request.reused = found.reused
         cache = found.cache if found.cache is not None else capabilities.new_dynamic_cache(lm.model)
-        with torch.inference_mode():
+        first = (reproducible.first_forward(request.exact, settings, len(request.input_ids), found.reused,
+                                            found.exact) if request.exact else None)
+        request.exact_positions = first.exact if first is not None else 0
+        if first is not None and first.reason is not None:
+            request.unreproducible = request.unreproducible or first.reason
+        mode = first.mode if first is not None else None
+        pinned = first.threads if first is not None else None
+        with torch.inference_mode(), forward_mode(mode), reproducible.threads(pinned):
             out = lm.model(input_ids=ids[:, request.reused:], use_cache=True, logits_to_keep=1,
                            **{lm.decode_support.cache_argument: cache})
+        if mode is not None and mode.inexact:
+            request.unreproducible = request.unreproducible or mode.inexact[0]
         request.cache = cache
         self._choose(request, out.logits[:, -1, :])
         if governor is not None:
@@ -307,7 +345,10 @@ class _Batch:
         """One forward of every row's last token, and each row's next token."""
         lm = self.lm
         argument = lm.decode_support.cache_argument
-        with torch.inference_mode():
+        exact = next((row.exact for row in self.rows if row.exact is not None), None)
+        mode = reproducible.decode_mode(exact) if exact is not None else None
+        pinned = exact.decode_threads if exact is not None else None
+        with torch.inference_mode(), forward_mode(mode), reproducible.threads(pinned):
             if self.cache is None:  # one row on its own cache: the single-sequence loop
                 row = self.rows[0]
                 out = lm.model(input_ids=row.next_token[:, None], use_cache=True, **{argument: row.cache})
@@ -321,6 +362,9 @@ class _Batch:
                 logits = out.logits[:, -1, :]
                 for index, row in enumerate(self.rows):
                     self._choose_or_fail(row, logits[index:index + 1])
+        if mode is not None and mode.inexact:
+            for row in self.rows:
+                row.unreproducible = row.unreproducible or mode.inexact[0]
         if self.governor is not None:
             self.governor.step()
 
@@ -342,7 +386,10 @@ class _Batch:
             next_token = torch.argmax(logits, dim=-1)
         else:
             logits = row.warpers(row.prompt, logits)
-            next_token = torch.multinomial(torch.nn.functional.softmax(logits, dim=-1), num_samples=1).squeeze(1)
+            probs = torch.nn.functional.softmax(logits, dim=-1)
+            if row.generator is None and not row.tokens:  # a seeded row's own, made at its first draw
+                row.generator = reproducible.request_generator(row.settings, probs.device, probs.shape[-1])
+            next_token = torch.multinomial(probs, num_samples=1, generator=row.generator).squeeze(1)
         if row.recorder is not None:
             row.recorder.step(raw, logits, next_token)
         token = int(next_token[0])

@@ -32,6 +32,9 @@ class ServedCallSettings:
     server_options: dict[str, Any] = field(default_factory=dict)
     #: token probabilities asked for (sent as ``logprobs``/``top_logprobs``); None: none
     probabilities: ProbabilityRequest | None = None
+    #: the call asked for reproducible answers, which a served model cannot promise (its server
+    #: batches and computes as it likes): the response says ``reproducible=False`` and why
+    reproducible: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -57,13 +60,15 @@ def resolve_served_settings(config: OpenAIConfig, overrides: Mapping[str, Any] |
     Overrides: ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``do_sample``,
     ``greedy``, ``seed``, ``stop``, ``deadline`` (seconds for the whole call), ``response_format``
     (validated as for a local agent, sent as :func:`wire_response_format`; the answer is plain text,
-    not parsed), ``logprobs``, ``top_logprobs``, ``prompt_logprobs`` (see :mod:`.logprobs`) and
+    not parsed), ``logprobs``, ``top_logprobs``, ``prompt_logprobs`` (see :mod:`.logprobs`),
+    ``reproducible`` (answered with ``reproducible=False`` and the reason in the metadata) and
     further server options (JSON data, sent as request fields). Raises
     :class:`~midori_hf_nb.config.ConfigError` naming the field.
     """
     overrides = dict(overrides or {})
     deadline = overrides.pop("deadline", None)
     fields, seed, rest = split_overrides(overrides)
+    asked_reproducible = bool(fields.pop("reproducible", False))
     if deadline is not None:
         fields["deadline"] = deadline
     probabilities = probability_request({k: rest.pop(k, None) for k in PROBABILITY_OPTIONS})
@@ -74,7 +79,8 @@ def resolve_served_settings(config: OpenAIConfig, overrides: Mapping[str, Any] |
     stop = _check_stop(rest.pop("stop", None))
     options = check_server_options(rest, "overrides") if rest else {}
     call_config = config.replace(**fields) if fields else config
-    return ServedCallSettings(call_config, seed, stop, {**config.server_options, **options}, probabilities)
+    return ServedCallSettings(call_config, seed, stop, {**config.server_options, **options}, probabilities,
+                              asked_reproducible)
 
 
 def wire_response_format(fmt: ResponseFormat) -> dict[str, Any]:

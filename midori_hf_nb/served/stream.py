@@ -159,6 +159,9 @@ def build_served_response(agent: "ServedHost", payload: AgentPayload, call: Any,
         raw_text=raw_text, parser="server" if (reasoning or server_calls.calls) else "tags",
         base_url=config.server, error=reading.error, server_finish_reason=reading.finish, notes=notes or None,
     )
+    if call.reproducible:
+        stats.reproducible = False
+        stats.reproducible_reason = "a served model's answers depend on how its server batches and computes them"
     calls = None
     if schemas is not None:
         answer, blocks, calls = attach_tool_calls(answer, blocks, structured, structured_errors, schemas, stats,

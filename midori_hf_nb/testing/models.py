@@ -76,21 +76,41 @@ class ScriptedOutput(LogitsProcessor):
         return forced
 
 
+#: Block sizes of bitsandbytes' CPU kernels that a quantized layer's shape must fit: on CPUs with
+#: AVX512-BF16, 4-bit weights are repacked in blocks of ``BNB_CPU_BLOCK_N`` output rows and the
+#: absmax reshaped by ``in_features // blocksize`` (``bitsandbytes.functional._convert_weight_packed_for_cpu``),
+#: with the 4-bit quantization blocksize ``BNB_4BIT_BLOCKSIZE`` on CPU.
+BNB_CPU_BLOCK_N = 32
+BNB_4BIT_BLOCKSIZE = 64
+
+#: The tiny model's default sizes: every linear layer's in- and out-features are multiples of
+#: the blocks above (hidden 128, intermediate 256, two heads of 64, one key/value head).
+TINY_HIDDEN_SIZE = 128
+TINY_HEAD_DIM = 64
+
+
 def build_tiny_model(
     folder: str | os.PathLike,
     tokenizer_source: str | os.PathLike,
     *,
     chat_template: str | None = None,
-    hidden_size: int = 32,
+    hidden_size: int = TINY_HIDDEN_SIZE,
     layers: int = 2,
     seed: int = 0,
     max_position_embeddings: int = 2048,
 ) -> Path:
     """Save a randomly initialised small Llama model with the tokenizer of ``tokenizer_source``.
 
+    The layers have shapes that real kernels accept: ``hidden_size`` (default 128, a multiple of
+    64) gives heads of 64, an intermediate size of twice the hidden size and key/value
+    projections of 64 outputs, so every linear layer fits bitsandbytes' CPU block sizes
+    (:data:`BNB_CPU_BLOCK_N` output rows, :data:`BNB_4BIT_BLOCKSIZE` input columns) and the
+    4- and 8-bit kernels of every CPU.
     ``chat_template`` replaces the tokenizer's template (``""`` removes it, for the plain fallback).
     Returns the folder, loadable as a model source.
     """
+    if hidden_size % TINY_HEAD_DIM:
+        raise ValueError(f"hidden_size={hidden_size!r} is not allowed: expected a multiple of {TINY_HEAD_DIM}")
     folder = Path(folder)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
     if chat_template is not None:
@@ -100,8 +120,9 @@ def build_tiny_model(
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
         num_hidden_layers=layers,
-        num_attention_heads=2,
+        num_attention_heads=hidden_size // TINY_HEAD_DIM,
         num_key_value_heads=1,
+        head_dim=TINY_HEAD_DIM,
         max_position_embeddings=max_position_embeddings,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

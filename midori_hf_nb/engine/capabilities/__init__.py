@@ -11,6 +11,7 @@ docstring what it relies on and since which version, and has its own test on the
 
 - :mod:`.fallbacks`: :func:`fallback` and :class:`FastPathWarning` (no torch);
 - :mod:`.decoding`: the decode loop's needs, KV caches and their rows;
+- :mod:`.attention`: transformers' SDPA attention, registered to follow the reproducible forward mode;
 - :mod:`.generation_options`: ``GenerationConfig`` differences, sampling warpers, the text streamer;
 - :mod:`.kernels`: CPU capability, native bfloat16 products, int8/int4 weight kernels;
 - :mod:`.models`: saving GGUF-loaded models, the tokenizer's response parser;
@@ -27,6 +28,9 @@ torch-free modules can be used without importing torch.
 from ...lazy import lazy_exports
 
 _EXPORTS = {
+    "ATTENTION_NAME": ".attention",
+    "exact_attention_support": ".attention",
+    "use_exact_attention": ".attention",
     "CACHE_ARGUMENT_NAMES": ".decoding",
     "CONFIG_BOOKKEEPING_KEYS": ".generation_options",
     "DecodeLoopSupport": ".decoding",

@@ -114,8 +114,10 @@ class SettingsBaseline:
             show(changes)
         return SettingsBaseline({**self.initial, **changes}, self.given)
 
-    def asked(self, settings: Mapping[str, Any]) -> dict[str, Any]:
-        """The generation settings of ``settings`` (the panel's current ones) to send with a message."""
+    def asked(self, settings: Mapping[str, Any], reproducible: bool = False, seed: Any = None) -> dict[str, Any]:
+        """The generation settings of ``settings`` (the panel's current ones) to send with a message;
+        with ``reproducible`` (the agent offers reproducible answers), greedy or seeded answers ask
+        for them, so Regenerate gives the same greedy answer whether or not a KV cache was kept."""
         changed = {n for n in ("temperature", "max_new_tokens", "greedy")
                    if n in self.given or settings[n] != self.initial[n]}
         asked: dict[str, Any] = {}
@@ -125,6 +127,8 @@ class SettingsBaseline:
             asked["greedy"] = settings["greedy"]
             if not settings["greedy"]:
                 asked["temperature"] = settings["temperature"]
+        if reproducible and (settings["greedy"] or seed is not None):
+            asked["reproducible"] = True
         return asked
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from ...protocol import AgentPayload, MemoryEntryData, make_payload
-from ...settings import check_overrides
+from ...settings import check_overrides, offers_reproducible
 from ..conversation import count_tokens
 from ...load_progress import LoadProgress
 from ..streaming import DEFAULT_THROTTLE, LiveView, tick_while_waiting
@@ -125,10 +125,11 @@ class ChatPanel(PersistentPanel, ChatLayout):
         return [entry_to_dict(e) for e in self.memory]
 
     def generation_overrides(self) -> dict[str, Any]:
-        """The overrides the next message is generated with (settings the user neither gave nor changed
-        are left to the agent, see :class:`~.generation.SettingsBaseline`), checked by
-        :func:`~midori_hf_nb.settings.check_overrides`; raises ``ValueError`` naming a bad setting."""
-        asked = {**self.overrides, **self._baseline.asked(self.settings())}
+        """The overrides the next message is generated with (see :class:`~.generation.SettingsBaseline`;
+        greedy or seeded answers of a local model ask to be reproducible unless the overrides say otherwise),
+        checked by :func:`~midori_hf_nb.settings.check_overrides`; raises ``ValueError`` naming a bad setting."""
+        reproducible = "reproducible" not in self.overrides and offers_reproducible(self.agent)
+        asked = {**self.overrides, **self._baseline.asked(self.settings(), reproducible, self.overrides.get("seed"))}
         try:
             asked["response_format"] = self.response_format_field.value()
             return check_overrides(asked)
