@@ -15,12 +15,17 @@ class StreamEvent:
     ``"tool_result"`` (tool loops only) or ``"done"``.
 
     ``text`` carries the piece; ``data`` the parsed call (``tool_call``), the executed step's
-    record (``tool_result``) or the final :class:`AgentResponse` (``done``).
+    record (``tool_result``) or the final :class:`AgentResponse` (``done``). When token
+    probabilities were asked for, ``logprobs`` holds the records
+    (:class:`~midori_hf_nb.logprobs.TokenLogprob`) of the tokens generated since the previous event
+    that carried some: all events' ``logprobs`` together are the answer's tokens in order (a
+    token's text can show in a later piece, as the streamer holds back an unfinished word).
     """
 
     kind: str
     text: str = ""
     data: Any = None
+    logprobs: list[Any] | None = None
 
 
 class EventStream:
@@ -58,6 +63,15 @@ class EventStream:
         if self._state.response is None:  # pragma: no cover - every stream body sets it before ending
             raise RuntimeError("the stream ended without a response")
         return self._state.response
+
+
+def with_pending(events: list[StreamEvent], pending: list[Any]) -> list[StreamEvent]:
+    """``events`` with the token records in ``pending`` put on the first of them (``pending`` is
+    then emptied); unchanged when there is no event or no record."""
+    if events and pending:
+        events[0].logprobs = list(pending)
+        pending.clear()
+    return events
 
 
 def piece_events(piece: Any, offered: set[str], live_calls: list[dict]) -> list[StreamEvent]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import ConfigError, refusal_message
+from .logprobs.request import PROBABILITY_OPTIONS
 
 #: The range ``torch.manual_seed`` accepts: [-2**63, 2**64).
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
@@ -81,6 +82,12 @@ def validate_generation_options(options: Any, field: str = "HuggingFaceConfig.ge
         if not isinstance(key, str):
             raise ConfigError(refusal_message(f"{field or 'options'} key {key!r}", key, "expected option names (str)"))
     _check_option_types(options, name_of)
+    for key in PROBABILITY_OPTIONS:
+        if key in options:
+            raise ConfigError(refusal_message(
+                name_of(key), options[key],
+                f"{key} is a per-call option, not a generate() option: pass {key}=... to invoke(), stream(), "
+                "generate_batch() or a compare() setting"))
     if "seed" in options:
         raise ConfigError(refusal_message(
             name_of("seed"), options["seed"],

@@ -21,6 +21,8 @@ rules live here alone:
 * every configuration field is validated by :class:`~midori_hf_nb.config.HuggingFaceConfig`;
 * ``response_format`` and ``tool_choice`` are validated by :mod:`midori_hf_nb.structured` (the
   schema compiled once, here) and travel as typed fields of :class:`CallSettings`;
+* ``logprobs``, ``top_logprobs`` and ``prompt_logprobs`` are checked by
+  :mod:`midori_hf_nb.logprobs.request` and travel as :attr:`GenerationSettings.probabilities`;
   anything else is a ``generate()`` option (checked against ``GenerationConfig`` by the engine).
 
 Nothing here imports torch or transformers.
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from .config import MODEL_DEFAULT_FIELDS, ConfigError, HuggingFaceConfig, validate_generation_options, validate_seed
+from .logprobs.request import PROBABILITY_OPTIONS, ProbabilityRequest, probability_request
 from .structured.errors import StructuredOutputError
 from .structured.formats import ResponseFormat, ToolChoice, response_format_from, tool_choice_from
 from .structured.tools import tool_call_constraint
@@ -94,6 +97,8 @@ class GenerationSettings:
     #: a compiled grammar (:class:`~midori_hf_nb.structured.GrammarConstraint`) the engine runs as a
     #: logits processor: from ``response_format``, or a forced tool call; None: unconstrained
     constraint: Any = None
+    #: token probabilities to record (``logprobs``, ``top_logprobs``, ``prompt_logprobs``); None: none
+    probabilities: ProbabilityRequest | None = None
     #: tokens at the end of the input that an earlier, paused part of this answer generated (a
     #: stream continued after nobody read it for a while): the constraint follows them as answer
     answer_so_far: int = 0
@@ -181,8 +186,10 @@ def split_overrides(overrides: Mapping[str, Any], *, streaming: bool = True,
         rest.pop(k, None)  # an override of None means "the configuration's value"
     structured = {"response_format": response_format_from(rest.pop("response_format", None)),
                   "tool_choice": tool_choice_from(rest.pop("tool_choice", None))}
+    probabilities = probability_request({k: rest.pop(k, None) for k in PROBABILITY_OPTIONS})
     validate_generation_options(rest, field="", streaming=streaming)
     rest.update({k: v for k, v in structured.items() if v is not None})
+    rest.update(probabilities.options() if probabilities is not None else {})
     temperature = fields.get("temperature")
     if "do_sample" not in fields and isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
         fields["do_sample"] = temperature > 0  # a temperature above 0 asks for sampling, 0 for greedy
@@ -195,7 +202,8 @@ def resolve_call_settings(config: HuggingFaceConfig, overrides: Mapping[str, Any
 
     Overrides: ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``do_sample``,
     ``greedy``, ``seed``, ``stop_on_repetition``, ``reproducible``, ``response_format`` and ``tool_choice`` (see
-    :mod:`midori_hf_nb.structured`) and any ``generate()`` option (e.g. ``repetition_penalty``,
+    :mod:`midori_hf_nb.structured`), ``logprobs``, ``top_logprobs`` and ``prompt_logprobs`` (see
+    :mod:`midori_hf_nb.logprobs`) and any ``generate()`` option (e.g. ``repetition_penalty``,
     ``logits_processor``). ``model_defaults``: what the model's ``generation_config.json``
     supplies (:func:`model_generation_defaults`), used for the fields neither the call nor the
     user's configuration sets (``config.unset_fields``). Raises
@@ -205,6 +213,7 @@ def resolve_call_settings(config: HuggingFaceConfig, overrides: Mapping[str, Any
     fields, seed, extra = split_overrides(overrides or {}, streaming=streaming)
     response_format = extra.pop("response_format", None)
     tool_choice = extra.pop("tool_choice", None)
+    probabilities = probability_request({k: extra.pop(k, None) for k in PROBABILITY_OPTIONS})
     from_model = {name: value for name, value in (model_defaults or {}).items()
                   if name in config.unset_fields and name not in fields and name in MODEL_DEFAULT_FIELDS}
     origins = {name: "call" if name in fields else "model" if name in from_model
@@ -224,6 +233,7 @@ def resolve_call_settings(config: HuggingFaceConfig, overrides: Mapping[str, Any
         repetition_guard=DEFAULT_REPETITION_GUARD if call_config.stop_on_repetition else None,
         reproducible=call_config.reproducible,
         constraint=response_format.constraint if response_format is not None else None,
+        probabilities=probabilities,
     )
     return CallSettings(call_config, generation, response_format, tool_choice, origins)
 

@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .logprobs.records import Logprobs, LogprobsError, read_logprobs
+
 #: finish reasons: the model ended, the token budget ended it, it was stopped, it failed, or the repetition
 #: guard ended a loop (``stop_on_repetition``)
 FINISH_REASONS = ("stop", "length", "cancelled", "error", "repetition")
@@ -90,6 +92,9 @@ class ResponseStats:
     #: when the repetition guard ended a loop in a constrained answer (``finish_reason`` "repetition"):
     #: the tokens of the grammar's shortest completion written after it so the answer closes
     closing_tokens: int | None = None
+    #: token probabilities, when asked for (``logprobs=True``): the plain form of
+    #: :class:`~midori_hf_nb.logprobs.Logprobs` (OpenAI's ``logprobs`` object plus this project's fields)
+    logprobs: dict[str, Any] | None = None
     #: the call's id in the call log (:mod:`midori_hf_nb.log`); None when it was not recorded
     log_id: str | None = None
     # ------------------------------------------------------------------ reproducibility (None: not said)
@@ -155,7 +160,7 @@ _STRUCTURED_FIELDS = frozenset({"response_format", "tool_choice", "structured_er
 #: fields left out of :meth:`ResponseStats.as_dict` while None (tools not offered, structured output
 #: not asked, and what only served agents know)
 _OMITTED_WHEN_NONE = _TOOL_FIELDS | _STRUCTURED_FIELDS | {"base_url", "error", "server_finish_reason", "notes",
-                                                          "reproducible", "reproducible_reason"}
+                                                          "logprobs", "reproducible", "reproducible_reason"}
 
 
 def _bad(name: str, value: Any, allowed: str) -> StatsError:
@@ -228,6 +233,15 @@ def _records(name: str, value: Any) -> list[dict[str, Any]]:
     return [dict(item) for item in value]
 
 
+def _logprobs(name: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, Logprobs):
+        return value.as_dict()
+    try:
+        return read_logprobs(value, f"metadata field {name!r}").as_dict()
+    except LogprobsError as exc:
+        raise StatsError(str(exc)) from None
+
+
 _CHECKS = {
     "model": _opt(_text), "backend": _opt(_text), "session_id": _opt(_text), "log_id": _opt(_text),
     "prompt_tokens": _opt(_count), "completion_tokens": _opt(_count),
@@ -242,7 +256,8 @@ _CHECKS = {
     "tools_in_template": _opt(_flag), "tool_parse_errors": _opt(_texts), "unknown_tool_calls": _opt(_texts),
     "tool_steps": _opt(_records), "steps": _opt(_count), "max_steps_reached": _opt(_flag),
     "response_format": _opt(_text), "tool_choice": _opt(_text), "structured_error": _opt(_text),
-    "closing_tokens": _opt(_count), "reproducible": _opt(_flag), "reproducible_reason": _opt(_text),
+    "closing_tokens": _opt(_count), "logprobs": _opt(_logprobs),
+    "reproducible": _opt(_flag), "reproducible_reason": _opt(_text),
 }
 
 

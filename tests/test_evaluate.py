@@ -60,7 +60,8 @@ def test_local_judge_verdicts_under_the_schema_are_read_exactly(tiny_agent):
     settings = json.loads(scores["judge_settings"].iloc[0])
     assert settings["greedy"] is True and settings["response_format"]["response_format"] == VERDICT_SCHEMA
     assert scores["judge_prompt"].iloc[1].startswith("<Output>\nLyon.\n</Output>")
-    assert scores["verdict_probability"].isna().all()  # filled once the judge's agent reports token probabilities
+    assert settings["top_logprobs"] == 5  # the verdict's probability: forced tokens had no other choice
+    assert list(scores["verdict_probability"]) == pytest.approx([1.0, 1.0, 1.0])
     assert ev.verdict_counts()["scored"] == 3
 
 

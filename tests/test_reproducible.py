@@ -343,3 +343,37 @@ def test_evaluation_repeats_of_a_greedy_answer_agree_whatever_their_batch(exact_
     for question in questions:
         repeats = answers[answers["prompt"] == question]["response"].tolist()
         assert repeats == [alone[question]] * 3
+
+
+def _records(response):
+    """The token ids of ``response`` and, flat, each token's raw and processed log-probability."""
+    content = response.logprobs.content
+    return [r.id for r in content], [value for r in content for value in (r.logprob, r.processed_logprob)]
+
+
+def test_reproducible_batches_record_the_token_probabilities_of_the_answers_alone(tiny):
+    # a reproducible batch decodes its rows together in the shared loop: each row keeps its own records
+    payloads = [make_payload("one"), make_payload("two words here")]
+    options = {"reproducible": True, "logprobs": True, "top_logprobs": 3}
+    seeded = {**options, "temperature": 0.9, "top_k": 1000}
+    for extra, seeds in ((options, None), (seeded, [4, 5])):
+        rows = tiny.generate_batch(payloads, seeds=seeds, **extra)
+        alone = [run(tiny.invoke(p, **({**extra, "seed": s} if s is not None else extra)))
+                 for p, s in zip(payloads, seeds or [None, None])]
+        for row, single in zip(rows, alone):
+            assert stats_of(row).reproducible is True
+            assert stats_of(row).completion_tokens == len(row.logprobs.content) > 0
+            (ids, values), (single_ids, single_values) = _records(row), _records(single)
+            assert ids == single_ids and values == pytest.approx(single_values, abs=1e-4)
+
+
+def test_a_paused_reproducible_stream_keeps_the_records_of_every_part(long_tiny):
+    options = {"logprobs": True, "top_logprobs": 2}
+    payload = make_payload("Hello there", session_id="records")
+    unpaused = run(long_tiny.invoke(make_payload("Hello there", session_id="records-unpaused"), **options))
+    resumed, pieces, paused = run(_read_with_a_pause(long_tiny, payload, **options))
+    assert paused is True and stats_of(resumed).reproducible is True
+    assert resumed.response == unpaused.response
+    assert stats_of(resumed).completion_tokens == len(resumed.logprobs.content) > LOOKAHEAD
+    (ids, values), (unpaused_ids, unpaused_values) = _records(resumed), _records(unpaused)
+    assert ids == unpaused_ids and values == pytest.approx(unpaused_values, abs=1e-4)

@@ -41,6 +41,8 @@ def local_details(config: "HuggingFaceConfig", lm: "LoadedModel | None", call: "
             details["response_format_schema"] = call.response_format.schema
         if call.tool_choice is not None:
             options["tool_choice"] = call.tool_choice.describe()
+        if generation.probabilities is not None:  # logprobs, top_logprobs, prompt_logprobs
+            options.update(generation.probabilities.options())
         details["option_sources"] = dict(call.origins)
     else:
         options.update(generate_options=dict(config.generation_kwargs) or None)

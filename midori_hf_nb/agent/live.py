@@ -84,6 +84,8 @@ class LiveGeneration:
     reference to the stream that consumes it, so an abandoned stream can be collected (and
     stopped) at once. With a :class:`LookAhead`, each piece carries the tokens it took and the
     look-ahead counts them; ``carry`` goes to the engine (see :func:`~midori_hf_nb.engine.generate`).
+    When token probabilities were asked for, ``("token", record, 0)`` comes for each token (on the
+    engine's loops before its text).
     """
 
     def __init__(self, lm: "LoadedModel", input_ids: list[int], settings: "GenerationSettings",
@@ -133,8 +135,12 @@ def _generate_into(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, stop_e
         _post(loop, queue, stop_event, ("text", text, lookahead.on_piece() if lookahead is not None else 0))
 
     try:
+        on_record = None
+        if settings.probabilities is not None:
+            on_record = lambda record: _post(loop, queue, stop_event, ("token", record, 0))  # noqa: E731
         result = engine.generate(lm, input_ids, settings, on_text=on_text, stop_event=stop_event, reuse_key=reuse_key,
-                                 on_token=lookahead.on_token if lookahead is not None else None, carry=carry)
+                                 on_token=lookahead.on_token if lookahead is not None else None, carry=carry,
+                                 on_record=on_record)
         _post(loop, queue, stop_event, ("done", result, 0))
     except BaseException as exc:  # delivered to the consumer, raised there
         _post(loop, queue, stop_event, ("error", exc, 0))

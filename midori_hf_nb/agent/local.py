@@ -21,6 +21,8 @@ from ..protocol import AgentPayload, AgentResponse, MidoriAiAgentProtocol, Reaso
 from ..settings import CallSettings, apply_tool_choice, resolve_call_settings, with_model_defaults
 from ..tools import DEFAULT_MAX_RESULT_CHARS, DEFAULT_TOOL_TIMEOUT, tool_instructions, tool_schemas
 from ..validation import validate_payloads, validate_reasoning_effort
+from ..logprobs import attach_brancher
+from .branching import make_brancher
 from ..log.capture import finish_call, new_id, start_call
 from ..log.control import check_log_option
 from .call_log import local_details
@@ -315,7 +317,8 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         own seed. ``tools`` are offered as in
         :meth:`invoke_with_tools` (parsed, never executed; ``tool_choice`` among the overrides as
         there). A ``response_format`` constrains every answer; a batch with it decodes through
-        ``model.generate``. Timing metadata (``total_seconds``,
+        ``model.generate``. ``logprobs``/``top_logprobs``/``prompt_logprobs`` record token
+        probabilities for every answer (see :meth:`invoke`). Timing metadata (``total_seconds``,
         ``time_to_first_token``) is that of the whole batch. Setting ``stop_event`` stops every
         sequence within a token (``finish_reason="cancelled"``). Each answer is recorded in the call
         log as its own call (one ``group_id`` per batch; ``log=`` as for :meth:`invoke`).
@@ -360,8 +363,12 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
             results = engine.generate_batch(lm, [p.input_ids for p in prompts], call.generation, stop_event,
                                             seeds=row_seeds)
         name = str(self._config.model)
-        return [build_response(name, lm, prompt, result, call, payload, schemas, started)
-                for prompt, result, payload in zip(prompts, results, payloads)]
+        responses = [build_response(name, lm, prompt, result, call, payload, schemas, started)
+                     for prompt, result, payload in zip(prompts, results, payloads)]
+        if call.generation.probabilities is not None:
+            for response, payload in zip(responses, payloads):
+                attach_brancher(response, make_brancher(AgentStream, self, payload, overrides, schemas, None))
+        return responses
 
     # ------------------------------------------------------------------ protocol
 
@@ -390,6 +397,14 @@ class HuggingFaceLocalAgent(MidoriAiAgentProtocol):
         ``max_new_tokens`` ran out before the JSON closed) and whose ``response`` is the raw text.
         Needs the ``structured`` extra; refusals raise
         :class:`~midori_hf_nb.structured.StructuredOutputError` naming what to change.
+
+        Token probabilities (off by default; see :mod:`midori_hf_nb.logprobs`): ``logprobs=True``
+        records each generated token's raw and processed log-probability, rank and entropy (and,
+        under a ``response_format``, the grammar's pressure); ``top_logprobs=k`` (0-20) adds its
+        ``k`` most likely alternatives; ``prompt_logprobs=True`` scores the prompt's tokens and its
+        perplexity. The response is then a :class:`~midori_hf_nb.logprobs.LogprobsResponse`:
+        ``response.logprobs.content[i]`` in the OpenAI shape, and ``await response.branch(step,
+        token)`` continues the answer from another token.
         """
         return await AgentStream(self, payload, events=True, overrides=overrides, method="invoke").collect()
 

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..logprobs import Logprobs, LogprobsResponse
 from ..parsing import extract_reasoning_blocks, normalise_call
 from ..protocol import AgentPayload, AgentResponse
 from ..stats import ResponseStats
@@ -24,14 +25,16 @@ logger = logging.getLogger("midori_hf_nb")
 
 
 @dataclass
-class StructuredResponse(AgentResponse):
+class StructuredResponse(LogprobsResponse):
     """The response of a call with a ``response_format``: an :class:`AgentResponse` whose
     ``response`` is the raw JSON text, plus ``parsed``: the answer as the requested object (a
     pydantic model instance, a validated Python value, or the decoded JSON), or None when the
     answer is not complete (``finish_reason`` "length" or "cancelled"; the reason is in
     ``metadata["structured_error"]``). Never a half object. When the repetition guard ends a loop
     in the answer, the answer is closed by the grammar's shortest completion and parsed
-    (``finish_reason`` "repetition", ``metadata["closing_tokens"]`` the completion's length)."""
+    (``finish_reason`` "repetition", ``metadata["closing_tokens"]`` the completion's length).
+    ``logprobs`` holds the token probabilities when they were asked for (see
+    :class:`~midori_hf_nb.logprobs.LogprobsResponse`)."""
 
     parsed: Any = None
 
@@ -118,10 +121,24 @@ def build_response(model_name: str, lm: "LoadedModel", prompt: "Prompt", result:
         stats.tool_choice = call.tool_choice.describe()
     if settings.constraint is not None:
         stats.closing_tokens = result.closing_tokens
+    logprobs = result_logprobs(result, settings.probabilities)
+    if logprobs is not None:
+        stats.logprobs = logprobs.as_dict()
     if call.response_format is not None:
         stats.response_format = call.response_format.name
         parsed, stats.structured_error = parse_structured(call, result, answer)
         return StructuredResponse(thinking="\n\n".join(blocks), response=answer, code=None, tool_calls=calls,
-                                  metadata=stats.as_dict(), parsed=parsed)
+                                  metadata=stats.as_dict(), logprobs=logprobs, parsed=parsed)
+    if logprobs is not None:
+        return LogprobsResponse(thinking="\n\n".join(blocks), response=answer, code=None, tool_calls=calls,
+                                metadata=stats.as_dict(), logprobs=logprobs)
     return AgentResponse(thinking="\n\n".join(blocks), response=answer, code=None, tool_calls=calls,
                          metadata=stats.as_dict())
+
+
+def result_logprobs(result: "GenerationResult", request: Any) -> Logprobs | None:
+    """The :class:`~midori_hf_nb.logprobs.Logprobs` of a generation that asked for them (else None)."""
+    if request is None:
+        return None
+    return Logprobs(content=list(result.logprobs or []), prompt=result.prompt_logprobs, source="engine",
+                    top=request.top)

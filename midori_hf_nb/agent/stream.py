@@ -28,8 +28,10 @@ from ..protocol import AgentPayload, AgentResponse
 from ..settings import apply_tool_choice, with_model_defaults
 from ..tools import tool_names
 from ..validation import validate_payload
-from ..events import EventStream, StreamEvent, piece_events
+from ..events import EventStream, StreamEvent, piece_events, with_pending
 from ..log.capture import CallTicket, finish_call, start_call
+from ..logprobs import attach_brancher
+from .branching import make_brancher
 from .call_log import local_details
 from .live import GenerationParts, LookAhead
 from ..tools.answers import adopt_live_ids
@@ -173,6 +175,7 @@ async def run_generation(state: StreamState, agent: "GenerationHost", payload: A
     splitter = StreamSplitter(start_in_thinking=prompt_opens_thinking(prompt.text), tools=schemas is not None)
     offered = set(tool_names(schemas or []))
     live_calls: list[dict] = []  # tool calls announced while generating
+    pending: list = []  # token records not yet put on an event
     model_name = str(agent.config.model)
     live = parts.start()
     try:
@@ -194,10 +197,12 @@ async def run_generation(state: StreamState, agent: "GenerationHost", payload: A
                     state.response = build_response(model_name, lm, prompt, parts.result(), call, payload, schemas,
                                                     called_at)
                 raise
-            if kind == "text":
-                for piece in splitter.feed(value):
-                    for event in piece_events(piece, offered, live_calls):
-                        yield event
+            if kind == "token":
+                pending.append(value)
+            elif kind == "text":
+                for event in with_pending([e for p in splitter.feed(value) for e in piece_events(p, offered, live_calls)],
+                                          pending):
+                    yield event
             elif kind == "error":
                 raise value
             elif parts.paused(value):
@@ -205,14 +210,16 @@ async def run_generation(state: StreamState, agent: "GenerationHost", payload: A
             else:
                 break
         held = parts.held_text()
-        for piece in [*(splitter.feed(held) if held else []), *splitter.finish()]:
-            for event in piece_events(piece, offered, live_calls):
-                yield event
+        for event in with_pending([e for p in [*(splitter.feed(held) if held else []), *splitter.finish()]
+                                   for e in piece_events(p, offered, live_calls)], pending):
+            yield event
         response = build_response(model_name, lm, prompt, parts.result(), call, payload, schemas, called_at)
+        if call.generation.probabilities is not None:
+            attach_brancher(response, make_brancher(AgentStream, agent, payload, overrides, schemas, continuation))
         state.response = response
         for found in adopt_live_ids(response.tool_calls or [], live_calls):
             yield StreamEvent("tool_call", found["name"], found)
-        yield StreamEvent("done", response.response, response)
+        yield StreamEvent("done", response.response, response, logprobs=list(pending) if pending else None)
     finally:
         state.request_stop()  # no-op after a normal end; stops an abandoned generation
         if private:

@@ -28,7 +28,10 @@ RESULT_COLUMNS = (
 INT_COLUMNS = ("prompt_id", "repeat", "prompt_tokens", "completion_tokens", "seed", "batch", "batch_size")
 FLOAT_COLUMNS = ("time_to_first_token", "seconds", "tokens_per_second")
 TEXT_COLUMNS = ("model", "prompt", "system", "response", "thinking", "finish_reason", "status", "error")
-JSON_COLUMNS = ("tool_calls",)
+#: the token probabilities of a row (:meth:`~midori_hf_nb.logprobs.Logprobs.as_dict`), a column only when a
+#: setting asked for them (``logprobs``/``top_logprobs``)
+LOGPROBS_COLUMN = "token_logprobs"
+JSON_COLUMNS = ("tool_calls", LOGPROBS_COLUMN)
 BOOL_COLUMNS = ("reproducible",)
 #: names a setting of the grid cannot have (they are columns of the table)
 RESERVED_NAMES = frozenset({*KEY_COLUMNS, *RESULT_COLUMNS, PASSED_COLUMN})
@@ -87,7 +90,7 @@ def setting_text(setting: dict[str, Any]) -> str:
 
 
 __all__ = [
-    "CHECK_PREFIX", "FLOAT_COLUMNS", "INT_COLUMNS", "JSON_COLUMNS", "KEY_COLUMNS", "PASSED_COLUMN",
+    "CHECK_PREFIX", "FLOAT_COLUMNS", "INT_COLUMNS", "JSON_COLUMNS", "KEY_COLUMNS", "LOGPROBS_COLUMN", "PASSED_COLUMN",
     "REPR_LIMIT", "RESERVED_NAMES", "RESULT_COLUMNS", "SETTING_PREFIX", "STATUSES", "STATUS_ERROR",
     "STATUS_NOT_RUN", "STATUS_OK", "TEXT_COLUMNS", "bounded_repr", "is_missing", "not_allowed", "plain", "setting_text",
     "table_columns",

@@ -12,6 +12,7 @@ from .columns import (
     FLOAT_COLUMNS,
     INT_COLUMNS,
     JSON_COLUMNS,
+    LOGPROBS_COLUMN,
     PASSED_COLUMN,
     STATUS_ERROR,
     STATUS_NOT_RUN,
@@ -67,6 +68,8 @@ def frame_from_records(records: Sequence[Mapping[str, Any]], setting_names: Sequ
     import pandas as pd
 
     columns = table_columns(setting_names, check_names)
+    if any(not is_missing(record.get(LOGPROBS_COLUMN)) for record in records):
+        columns.append(LOGPROBS_COLUMN)
     checks = [CHECK_PREFIX + name for name in check_names]
     data = {col: column_series(col, [record.get(col) for record in records], checks) for col in columns}
     frame = pd.DataFrame(data, columns=columns, index=pd.RangeIndex(len(records)))

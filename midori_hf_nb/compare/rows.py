@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..logprobs import LogprobsError, logprobs_of
 from ..protocol import AgentPayload
 from ..stats import stats_of
-from .columns import CHECK_PREFIX, PASSED_COLUMN, STATUS_ERROR, STATUS_NOT_RUN, STATUS_OK
+from .columns import CHECK_PREFIX, LOGPROBS_COLUMN, PASSED_COLUMN, STATUS_ERROR, STATUS_NOT_RUN, STATUS_OK
 
 
 @dataclass
@@ -39,6 +40,9 @@ class RowResult:
     #: check name -> passed (only for rows whose checks ran)
     checks: dict[str, bool] = field(default_factory=dict)
     passed: bool | None = None
+    #: the answer's token probabilities (the plain form of :class:`~midori_hf_nb.logprobs.Logprobs`)
+    #: when the row's setting asked for them
+    logprobs: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -83,7 +87,16 @@ def result_of(outcome: Outcome) -> RowResult:
         batch=outcome.batch,
         batch_size=outcome.batch_size,
         status=STATUS_OK,
+        logprobs=_plain_logprobs(response),
     )
+
+
+def _plain_logprobs(response: Any) -> dict[str, Any] | None:
+    try:
+        found = logprobs_of(response)
+    except LogprobsError:
+        return None
+    return found.as_dict() if found is not None else None
 
 
 @dataclass
@@ -118,6 +131,8 @@ class Row:
             record[CHECK_PREFIX + name] = passed
         if result.passed is not None:
             record[PASSED_COLUMN] = result.passed
+        if result.logprobs is not None:
+            record[LOGPROBS_COLUMN] = result.logprobs
         return record
 
 

@@ -6,6 +6,7 @@ whose finished rows leave it) and ``model.generate``. Each stops within a token 
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -47,7 +48,7 @@ def decode_one(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings: Gen
                governor: ThreadGovernor | None = None,
                processors: Any = None, cache: Any = None,
                reused: int = 0, exact: reproducible.ReproducibleSupport | None = None,
-               first: reproducible.FirstForward | None = None,
+               first: reproducible.FirstForward | None = None, recorder: Any = None,
                ) -> tuple[list[int], float | None, float, Any, str | None]:
     """Greedy or sampled decoding of one sequence over a ``DynamicCache``, one forward per token.
 
@@ -57,7 +58,9 @@ def decode_one(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings: Gen
     preparation, stopping-criteria lists, attention-mask growth). Logits processors see the
     prompt and the tokens so far, as in ``generate``. ``cache`` (holding the first ``reused``
     prompt positions, see :mod:`.prefix_cache`) is extended instead of a new one, so only the
-    rest of the prompt is prefilled. A seeded sample draws from a generator of its own.
+    rest of the prompt is prefilled. A seeded sample draws from a generator of its own. A
+    ``recorder`` (:class:`~.logprobs.Recorder`, None when no token probabilities were asked for)
+    gets each step's logits, the scores the token was chosen from and the token.
 
     With ``exact`` (reproducible generation, :mod:`.reproducible`) the first forward runs as
     ``first`` says (the prefill in aligned tiles, or the decode step a paused generation's
@@ -98,16 +101,21 @@ def decode_one(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings: Gen
         with forward_mode(prefill), reproducible.threads(prefill_threads):
             out = model(input_ids=input_ids[:, reused:], use_cache=True, logits_to_keep=1, **{cache_argument: cache})
         while True:
-            logits = out.logits[:, -1, :].to(dtype=torch.float32)
+            logits = raw = out.logits[:, -1, :].to(dtype=torch.float32)
             if sequence is not None:
+                if recorder is not None:
+                    raw = logits.clone()
                 logits = processors(sequence[:, :length], logits)
             if warpers is None:
                 next_token = torch.argmax(logits, dim=-1)
             else:
-                probs = torch.nn.functional.softmax(warpers(input_ids, logits), dim=-1)
+                logits = warpers(input_ids, logits)
+                probs = torch.nn.functional.softmax(logits, dim=-1)
                 if generator is None and not tokens:
                     generator = reproducible.request_generator(settings, input_ids.device, probs.shape[-1])
                 next_token = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+            if recorder is not None:
+                recorder.step(raw, logits, next_token)
             token = int(next_token[0])
             tokens.append(token)
             if sequence is not None:
@@ -133,13 +141,14 @@ def decode_one(lm: LoadedModel, input_ids: torch.Tensor, cfg: Any, settings: Gen
 
 def decode_batch(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, cfg: Any,
                  stop_event: threading.Event | None, governor: ThreadGovernor | None = None,
-                 guard: Any = None) -> tuple[list[list[int]], float | None, float]:
+                 guard: Any = None, recorder: Any = None) -> tuple[list[list[int]], float | None, float]:
     """Greedy decoding of a left-padded batch that drops each sequence from the batch once it ends.
 
     ``model.generate`` keeps computing finished sequences (as padding) until the longest one
     ends; here the rows of finished sequences leave the KV cache, the mask and the inputs, so
     each step costs what the unfinished sequences need. Positions follow the attention mask as
-    in ``generate``. Returns (tokens per row, first-step time, start time).
+    in ``generate``. A ``recorder`` gets each step's logits and tokens of the rows still in the
+    batch. Returns (tokens per row, first-step time, start time).
     """
     model = lm.model
     cache_argument = lm.decode_support.cache_argument
@@ -159,7 +168,10 @@ def decode_batch(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch
                     logits_to_keep=1, **{cache_argument: cache})
         next_positions = positions[:, -1:] + 1
         while True:
-            next_tokens = torch.argmax(out.logits[:, -1, :].to(dtype=torch.float32), dim=-1)
+            logits = out.logits[:, -1, :].to(dtype=torch.float32)
+            next_tokens = torch.argmax(logits, dim=-1)
+            if recorder is not None:
+                recorder.step(logits, logits, next_tokens, alive)
             if first_token_at is None:
                 first_token_at = time.perf_counter()
             if governor is not None:
@@ -187,9 +199,12 @@ def decode_batch(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch
 def run_generate(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  settings: GenerationSettings, stop_event: threading.Event | None,
                  streamer: Any = None, prepared: tuple[Any, dict[str, Any]] | None = None,
-                 governor: ThreadGovernor | None = None) -> tuple[torch.Tensor, StopAndTime, float]:
+                 governor: ThreadGovernor | None = None,
+                 recorder: Any = None) -> tuple[torch.Tensor, StopAndTime, float]:
     """One ``model.generate`` call over a left-padded batch with the settings' stopping criteria
-    (cancellation and first-token time, the repetition guard). Returns (output, timer, start time)."""
+    (cancellation and first-token time, the repetition guard). With a ``recorder``, ``generate``
+    returns its raw logits and processed scores (``output_logits``, ``output_scores``), which the
+    recorder reads when it ends. Returns (output, timer, start time)."""
     cfg, call_kwargs = prepared if prepared is not None else generation_config(lm, settings)
     call_kwargs = dict(call_kwargs)
     started = time.perf_counter()
@@ -197,6 +212,9 @@ def run_generate(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch
     criteria = StoppingCriteriaList([timer, *call_kwargs.pop("stopping_criteria", [])])
     if loop_guard(settings) is not None:  # under a constraint its logits processor runs the guard
         criteria.append(RepetitionStop(settings.repetition_guard, input_ids.shape[0]))
+    if recorder is not None:  # a copy: the settings' config is shared
+        cfg = copy.deepcopy(cfg)
+        cfg.update(output_logits=True, output_scores=True, return_dict_in_generate=True)
     seeded = settings.seed is not None and not settings.greedy
     with reproducible.GLOBAL_RNG_LOCK if seeded else _NO_LOCK, torch.inference_mode():
         if settings.seed is not None:
@@ -212,6 +230,9 @@ def run_generate(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch
             tokenizer=lm.tokenizer,
             **call_kwargs,
         )
+    if recorder is not None:
+        recorder.from_generate(output.logits, output.scores, output.sequences[:, input_ids.shape[1]:])
+        output = output.sequences
     return output, timer, started
 
 

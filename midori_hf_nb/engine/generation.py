@@ -15,6 +15,7 @@ import torch
 from . import capabilities, reproducible
 from .decode_path import ENGINE, choose_decode_path, closing_of, generation_config, with_constraint
 from .decoders import decode_batch, decode_one, run_generate
+from .logprobs import new_recorder, prompt_logprobs
 from .prefix_cache import NO_REUSE, kv_bytes_per_token
 from .repetition import closing_finish, loop_guard
 from .results import GenerationResult, finish_reason, finish_tokens
@@ -35,6 +36,7 @@ def generate(
     reuse_key: Hashable | None = None,
     on_token: Callable[[int], None] | None = None,
     carry: Any = None,
+    on_record: Callable[[Any], None] | None = None,
 ) -> GenerationResult:
     """Generate one sequence (blocking). ``on_text`` receives text pieces as they are decoded,
     ``on_token`` the number of tokens each step brought (both from the generating thread).
@@ -42,6 +44,11 @@ def generate(
     ``carry`` (a :class:`~.capabilities.TextCarry`) joins the text of a generation that continues
     a paused one: the streamer starts from the text the paused one held, and keeps its own held
     text there when it is stopped with ``carry.hold`` set.
+
+    With ``settings.probabilities`` (``logprobs``, ``top_logprobs``, ``prompt_logprobs``) the result
+    carries a record per token (:mod:`.logprobs`; on the engine's loops ``on_record`` receives each
+    as it is made, before its text) and the prompt's log-probabilities (not for a continuation:
+    ``settings.answer_so_far`` tokens of its input are answer).
 
     Generations on one model run one at a time (``lm.generation_lock``); a request cancelled
     while it waits returns at once with ``finish_reason="cancelled"``.
@@ -64,8 +71,9 @@ def generate(
         call_kwargs = with_constraint(lm, settings, call_kwargs, 1)
         path = choose_decode_path(lm, settings, cfg, call_kwargs)
         if path is ENGINE and capabilities.cache_rows_support():
+            prompt = _prompt_logprobs(lm, settings, input_ids, locked=False)
             return _generate_shared(lm, input_ids, settings, cfg, call_kwargs, on_text, stop_event, reuse_key,
-                                    on_token, carry)
+                                    on_token, carry, on_record, prompt)
     with lm.generation_lock:
         if lm.model is None:
             raise RuntimeError(f"model {lm.spec.source.name!r} was unloaded")
@@ -78,6 +86,8 @@ def generate(
         cfg, call_kwargs = generation_config(lm, settings)
         call_kwargs = with_constraint(lm, settings, call_kwargs, 1)
         path = choose_decode_path(lm, settings, cfg, call_kwargs)
+        prompt = _prompt_logprobs(lm, settings, input_ids, locked=True)
+        recorder = new_recorder(lm, settings.probabilities, call_kwargs, 1, on_record)
         reused = 0
         unreproducible = reproducible.call_reason(lm, settings, engine_path=path is ENGINE)
         if path is ENGINE:
@@ -92,7 +102,7 @@ def generate(
                      if exact is not None else None)
             tokens, first_token_at, started, cache, inexact = decode_one(
                 lm, ids, cfg, settings, stop_event, streamer, governor, call_kwargs.get("logits_processor"),
-                found.cache, reused, exact, first)
+                found.cache, reused, exact, first, recorder)
             unreproducible = unreproducible or (first.reason if first is not None else None) or inexact
             if keep and tokens:
                 held = list(input_ids) + tokens[:-1]
@@ -101,7 +111,7 @@ def generate(
                                          first.exact if first is not None else 0, unreproducible is None)
         else:
             output, timer, started = run_generate(lm, ids, torch.ones_like(ids), settings, stop_event, streamer,
-                                                  (cfg, call_kwargs), governor)
+                                                  (cfg, call_kwargs), governor, recorder)
             tokens, first_token_at = output[0, ids.shape[1]:].tolist(), timer.first_token_at
         seconds = time.perf_counter() - started
         cancelled = bool(stop_event is not None and stop_event.is_set())
@@ -112,15 +122,33 @@ def generate(
             text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
     ttft = first_token_at - started if first_token_at is not None else None
     return GenerationResult(tokens, text, finish, len(input_ids), len(tokens), ttft, seconds, path.name, path.reason,
-                            first_token_at, reused, closing_tokens=closed, reproducible=unreproducible is None,
+                            first_token_at, reused, closing_tokens=closed,
+                            logprobs=recorder.row(0, len(tokens)) if recorder is not None else None,
+                            prompt_logprobs=prompt, reproducible=unreproducible is None,
                             reproducible_reason=unreproducible)
+
+
+def _prompt_logprobs(lm: LoadedModel, settings: GenerationSettings, input_ids: list[int], *, locked: bool) -> Any:
+    """The prompt's log-probabilities when ``prompt_logprobs`` was asked for (else None); takes
+    the model's lock unless the caller holds it."""
+    request = settings.probabilities
+    if request is None or not request.prompt or settings.answer_so_far:
+        return None
+    if locked:
+        return prompt_logprobs(lm, input_ids)
+    with lm.generation_lock:
+        if lm.model is None:
+            raise RuntimeError(f"model {lm.spec.source.name!r} was unloaded")
+        return prompt_logprobs(lm, input_ids)
 
 
 def _shared_request(lm: LoadedModel, input_ids: list[int], settings: GenerationSettings, cfg: Any,
                     call_kwargs: dict[str, Any], on_text: Callable[[str], None] | None,
                     stop_event: threading.Event | None, reuse_key: Hashable | None,
-                    on_token: Callable[[int], None] | None = None, carry: Any = None) -> SharedRequest:
-    """The shared decode loop's request for one :func:`generate` call."""
+                    on_token: Callable[[int], None] | None = None, carry: Any = None,
+                    on_record: Callable[[Any], None] | None = None) -> SharedRequest:
+    """The shared decode loop's request for one :func:`generate` call (with its token-probability
+    recorder when probabilities were asked for)."""
     streamer = (capabilities.callback_streamer(lm.tokenizer, on_text, lm.tokenizer_lock, on_token, carry)
                 if on_text is not None else None)
     processors = call_kwargs.get("logits_processor")
@@ -128,24 +156,29 @@ def _shared_request(lm: LoadedModel, input_ids: list[int], settings: GenerationS
         from transformers import LogitsProcessorList
 
         processors = LogitsProcessorList(processors)
-    return SharedRequest(list(input_ids), settings, cfg, processors or None, streamer, stop_event, reuse_key)
+    recorder = new_recorder(lm, settings.probabilities, call_kwargs, 1, on_record)
+    return SharedRequest(list(input_ids), settings, cfg, processors or None, streamer, stop_event, reuse_key,
+                         recorder=recorder)
 
 
 def _generate_shared(lm: LoadedModel, input_ids: list[int], settings: GenerationSettings, cfg: Any,
                      call_kwargs: dict[str, Any], on_text: Callable[[str], None] | None,
                      stop_event: threading.Event | None, reuse_key: Hashable | None,
-                     on_token: Callable[[int], None] | None = None, carry: Any = None) -> GenerationResult:
+                     on_token: Callable[[int], None] | None = None, carry: Any = None,
+                     on_record: Callable[[Any], None] | None = None, prompt: Any = None) -> GenerationResult:
     """:func:`generate` through the model's shared decode loop."""
     if stop_event is not None and stop_event.is_set():
         return GenerationResult([], "", "cancelled", len(input_ids), 0, None, 0.0)
     request = decoder_for(lm).run(_shared_request(lm, input_ids, settings, cfg, call_kwargs, on_text, stop_event,
-                                                  reuse_key, on_token, carry))
-    return _shared_result(lm, request, settings, call_kwargs, stop_event)
+                                                  reuse_key, on_token, carry, on_record))
+    return _shared_result(lm, request, settings, call_kwargs, stop_event, prompt)
 
 
 def _shared_result(lm: LoadedModel, request: SharedRequest, settings: GenerationSettings,
-                   call_kwargs: dict[str, Any], stop_event: threading.Event | None) -> GenerationResult:
-    """The :class:`GenerationResult` of a finished shared request (raises its error)."""
+                   call_kwargs: dict[str, Any], stop_event: threading.Event | None,
+                   prompt: Any = None) -> GenerationResult:
+    """The :class:`GenerationResult` of a finished shared request (raises its error); ``prompt``:
+    the prompt's log-probabilities when they were asked for."""
     input_ids = request.input_ids
     if request.error is not None:
         raise request.error
@@ -162,6 +195,7 @@ def _shared_result(lm: LoadedModel, request: SharedRequest, settings: Generation
     ttft = first - started if first is not None else None
     return GenerationResult(tokens, text, finish, len(input_ids), len(tokens), ttft, seconds, ENGINE.name, None, first,
                             request.reused, request.peak_rows, closed[1] if closed is not None else None,
+                            request.recorder.row(0, len(tokens)) if request.recorder is not None else None, prompt,
                             request.unreproducible is None, request.unreproducible)
 
 
@@ -203,12 +237,14 @@ def generate_batch(
         cfg, call_kwargs = generation_config(lm, settings)
         call_kwargs = with_constraint(lm, settings, call_kwargs, len(batch))
         path = choose_decode_path(lm, settings, cfg, call_kwargs, rows=len(batch))
+        prompts = [_prompt_logprobs(lm, settings, ids, locked=True) for ids in batch]
+        recorder = new_recorder(lm, settings.probabilities, call_kwargs, len(batch))
         if path is ENGINE:
             generated, first_token_at, started = decode_batch(lm, input_ids, attention_mask, cfg,
-                                                              stop_event, governor, loop_guard(settings))
+                                                              stop_event, governor, loop_guard(settings), recorder)
         else:
             output, timer, started = run_generate(lm, input_ids, attention_mask, settings, stop_event,
-                                                  prepared=(cfg, call_kwargs), governor=governor)
+                                                  prepared=(cfg, call_kwargs), governor=governor, recorder=recorder)
             generated, first_token_at = output[:, width:].tolist(), timer.first_token_at
         seconds = time.perf_counter() - started
         cancelled = bool(stop_event is not None and stop_event.is_set())
@@ -226,7 +262,9 @@ def generate_batch(
                 text = lm.tokenizer.decode(text_tokens, skip_special_tokens=True)
             ttft = first_token_at - started if first_token_at is not None else None
             results.append(GenerationResult(tokens, text, finish, len(prompt), len(tokens), ttft, seconds,
-                                            path.name, path.reason, first_token_at, closing_tokens=closed))
+                                            path.name, path.reason, first_token_at, closing_tokens=closed,
+                                            logprobs=recorder.row(index, len(tokens)) if recorder is not None else None,
+                                            prompt_logprobs=prompts[index]))
     return results
 
 
@@ -246,9 +284,10 @@ def _reproducible_batch(lm: LoadedModel, batch: list[list[int]], rows: list[Gene
         if all(choose_decode_path(lm, settings, cfg, kwargs) is ENGINE for _, settings, cfg, kwargs in prepared):
             if stop_event is not None and stop_event.is_set():
                 return [GenerationResult([], "", "cancelled", len(ids), 0, None, 0.0) for ids in batch]
+            prompts = [_prompt_logprobs(lm, settings, ids, locked=False) for ids, settings, _, _ in prepared]
             requests = [_shared_request(lm, ids, settings, cfg, kwargs, None, stop_event, None)
                         for ids, settings, cfg, kwargs in prepared]
             decoder_for(lm).run_all(requests)
-            return [_shared_result(lm, request, settings, kwargs, stop_event)
-                    for request, (_, settings, _, kwargs) in zip(requests, prepared)]
+            return [_shared_result(lm, request, settings, kwargs, stop_event, prompt)
+                    for request, (_, settings, _, kwargs), prompt in zip(requests, prepared, prompts)]
     return [generate(lm, list(ids), settings, stop_event=stop_event) for ids, settings in zip(batch, rows)]

@@ -36,6 +36,10 @@ class GenerationResult:
     #: under a constraint, when the repetition guard ended a loop: the tokens of the grammar's shortest
     #: completion written after it, so the answer is complete (None: the guard closed nothing)
     closing_tokens: int | None = None
+    #: one :class:`~midori_hf_nb.logprobs.TokenLogprob` per token when token probabilities were asked for
+    logprobs: list[Any] | None = None
+    #: the prompt's :class:`~midori_hf_nb.logprobs.PromptLogprobs` when ``prompt_logprobs`` was asked for
+    prompt_logprobs: Any = None
     #: the answer is reproducible: the same prompt, settings and seed give the same tokens alone,
     #: batched, concurrently or from a kept cache (see :mod:`.reproducible`)
     reproducible: bool = False
@@ -88,9 +92,11 @@ def join_results(parts: list[GenerationResult], text: str, finish: str) -> Gener
     reproducible when every part was (else the first part's reason it was not)."""
     first = parts[0]
     tokens = [token for part in parts for token in part.token_ids]
+    records = None if first.logprobs is None else [record for part in parts for record in part.logprobs or []]
     return GenerationResult(tokens, text, finish, first.prompt_tokens, len(tokens), first.time_to_first_token,
                             sum(part.seconds for part in parts), parts[-1].decode_path,
                             next((p.decode_path_reason for p in parts if p.decode_path_reason), None),
                             first.first_token_at, first.reused_prompt_tokens, max(p.shared_rows for p in parts),
-                            parts[-1].closing_tokens, all(p.reproducible for p in parts),
+                            parts[-1].closing_tokens, records, first.prompt_logprobs,
+                            all(p.reproducible for p in parts),
                             next((p.reproducible_reason for p in parts if not p.reproducible), None))

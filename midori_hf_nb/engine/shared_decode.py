@@ -59,6 +59,8 @@ class SharedRequest:
     streamer: Any = None
     stop_event: threading.Event | None = None
     reuse_key: Hashable | None = None
+    #: the row's token-probability :class:`~.logprobs.Recorder` (None: none asked for)
+    recorder: Any = None
     # ------------------------------------------------------------------ filled by the loop
     tokens: list[int] = field(default_factory=list)
     text: str = ""  #: the answer's text (a final eos left out), decoded before the model can be unloaded
@@ -374,17 +376,22 @@ class _Batch:
 
     def _choose(self, row: SharedRequest, logits: torch.Tensor) -> None:
         """The row's next token from its logits (its processors, then argmax or its warpers and a draw)."""
-        logits = logits.to(dtype=torch.float32)
+        logits = raw = logits.to(dtype=torch.float32)
         length = len(row.input_ids) + len(row.tokens)
         if row.sequence is not None:
+            if row.recorder is not None:
+                raw = logits.clone()
             logits = row.processors(row.sequence[:, :length], logits)
         if row.warpers is None:
             next_token = torch.argmax(logits, dim=-1)
         else:
-            probs = torch.nn.functional.softmax(row.warpers(row.prompt, logits), dim=-1)
+            logits = row.warpers(row.prompt, logits)
+            probs = torch.nn.functional.softmax(logits, dim=-1)
             if row.generator is None and not row.tokens:  # a seeded row's own, made at its first draw
                 row.generator = reproducible.request_generator(row.settings, probs.device, probs.shape[-1])
             next_token = torch.multinomial(probs, num_samples=1, generator=row.generator).squeeze(1)
+        if row.recorder is not None:
+            row.recorder.step(raw, logits, next_token)
         token = int(next_token[0])
         row.tokens.append(token)
         if row.loops is not None and row.loops.push(token):

@@ -23,11 +23,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..compare.agents import ModelEntry, check_settings, default_label, is_agent, offers_batching
+from ..compare.agents import (
+    ModelEntry,
+    check_settings,
+    default_label,
+    is_agent,
+    offers_batching,
+    resolves_settings,
+)
 from ..compare.columns import STATUS_OK, bounded_repr, not_allowed
 from ..compare.grid import Grid, RunOptions, check_seed, positive_int
 from ..compare.loading import MAX_FILE_BYTES, read_bounded
 from ..compare.rows import Row
+from ..logprobs import PROBABILITY_OPTIONS
 from ..compare.run import CompareEvent, run_grid
 from ..protocol import make_payload
 from ..structured.formats import ResponseFormat
@@ -37,6 +45,7 @@ from .verdicts import (
     VERDICT_ERROR,
     VERDICT_NOT_RUN,
     VERDICT_SCORED,
+    VERDICT_TOP_LOGPROBS,
     VERDICT_UNSCORED,
     Verdict,
     parse_verdict,
@@ -73,6 +82,18 @@ def _key_default(value: Any) -> Any:
     return bounded_repr(value, 400)
 
 
+def _takes_probabilities(agent: Any) -> bool:
+    """Whether the agent takes the per-call probability options (it resolves settings and accepts
+    ``top_logprobs``): local agents and served ones (a server that returns none gives a note)."""
+    if not resolves_settings(agent):
+        return False
+    try:
+        agent.resolve_settings({"top_logprobs": VERDICT_TOP_LOGPROBS})
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
 class Judge:
     """A judge for ``llm-rubric`` assertions (see the module documentation).
 
@@ -86,7 +107,10 @@ class Judge:
             ``response_format`` (unless ``constrain=False``) and, for a local model,
             ``stop_on_repetition=False``: the schema bounds the reason, and a looping reason
             closed by the repetition guard would get its score and pass flag from the grammar's
-            shortest completion instead of from the judge.
+            shortest completion instead of from the judge. On an agent that takes token
+            probabilities (local and served agents), ``top_logprobs=5`` too, for each verdict's
+            ``verdict_probability`` (:func:`~.verdicts.verdict_probability`), unless ``settings``
+            names a probability option itself (``{"logprobs": False}`` turns it off).
         seed: the seed of the judge's calls (recorded with every verdict).
         max_new_tokens: the most tokens a verdict may take. None: ``max_reason_chars`` plus
             :data:`VERDICT_OVERHEAD_TOKENS`, enough for the longest reason the schema allows
@@ -137,6 +161,8 @@ class Judge:
             from ..structured import response_format_from
 
             overrides["response_format"] = response_format_from(verdict_schema(max_reason_chars), "Judge verdict schema")
+        if not any(name in (settings or {}) for name in PROBABILITY_OPTIONS) and _takes_probabilities(agent):
+            overrides["top_logprobs"] = VERDICT_TOP_LOGPROBS  # for the verdict's probability
         self.settings: dict[str, Any] = {**overrides, **dict(settings or {})}
         check_settings([self.settings], [ModelEntry(self.label, agent)])
         self.cache_path = None if isinstance(cache, bool) else Path(cache)
@@ -226,9 +252,9 @@ class Judge:
         parsed, why = parse_verdict(result.response, result.finish_reason)
         if parsed is None:
             return Verdict(status=VERDICT_UNSCORED, raw=result.response, error=why, **base)
-        return Verdict(status=VERDICT_SCORED, score=float(parsed["score"]), passed=bool(parsed["pass"]),
-                       reason=parsed["reason"], raw=result.response, verdict_probability=verdict_probability(result),
-                       **base)
+        passed = bool(parsed["pass"])
+        return Verdict(status=VERDICT_SCORED, score=float(parsed["score"]), passed=passed, reason=parsed["reason"],
+                       raw=result.response, verdict_probability=verdict_probability(result, passed), **base)
 
     def run(self, requests: Sequence[JudgeRequest], *, progress: bool = True,
             on_event: Callable[[CompareEvent], None] | None = None) -> tuple[list[Verdict], bool]:

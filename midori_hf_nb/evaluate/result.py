@@ -9,8 +9,8 @@
 * ``scores``: one row per answer, assertion and grader (:data:`SCORE_COLUMNS`): the assertion,
   its score, pass flag, status and reason, and for a judge its verdict: the rendered prompt, the
   raw text, the seed, the settings, its own statistics, whether it came from the cache, and
-  ``verdict_probability`` (filled when the judge's agent reports token probabilities; None until
-  then).
+  ``verdict_probability`` (the probability the judge drew its pass flag with, from its token
+  probabilities: :func:`~.verdicts.verdict_probability`; None when its agent reports none).
 
 Its methods give the figures per configuration (:meth:`Evaluation.summary`), the flaky items,
 paired comparisons, the best configuration where it is significantly best, the judges'

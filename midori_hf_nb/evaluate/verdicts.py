@@ -12,9 +12,12 @@ text kept, and never counts as a pass.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ..logprobs import LogprobsError, logprobs_of
 
 #: the longest reason a constrained judge may write (bounds the verdict's tokens)
 MAX_REASON_CHARS = 240
@@ -54,8 +57,8 @@ class Verdict:
     rendered judge prompt; ``seed`` and ``settings`` what the call ran with; the statistics are
     the judge's own. ``cached``: served from the judge cache (same judge, settings and prompt).
 
-    ``verdict_probability`` is the probability the judge gave its verdict's ``pass`` token; it
-    is filled when the judge's agent reports token probabilities, and stays None until then.
+    ``verdict_probability`` is the probability the judge gave its verdict's ``pass`` flag
+    (:func:`verdict_probability`); None when the judge's agent reports no token probabilities.
     """
 
     status: str
@@ -90,11 +93,77 @@ class Verdict:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def verdict_probability(result: Any) -> float | None:
-    """The probability the judge gave the token of its verdict's ``pass`` flag, from a finished
-    judge row's result; None while the judge's agent reports no token probabilities. This is
-    where :attr:`Verdict.verdict_probability` is filled when the agent reports them."""
-    return None
+#: the alternatives a judge asks for at each step (``top_logprobs``), so that a verdict's
+#: probability also counts the other tokens that spell the same flag (``"true"``, ``" true"``, ``" t"``)
+VERDICT_TOP_LOGPROBS = 5
+
+_PASS_FLAG = re.compile(r'"pass"\s*:\s*(true|false)')
+
+
+def _squeezed(text: str) -> str:
+    return "".join(text.split())
+
+
+def _spells(token: str, before: str, target: str) -> bool:
+    """Whether a token at the deciding step spells the flag in ``target`` (``before`` + the flag, no
+    whitespace): it goes past ``before`` and agrees with ``target`` as far as either reaches."""
+    text = _squeezed(token)
+    if len(text) <= len(before):
+        return False
+    if target.startswith(text):
+        return True
+    return text.startswith(target) and not text[len(target):len(target) + 1].isalnum()
+
+
+def verdict_probability(result: Any, passed: bool | None = None) -> float | None:
+    """The probability the judge gave its verdict's ``pass`` flag, from a finished judge row's
+    result (or anything :func:`~midori_hf_nb.logprobs.logprobs_of` reads); None when the judge's
+    agent reported no token probabilities, or they do not show the flag.
+
+    The flag is the last ``"pass": true|false`` of the generated tokens; the deciding step is the
+    token where its value begins. The probability is the sum, over the generated token and the
+    recorded alternatives at that step, of those that spell the same value (``" true"``,
+    ``"true"``, ``" t"``, ...): after them the value can only be completed one way. The recorded
+    alternatives are the model's :data:`VERDICT_TOP_LOGPROBS` most likely tokens, so a spelling
+    outside them is not counted (the figure is then a lower bound). It is read
+    from the distribution the token was drawn from (``processed_logprob``: for a local judge under
+    the verdict schema, the model's probabilities renormalised over what the schema allowed), or
+    the raw log-probabilities where only those are known (a server's). It is conditional on the
+    tokens before it (the reason and score the judge wrote). ``passed``: the parsed flag; when
+    given and the tokens show the other value, None.
+    """
+    try:
+        found = logprobs_of(result)
+    except LogprobsError:
+        return None
+    if found is None or not found.content:
+        return None
+    joined = "".join(record.token for record in found.content)
+    matches = list(_PASS_FLAG.finditer(joined))
+    if not matches:
+        return None
+    flag = matches[-1]
+    if passed is not None and (flag.group(1) == "true") != passed:
+        return None
+    start = 0
+    for record in found.content:
+        if start + len(record.token) > flag.start(1):
+            break
+        start += len(record.token)
+    before = _squeezed(joined[start:flag.start(1)])
+    target = before + flag.group(1)
+    processed = record.processed_logprob is not None
+    seen: set[Any] = set()
+    total = 0.0
+    for candidate in (record, *record.top_logprobs):
+        key = candidate.id if candidate.id is not None else candidate.token
+        if key in seen or not _spells(candidate.token, before, target):
+            continue
+        seen.add(key)
+        value = candidate.processed_logprob if processed else candidate.logprob
+        if value is not None:
+            total += math.exp(value)
+    return min(total, 1.0)
 
 
 def parse_verdict(text: str | None, finish_reason: str | None = None) -> tuple[dict[str, Any] | None, str | None]:
@@ -128,4 +197,5 @@ def parse_verdict(text: str | None, finish_reason: str | None = None) -> tuple[d
 
 
 __all__ = ["MAX_REASON_CHARS", "VERDICT_ERROR", "VERDICT_NOT_RUN", "VERDICT_SCHEMA", "VERDICT_SCORED",
-           "VERDICT_UNSCORED", "Verdict", "parse_verdict", "verdict_probability", "verdict_schema"]
+           "VERDICT_TOP_LOGPROBS", "VERDICT_UNSCORED", "Verdict", "parse_verdict", "verdict_probability",
+           "verdict_schema"]

@@ -40,6 +40,11 @@ _EXPORTS: dict[str, str] = {
     "ResponseView": ".display",
     "render_response_html": ".display",
     "render_response_markdown": ".display",
+    # token probabilities
+    "token_view": ".probs_view",
+    "branch_view": ".probs_view",
+    "token_view_html": ".probs_view",
+    "TokenView": ".probs_view",
     # calling any protocol agent
     "open_event_stream": ".agent_calls",
     "EventStream": ".agent_calls",
@@ -67,6 +72,7 @@ _EXPORTS: dict[str, str] = {
     "ChatPanel": ".chat",
     # prompt comparison views
     "comparison_view": ".compare_view",
+    "comparison_tokens": ".compare_view",
     "results_view": ".compare_view",
     "plot_comparison": ".compare_view",
     # evaluation views

@@ -10,6 +10,8 @@
   status colours and tokens/s bars.
 * :func:`plot_comparison`: a matplotlib bar chart of aggregate tokens/s and latency per
   configuration (from :func:`midori_hf_nb.compare.summarize`).
+* :func:`comparison_tokens`: the drill-down of one cell, its answer's tokens shaded by probability
+  (the grid's setting asked for ``top_logprobs``).
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
     from pandas.io.formats.style import Styler
 
-__all__ = ["comparison_view", "results_view", "plot_comparison", "cell_html", "css_length", "speed_css",
-           "status_css", "verdict_css", "FASTEST_STYLE", "SLOWEST_STYLE"]
+__all__ = ["comparison_view", "comparison_tokens", "results_view", "plot_comparison", "cell_html", "css_length",
+           "speed_css", "status_css", "verdict_css", "FASTEST_STYLE", "SLOWEST_STYLE"]
 
 FASTEST_STYLE = "background-color: rgba(46, 160, 67, 0.20); border-left: 3px solid #2ea043;"
 SLOWEST_STYLE = "background-color: rgba(248, 81, 73, 0.16); border-left: 3px solid #f85149;"
@@ -143,6 +145,21 @@ def comparison_view(df: "pd.DataFrame", *, columns: str = "settings", value: str
     if notes:
         styler = styler.set_caption("; ".join(notes))
     return styler
+
+
+def comparison_tokens(df: "pd.DataFrame", row: Any, *, shade: str = "probability", processed: bool = False) -> Any:
+    """The drill-down of one cell of a comparison: row ``row`` (an index label of ``df``) as a
+    :func:`~.probs_view.token_view`, titled with its model, prompt and setting. The grid's
+    setting must have asked for token probabilities (e.g. ``settings={"top_logprobs": [5]}``);
+    otherwise the view says so. Raises ``ValueError`` for a label that is not in ``df``."""
+    from .probs_view import token_view
+
+    if row not in df.index:
+        raise ValueError(f"comparison_tokens: row={row!r} is not allowed: expected an index label of the frame "
+                         f"(0 to {len(df) - 1} for a fresh comparison)")
+    record = df.loc[row]
+    label = config_label(record, settings_columns(df))
+    return token_view(record, shade=shade, processed=processed, title=f"{label} · prompt: {record['prompt']}")
 
 
 @dataclass

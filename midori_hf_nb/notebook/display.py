@@ -25,6 +25,7 @@ from typing import Any, Mapping
 from ..stats import ResponseStats, StatsError, stats_of
 from .escaping import NO_MATH_CLASS, escape_html, escape_markdown, markdown_lines, to_text
 from .markdown import fenced_code, markdown_for_export, render_markdown_html
+from .probs_view import SHADES, token_view_html
 
 #: Inline styles (Jupyter front ends keep inline styles; no <style> blocks needed).
 STYLE_BOX = "font-family:inherit;line-height:1.45;max-width:100%"
@@ -169,20 +170,38 @@ def answer_html(answer: Any, *, markdown: bool = True) -> str:
     return f'<div class="midori-answer" style="{STYLE_ANSWER}">{escape(answer)}</div>'
 
 
+def probs_shade(probs: Any, where: str = "probs") -> str | None:
+    """The shading of a ``probs`` toggle: None (off), ``"probability"`` (True) or a mode of
+    :data:`~.probs_view.SHADES`; ``ValueError`` naming ``where`` otherwise."""
+    if probs is None or probs is False:
+        return None
+    if probs is True:
+        return "probability"
+    if probs in SHADES:
+        return probs
+    raise ValueError(f"{where}={probs!r} is not allowed: expected True, False or one of {', '.join(map(repr, SHADES))}")
+
+
 def render_response_html(response: Any, *, title: str | None = None, show_thinking: bool = True,
-                         markdown: bool = True) -> str:
+                         markdown: bool = True, probs: Any = False, branchable: bool = False) -> str:
     """The HTML of a response: title, collapsible thinking, answer, code, tool-call table, footer.
 
     ``response``: any object with ``.response``, ``.thinking``, ``.tool_calls`` and ``.metadata``
     (``.code`` optional). The answer is rendered as safe Markdown (``markdown=False``: plain
-    escaped text); every other value is escaped.
+    escaped text); every other value is escaped. ``probs`` (True, ``"probability"`` or
+    ``"surprisal"``) shows the answer's tokens shaded by probability with their alternatives
+    (:func:`~.probs_view.token_view`; ``branchable``: alternatives as buttons, for the chat panel).
     """
+    shade = probs_shade(probs)
     parts = [f'<div class="midori-response {NO_MATH_CLASS}" style="{STYLE_BOX}">']
     if title:
         parts.append(f'<div style="{STYLE_SUMMARY}">{escape(title)}</div>')
     if show_thinking:
         parts.append(thinking_html(to_text(getattr(response, "thinking", ""))))
-    parts.append(answer_html(getattr(response, "response", ""), markdown=markdown))
+    if shade is not None:
+        parts.append(token_view_html(response, shade=shade, branchable=branchable))
+    else:
+        parts.append(answer_html(getattr(response, "response", ""), markdown=markdown))
     code = getattr(response, "code", None)
     if code:
         parts.append(f'<pre class="midori-code">{escape(code)}</pre>')
@@ -237,22 +256,26 @@ class ResponseView:
 
     In a notebook, ``ResponseView(response)`` as a cell's last expression shows the answer,
     the thinking in a collapsed block and a table of tool calls. The wrapped response is
-    ``.response``; attribute access falls through to it.
+    ``.response``; attribute access falls through to it. ``probs=True`` (or ``"surprisal"``)
+    shows the answer's tokens shaded by probability, with their alternatives on hover
+    (:func:`~.probs_view.token_view`; the response must carry token probabilities).
     """
 
     def __init__(self, response: Any, *, title: str | None = None, show_thinking: bool = True,
-                 markdown: bool = True) -> None:
+                 markdown: bool = True, probs: Any = False) -> None:
         self.response = response
         self.title = title
         self.show_thinking = show_thinking
         self.markdown = markdown
+        probs_shade(probs)
+        self.probs = probs
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.response, name)
 
     def _repr_html_(self) -> str:
         return render_response_html(self.response, title=self.title, show_thinking=self.show_thinking,
-                                    markdown=self.markdown)
+                                    markdown=self.markdown, probs=self.probs)
 
     def _repr_markdown_(self) -> str:
         return render_response_markdown(self.response, show_thinking=self.show_thinking)
@@ -288,6 +311,7 @@ __all__ = [
     "escape",
     "escape_markdown",
     "format_footer",
+    "probs_shade",
     "register_formatters",
     "render_response_html",
     "render_response_markdown",

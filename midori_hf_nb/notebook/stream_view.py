@@ -22,6 +22,8 @@ from .display import (
 )
 from .escaping import NO_MATH_CLASS, to_text
 from .markdown import IncrementalMarkdown, render_markdown_html
+from .probs_view import has_logprobs, token_view_html
+from ..logprobs import Logprobs
 
 STYLE_LOADING = "opacity:0.8;font-size:0.92em;margin:0.1em 0 0.3em 0"
 STYLE_LOADED = "opacity:0.55;font-size:0.85em;margin:0.1em 0 0.3em 0"
@@ -48,6 +50,7 @@ class StreamState:
     title: str | None = None
     loading: LoadProgress | None = None  #: the model's load progress while it loads (before any text)
     loaded: LoadProgress | None = None  #: the last load progress seen, once the load ended (the finished line)
+    tokens: list[Any] = field(default_factory=list)  #: token records so far (when probabilities were asked for)
 
     def end_loading(self, now: float | None = None) -> None:
         """The load ended: keep its last progress, with its seconds, for one finished line."""
@@ -62,12 +65,13 @@ class StreamState:
 
 
 def render_stream_html(state: StreamState, *, show_thinking: bool = True, markdown: bool = True,
-                       renderer: IncrementalMarkdown | None = None) -> str:
+                       renderer: IncrementalMarkdown | None = None, probs: str | None = None) -> str:
     """The HTML of a stream's current state (pure but for ``renderer``'s cache: no IPython needed).
 
     The answer is safe Markdown (``markdown=False``: escaped plain text); while streaming,
     ``renderer`` (an :class:`~.markdown.IncrementalMarkdown`) re-renders only the answer's
-    unsettled tail. Every other value is escaped."""
+    unsettled tail. With ``probs`` (a shading of :mod:`.probs_view`) the answer is its tokens,
+    shaded as they arrive. Every other value is escaped."""
     parts = [f'<div class="midori-stream {NO_MATH_CLASS}" style="{STYLE_BOX}">']
     if state.title:
         parts.append(f'<div style="opacity:0.7;font-size:0.92em">{escape(state.title)}</div>')
@@ -81,7 +85,10 @@ def render_stream_html(state: StreamState, *, show_thinking: bool = True, markdo
     if show_thinking and thinking:
         parts.append(thinking_html(thinking, open_=not state.done and not answer, live=not state.done))
     cursor = "" if state.done else "▌"
-    if not markdown:
+    if probs is not None and (state.tokens or has_logprobs(response)):
+        source = response if has_logprobs(response) else Logprobs(content=list(state.tokens))
+        parts.append(token_view_html(source, shade=probs, least=5 if state.done else 0))
+    elif not markdown:
         parts.append(f'<div class="midori-answer" style="{STYLE_ANSWER}">{escape(answer)}{cursor}</div>')
     elif state.done:
         parts.append(answer_html(answer))

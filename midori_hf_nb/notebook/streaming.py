@@ -60,6 +60,7 @@ from ..loop_thread import AsyncIterPump
 from .agent_calls import open_event_stream
 from .escaping import to_text
 from .markdown import IncrementalMarkdown
+from .display import probs_shade
 from .sinks import default_sink
 from .stream_view import StreamState, render_stream_html, render_stream_text
 
@@ -109,6 +110,8 @@ class LiveView:
         title: an optional heading line (escaped).
         clock: the time source (``time.perf_counter``).
         markdown: render the answer as safe Markdown (default) or, with False, as plain text.
+        probs: show the answer as its tokens shaded by probability (True, ``"probability"`` or
+            ``"surprisal"``) as they arrive (:func:`~.probs_view.token_view`).
 
     :attr:`stats` is the view's :class:`DisplayStats`, updated as it goes; ``updates``,
     ``events`` and ``render_seconds`` read it.
@@ -116,13 +119,14 @@ class LiveView:
 
     def __init__(self, sink: Any = None, *, throttle: float = DEFAULT_THROTTLE, show_thinking: bool = True,
                  title: str | None = None, clock: Callable[[], float] = time.perf_counter,
-                 markdown: bool = True) -> None:
+                 markdown: bool = True, probs: Any = False) -> None:
         if isinstance(throttle, bool) or not isinstance(throttle, (int, float)) or not throttle >= 0:
             raise ValueError(f"throttle={throttle!r} is not allowed: expected seconds >= 0")
         self.sink = sink if sink is not None else default_sink()
         self.throttle = float(throttle)
         self.show_thinking = show_thinking
         self.markdown = markdown
+        self.probs = probs_shade(probs)
         self.markdown_renderer = IncrementalMarkdown()
         self.clock = clock
         self.state = StreamState(title=title)
@@ -149,7 +153,7 @@ class LiveView:
     def bundle(self) -> dict[str, str]:
         """The current mime bundle (``text/html`` and ``text/plain``)."""
         return {"text/html": render_stream_html(self.state, show_thinking=self.show_thinking, markdown=self.markdown,
-                                                renderer=self.markdown_renderer),
+                                                renderer=self.markdown_renderer, probs=self.probs),
                 "text/plain": render_stream_text(self.state)}
 
     def start(self) -> "LiveView":
@@ -165,6 +169,9 @@ class LiveView:
         """Take one :class:`~midori_hf_nb.StreamEvent` and refresh if the throttle allows."""
         self.stats.events += 1
         kind, text, data = getattr(event, "kind", None), to_text(getattr(event, "text", "")), getattr(event, "data", None)
+        records = getattr(event, "logprobs", None)
+        if isinstance(records, list) and self.probs is not None:
+            self.state.tokens.extend(records)
         if kind == "text":
             self.state.answer += text
             self.state.pieces += 1
@@ -251,6 +258,10 @@ async def tick_while_waiting(view: LiveView, agent: Any, *, period: float = WAIT
             on_tick(progress)
 
 
+#: Alternatives per token asked for by ``probs=True`` when the call does not say.
+PROBS_TOP_LOGPROBS = 5
+
+
 def _start(agent: Any, payload: Any, on_interrupt: str, view: LiveView | None, tools: list | None,
            overrides: dict[str, Any], **view_options: Any) -> tuple[LiveView, Any]:
     """Check the options, open the agent's event stream and show the initial display."""
@@ -259,6 +270,8 @@ def _start(agent: Any, payload: Any, on_interrupt: str, view: LiveView | None, t
     if view is not None and not isinstance(view, LiveView):
         raise ValueError(f"view={type(view).__name__} is not allowed: expected a LiveView or None")
     view = view or LiveView(view_options.pop("sink"), **view_options)
+    if view.probs is not None and not any(overrides.get(k) for k in ("logprobs", "top_logprobs")):
+        overrides = {**overrides, "top_logprobs": PROBS_TOP_LOGPROBS}
     surface = current_context().surface or "stream_to_cell"  # the magics' own surface is kept
     with log_context(surface=surface):  # the call log records the stream's call as made from here
         stream = open_event_stream(agent, payload, tools=tools, **overrides)
@@ -269,7 +282,8 @@ def _start(agent: Any, payload: Any, on_interrupt: str, view: LiveView | None, t
 async def stream_to_cell(agent: Any, payload: Any, *, throttle: float = DEFAULT_THROTTLE,
                          show_thinking: bool = True, title: str | None = None, sink: Any = None,
                          on_interrupt: str = "return", tools: list | None = None,
-                         view: LiveView | None = None, markdown: bool = True, **overrides: Any) -> Any:
+                         view: LiveView | None = None, markdown: bool = True, probs: Any = False,
+                         **overrides: Any) -> Any:
     """Stream the answer to ``payload`` into the current output cell; return the final response.
 
     Use with top-level ``await`` in a cell. Args:
@@ -288,11 +302,14 @@ async def stream_to_cell(agent: Any, payload: Any, *, throttle: float = DEFAULT_
         view: a prepared :class:`LiveView` (overrides ``throttle``/``sink``/...); its ``stats``
             (:class:`DisplayStats`) count the updates afterwards.
         markdown: render the answer as safe Markdown (default); False shows it as plain text.
+        probs: show the answer's tokens shaded by probability as they arrive, with their
+            alternatives on hover (True, ``"probability"`` or ``"surprisal"``); asks the agent for
+            ``top_logprobs=5`` unless the overrides ask for token probabilities themselves.
         **overrides: per-call settings passed to the agent's method (e.g. ``max_new_tokens``).
     """
     view, stream = _start(agent, payload, on_interrupt, view, tools, overrides,
                           sink=sink, throttle=throttle, show_thinking=show_thinking, title=title,
-                          markdown=markdown)
+                          markdown=markdown, probs=probs)
 
     async def consume() -> Any:
         async for event in stream:
@@ -330,7 +347,7 @@ async def stream_to_cell(agent: Any, payload: Any, *, throttle: float = DEFAULT_
 def display_stream(agent: Any, payload: Any, *, throttle: float = DEFAULT_THROTTLE, show_thinking: bool = True,
                    title: str | None = None, sink: Any = None, on_interrupt: str = "return",
                    tools: list | None = None, view: LiveView | None = None, markdown: bool = True,
-                   **overrides: Any) -> Any:
+                   probs: Any = False, **overrides: Any) -> Any:
     """Blocking form of :func:`stream_to_cell`, for plain functions and magics.
 
     The stream runs in a worker thread; this thread renders. ``KeyboardInterrupt`` (interrupting
@@ -340,7 +357,7 @@ def display_stream(agent: Any, payload: Any, *, throttle: float = DEFAULT_THROTT
     """
     view, stream = _start(agent, payload, on_interrupt, view, tools, overrides,
                           sink=sink, throttle=throttle, show_thinking=show_thinking, title=title,
-                          markdown=markdown)
+                          markdown=markdown, probs=probs)
     pump = AsyncIterPump(stream, on_cancel=stream.cancel).start()
     interrupt: KeyboardInterrupt | None = None
     while True:

@@ -12,10 +12,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..events import StreamEvent, piece_events
+from ..events import StreamEvent, piece_events, with_pending
 from ..parsing import StreamSplitter, normalise_call
 from ..tools import tool_names
 from .limits import MAX_ANSWER_CHARS, MAX_PROMPT_TOKENS
+from .logprobs import ServedLogprobs
 from .redaction import KeyMasker, scrub_value
 from .sse import MalformedStreamError, StreamLimitError
 
@@ -190,8 +191,12 @@ def checked_usage(usage: Any, budget: int) -> tuple[int | None, int | None, str 
 class Collector:
     """Turns the chunks of one stream into events, keeping what arrived (:class:`Reading`)."""
 
-    def __init__(self, schemas: list[dict] | None, budget: int, secret: str | None) -> None:
+    def __init__(self, schemas: list[dict] | None, budget: int, secret: str | None,
+                 probabilities: ServedLogprobs | None = None) -> None:
         self.reading = Reading()
+        #: the token probabilities of the answer (:mod:`.logprobs`), and those not yet put on an event
+        self.probabilities = probabilities if probabilities is not None else ServedLogprobs(None)
+        self.pending: list[Any] = []
         self.budget = budget
         self.server_calls = ServerCalls(secret)
         self.splitter = StreamSplitter(start_in_thinking=False, tools=schemas is not None)
@@ -223,6 +228,7 @@ class Collector:
         for choice in choices if isinstance(choices, list) else []:
             if not isinstance(choice, dict) or choice.get("index", 0) not in (0, None):
                 continue
+            self.pending.extend(self.probabilities.absorb(choice))
             delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
             thought = _text(delta.get("reasoning_content")) or _text(delta.get("reasoning"))
             text = _text(delta.get("content"))
@@ -249,7 +255,7 @@ class Collector:
             finish = choice.get("finish_reason")
             if finish:
                 reading.finish = server_words(finish, self.secret)[:40]
-        return events
+        return with_pending(events, self.pending)
 
     def finish(self) -> list[StreamEvent]:
         """The events of the text still held (by the key masks and the splitter)."""
@@ -257,7 +263,7 @@ class Collector:
         events += self._text_events(self.text_mask.finish())
         events += [event for piece in self.splitter.finish() for event in piece_events(piece, self.offered,
                                                                                           self.live_calls)]
-        return events
+        return with_pending(events, self.pending)
 
     @property
     def key_found(self) -> int:

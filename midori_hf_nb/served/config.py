@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..config import ConfigError, fields_from_kwargs, refusal_message
+from ..logprobs.request import PROBABILITY_OPTIONS
 from .errors import KEY_MASK, NO_KEY
 from .limits import DEFAULT_DEADLINE
 
@@ -92,6 +93,9 @@ def check_server_options(options: Any, where: str) -> dict[str, Any]:
     for key, value in options.items():
         if not isinstance(key, str) or not key:
             raise ConfigError(refusal_message(f"{where} key", key, "expected a request field name (text)"))
+        if key in PROBABILITY_OPTIONS:
+            raise ConfigError(refusal_message(f"{where}[{key!r}]", options[key],
+                                              f"{key} is a per-call option: pass {key}=... to invoke() or stream()"))
         try:
             text = json.dumps(value, allow_nan=False)
         except (TypeError, ValueError):

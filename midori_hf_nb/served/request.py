@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..config import ConfigError
+from ..logprobs.request import PROBABILITY_OPTIONS, ProbabilityRequest, probability_request
 from ..prompting import memory_to_messages, system_text
 from ..protocol import AgentPayload, ReasoningEffort
 from ..settings import split_overrides
 from ..structured.formats import ResponseFormat
 from .config import OpenAIConfig, check_server_options
+from .logprobs import request_fields
 
 @dataclass(frozen=True)
 class ServedCallSettings:
@@ -28,6 +30,8 @@ class ServedCallSettings:
     seed: int | None = None
     stop: str | list[str] | None = None
     server_options: dict[str, Any] = field(default_factory=dict)
+    #: token probabilities asked for (sent as ``logprobs``/``top_logprobs``); None: none
+    probabilities: ProbabilityRequest | None = None
     #: the call asked for reproducible answers, which a served model cannot promise (its server
     #: batches and computes as it likes): the response says ``reproducible=False`` and why
     reproducible: bool = False
@@ -56,8 +60,9 @@ def resolve_served_settings(config: OpenAIConfig, overrides: Mapping[str, Any] |
     Overrides: ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``do_sample``,
     ``greedy``, ``seed``, ``stop``, ``deadline`` (seconds for the whole call), ``response_format``
     (validated as for a local agent, sent as :func:`wire_response_format`; the answer is plain text,
-    not parsed), ``reproducible`` (answered with ``reproducible=False`` and the reason in the
-    metadata) and further server options (JSON data, sent as request fields). Raises
+    not parsed), ``logprobs``, ``top_logprobs``, ``prompt_logprobs`` (see :mod:`.logprobs`),
+    ``reproducible`` (answered with ``reproducible=False`` and the reason in the metadata) and
+    further server options (JSON data, sent as request fields). Raises
     :class:`~midori_hf_nb.config.ConfigError` naming the field.
     """
     overrides = dict(overrides or {})
@@ -66,6 +71,7 @@ def resolve_served_settings(config: OpenAIConfig, overrides: Mapping[str, Any] |
     asked_reproducible = bool(fields.pop("reproducible", False))
     if deadline is not None:
         fields["deadline"] = deadline
+    probabilities = probability_request({k: rest.pop(k, None) for k in PROBABILITY_OPTIONS})
     if "stop_strings" in rest:  # the local agent's name for it
         rest["stop"] = rest.pop("stop_strings")
     if isinstance(rest.get("response_format"), ResponseFormat):
@@ -73,7 +79,8 @@ def resolve_served_settings(config: OpenAIConfig, overrides: Mapping[str, Any] |
     stop = _check_stop(rest.pop("stop", None))
     options = check_server_options(rest, "overrides") if rest else {}
     call_config = config.replace(**fields) if fields else config
-    return ServedCallSettings(call_config, seed, stop, {**config.server_options, **options}, asked_reproducible)
+    return ServedCallSettings(call_config, seed, stop, {**config.server_options, **options}, probabilities,
+                              asked_reproducible)
 
 
 def wire_response_format(fmt: ResponseFormat) -> dict[str, Any]:
@@ -144,6 +151,7 @@ def request_body(config: OpenAIConfig, payload: AgentPayload, call: ServedCallSe
         body["tools"] = schemas
     if reasoning_effort is not None:
         body["reasoning_effort"] = reasoning_effort.effort
+    body.update(request_fields(call.probabilities))
     extra = dict(call.server_options)
     if c.top_k is not None and not c.greedy:
         extra.setdefault("top_k", c.top_k)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from ..events import EventStream, StreamEvent
+from ..logprobs import LogprobsResponse
 from ..parsing import extract_reasoning_blocks
 from ..protocol import AgentPayload, AgentResponse
 from ..stats import ResponseStats
@@ -37,7 +38,8 @@ from ..log.capture import CallTicket, finish_call, start_call
 from .call_log import served_details
 from .chunks import BudgetReached, Collector, Reading, checked_usage, read_chunk, server_words
 from .client import http_failure, import_openai
-from .errors import ServerTimeoutError, scrub
+from .errors import ServerRequestError, ServerTimeoutError, scrub
+from .logprobs import ServedLogprobs, without_logprobs
 from .redaction import guard_logs, secret_of
 from .sse import MalformedStreamError, SSEDecoder
 
@@ -165,6 +167,11 @@ def build_served_response(agent: "ServedHost", payload: AgentPayload, call: Any,
         answer, blocks, calls = attach_tool_calls(answer, blocks, structured, structured_errors, schemas, stats,
                                                   tools_in_template=None)
     stats.thinking_blocks = list(blocks)
+    logprobs = collector.probabilities.result(config.server)
+    if logprobs is not None:
+        stats.logprobs = logprobs.as_dict()
+        return LogprobsResponse(thinking="\n\n".join(blocks), response=answer, code=None, tool_calls=calls,
+                                metadata=stats.as_dict(), logprobs=logprobs)
     return AgentResponse(thinking="\n\n".join(blocks), response=answer, code=None, tool_calls=calls,
                          metadata=stats.as_dict())
 
@@ -303,7 +310,7 @@ async def run_served(state: ServedState, agent: "ServedHost", payload: AgentPayl
     state.loop, state.wake = asyncio.get_running_loop(), asyncio.Event()
     if state.stop.is_set():
         state.wake.set()
-    collector = Collector(schemas, config.max_new_tokens, secret_of(config.api_key))
+    collector = Collector(schemas, config.max_new_tokens, secret_of(config.api_key), ServedLogprobs(call.probabilities, config.max_new_tokens))
     reading = collector.reading
     reader = _Events(collector, agent)
 
@@ -317,7 +324,13 @@ async def run_served(state: ServedState, agent: "ServedHost", payload: AgentPayl
     waker = asyncio.ensure_future(state.wake.wait())
     stream = None
     try:
-        stream = await _open(state, agent, body, waker, openai, deadline_at, config.deadline)
+        try:
+            stream = await _open(state, agent, body, waker, openai, deadline_at, config.deadline)
+        except ServerRequestError as exc:  # a server that refuses the logprobs parameters: ask again without
+            if exc.status not in (400, 422) or without_logprobs(body) == body:
+                raise
+            collector.probabilities.refused = f"HTTP {exc.status}: {exc}"[:400]
+            stream = await _open(state, agent, without_logprobs(body), waker, openai, deadline_at, config.deadline)
         reading.cancelled = stream is None
         while stream is not None and not reading.cancelled and not reader.done:
             if state.stop.is_set():
@@ -369,7 +382,8 @@ async def run_served(state: ServedState, agent: "ServedHost", payload: AgentPayl
                            config.model, reading.error)
         for found in adopt_live_ids(response.tool_calls or [], collector.live_calls):
             yield StreamEvent("tool_call", found["name"], found)
-        yield StreamEvent("done", response.response, response)
+        yield StreamEvent("done", response.response, response,
+                          logprobs=list(collector.pending) if collector.pending else None)
     finally:
         waker.cancel()
         if stream is not None:

@@ -94,6 +94,8 @@ class GrammarLogitsProcessor(LogitsProcessor):
         self.generated: list[list[int]] = [[] for _ in range(rows)]  # each row's tokens followed
         self.closings: list[Closing | None] = [None] * rows
         self.ended = [False] * rows  # rows whose end was forced without the grammar following it
+        #: per call, each row's (tokens allowed, whether the top choice was forbidden); None: not logged
+        self.pressure_log: list[list[tuple[int, bool]]] | None = None
         #: tokens at the end of the first input that are answer already (a continued generation):
         #: followed first, as if this processor had seen them generated
         self.resumed = max(0, int(resumed))
@@ -109,6 +111,20 @@ class GrammarLogitsProcessor(LogitsProcessor):
         eos_ids = tuple(sorted(lm.eos_token_ids))
         lltokenizer = backend.tokenizer_for(lm.tokenizer, width, eos_ids, getattr(lm, "tokenizer_lock", None))
         return cls(constraint, lltokenizer, rows, width, eos_ids, new_detector, max_new_tokens, resumed)
+
+    def track_pressure(self) -> None:
+        """Log the grammar's pressure from now on (token probabilities were asked for): per call,
+        how many tokens each row allowed and whether the best-scored token it was given (the
+        choice without the constraint) is forbidden. Read with :meth:`pressure_at`."""
+        if self.pressure_log is None:
+            self.pressure_log = []
+
+    def pressure_at(self, step: int, row: int) -> tuple[int, bool] | None:
+        """Row ``row``'s (allowed tokens, top choice forbidden) at call ``step`` (None when not logged)."""
+        log = self.pressure_log
+        if log is None or not 0 <= step < len(log) or not 0 <= row < len(log[step]):
+            return None
+        return log[step][row]
 
     def closing(self, row: int) -> Closing | None:
         """What the closing rule did for ``row``: None when the guard never noticed a loop in it."""
@@ -169,7 +185,12 @@ class GrammarLogitsProcessor(LogitsProcessor):
         for row, tokens in forced:
             for token in tokens:
                 words[row, token // 32] |= np.uint32(1 << (token % 32))
-        out = masked(scores, allowed_tokens(self.bitmask, scores.shape[-1]))
+        allowed = allowed_tokens(self.bitmask, scores.shape[-1])
+        if self.pressure_log is not None:
+            top = scores.argmax(dim=-1).tolist()
+            self.pressure_log.append([(int(np.count_nonzero(allowed[row])), not bool(allowed[row, top[row]]))
+                                      for row in range(allowed.shape[0])])
+        out = masked(scores, allowed)
         for row, tokens in forced:  # a forced token stays choosable whatever earlier processors did to it
             for token in tokens:
                 if token < out.shape[-1] and not torch.isfinite(out[row, token]):

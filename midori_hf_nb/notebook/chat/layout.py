@@ -16,6 +16,7 @@ from ...load_progress import LoadProgress
 from ..memory import format_bytes, memory_readout
 from .export import ChatExport
 from .composer import ChatInput
+from .probabilities import PANEL_CLASS, ProbabilitiesMixin
 from .render import render_info_html, render_notice_html, render_status_html, render_title_html
 
 #: Seconds between two reads of the memory readout shown in the status line.
@@ -49,12 +50,9 @@ def memory_text() -> str:
     return text
 
 
-#: The CSS class of every panel's root element (the input's browser code finds its panel by it).
-PANEL_CLASS = "midori-chat-panel"
-
-
-class ChatLayout:
-    """The widgets of a chat panel (``widget`` is the whole panel), with the notice and status line.
+class ChatLayout(ProbabilitiesMixin):
+    """The widgets of a chat panel (``widget`` is the whole panel), with the notice and status line,
+    and the token-probability controls (:mod:`.probabilities`).
 
     Args:
         title: the model name (or a title) shown above the transcript (``title_tooltip``: its full form).
@@ -93,7 +91,7 @@ class ChatLayout:
             self.title_html, self.transcript_box, self.notice_html, self.queue_html, self.input,
             widgets.HBox([self.stop_button, self.regenerate_button, self.clear_button, self.undo_clear_button,
                           self.export_button, self.cancel_edit_button]),
-            self.status_html, self.settings_box,
+            *self.build_probabilities(), self.status_html, self.settings_box,
         ], layout=widgets.Layout(width="100%"))
         self.widget.add_class(PANEL_CLASS)
 

@@ -25,11 +25,14 @@ class TranscriptPages:
         self.page_size = page_size
         self.shown = page_size
         self.cleared: list[MemoryEntryData] | None = None
+        #: show answers that carry token probabilities as their tokens (the panel's Probabilities toggle)
+        self.probs = False
 
     def html(self, memory: list[MemoryEntryData], **view: Any) -> str:
-        """The HTML of the shown messages (with a line counting the hidden ones); ``view``: answers
-        shown as text and versions (see :func:`~.render.render_transcript_html`)."""
-        return render_transcript_html(memory, limit=self.shown, actions=True, **view)
+        """The HTML of the shown messages (with a line counting the hidden ones; answers as their
+        tokens while :attr:`probs` is on); ``view``: answers shown as text and versions (see
+        :func:`~.render.render_transcript_html`)."""
+        return render_transcript_html(memory, limit=self.shown, actions=True, probs=self.probs, **view)
 
     def hidden(self, memory: list[MemoryEntryData]) -> int:
         """How many earlier messages are not shown."""

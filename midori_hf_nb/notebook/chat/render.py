@@ -21,6 +21,7 @@ import time
 
 from ...protocol import MemoryEntryData
 from ..display import STYLE_BOX, STYLE_FOOTER, escape, format_footer, render_response_html
+from ..probs_view import has_logprobs
 from .transcript import ROLES, TranscriptEntry, role_label
 
 STYLE_MESSAGE = "margin:0.35em 0;padding:0.35em 0.6em;border-radius:6px;line-height:1.45"
@@ -89,11 +90,13 @@ def branch_nav_html(index: int, version: tuple[int, int] | None) -> str:
 
 
 def render_typed_entry_html(entry: TranscriptEntry, *, index: int | None = None, as_text: bool = False,
-                            version: tuple[int, int] | None = None) -> str:
+                            version: tuple[int, int] | None = None, probs: bool = False) -> str:
     """One typed message as HTML; all text is escaped. The role line shows when a message was
     sent (an answer: when it ended); with ``index`` (its position) it carries the message's buttons
     (Copy; As text on answers, Edit on the user's messages; ‹ › and ``version`` = (n, of) where the
-    conversation forked). ``as_text`` shows an answer's own text instead of its rendered Markdown."""
+    conversation forked). ``as_text`` shows an answer's own text instead of its rendered Markdown.
+    With ``probs``, an answer that carries token probabilities is shown as its tokens, alternatives
+    as buttons (a click on one names the answer by ``index``)."""
     what = "answer ended" if entry.is_answer else "sent"
     label = escape(role_label(entry.role)) + render_time_html(entry.timestamp, what)
     position = f' data-midori-index="{index}"' if index is not None else ""
@@ -120,8 +123,12 @@ def render_typed_entry_html(entry: TranscriptEntry, *, index: int | None = None,
     if entry.error:
         badges += f'<span class="midori-chat-failed" style="{STYLE_FAILED}">failed</span>'
     body = ""
-    if entry.has_body:
-        body = render_response_html(entry.as_response(), markdown=not as_text)
+    response = entry.as_response() if entry.has_body else None
+    tokens = probs and response is not None and has_logprobs(response)
+    if tokens:
+        body = render_response_html(response, probs=True, branchable=index is not None)
+    elif response is not None:
+        body = render_response_html(response, markdown=not as_text)
         if as_text:
             body = f'<div class="midori-as-text" style="{STYLE_AS_TEXT}">{body}</div>'
         elif index is not None:  # the panel's transcript: each code block gets its Copy button
@@ -130,7 +137,8 @@ def render_typed_entry_html(entry: TranscriptEntry, *, index: int | None = None,
     if entry.error:
         error = f'<div class="midori-chat-error" style="{STYLE_ERROR}">{escape(entry.error)}\n{RETRY_HINT}</div>'
     source = f'<pre class="midori-chat-source" hidden>{escape(entry.content)}</pre>' if index is not None else ""
-    return (f'<div class="midori-chat-assistant"{position} style="{STYLE_ASSISTANT}">'
+    answer = f' data-answer="{int(index)}"' if index is not None and tokens else ""
+    return (f'<div class="midori-chat-assistant"{position}{answer} style="{STYLE_ASSISTANT}">'
             f'<div style="{STYLE_ROLE}">{actions}{label}{badges}</div>{body}{error}{source}</div>')
 
 
@@ -141,11 +149,13 @@ def render_entry_html(entry: MemoryEntryData, **view: object) -> str:
 
 def render_transcript_html(entries: list[MemoryEntryData], *, limit: int | None = None,
                            as_text: frozenset[int] = frozenset(),
-                           versions: dict[int, tuple[int, int]] | None = None, actions: bool = False) -> str:
+                           versions: dict[int, tuple[int, int]] | None = None, actions: bool = False,
+                           probs: bool = False) -> str:
     """The transcript as HTML, or only its last ``limit`` messages with a line saying how many
     earlier ones are not shown (a placeholder line when it is empty). With ``actions`` (the live
-    panel) messages carry their buttons; without (a static copy) they do not. ``as_text`` holds the positions of answers shown as text, ``versions`` the
-    "n of m" of positions where the conversation forked."""
+    panel) messages carry their buttons; without (a static copy) they do not. ``as_text`` holds the
+    positions of answers shown as text, ``versions`` the "n of m" of positions where the
+    conversation forked; ``probs`` shows answers as their tokens (see :func:`render_typed_entry_html`)."""
     if not entries:
         return (f'<div class="midori-chat-empty" style="{STYLE_BOX};{STYLE_FOOTER}">'
                 "No messages yet: type below and press Send.</div>")
@@ -155,8 +165,8 @@ def render_transcript_html(entries: list[MemoryEntryData], *, limit: int | None 
         note = (f'<div class="midori-chat-hidden" style="{STYLE_FOOTER}">{hidden} earlier message'
                 f'{"s" if hidden != 1 else ""} not shown (Show earlier; Export writes them all)</div>')
     versions = versions or {}
-    rows = [render_entry_html(e, index=i, as_text=i in as_text, version=versions.get(i)) if actions
-            else render_entry_html(e) for i, e in enumerate(entries) if i >= hidden]
+    rows = [render_entry_html(e, index=i, as_text=i in as_text, version=versions.get(i), probs=probs) if actions
+            else render_entry_html(e, probs=probs) for i, e in enumerate(entries) if i >= hidden]
     return f'<div class="midori-chat-transcript" style="{STYLE_BOX}">{note}' + "".join(rows) + "</div>"
 
 

@@ -299,10 +299,12 @@ class MidoriMagics(Magics):
                 from IPython.display import display
 
                 response = run(agent.invoke(payload, **overrides))
-                display(ResponseView(response, show_thinking=not args.hide_thinking, markdown=not args.plain))
+                display(ResponseView(response, show_thinking=not args.hide_thinking, markdown=not args.plain,
+                                     probs=args.probs or False))
                 session.last_display = None
             else:
-                view = LiveView(throttle=throttle, show_thinking=not args.hide_thinking, markdown=not args.plain)
+                view = LiveView(throttle=throttle, show_thinking=not args.hide_thinking, markdown=not args.plain,
+                                probs=args.probs or False)
                 response = display_stream(agent, payload, view=view, **overrides)
                 session.last_display = view.stats
         if use_memory:

@@ -87,6 +87,10 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hide-thinking", action="store_true", help="do not show the model's reasoning")
     parser.add_argument("--plain", action="store_true",
                         help="show the answer as plain text instead of rendered Markdown")
+    parser.add_argument("--probs", nargs="?", const="probability", choices=("probability", "surprisal"),
+                        metavar="SHADE",
+                        help="show the answer's tokens shaded by probability (or `surprisal`), with the top 5 "
+                             "alternatives of each on hover (asks the agent for top_logprobs=5)"),
     parser.add_argument("--throttle", type=float, metavar="SECONDS",
                         help=f"seconds between display updates (default {DEFAULT_THROTTLE})")
 

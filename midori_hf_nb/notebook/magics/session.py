@@ -52,7 +52,8 @@ def message_overrides(args: argparse.Namespace, defaults: dict[str, Any],
     (``-n``, ``-t``/``-g``, ``--seed``, ``--schema`` read from ``namespace``) checked through
     :func:`~midori_hf_nb.settings.check_overrides`."""
     given = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-             "greedy": True if args.greedy else None, "seed": args.seed}
+             "greedy": True if args.greedy else None, "seed": args.seed,
+             "top_logprobs": 5 if getattr(args, "probs", None) else None}
     schema = schema_variable(getattr(args, "schema", None), namespace)
     try:
         checked = check_overrides(given)
