@@ -73,6 +73,9 @@ ROWS: dict[str, tuple[str, dict[str, Any], str]] = {
     "agent-int8": ("agent", {"quantize_weights": "int8"}, "agent with quantize_weights='int8' (weight-only int8, bf16 activations)"),
     "agent-int4": ("agent", {"quantize_weights": "int4"}, "agent with quantize_weights='int4' (4-bit groups of 32 as in the GGUF, bf16 head)"),
     "agent-generate": ("agent", {"decode_loop": "generate"}, "agent default, but decode_loop='generate' (model.generate)"),
+    "agent-unfused": ("agent", {"fuse_projections": False}, "agent default, but fuse_projections=False (the model's own layers)"),
+    "agent-bf16": ("agent", {"quantize_weights": None}, "agent with quantize_weights=None (bf16 weights, fused projections)"),
+    "agent-source": ("agent", {"quantize_weights": "auto"}, "agent with quantize_weights='auto' (the GGUF's precision: int4 layers, int8 head)"),
     "llama.cpp": ("llama_cpp", {}, "reference: llama-cpp-python on the same GGUF (only if importable)"),
 }
 

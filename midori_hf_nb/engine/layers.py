@@ -154,34 +154,36 @@ class Int4WeightLinear(_PackedWeightLinear):
                 f"int4 weights in groups of {self.group_size}")
 
 
-def quantize_weights(model: torch.nn.Module, kind: str) -> int:
+def quantize_weights(model: torch.nn.Module, kind: str, head: str | None = None) -> int:
     """Replace the ``nn.Linear`` layers of ``model`` by :class:`Int8WeightLinear` (``"int8"``:
     every layer, the output head included) or :class:`Int4WeightLinear` (``"int4"``: every layer
-    but the output head, whose inputs are a multiple of 32). Returns how many layers changed.
+    but the output head, whose inputs are a multiple of 32). ``head="int8"`` stores the output
+    head as int8 whatever ``kind`` is. Returns how many layers changed.
 
     An int8 head tied to the input embeddings gets its own copy; the embeddings stay in the
     model's dtype.
     """
-    missing = capabilities.missing_weight_kernels(kind)
+    kinds = {kind} | ({head} if head else set())
+    missing = [name for k in sorted(kinds) for name in capabilities.missing_weight_kernels(k)]
     if missing:
         raise QuantizationError(
             f"quantize_weights={kind!r} needs torch's kernel(s) {', '.join('aten.' + m for m in missing)}, which "
             f"torch {torch.__version__} does not have; use torch 2.4-2.13 or turn quantize_weights off"
         )
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     replaced = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if not isinstance(child, torch.nn.Linear):
                 continue
-            if kind == "int8":
+            if kind == "int8" or (child is output and head == "int8"):
                 setattr(module, name, Int8WeightLinear(child))
-            elif child is not head and child.in_features % 32 == 0:
+            elif child is not output and child.in_features % 32 == 0:
                 setattr(module, name, Int4WeightLinear(child))
             else:
                 continue
             replaced += 1
-    if kind == "int8" and getattr(model.config, "tie_word_embeddings", False):
+    if (kind == "int8" or head == "int8") and getattr(model.config, "tie_word_embeddings", False):
         model.config.tie_word_embeddings = False  # the head is its own (int8) tensor now
     trim_heap()
     return replaced

@@ -24,8 +24,10 @@ from . import capabilities
 from .convert import progress_bars, convert_gguf, dtype_variant
 from ..load_progress import TRACKER
 from .devices import TORCH_DTYPES, trim_heap, mps_available, resolve_device, resolve_dtype
+from .fusion import fuse_projections
 from .layers import QuantizationError, quantize_weights, use_bf16_cpu_linears
 from .loaded import LoadedModel, LoadSpec
+from .source_precision import source_precision
 
 
 def _quantization_config(spec: LoadSpec):
@@ -153,8 +155,11 @@ def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
                 _explain_load_error(spec, path, exc)
                 raise
             model.eval()
+            fused = 0
+            if spec.fuse_projections and spec.device == "cpu" and spec.quantization not in ("8bit", "4bit"):
+                fused = fuse_projections(model, repr(spec.source.name))
             if spec.quantization in ("int8", "int4"):
-                quantize_weights(model, spec.quantization)
+                quantize_weights(model, spec.quantization, head=spec.head_quantization)
             if spec.device == "cpu" and spec.dtype == "bfloat16" and spec.quantization not in ("8bit", "4bit") \
                     and not capabilities.cpu_has_native_bf16_gemm():
                 use_bf16_cpu_linears(model)  # the layers left in bfloat16 (an int4 model's output head)
@@ -162,7 +167,8 @@ def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
     finally:
         bar.close()
         TRACKER.end(key)
-    lm = LoadedModel(spec=spec, model=model, tokenizer=tokenizer, load_seconds=time.perf_counter() - started, path=path)
+    lm = LoadedModel(spec=spec, model=model, tokenizer=tokenizer, load_seconds=time.perf_counter() - started, path=path,
+                     fused_projections=fused)
     lm.base_generation_config = model.generation_config
     lm.generation_defaults = model_generation_defaults(model.generation_config.to_diff_dict(),
                                                        source=f"{spec.source.name}: generation_config.json")
@@ -204,15 +210,22 @@ REGISTRY = ModelRegistry(on_free=_free)
 
 
 def spec_for(config: HuggingFaceConfig) -> LoadSpec:
-    """Resolve a configuration to a :class:`LoadSpec` (source, device, dtype)."""
+    """Resolve a configuration to a :class:`LoadSpec` (source, device, dtype, quantization)."""
     source = resolve_source(config.model)
     device = resolve_device(config.device)
+    quantization, head = config.quantization, None
+    if config.quantize_weights == "auto" and device == "cpu" and config.torch_dtype == "auto" \
+            and quantization is None:
+        precision = source_precision(source.kind, source.location)
+        quantization, head = precision.layers, precision.head
     return LoadSpec(
         source=source,
         device=device,
-        dtype=resolve_dtype(config.torch_dtype, device, config.quantization),
-        quantization=config.quantization,
+        dtype=resolve_dtype(config.torch_dtype, device, quantization),
+        quantization=quantization,
         trust_remote_code=config.trust_remote_code,
+        fuse_projections=config.fuse_projections,
+        head_quantization=head,
     )
 
 
