@@ -50,6 +50,8 @@ USER = "Write a detailed essay about the history of the steam engine, its invent
 ROWS: dict[str, dict[str, Any]] = {
     "agent": {},
     "agent-unfused": {"fuse_projections": False},
+    "agent-bf16": {"quantize_weights": None},
+    "agent-bf16-unfused": {"quantize_weights": None, "fuse_projections": False},
     "agent-fp32": {"torch_dtype": "float32"},
     "agent-int8": {"quantize_weights": "int8"},
     "agent-int4": {"quantize_weights": "int4"},
@@ -202,7 +204,7 @@ def _prefill_end(prof: Any) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default="agent,agent-fp32,agent-int4")
+    parser.add_argument("--rows", default="agent-bf16-unfused,agent-bf16,agent-fp32,agent-unfused,agent")
     parser.add_argument("--capabilities", default="native,default",
                         help="comma-separated: native (torch's choice), default, avx2, avx512 (ATEN_CPU_CAPABILITY)")
     parser.add_argument("--steps", type=int, default=48)
