@@ -138,7 +138,8 @@ class HuggingFaceConfig:
             per group (the head stays in ``torch_dtype``) -- for a Q4_0/Q4_1 GGUF file that
             reproduces the file's own 4-bit weights. Fewer bytes and faster decoding than float32
             (on AVX2 about as fast as bfloat16); changes the numerics, so answers can differ.
-            ``"auto"`` keeps the precision of the source: on CPU with ``torch_dtype="auto"``, a GGUF
+            ``"auto"`` keeps the precision of the source: on a CPU with AVX2 or better (where
+            torch's int4/int8 kernels are vectorised) with ``torch_dtype="auto"``, a GGUF
             file whose layers are Q4_0/Q4_1 (Q8_0) loads them as ``"int4"`` (``"int8"``), and a head
             stored in 8 bits or fewer as int8 (:mod:`midori_hf_nb.engine.source_precision`); any
             other source, device or dtype keeps full weights. ``"auto"`` is the default: for the

@@ -157,3 +157,24 @@ def test_default_model_fused_matches_unfused_in_float32_and_answers_in_its_sourc
         assert "Paris" in response.response
     finally:
         run(source.unload_model())
+
+
+def test_auto_quantization_steps_aside_where_torch_kernels_are_scalar():
+    """With torch's kernels forced down to scalar code (ATEN_CPU_CAPABILITY=default), int4/int8
+    products are slower than MKL's float32: "auto" keeps full weights and names the fallback."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, warnings\n"
+            "warnings.simplefilter('always')\n"
+            "from midori_hf_nb import DEFAULT_MODEL, HuggingFaceConfig, engine\n"
+            "with warnings.catch_warnings(record=True) as seen:\n"
+            "    spec = engine.spec_for(HuggingFaceConfig(model=DEFAULT_MODEL, device='cpu'))\n"
+            "print(json.dumps([spec.quantization, spec.head_quantization, spec.dtype, [str(w.message) for w in seen]]))\n")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=True)
+    quantization, head, dtype, messages = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (quantization, head, dtype) == (None, None, "float32")
+    assert any("keeps full weights" in m and "DEFAULT" in m for m in messages)

@@ -131,12 +131,13 @@ class Int4WeightLinear(_PackedWeightLinear):
 
     def __init__(self, linear: torch.nn.Linear, group_size: int = 32) -> None:
         super().__init__()
-        weight = linear.weight.detach().to(torch.float32)
-        rows, cols = weight.shape
-        groups = weight.view(rows, cols // group_size, group_size)
-        low, high = groups.amin(dim=-1), groups.amax(dim=-1)
-        scale = ((high - low) / 15).clamp(min=1e-12)
-        q = torch.round((groups - low[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32).view(rows, cols)
+        rows, cols = linear.weight.shape
+        groups = linear.weight.detach().view(rows, cols // group_size, group_size)
+        low, high = groups.aminmax(dim=-1)  # exact in the weight's own dtype: widened afterwards
+        low, high = low.to(torch.float32), high.to(torch.float32)
+        scale = ((high - low) / 15).clamp_(min=1e-12)
+        q = groups.to(torch.float32, copy=True).sub_(low[..., None]).div_(scale[..., None]).round_().clamp_(0, 15)
+        q = q.to(torch.int32).view(rows, cols)
         # the kernel computes (q - 8) * scale + zero
         zero = low + 8 * scale
         self.in_features, self.out_features, self.group_size = cols, rows, group_size

@@ -23,7 +23,7 @@ from ..sources import ModelSource, ModelSourceError, hub_offline, resolve_source
 from . import capabilities
 from .convert import progress_bars, convert_gguf, dtype_variant
 from ..load_progress import TRACKER
-from .devices import TORCH_DTYPES, trim_heap, mps_available, resolve_device, resolve_dtype
+from .devices import TORCH_DTYPES, cpu_has_vector_kernels, trim_heap, mps_available, resolve_device, resolve_dtype
 from .fusion import fuse_projections
 from .layers import QuantizationError, quantize_weights, use_bf16_cpu_linears
 from .loaded import LoadedModel, LoadSpec
@@ -217,7 +217,12 @@ def spec_for(config: HuggingFaceConfig) -> LoadSpec:
     if config.quantize_weights == "auto" and device == "cpu" and config.torch_dtype == "auto" \
             and quantization is None:
         precision = source_precision(source.kind, source.location)
-        quantization, head = precision.layers, precision.head
+        if precision.layers is not None and not cpu_has_vector_kernels():
+            capabilities.fallback("source_precision:cpu", (
+                f"{source.name!r} keeps full weights instead of its file's {precision.layers} layers: torch's "
+                f"int4/int8 weight kernels are not vectorised for this CPU (capability {capabilities.cpu_capability()})"))
+        else:
+            quantization, head = precision.layers, precision.head
     return LoadSpec(
         source=source,
         device=device,
