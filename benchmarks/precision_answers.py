@@ -4,11 +4,10 @@
     python benchmarks/precision_answers.py --max-new-tokens 48 --rows fp32,source
 
 Every row is an agent on ``DEFAULT_MODEL`` with greedy decoding and the row's options; the first
-row (``fp32``, exact float32) is the reference. Questions: the ten of ``default_settings.py``
-and the factual questions of ``tests/test_performance_paths.py`` (each with a word its correct
-answer contains). For each row:
+row (``fp32``, exact float32) is the reference. Questions: the twenty scored questions of
+``default_settings.py`` (each with checks its correct answer passes). For each row:
 
-* **facts correct**: factual answers that contain their word;
+* **correct**: answers that pass their question's checks (``default_settings.Question.correct``);
 * **same as fp32**: answers identical to the reference's, word for word;
 * **shared prefix**: the mean share of the reference's words an answer repeats before it first
   differs (1.0 = identical);
@@ -33,20 +32,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from default_settings import QUESTIONS, cell, payload  # noqa: E402
 
 from midori_hf_nb import DEFAULT_MODEL, HuggingFaceLocalAgent  # noqa: E402
-
-#: (question, a word the correct answer contains): the factual questions of tests/test_performance_paths.py
-FACTS = [
-    ("What is the capital of France?", "Paris"),
-    ("What is the capital of Japan?", "Tokyo"),
-    ("How many days are in a week?", "7"),
-    ("What is the chemical symbol for water?", "H2O"),
-    ("Who wrote Romeo and Juliet?", "Shakespeare"),
-    ("Who painted the Mona Lisa?", "Leonardo"),
-    ("What is the largest ocean on Earth?", "Pacific"),
-    ("What is the boiling point of water in Celsius?", "100"),
-    ("What color is the sky on a clear day?", "blue"),
-    ("What is the capital of Germany?", "Berlin"),
-]
 
 ROWS = {
     "fp32": {"torch_dtype": "float32", "quantize_weights": None},
@@ -77,7 +62,7 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     rows = args.rows.split(",")
-    questions = [(q, turns, None) for q, turns in QUESTIONS] + [(q, [], word) for q, word in FACTS]
+    questions = QUESTIONS
     answers: dict[str, list[dict]] = {}
     loaded: dict[str, dict] = {}
     for row in rows:
@@ -87,41 +72,42 @@ def main() -> int:
         loaded[row] = agent.loaded_model.footprint()
         answers[row] = []
         started = time.perf_counter()
-        for question, turns, _ in questions:
-            response = asyncio.run(agent.invoke(payload(question, turns), greedy=True))
+        for question in questions:
+            response = asyncio.run(agent.invoke(payload(question.text, question.turns), greedy=True))
             answers[row].append({"answer": response.response})
         print(f"{row}: {time.perf_counter() - started:.1f} s ({loaded[row]})", file=sys.stderr)
         asyncio.run(agent.unload_model())
     reference = rows[0]
     scores = {}
     for row in rows:
-        facts = sum(1 for (q, _, word), a in zip(questions, answers[row]) if word and word.lower() in a["answer"].lower())
+        correct = sum(1 for q, a in zip(questions, answers[row]) if q.correct(a["answer"]))
         same = sum(1 for a, r in zip(answers[row], answers[reference]) if a["answer"].strip() == r["answer"].strip())
         prefix = [shared_prefix(a["answer"].split(), r["answer"].split())
                   for a, r in zip(answers[row], answers[reference])]
-        scores[row] = {"facts_correct": facts, "facts": len(FACTS), "same_as_reference": same,
+        scores[row] = {"correct": correct, "same_as_reference": same,
                        "questions": len(questions), "shared_prefix": sum(prefix) / len(prefix),
                        "quantization": loaded[row].get("quantization"), "head": loaded[row].get("head_quantization"),
                        "dtype": loaded[row].get("dtype"), "weights_bytes": loaded[row].get("bytes")}
     lines = [f"Default model, greedy, {args.max_new_tokens} new tokens at most; reference row: {reference}.", "",
-             "| row | dtype | quantization (head) | weights MB | facts correct | same as " + reference +
+             "| row | dtype | quantization (head) | weights MB | correct | same as " + reference +
              " | shared prefix (words) |",
              "|---|---|---|---|---|---|---|"]
     for row, s in scores.items():
         lines.append(f"| {row} | {s['dtype']} | {s['quantization']} ({s['head']}) | {s['weights_bytes'] / 1e6:.0f} | "
-                     f"{s['facts_correct']}/{s['facts']} | {s['same_as_reference']}/{s['questions']} | "
+                     f"{s['correct']}/{s['questions']} | {s['same_as_reference']}/{s['questions']} | "
                      f"{s['shared_prefix']:.2f} |")
     lines += ["", "| # | question | " + " | ".join(rows) + " |", "|---|---|" + "---|" * len(rows)]
-    for number, (question, _, _) in enumerate(questions, start=1):
-        lines.append(f"| {number} | {cell(question)} | "
-                     + " | ".join(cell(answers[row][number - 1]["answer"], 120) for row in rows) + " |")
+    for number, question in enumerate(questions, start=1):
+        lines.append(f"| {number} | {cell(question.text)} | "
+                     + " | ".join(("✓ " if question.correct(answers[row][number - 1]["answer"]) else "✗ ")
+                                  + cell(answers[row][number - 1]["answer"], 120) for row in rows) + " |")
     table = "\n".join(lines)
     print(table)
     output = args.output or ROOT / "benchmarks" / "results" / f"precision_answers-{time.strftime('%Y%m%d-%H%M%S')}.md"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(table + "\n")
     output.with_suffix(".json").write_text(json.dumps({"rows": {r: ROWS[r] for r in rows}, "scores": scores,
-                                                       "questions": [q for q, _, _ in questions],
+                                                       "questions": [q.text for q in questions],
                                                        "answers": answers}, indent=1))
     print(f"written: {output}", file=sys.stderr)
     return 0

@@ -22,7 +22,7 @@ quantized (or gets the bfloat16 product) like any other linear layer.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -91,11 +91,13 @@ def _fusable(parts: list[Any]) -> bool:
     return all((p.bias is None) == (first.bias is None) for p in parts)
 
 
-def fuse_projections(model: torch.nn.Module, name: str = "model") -> int:
+def fuse_projections(model: torch.nn.Module, name: str = "model",
+                     convert: Callable[[torch.nn.Linear], torch.nn.Module] | None = None) -> int:
     """Fuse the query/key/value and gate/up projections of ``model`` in place (see the module
-    docstring). Returns how many groups were fused; 0 with a :func:`~.capabilities.fallback`
-    warning when the architecture is not in :data:`FUSABLE_ARCHITECTURES` or its layers do not
-    have the expected projections."""
+    docstring). ``convert`` turns each fused layer into its final form (a quantized layer) as soon
+    as it is made, so that only one group's unquantized copy exists at a time. Returns how many
+    groups were fused; 0 with a :func:`~.capabilities.fallback` warning when the architecture is
+    not in :data:`FUSABLE_ARCHITECTURES` or its layers do not have the expected projections."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     groups = FUSABLE_ARCHITECTURES.get(model_type)
     if groups is None:
@@ -121,7 +123,7 @@ def fuse_projections(model: torch.nn.Module, name: str = "model") -> int:
                 linear.weight = torch.nn.Parameter(torch.cat([p.weight for p in parts]), requires_grad=False)
                 if first.bias is not None:
                     linear.bias = torch.nn.Parameter(torch.cat([p.bias for p in parts]), requires_grad=False)
-                group = FusedProjection(linear, sizes)
+                group = FusedProjection(convert(linear) if convert is not None else linear, sizes)
                 parent.fused_projection = group  # registered once, on the parent
                 for index, (n, p) in enumerate(zip(names, parts)):
                     setattr(parent, n, ProjectionPart(group, index, p.in_features, p.out_features))

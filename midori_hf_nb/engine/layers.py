@@ -155,6 +155,44 @@ class Int4WeightLinear(_PackedWeightLinear):
                 f"int4 weights in groups of {self.group_size}")
 
 
+def check_weight_kernels(kind: str, head: str | None = None) -> None:
+    """Raise :class:`QuantizationError` naming the aten kernels ``kind`` (and ``head``) need that this torch lacks."""
+    kinds = {kind} | ({head} if head else set())
+    missing = [name for k in sorted(kinds) for name in capabilities.missing_weight_kernels(k)]
+    if missing:
+        raise QuantizationError(
+            f"quantize_weights={kind!r} needs torch's kernel(s) {', '.join('aten.' + m for m in missing)}, which "
+            f"torch {torch.__version__} does not have; use torch 2.4-2.13 or turn quantize_weights off"
+        )
+
+
+def quantized_linear(linear: torch.nn.Linear, kind: str) -> torch.nn.Module:
+    """``linear`` as an :class:`Int8WeightLinear` (``"int8"``) or :class:`Int4WeightLinear`
+    (``"int4"``, when its inputs are a multiple of 32; else ``linear`` itself)."""
+    if kind == "int8":
+        return Int8WeightLinear(linear)
+    return Int4WeightLinear(linear) if linear.in_features % 32 == 0 else linear
+
+
+def own_memory(model: torch.nn.Module) -> None:
+    """Give the parameters and buffers left in ``model`` memory of their own (after quantization).
+
+    Weights loaded from safetensors share one memory map of the file, and every page read stays
+    resident while any tensor of the file lives; once the linear layers are quantized, the rest
+    (embeddings, norms) would keep the whole map, and so every weight read while quantizing,
+    in the process's resident memory. Copying them lets the map go.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, _PackedWeightLinear):
+                continue
+            for param in module.parameters(recurse=False):
+                param.data = param.data.clone()
+            for name, buffer in list(module.named_buffers(recurse=False)):
+                if buffer is not None:
+                    setattr(module, name, buffer.clone())
+
+
 def quantize_weights(model: torch.nn.Module, kind: str, head: str | None = None) -> int:
     """Replace the ``nn.Linear`` layers of ``model`` by :class:`Int8WeightLinear` (``"int8"``:
     every layer, the output head included) or :class:`Int4WeightLinear` (``"int4"``: every layer
@@ -164,23 +202,17 @@ def quantize_weights(model: torch.nn.Module, kind: str, head: str | None = None)
     An int8 head tied to the input embeddings gets its own copy; the embeddings stay in the
     model's dtype.
     """
-    kinds = {kind} | ({head} if head else set())
-    missing = [name for k in sorted(kinds) for name in capabilities.missing_weight_kernels(k)]
-    if missing:
-        raise QuantizationError(
-            f"quantize_weights={kind!r} needs torch's kernel(s) {', '.join('aten.' + m for m in missing)}, which "
-            f"torch {torch.__version__} does not have; use torch 2.4-2.13 or turn quantize_weights off"
-        )
+    check_weight_kernels(kind, head)
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     replaced = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if not isinstance(child, torch.nn.Linear):
                 continue
-            if kind == "int8" or (child is output and head == "int8"):
+            if child is output and head == "int8":
                 setattr(module, name, Int8WeightLinear(child))
-            elif child is not output and child.in_features % 32 == 0:
-                setattr(module, name, Int4WeightLinear(child))
+            elif kind == "int8" or (child is not output and child.in_features % 32 == 0):
+                setattr(module, name, quantized_linear(child, kind))
             else:
                 continue
             replaced += 1

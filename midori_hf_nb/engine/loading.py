@@ -25,7 +25,7 @@ from .convert import progress_bars, convert_gguf, dtype_variant
 from ..load_progress import TRACKER
 from .devices import TORCH_DTYPES, cpu_has_vector_kernels, trim_heap, mps_available, resolve_device, resolve_dtype
 from .fusion import fuse_projections
-from .layers import QuantizationError, quantize_weights, use_bf16_cpu_linears
+from .layers import QuantizationError, check_weight_kernels, own_memory, quantize_weights, quantized_linear, use_bf16_cpu_linears
 from .loaded import LoadedModel, LoadSpec
 from .source_precision import source_precision
 
@@ -156,10 +156,16 @@ def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
                 raise
             model.eval()
             fused = 0
+            quantized = spec.quantization in ("int8", "int4")
+            if quantized:
+                check_weight_kernels(spec.quantization, spec.head_quantization)
             if spec.fuse_projections and spec.device == "cpu" and spec.quantization not in ("8bit", "4bit"):
-                fused = fuse_projections(model, repr(spec.source.name))
-            if spec.quantization in ("int8", "int4"):
+                convert = (lambda linear: quantized_linear(linear, spec.quantization)) if quantized else None
+                fused = fuse_projections(model, repr(spec.source.name), convert)
+            if quantized:
                 quantize_weights(model, spec.quantization, head=spec.head_quantization)
+                own_memory(model)  # the weights file's memory map can go
+                trim_heap()
             if spec.device == "cpu" and spec.dtype == "bfloat16" and spec.quantization not in ("8bit", "4bit") \
                     and not capabilities.cpu_has_native_bf16_gemm():
                 use_bf16_cpu_linears(model)  # the layers left in bfloat16 (an int4 model's output head)
