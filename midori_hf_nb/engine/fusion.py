@@ -128,6 +128,8 @@ def fuse_projections(model: torch.nn.Module, name: str = "model",
                 for index, (n, p) in enumerate(zip(names, parts)):
                     setattr(parent, n, ProjectionPart(group, index, p.in_features, p.out_features))
                 fused += 1
+                if convert is not None and fused % 8 == 0:
+                    trim_heap()  # the freed unquantized copies go back to the system, not only to the heap
     if fused == 0:
         capabilities.fallback(f"fused_projections:{model_type}:layout", (
             f"{name} ({type(model).__name__}): no layer has the projections "

@@ -24,6 +24,10 @@ BF16_BLOCK_ELEMENTS = 1 << 19
 
 _scratch = threading.local()
 
+#: Rows of a weight widened to float32 at a time while it is quantized to int8 (a 49k-row output
+#: head would otherwise need several float32 copies of itself at once).
+INT8_BLOCK_ROWS = 4096
+
 
 class Bf16CpuLinear(torch.nn.Linear):
     """``nn.Linear`` with bfloat16 weights on a CPU without native bfloat16 matrix products.
@@ -104,10 +108,16 @@ class Int8WeightLinear(_PackedWeightLinear):
 
     def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()
-        weight = linear.weight.detach().to(torch.float32)
-        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        weight = linear.weight.detach()
+        qweight = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+        scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
+        for start in range(0, weight.shape[0], INT8_BLOCK_ROWS):  # blocks of rows: no full float32 copy
+            block = weight[start:start + INT8_BLOCK_ROWS].to(torch.float32)
+            rows_scale = block.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+            qweight[start:start + INT8_BLOCK_ROWS] = torch.round(block / rows_scale[:, None]).clamp(-127, 127)
+            scale[start:start + INT8_BLOCK_ROWS] = rows_scale
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("qweight", torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        self.register_buffer("qweight", qweight)
         self.register_buffer("scale", scale.to(linear.weight.dtype))
         self.activation_dtype = linear.weight.dtype
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
