@@ -28,8 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--system", "-s", default="You are a helpful assistant.", help="system prompt")
     parser.add_argument("--max-new-tokens", "-n", type=int, default=256, help="maximum tokens to generate (default 256)")
     parser.add_argument("--temperature", "-t", type=float, default=None,
-                        help="sampling temperature 0.0-2.0 (default: the model's own, else 0.2)")
-    parser.add_argument("--greedy", action="store_true", help="greedy decoding (deterministic)")
+                        help="sample at this temperature, 0.0-2.0 (0: greedy); without it: the model's own "
+                             "choice, else greedy")
+    parser.add_argument("--greedy", action="store_true", help="greedy decoding (deterministic), also for a model whose "
+                        "generation_config.json samples")
     parser.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="device (default auto)")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (default auto)")
@@ -51,7 +53,7 @@ async def _run(args: argparse.Namespace, question: str) -> int:
         torch_dtype=args.dtype,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
-        # --greedy decodes greedily, a --temperature samples; neither: the model's own choice, else sampling
+        # --greedy decodes greedily, a --temperature samples; neither: the model's own choice, else greedy
         do_sample=False if args.greedy else (True if args.temperature is not None else None),
     )
     started = time.perf_counter()

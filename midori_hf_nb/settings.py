@@ -90,6 +90,9 @@ class GenerationSettings:
     #: a compiled grammar (:class:`~midori_hf_nb.structured.GrammarConstraint`) the engine runs as a
     #: logits processor: from ``response_format``, or a forced tool call; None: unconstrained
     constraint: Any = None
+    #: tokens at the end of the input that an earlier, paused part of this answer generated (a
+    #: stream continued after nobody read it for a while): the constraint follows them as answer
+    answer_so_far: int = 0
 
     @property
     def greedy(self) -> bool:

@@ -68,6 +68,9 @@ class ResponseStats:
     error: str | None = None
     #: the finish reason as the server sent it (e.g. "tool_calls", "content_filter")
     server_finish_reason: str | None = None
+    #: what the client corrected or cut in a server's answer (the API key masked, usage counts
+    #: refused, bytes that were not UTF-8, the token budget reached on the client)
+    notes: list[str] | None = None
     # ------------------------------------------------------------------ tools (None: no tools offered)
     tools_offered: list[str] | None = None
     tools_in_template: bool | None = None
@@ -96,8 +99,8 @@ class ResponseStats:
 
     def as_dict(self) -> dict[str, Any]:
         """The metadata dict of the protocol's ``AgentResponse`` (tool keys only when tools were used,
-        structured-output keys only when asked; ``base_url``, ``error`` and ``server_finish_reason``
-        only when set)."""
+        structured-output keys only when asked; ``base_url``, ``error``, ``server_finish_reason``
+        and ``notes`` only when set)."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             if f.name == "extra":
@@ -145,7 +148,7 @@ _TOOL_FIELDS = frozenset({"tools_offered", "tools_in_template", "tool_parse_erro
 _STRUCTURED_FIELDS = frozenset({"response_format", "tool_choice", "structured_error", "closing_tokens"})
 #: fields left out of :meth:`ResponseStats.as_dict` while None (tools not offered, structured output
 #: not asked, and what only served agents know)
-_OMITTED_WHEN_NONE = _TOOL_FIELDS | _STRUCTURED_FIELDS | {"base_url", "error", "server_finish_reason"}
+_OMITTED_WHEN_NONE = _TOOL_FIELDS | _STRUCTURED_FIELDS | {"base_url", "error", "server_finish_reason", "notes"}
 
 
 def _bad(name: str, value: Any, allowed: str) -> StatsError:
@@ -228,7 +231,7 @@ _CHECKS = {
     "dtype": _opt(_text), "quantization": _opt(_text), "seed": _opt(_integer), "do_sample": _opt(_flag),
     "temperature": _opt(_number), "max_new_tokens": _opt(_count), "thinking_blocks": _texts,
     "raw_text": _opt(_text), "parser": _opt(_text), "base_url": _opt(_text), "error": _opt(_text),
-    "server_finish_reason": _opt(_text), "tools_offered": _opt(_texts),
+    "server_finish_reason": _opt(_text), "notes": _opt(_texts), "tools_offered": _opt(_texts),
     "tools_in_template": _opt(_flag), "tool_parse_errors": _opt(_texts), "unknown_tool_calls": _opt(_texts),
     "tool_steps": _opt(_records), "steps": _opt(_count), "max_steps_reached": _opt(_flag),
     "response_format": _opt(_text), "tool_choice": _opt(_text), "structured_error": _opt(_text),

@@ -122,6 +122,33 @@ def test_callback_streamer_hands_over_the_decoded_text(tiny):
     assert "".join(pieces) == tokenizer.decode(ids[1:])
 
 
+def test_a_text_carry_joins_a_paused_streamer_to_its_continuation(tiny):
+    """The streamer of a paused generation keeps the word it held (``TextStreamer``'s
+    ``token_cache``/``print_len``) and the next one starts from it: the pieces of both equal one
+    streamer's, split at every token (mid-word, mid-character of a multi-byte letter)."""
+    tokenizer = tiny.loaded_model.tokenizer
+    ids = tokenizer.encode("Hello there, généràl Kenobi 🙂 how are you?", add_special_tokens=False)
+    for cut in range(2, len(ids)):
+        pieces: list[str] = []
+        carry = capabilities.TextCarry()
+        first = capabilities.callback_streamer(tokenizer, pieces.append, threading.RLock(), carry=carry)
+        first.put(torch.tensor([ids[:1]]))
+        for token in ids[1:cut]:
+            first.put(torch.tensor([token]))
+        carry.hold = True
+        first.end()  # paused: nothing flushed
+        carry.hold = False
+        counted: list[int] = []
+        second = capabilities.callback_streamer(tokenizer, pieces.append, threading.RLock(), counted.append, carry)
+        second.put(torch.tensor([ids[:cut]]))  # the prompt of the continuation (skipped)
+        for token in ids[cut:]:
+            second.put(torch.tensor([token]))
+        second.end()
+        assert "".join(pieces) == tokenizer.decode(ids[1:]), cut
+        assert sum(counted) == len(ids) - cut
+    assert "text-carry" not in capabilities.warned_keys()
+
+
 def test_cpu_probes_answer_on_this_torch():
     capability = capabilities.cpu_capability()
     assert isinstance(capability, str) and capability

@@ -12,15 +12,16 @@ from midori_hf_nb import DEFAULT_MODEL, ConfigError, HuggingFaceConfig, HuggingF
 
 def test_defaults_match_protocol_table():
     """The protocol table's options, with the generation defaults chosen for small chat models
-    (temperature 0.2 instead of the table's 0.7; see config.GENERATION_DEFAULTS), each marked unset
-    so the model's own generation_config.json can supply it."""
+    (greedy decoding, and temperature 0.2 instead of the table's 0.7 once sampling is on; see
+    config.GENERATION_DEFAULTS), each marked unset so the model's own generation_config.json can
+    supply it."""
     cfg = HuggingFaceConfig(model="org/name")
     assert (cfg.device, cfg.torch_dtype, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k) == (
         "auto", "auto", 512, 0.2, 0.9, 50)
     assert cfg.unset_fields == {"max_new_tokens", "temperature", "top_p", "top_k", "do_sample"}
     assert cfg.stop_on_repetition is True
     assert (cfg.do_sample, cfg.context_window, cfg.trust_remote_code, cfg.load_in_8bit, cfg.load_in_4bit) == (
-        True, 4096, False, False, False)
+        False, 4096, False, False, False)
 
 
 @pytest.mark.parametrize(

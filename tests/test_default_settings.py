@@ -1,23 +1,29 @@
 """Defaults that serve the model: settings the user did not set come from the model's own
-generation_config.json, else from the project defaults for small chat models; the repetition guard
-ends a looping generation (engine loop, generate path and batches) with finish_reason "repetition"."""
+generation_config.json, else from the project defaults for small chat models (greedy, chosen by
+benchmarks/default_settings.py); the README's first question is answered right on the defaults by
+the command line, a fresh chat panel and %%midori; the repetition guard ends a looping generation
+(engine loop, generate path and batches) with finish_reason "repetition"."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import warnings
 
 import pytest
 
-from midori_hf_nb import HuggingFaceConfig, HuggingFaceLocalAgent, make_payload
+from midori_hf_nb import DEFAULT_MODEL, HuggingFaceConfig, HuggingFaceLocalAgent, make_payload
 from midori_hf_nb.config import GENERATION_DEFAULTS
 from midori_hf_nb.engine.repetition import LoopDetector, first_loop_end
+from midori_hf_nb.notebook import current_session
 from midori_hf_nb.settings import RepetitionGuard, model_generation_defaults, resolve_call_settings
 from midori_hf_nb.stats import stats_of
 from midori_hf_nb.testing import ScriptedOutput
 
-from .conftest import run
+from .conftest import ROOT, run
+from .test_cli import run_cli
+from .test_notebook_magics import execute, shell  # noqa: F401  (shell: the magics' shell fixture)
 
 MODEL = {"temperature": 0.55, "top_k": 7, "top_p": 0.8, "do_sample": True, "max_new_tokens": 9}
 
@@ -31,7 +37,7 @@ def test_unset_fields_take_the_model_values_then_the_project_defaults():
     gen = call.generation
     assert (gen.temperature, gen.top_k) == (0.55, 7)  # the model's
     assert (gen.top_p, gen.max_new_tokens, gen.do_sample) == (GENERATION_DEFAULTS["top_p"],
-                                                              GENERATION_DEFAULTS["max_new_tokens"], True)
+                                                              GENERATION_DEFAULTS["max_new_tokens"], False)
     assert call.origins == {"temperature": "model", "top_k": "model", "top_p": "default",
                             "max_new_tokens": "default", "do_sample": "default"}
     assert resolve_call_settings(config, {}).generation.temperature == GENERATION_DEFAULTS["temperature"]
@@ -90,8 +96,10 @@ def test_a_loaded_model_supplies_what_the_user_did_not_set(model_with_config):
     try:
         call = agent.resolve_settings()
         assert (call.generation.temperature, call.generation.max_new_tokens, call.generation.top_k) == (0.55, 9, 3)
+        assert call.generation.do_sample and call.origins["do_sample"] == "model"  # samples, unlike the project default
         response = run(agent.invoke(make_payload("hi"), seed=1, stop_on_repetition=False))
         stats = stats_of(response)
+        assert stats.do_sample is True and stats.temperature == 0.55
         assert stats.completion_tokens <= 9  # the model's max_new_tokens bounded the real generation
         assert stats.finish_reason in ("length", "stop")
     finally:
@@ -183,3 +191,87 @@ def test_in_a_batch_only_the_looping_row_is_stopped(tiny_agent):
     responses = tiny_agent.generate_batch([make_payload("a"), make_payload("b")],
                                           logits_processor=[ScriptedOutput(tokenizer, counting)], max_new_tokens=80)
     assert [stats_of(r).finish_reason for r in responses] == ["length", "length"]
+
+
+# --------------------------------------------------------------------------- the README's first question
+
+
+def readme_first_question() -> str:
+    """The question of the README's first ``python -m midori_hf_nb "..."`` command."""
+    text = (ROOT / "README.md").read_text()
+    return re.search(r'python -m midori_hf_nb "([^"]+)"', text).group(1)
+
+
+def says_paris(answer: str) -> bool:
+    return re.search(r"\bParis\b", answer) is not None
+
+
+@pytest.fixture(scope="module")
+def defaults_agent():
+    """The offline default model with every generation setting left to the defaults."""
+    agent = HuggingFaceLocalAgent(model=DEFAULT_MODEL, progress=False)
+    run(agent.load())
+    yield agent
+    run(agent.unload_model())
+
+
+@pytest.mark.slow
+def test_the_defaults_answer_the_readme_question_right_and_the_same_for_any_seed(defaults_agent):
+    """The defaults decode greedily, so the answer does not depend on the random state: twenty
+    answers (no seed, then seeds 1-19) carry the same tokens and all say Paris. Sampled at the
+    former defaults (temperature 0.2) about one answer in three was French nonsense."""
+    question = readme_first_question()
+    assert question == "What is the capital of France?"
+    call = defaults_agent.resolve_settings()
+    assert call.origins["do_sample"] == "default"  # nothing in the model's file or the agent chose
+    payload = make_payload(question, "You are a helpful assistant.")
+    answers = [run(defaults_agent.invoke(payload, seed=seed)) for seed in (None, *range(1, 20))]
+    texts = [a.response for a in answers]
+    assert [t for t in texts if not says_paris(t)] == []
+    assert len(set(texts)) == 1, set(texts)
+    assert {stats_of(a).completion_tokens for a in answers} == {stats_of(answers[0]).completion_tokens}
+    assert all(stats_of(a).do_sample is False for a in answers)
+
+
+@pytest.mark.slow
+def test_the_readme_first_command_answers_paris_on_every_run():
+    """The README's first command, as a user runs it: separate processes (each with its own random
+    state) print the same answer, and it says Paris."""
+    question = readme_first_question()
+    outputs = [run_cli(question) for _ in range(3)]
+    for out in outputs:
+        assert out.returncode == 0, out.stderr
+        assert says_paris(out.stdout), out.stdout
+    assert len({out.stdout for out in outputs}) == 1, [out.stdout for out in outputs]
+
+
+@pytest.mark.slow
+def test_a_fresh_chat_panel_answers_the_readme_question_and_regenerate_can_sample(defaults_agent):
+    """A new ``ChatPanel(agent)`` sends no generation settings of its own, so its first answer is
+    the defaults' (greedy: right, and Regenerate gives it again); with Greedy unticked in Settings,
+    Regenerate samples at the default temperature."""
+    pytest.importorskip("ipywidgets")
+    from midori_hf_nb.notebook import ChatPanel
+
+    panel = ChatPanel(defaults_agent)
+    assert panel.greedy_input.value is True
+    assert panel.generation_overrides() == {}
+    first = panel.send(readme_first_question())  # no running loop: runs to completion
+    assert says_paris(first["content"]) and first["do_sample"] is False, first["content"]
+    again = panel.regenerate()
+    assert again["content"] == first["content"] and len(panel.transcript) == 2
+    panel.greedy_input.value = False
+    assert panel.generation_overrides() == {"do_sample": True, "temperature": GENERATION_DEFAULTS["temperature"]}
+    sampled = panel.regenerate()
+    assert sampled["do_sample"] is True and sampled["temperature"] == GENERATION_DEFAULTS["temperature"]
+    assert sampled["content"] and len(panel.transcript) == 2
+
+
+@pytest.mark.slow
+def test_the_first_midori_cell_answers_the_readme_question_on_the_defaults(shell):
+    """``%%midori`` with no options on a fresh session (the offline default model, its defaults)."""
+    result, captured = execute(shell, f"%%midori --name r\n{readme_first_question()}")
+    assert result.success, captured.stderr
+    response = shell.user_ns["r"]
+    assert current_session().agent.config.model == DEFAULT_MODEL
+    assert says_paris(response.response) and stats_of(response).do_sample is False, response.response

@@ -5,6 +5,12 @@ stop event, the thread, the final response), never the ``AgentStream`` object it
 reference cycle keeps an abandoned stream alive: when the consumer lets go of it (``break`` out
 of ``async for agent.stream(...)``, an exception, a dropped variable) it is collected at once
 and its finalizer sets the stop event, which ends the generation within a token.
+
+A stream that is still held but no longer read does not run on either: the generation makes at
+most :data:`~.live.STREAM_LOOKAHEAD` tokens nobody has taken, then pauses (it stops, the model
+serves other requests, its KV cache is kept). When the reader has taken every piece and asks
+for more, the generation continues from the prompt and the tokens so far with the rest of the
+budget, from the kept cache, so a greedy answer is the one an unpaused stream gives.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from ..validation import validate_payload
 from ..events import EventStream, StreamEvent, piece_events
 from ..log.capture import CallTicket, finish_call, start_call
 from .call_log import local_details
-from .live import LiveGeneration
+from .live import GenerationParts, LookAhead
 from ..tools.answers import adopt_live_ids
 from .responses import build_response
 
@@ -40,6 +46,16 @@ class StreamState:
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     response: AgentResponse | None = None
+    #: the stop event of the running part of the generation (a paused stream runs in parts)
+    part_stop: threading.Event | None = None
+    lookahead: LookAhead | None = None
+
+    def request_stop(self) -> None:
+        """Stop the generation (safe from any thread and from a finalizer)."""
+        self.stop.set()
+        part = self.part_stop
+        if part is not None:
+            part.set()
 
 
 class AgentStream(EventStream):
@@ -49,6 +65,11 @@ class AgentStream(EventStream):
     ``events=True``). After the iteration ends, :attr:`response` holds the final
     :class:`AgentResponse`. Breaking out of the loop, dropping the stream, calling :meth:`cancel`
     or :meth:`aclose`, or cancelling the consuming task stops the generation within a token.
+
+    A stream still held but no longer read (``async for piece in stream: break``) generates at
+    most :data:`~.live.STREAM_LOOKAHEAD` tokens further, then pauses: the generation stops and
+    the model serves other requests. Reading again continues the answer where it paused (from
+    the kept KV cache where there is one); a greedy answer is the one an unpaused stream gives.
     """
 
     def __init__(self, agent: "GenerationHost", payload: AgentPayload, *, events: bool,
@@ -60,20 +81,28 @@ class AgentStream(EventStream):
                             group_id=group_id, payload=payload)
         super().__init__(logged_generation(state, ticket, agent, payload, overrides, schemas, continuation), state,
                          events=events)
-        weakref.finalize(self, state.stop.set)
+        weakref.finalize(self, state.request_stop)
 
     @property
     def thread(self) -> threading.Thread | None:
-        """The generation thread (None before the model is loaded)."""
+        """The thread of the running part of the generation (None before the model is loaded)."""
         return self._state.thread
+
+    @property
+    def paused(self) -> bool:
+        """True while the generation is paused because nobody read the stream (it continues
+        when reading resumes)."""
+        lookahead = self._state.lookahead
+        return bool(lookahead is not None and lookahead.paused and self._state.response is None
+                    and not self._state.stop.is_set())
 
     def cancel(self) -> None:
         """Ask the generation to stop; it ends within a token with ``finish_reason="cancelled"``."""
-        self._state.stop.set()
+        self._state.request_stop()
 
     async def aclose(self) -> None:
         """Stop the generation and wait until its thread has ended."""
-        self._state.stop.set()
+        self._state.request_stop()
         await self._iterator.aclose()
         thread = self._state.thread
         if thread is not None and thread.is_alive():
@@ -136,23 +165,33 @@ async def run_generation(state: StreamState, agent: "GenerationHost", payload: A
 
     engine.check_generation_kwargs(call.generation.extra)
     prompt = await asyncio.to_thread(agent.build_prompt, lm, payload, call, schemas, continuation)
-    live = LiveGeneration(lm, prompt.input_ids, call.generation, state.stop, agent.reuse_key(payload))
-    state.thread = live.thread
+    reuse_key = agent.reuse_key(payload)
+    private = reuse_key is None  # kv_reuse off: a key of this stream's own, so a pause keeps its cache
+    if private:
+        reuse_key = ("paused-stream", object())
+    parts = GenerationParts(state, lm, prompt.input_ids, call.generation, reuse_key)
     splitter = StreamSplitter(start_in_thinking=prompt_opens_thinking(prompt.text), tools=schemas is not None)
     offered = set(tool_names(schemas or []))
     live_calls: list[dict] = []  # tool calls announced while generating
     model_name = str(agent.config.model)
-    live.start()
+    live = parts.start()
     try:
         while True:
             try:
-                kind, value = await live.queue.get()
+                if live.queue.empty():
+                    parts.lookahead.waiting(True)
+                try:
+                    kind, value, tokens = await live.queue.get()
+                finally:
+                    parts.lookahead.waiting(False)
+                parts.lookahead.taken(tokens)
             except asyncio.CancelledError:
                 # The consuming task was cancelled: stop, keep the partial answer, re-raise.
-                state.stop.set()
+                state.request_stop()
                 result = await live.drain()
                 if result is not None:
-                    state.response = build_response(model_name, lm, prompt, result, call, payload, schemas,
+                    parts.results.append(result)
+                    state.response = build_response(model_name, lm, prompt, parts.result(), call, payload, schemas,
                                                     called_at)
                 raise
             if kind == "text":
@@ -161,16 +200,20 @@ async def run_generation(state: StreamState, agent: "GenerationHost", payload: A
                         yield event
             elif kind == "error":
                 raise value
+            elif parts.paused(value):
+                live = parts.start()  # the reader has taken every piece and wants more: continue
             else:
-                result = value
                 break
-        for piece in splitter.finish():
+        held = parts.held_text()
+        for piece in [*(splitter.feed(held) if held else []), *splitter.finish()]:
             for event in piece_events(piece, offered, live_calls):
                 yield event
-        response = build_response(model_name, lm, prompt, result, call, payload, schemas, called_at)
+        response = build_response(model_name, lm, prompt, parts.result(), call, payload, schemas, called_at)
         state.response = response
         for found in adopt_live_ids(response.tool_calls or [], live_calls):
             yield StreamEvent("tool_call", found["name"], found)
         yield StreamEvent("done", response.response, response)
     finally:
-        state.stop.set()  # no-op after a normal end; stops an abandoned generation
+        state.request_stop()  # no-op after a normal end; stops an abandoned generation
+        if private:
+            lm.prefix_caches.drop(reuse_key)

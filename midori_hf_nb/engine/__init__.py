@@ -26,14 +26,15 @@ from ..lazy import lazy_exports
 
 _EXPORTS = {
     **dict.fromkeys(["estimate_prompt_tokens", "free_memory_bytes", "suggest_batch_size"], ".batching"),
-    **dict.fromkeys(["DecodeLoopSupport", "FastPathWarning", "cpu_has_native_bf16_gemm"], ".capabilities"),
+    **dict.fromkeys(["DecodeLoopSupport", "FastPathWarning", "TextCarry", "cpu_has_native_bf16_gemm"],
+                    ".capabilities"),
     **dict.fromkeys(["convert_gguf", "dtype_variant"], ".convert"),
     **dict.fromkeys(["TORCH_DTYPES", "DeviceError", "cpu_prefers_bfloat16", "mps_available", "resolve_device",
                      "resolve_dtype"], ".devices"),
     **dict.fromkeys(["CALL_KWARGS", "DecodePath", "check_generation_kwargs", "choose_decode_path",
                      "generation_config", "lean_decode_supported"], ".decode_path"),
     **dict.fromkeys(["generate", "generate_batch"], ".generation"),
-    **dict.fromkeys(["GenerationResult"], ".results"),
+    **dict.fromkeys(["GenerationResult", "join_results"], ".results"),
     **dict.fromkeys(["Bf16CpuLinear", "Int4WeightLinear", "Int8WeightLinear", "QuantizationError",
                      "quantize_weights", "use_bf16_cpu_linears"], ".layers"),
     **dict.fromkeys(["LoadedModel", "LoadSpec"], ".loaded"),

@@ -154,7 +154,8 @@ def with_constraint(lm: LoadedModel, settings: GenerationSettings, call_kwargs: 
     from ..structured.processor import GrammarLogitsProcessor
 
     processor = GrammarLogitsProcessor.for_model(settings.constraint, lm, rows, detector_factory(settings),
-                                                 settings.max_new_tokens)
+                                                 settings.max_new_tokens + settings.answer_so_far,
+                                                 resumed=settings.answer_so_far)
     return {**call_kwargs, "logits_processor": [*(call_kwargs.get("logits_processor") or []), processor]}
 
 

@@ -32,8 +32,15 @@ def generate(
     on_text: Callable[[str], None] | None = None,
     stop_event: threading.Event | None = None,
     reuse_key: Hashable | None = None,
+    on_token: Callable[[int], None] | None = None,
+    carry: Any = None,
 ) -> GenerationResult:
-    """Generate one sequence (blocking). ``on_text`` receives text pieces as they are decoded.
+    """Generate one sequence (blocking). ``on_text`` receives text pieces as they are decoded,
+    ``on_token`` the number of tokens each step brought (both from the generating thread).
+
+    ``carry`` (a :class:`~.capabilities.TextCarry`) joins the text of a generation that continues
+    a paused one: the streamer starts from the text the paused one held, and keeps its own held
+    text there when it is stopped with ``carry.hold`` set.
 
     Generations on one model run one at a time (``lm.generation_lock``); a request cancelled
     while it waits returns at once with ``finish_reason="cancelled"``.
@@ -52,7 +59,8 @@ def generate(
         call_kwargs = with_constraint(lm, settings, call_kwargs, 1)
         path = choose_decode_path(lm, settings, cfg, call_kwargs)
         if path is ENGINE and capabilities.cache_rows_support():
-            return _generate_shared(lm, input_ids, settings, cfg, call_kwargs, on_text, stop_event, reuse_key)
+            return _generate_shared(lm, input_ids, settings, cfg, call_kwargs, on_text, stop_event, reuse_key,
+                                    on_token, carry)
     with lm.generation_lock:
         if lm.model is None:
             raise RuntimeError(f"model {lm.spec.source.name!r} was unloaded")
@@ -60,7 +68,7 @@ def generate(
             return GenerationResult([], "", "cancelled", len(input_ids), 0, None, 0.0)
         governor = apply_threads(lm, settings.num_threads)
         ids = torch.tensor([input_ids], dtype=torch.long, device=lm.input_device)
-        streamer = (capabilities.callback_streamer(lm.tokenizer, on_text, lm.tokenizer_lock)
+        streamer = (capabilities.callback_streamer(lm.tokenizer, on_text, lm.tokenizer_lock, on_token, carry)
                     if on_text is not None else None)
         cfg, call_kwargs = generation_config(lm, settings)
         call_kwargs = with_constraint(lm, settings, call_kwargs, 1)
@@ -95,11 +103,12 @@ def generate(
 
 def _generate_shared(lm: LoadedModel, input_ids: list[int], settings: GenerationSettings, cfg: Any,
                      call_kwargs: dict[str, Any], on_text: Callable[[str], None] | None,
-                     stop_event: threading.Event | None, reuse_key: Hashable | None) -> GenerationResult:
+                     stop_event: threading.Event | None, reuse_key: Hashable | None,
+                     on_token: Callable[[int], None] | None = None, carry: Any = None) -> GenerationResult:
     """:func:`generate` through the model's shared decode loop."""
     if stop_event is not None and stop_event.is_set():
         return GenerationResult([], "", "cancelled", len(input_ids), 0, None, 0.0)
-    streamer = (capabilities.callback_streamer(lm.tokenizer, on_text, lm.tokenizer_lock)
+    streamer = (capabilities.callback_streamer(lm.tokenizer, on_text, lm.tokenizer_lock, on_token, carry)
                 if on_text is not None else None)
     processors = call_kwargs.get("logits_processor")
     if processors:

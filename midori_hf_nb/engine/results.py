@@ -74,3 +74,16 @@ def finish_tokens(tokens: list[int], eos: frozenset[int], settings: GenerationSe
     if loop_end is not None:
         return tokens[:loop_end], "repetition", None
     return tokens, finish_reason(tokens, eos, settings.max_new_tokens, cancelled), None
+
+
+def join_results(parts: list[GenerationResult], text: str, finish: str) -> GenerationResult:
+    """One result for a generation that ran in several parts (a stream paused and continued):
+    the tokens of every part, ``text`` (decoded from all of them) and ``finish``; the timing of
+    the first token from the first part, the seconds of generation summed (pauses left out)."""
+    first = parts[0]
+    tokens = [token for part in parts for token in part.token_ids]
+    return GenerationResult(tokens, text, finish, first.prompt_tokens, len(tokens), first.time_to_first_token,
+                            sum(part.seconds for part in parts), parts[-1].decode_path,
+                            next((p.decode_path_reason for p in parts if p.decode_path_reason), None),
+                            first.first_token_at, first.reused_prompt_tokens, max(p.shared_rows for p in parts),
+                            parts[-1].closing_tokens)

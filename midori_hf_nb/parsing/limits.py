@@ -41,7 +41,8 @@ MAX_NUMBER_DIGITS = 100
 error (it is not kept as a string): Python refuses to convert integers of more than 4300 digits,
 and converting long ones costs quadratic time. The check is on the literal text (for JSON and
 Python-literal text: any run of digits outside strings) and, for integers, again on the value.
-A float literal within the bound but too large for a float becomes ``inf``, as in Python."""
+A float literal within the bound but too large for a float (``1e999``) is refused like ``NaN`` and
+``Infinity``: its value is not plain JSON (it could not be written back as JSON)."""
 
 MAX_LITERAL_CHARS = 100_000
 """Characters of one output, in total, that may be read as a Python literal (single quotes,

@@ -4,7 +4,7 @@
 Text is measured with the shared scanner *before* it reaches :mod:`json` or :mod:`ast` (both
 recurse, and Python refuses long integers), and the value that comes back is walked without
 recursion: objects with string keys, arrays (Python tuples become lists), strings, numbers,
-booleans and ``None``, nested at most :data:`~.limits.MAX_DEPTH` deep, integers of at most
+booleans and ``None`` (no NaN or Infinity, which JSON does not have), nested at most :data:`~.limits.MAX_DEPTH` deep, integers of at most
 :data:`~.limits.MAX_NUMBER_DIGITS` digits. Anything else (a set, bytes, a complex number, a
 non-string key) is a :class:`~.limits.LimitError`.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import reprlib
 from typing import Any
 
@@ -56,7 +57,11 @@ def _bounded_int(literal: str) -> int:
     return int(literal)
 
 
-_DECODER = json.JSONDecoder(parse_int=_bounded_int)
+def _refuse_constant(name: str) -> Any:
+    raise LimitError(f"{name} is not plain JSON")
+
+
+_DECODER = json.JSONDecoder(parse_int=_bounded_int, parse_constant=_refuse_constant)
 
 
 def load_value(raw: str, budget: WorkBudget | None = None, depth: int | None = None) -> Any:
@@ -130,8 +135,11 @@ def check_value(value: Any) -> Any:
             if depth >= MAX_DEPTH:
                 raise LimitError(f"nested more than {MAX_DEPTH} levels deep")
             stack.extend((item, index, depth + 1) for index in range(len(item)))
-        elif item is None or isinstance(item, (bool, str, float)):
+        elif item is None or isinstance(item, (bool, str)):
             continue
+        elif isinstance(item, float):
+            if not math.isfinite(item):  # NaN, or a number too large for a float: JSON has no such value
+                raise LimitError(f"{item} is not plain JSON (a number too large, NaN or Infinity)")
         elif isinstance(item, int):
             if abs(item) >= _INT_BOUND:
                 raise LimitError(f"a number has more than {MAX_NUMBER_DIGITS} digits")

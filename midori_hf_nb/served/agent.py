@@ -30,6 +30,7 @@ from .errors import (
     UnknownModelError,
     scrub,
 )
+from .redaction import guard_logs
 from .request import ServedCallSettings, request_body, resolve_served_settings
 from .stream import ServedStream
 
@@ -63,7 +64,7 @@ class OpenAICompatibleAgent(MidoriAiAgentProtocol):
             a laptop and a GPU cluster. None: ``OPENAI_BASE_URL``, else OpenAI's API.
         api_key: sent as a bearer token; None: ``OPENAI_API_KEY``, else a placeholder. It never
             appears in a ``repr``, a log line, an error message or a transcript.
-        max_new_tokens, temperature, top_p, top_k, do_sample, context_window, timeout,
+        max_new_tokens, temperature, top_p, top_k, do_sample, context_window, timeout, deadline,
         connect_timeout, max_retries, concurrency, stream_usage: see :class:`OpenAIConfig`;
             invalid values raise ``ValueError`` naming the field.
         reasoning_effort: default :class:`ReasoningEffort` for payloads that carry none (sent as
@@ -171,6 +172,7 @@ class OpenAICompatibleAgent(MidoriAiAgentProtocol):
                     timeout=openai.Timeout(c.timeout, connect=c.connect_timeout),
                 )
                 self._clients[loop] = client
+                guard_logs(c.api_key)  # a server may echo the key in a header the client logs at DEBUG
             return client
 
     async def unload_model(self) -> None:
@@ -196,13 +198,15 @@ class OpenAICompatibleAgent(MidoriAiAgentProtocol):
         return request_body(self._config, payload, call, schemas, effort)
 
     async def list_models(self) -> list[str]:
-        """The model ids the server serves (``GET /v1/models``); errors as for a call."""
+        """The model ids the server serves (``GET /v1/models``; at most 10,000, each at most 1,000
+        characters, the API key masked where an id carries it); errors as for a call."""
         openai = import_openai()
         try:
             page = await self.client().models.list()
         except openai.OpenAIError as exc:
             raise await self.explain(exc, check_model=False) from None
-        return [str(m.id) for m in page.data][:10_000]
+        key = self._config.api_key.reveal()
+        return [scrub(str(m.id)[:1_000], key) for m in page.data[:10_000]]
 
     async def _served_models(self) -> list[str] | None:
         try:
@@ -236,7 +240,7 @@ class OpenAICompatibleAgent(MidoriAiAgentProtocol):
                     "(or the OPENAI_API_KEY environment variable)", status=status, **where)
             if check_model and status in (400, 404, 422):
                 available = await self._served_models()
-                if available is not None and model not in available:
+                if available is not None and scrub(model, key) not in available:
                     shown = ", ".join(repr(m) for m in available[:20]) or "none listed"
                     return UnknownModelError(
                         f"the server at {url} does not serve model {model!r} (HTTP {status}: {detail}); it serves: "

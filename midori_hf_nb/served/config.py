@@ -15,15 +15,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..config import ConfigError, fields_from_kwargs, refusal_message
-from .errors import KEY_MASK
+from .errors import KEY_MASK, NO_KEY
+from .limits import DEFAULT_DEADLINE
 
 #: where the key is read from when none is given (the ``openai`` client's own variable)
 API_KEY_ENV = "OPENAI_API_KEY"
 #: where the base URL is read from when none is given (the ``openai`` client's own variable)
 BASE_URL_ENV = "OPENAI_BASE_URL"
-#: sent when there is no key at all: servers on a private network (``transformers serve``, vLLM
-#: without ``--api-key``, llama.cpp, Ollama) accept any key, and the client needs a non-empty one
-NO_KEY = "no-key"
+# NO_KEY (from .errors) is sent when there is no key at all: servers on a private network
+# (``transformers serve``, vLLM without ``--api-key``, llama.cpp, Ollama) accept any key, and the
+# client needs a non-empty one
 #: the most characters of one server option value (a JSON text) sent with each request
 MAX_OPTION_CHARS = 100_000
 
@@ -34,7 +35,7 @@ class ApiKey:
     :meth:`reveal` gives the key to the one place that sends it (the HTTP client).
     """
 
-    __slots__ = ("_value",)
+    __slots__ = ("_value", "__weakref__")
 
     def __init__(self, value: str) -> None:
         self._value = value
@@ -142,6 +143,8 @@ class OpenAIConfig:
         context_window: the model's context window as the server has it (reported by
             ``get_context_window``; the server enforces it).
         timeout: seconds to wait for each piece of an answer (and for the whole request to start).
+        deadline: seconds one call may take in all, however slowly the pieces come (default 600);
+            past it the answer ends with ``finish_reason="error"``, the partial answer kept.
         connect_timeout: seconds to wait for the connection.
         max_retries: retries of a request that failed to connect or was refused with a
             retryable status (the ``openai`` client's own retry, with back-off). Default 0:
@@ -164,6 +167,7 @@ class OpenAIConfig:
     do_sample: bool = True
     context_window: int = 4096
     timeout: float = 120.0
+    deadline: float = DEFAULT_DEADLINE
     connect_timeout: float = 10.0
     max_retries: int = 0
     concurrency: int = 4
@@ -199,6 +203,7 @@ class OpenAIConfig:
             _fail("stream_usage", self.stream_usage, "expected true or false")
         _positive_int("context_window", self.context_window)
         _number("timeout", self.timeout, 0.0, 86_400.0, low_open=True)
+        _number("deadline", self.deadline, 0.0, 86_400.0, low_open=True)
         _number("connect_timeout", self.connect_timeout, 0.0, 3_600.0, low_open=True)
         if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or not 0 <= self.max_retries <= 10:
             _fail("max_retries", self.max_retries, "expected a whole number from 0 to 10")

@@ -1,7 +1,8 @@
 """Errors of an agent on an OpenAI-compatible server, one class per way a call can fail.
 
 Every message names the server's base URL and the model, and says what to check; none ever
-contains the API key (:func:`scrub` removes it from any text taken from a server or a library).
+contains the API key (:func:`scrub` removes it from any text taken from a server or a library,
+whatever its length).
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from typing import Sequence
 
 #: what stands in for an API key wherever one would otherwise be shown
 KEY_MASK = "***"
+#: sent when there is no key at all (not a secret: never masked)
+NO_KEY = "no-key"
 
 
 def scrub(text: str, secret: str | None) -> str:
-    """``text`` with every occurrence of ``secret`` (an API key) replaced by :data:`KEY_MASK`."""
-    if secret and len(secret) >= 4:
+    """``text`` with every occurrence of ``secret`` (an API key, however short) replaced by
+    :data:`KEY_MASK`; the placeholder :data:`NO_KEY` is no secret and stays."""
+    if secret and secret != NO_KEY and secret in text:
         text = text.replace(secret, KEY_MASK)
     return text
 
@@ -55,5 +59,5 @@ class ServerRequestError(ServedAgentError):
     """The server answered the request with an error status other than the ones above."""
 
 
-__all__ = ["KEY_MASK", "ServedAgentError", "ServerAuthError", "ServerRequestError", "ServerTimeoutError",
+__all__ = ["KEY_MASK", "NO_KEY", "ServedAgentError", "ServerAuthError", "ServerRequestError", "ServerTimeoutError",
            "ServerUnreachableError", "UnknownModelError", "scrub"]

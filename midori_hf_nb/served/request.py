@@ -50,10 +50,15 @@ def resolve_served_settings(config: OpenAIConfig, overrides: Mapping[str, Any] |
     """The settings one call runs with: ``config`` with ``overrides`` applied and checked.
 
     Overrides: ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``do_sample``,
-    ``greedy``, ``seed``, ``stop`` and further server options (JSON data, sent as request
-    fields). Raises :class:`~midori_hf_nb.config.ConfigError` naming the field.
+    ``greedy``, ``seed``, ``stop``, ``deadline`` (seconds for the whole call) and further server
+    options (JSON data, sent as request fields). Raises
+    :class:`~midori_hf_nb.config.ConfigError` naming the field.
     """
-    fields, seed, rest = split_overrides(overrides or {})
+    overrides = dict(overrides or {})
+    deadline = overrides.pop("deadline", None)
+    fields, seed, rest = split_overrides(overrides)
+    if deadline is not None:
+        fields["deadline"] = deadline
     if "stop_strings" in rest:  # the local agent's name for it
         rest["stop"] = rest.pop("stop_strings")
     stop = _check_stop(rest.pop("stop", None))

@@ -1,6 +1,7 @@
 """``ServedStream``: an async iterator over one streamed chat completion of a server.
 
-Chunks are read from the HTTP stream as they arrive and turned into the same typed
+The response body is read as it arrives, as server-sent events (:mod:`.sse`, bounded and as the
+specification says), and each chunk is turned (:mod:`.chunks`) into the same typed
 :class:`~midori_hf_nb.StreamEvent` objects the local agent's streams yield: ``thinking`` (the
 server's ``reasoning_content``, or ``<think>`` blocks in the text), ``text``, ``tool_call`` (the
 server's ``tool_calls``, or calls written as text, read by the project's parser) and ``done``.
@@ -8,9 +9,11 @@ server's ``tool_calls``, or calls written as text, read by the project's parser)
 Stopping closes the HTTP stream at once (the server sees the connection close and can stop
 generating): :meth:`ServedStream.cancel` (from any thread), :meth:`ServedStream.aclose`, breaking
 out of the loop, dropping the stream or cancelling the consuming task. The partial answer is
-kept with ``finish_reason="cancelled"``. A stream the server drops midway (the server stopped,
-the connection broke, a piece took longer than ``timeout``) ends with the partial answer and
-``finish_reason="error"``; the statistics' ``error`` says what happened.
+kept with ``finish_reason="cancelled"``. A stream the server drops or breaks midway (the server
+stopped, the connection broke, a piece took longer than ``timeout``, the call passed its
+``deadline``, an event that is not JSON, a bound of :mod:`.limits` passed) ends with the partial
+answer and ``finish_reason="error"``; the statistics' ``error`` says what happened. A server
+that sends more than the token budget is cut on the client (``finish_reason="length"``).
 """
 
 from __future__ import annotations
@@ -24,26 +27,24 @@ from functools import partial
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
-from ..events import EventStream, StreamEvent, piece_events
-from ..parsing import StreamSplitter, extract_reasoning_blocks, normalise_call
+from ..events import EventStream, StreamEvent
+from ..parsing import extract_reasoning_blocks
 from ..protocol import AgentPayload, AgentResponse
 from ..stats import ResponseStats
-from ..tools import tool_names
 from ..tools.answers import adopt_live_ids, attach_tool_calls
 from ..validation import validate_payload
 from ..log.capture import CallTicket, finish_call, start_call
 from .call_log import served_details
-from .client import import_openai
-from .errors import scrub
+from .chunks import BudgetReached, Collector, Reading, checked_usage, read_chunk, server_words
+from .client import http_failure, import_openai
+from .errors import ServerTimeoutError, scrub
+from .redaction import guard_logs, secret_of
+from .sse import MalformedStreamError, SSEDecoder
 
 if TYPE_CHECKING:  # pragma: no cover
     from .host import ServedHost
 
 logger = logging.getLogger("midori_hf_nb")
-
-#: the most tool calls read from the ``tool_calls`` of one answer, and characters of one call's arguments
-MAX_SERVER_CALLS = 64
-MAX_ARGUMENT_CHARS = 1_000_000
 
 
 @dataclass
@@ -109,117 +110,52 @@ class ServedStream(EventStream):
         await self.aclose()
 
 
-class _ServerCalls:
-    """Tool calls assembled from ``tool_calls`` deltas (a call's pieces share its ``index``)."""
-
-    def __init__(self) -> None:
-        self.calls: dict[int, dict[str, Any]] = {}
-        self.errors: list[str] = []
-
-    def feed(self, deltas: Any) -> None:
-        for delta in deltas or []:
-            index = getattr(delta, "index", None)
-            if not isinstance(index, int):
-                index = len(self.calls)
-            if index not in self.calls:
-                if len(self.calls) >= MAX_SERVER_CALLS:
-                    if len(self.errors) < 1:
-                        self.errors.append(f"more than {MAX_SERVER_CALLS} tool calls: the rest were not read")
-                    continue
-                self.calls[index] = {"id": None, "name": "", "arguments": []}
-            call = self.calls[index]
-            if getattr(delta, "id", None):
-                call["id"] = str(delta.id)
-            function = getattr(delta, "function", None)
-            if function is not None:
-                if getattr(function, "name", None):
-                    call["name"] += str(function.name)
-                if getattr(function, "arguments", None):
-                    call["arguments"].append(str(function.arguments))
-
-    def parsed(self) -> tuple[list[dict[str, Any]], list[str]]:
-        """The calls as ``{"name", "arguments", "id"}`` and the errors of those that cannot be read."""
-        calls, errors = [], list(self.errors)
-        for index in sorted(self.calls):
-            raw = self.calls[index]
-            arguments = "".join(raw["arguments"])
-            if len(arguments) > MAX_ARGUMENT_CHARS:
-                errors.append(f"tool call {raw['name']!r}: arguments longer than {MAX_ARGUMENT_CHARS} characters")
-                continue
-            found, error = normalise_call({"id": raw["id"], "function": {"name": raw["name"], "arguments": arguments}})
-            if found:
-                calls.append(found)
-            else:
-                errors.append(error or "unreadable tool call")
-        return calls, errors
-
-
-def _reasoning_of(delta: Any) -> str:
-    """The reasoning text of a delta: ``reasoning_content`` (``transformers serve``, DeepSeek,
-    vLLM) or ``reasoning`` (vLLM's newer name, Ollama)."""
-    for name in ("reasoning_content", "reasoning"):
-        value = getattr(delta, name, None)
-        if value is None:
-            value = (getattr(delta, "model_extra", None) or {}).get(name)
-        if isinstance(value, str) and value:
-            return value
-    return ""
-
-
-@dataclass
-class _Reading:
-    """What has arrived so far."""
-
-    content: list[str] = field(default_factory=list)
-    reasoning: list[str] = field(default_factory=list)
-    pieces: int = 0
-    first_at: float | None = None
-    finish: str | None = None
-    usage: Any = None
-    error: str | None = None
-    cancelled: bool = False
-
-
-def _finish_reason(reading: _Reading) -> str:
+def _finish_reason(reading: Reading) -> str:
     if reading.cancelled:
         return "cancelled"
     if reading.error is not None:
         return "error"
-    return "length" if reading.finish == "length" else "stop"
+    return "length" if reading.finish == "length" or reading.cut else "stop"
 
 
-def build_served_response(agent: "ServedHost", payload: AgentPayload, call: Any,
-                          schemas: list[dict] | None, reading: _Reading, server_calls: _ServerCalls,
-                          called_at: float, sent_at: float) -> AgentResponse:
+def build_served_response(agent: "ServedHost", payload: AgentPayload, call: Any, schemas: list[dict] | None,
+                          collector: Collector, called_at: float, sent_at: float) -> AgentResponse:
     """The protocol response of one streamed answer, with its statistics in ``metadata``."""
     now = time.perf_counter()
+    reading, server_calls = collector.reading, collector.server_calls
     raw_text = "".join(reading.content)
     blocks, answer = extract_reasoning_blocks(raw_text)
     reasoning = "".join(reading.reasoning).strip()
     if reasoning:
         blocks = [reasoning, *blocks]
-    usage = reading.usage
-    completion = getattr(usage, "completion_tokens", None)
-    prompt_tokens = getattr(usage, "prompt_tokens", None)
-    if not isinstance(completion, int):
-        completion = reading.pieces  # no usage from the server: one piece is about one token
+    config = call.config
+    completion, prompt_tokens, usage_note = checked_usage(reading.usage, config.max_new_tokens)
+    if completion is None:
+        completion = reading.pieces  # no (believable) usage from the server: one piece is about one token
     total = now - sent_at
     first = None if reading.first_at is None else reading.first_at - sent_at
     decode = None
     if first is not None and completion >= 2 and total - first > 0:
         decode = (completion - 1) / (total - first)
-    config = call.config
     structured, structured_errors = server_calls.parsed()
+    notes = list(reading.notes)
+    if usage_note:
+        notes.append(usage_note)
+    if collector.key_found:
+        notes.append(f"the server's answer contained the API key ({collector.key_found} times): each was "
+                     "replaced by ***")
+        logger.warning("%s (model %r): the server's answer contained the API key; it was masked",
+                       type(agent).__name__, config.model)
     stats = ResponseStats(
         model=config.model, backend="openai", session_id=payload.session_id,
-        prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None, completion_tokens=completion,
+        prompt_tokens=prompt_tokens, completion_tokens=completion,
         time_to_first_token=first, total_seconds=total, wall_seconds=now - called_at,
         call_to_first_token=None if reading.first_at is None else reading.first_at - called_at,
         tokens_per_second=completion / total if total > 0 else None, decode_tokens_per_second=decode,
         finish_reason=_finish_reason(reading), device="remote", seed=call.seed, do_sample=not call.greedy,
         temperature=0.0 if call.greedy else config.temperature, max_new_tokens=config.max_new_tokens,
         raw_text=raw_text, parser="server" if (reasoning or server_calls.calls) else "tags",
-        base_url=config.server, error=reading.error, server_finish_reason=reading.finish,
+        base_url=config.server, error=reading.error, server_finish_reason=reading.finish, notes=notes or None,
     )
     calls = None
     if schemas is not None:
@@ -236,92 +172,98 @@ async def _settle(task: asyncio.Future) -> None:
     await asyncio.wait({task})
 
 
-async def _close(stream: Any) -> None:
-    try:
-        await stream.close()
-    except Exception as exc:  # the connection is already gone: nothing left to close
-        logger.debug("closing the HTTP stream: %s: %s", type(exc).__name__, exc)
+class _Body:
+    """The open response of one stream: its bytes, read one piece at a time, and its closing."""
+
+    def __init__(self, response: Any) -> None:
+        self.response = response
+        self.http = response.http_response
+        self.pieces = response.iter_bytes()
+
+    async def close(self) -> None:
+        for close in (self.pieces.aclose, self.response.close):
+            try:
+                await close()
+            except Exception as exc:  # the connection is already gone: nothing left to close
+                logger.debug("closing the HTTP stream: %s: %s", type(exc).__name__, exc)
 
 
-class _Collector:
-    """Turns the chunks of one stream into events, keeping what arrived (:class:`_Reading`)."""
-
-    def __init__(self, schemas: list[dict] | None) -> None:
-        self.reading = _Reading()
-        self.server_calls = _ServerCalls()
-        self.splitter = StreamSplitter(start_in_thinking=False, tools=schemas is not None)
-        self.offered = set(tool_names(schemas or []))
-        self.live_calls: list[dict] = []  # tool calls written as text, announced while streaming
-
-    def absorb(self, chunk: Any) -> list[StreamEvent]:
-        """The events of one chunk (reasoning, text, tool calls in the text), its usage and finish reason."""
-        reading = self.reading
-        if getattr(chunk, "usage", None) is not None:
-            reading.usage = chunk.usage
-        events: list[StreamEvent] = []
-        for choice in getattr(chunk, "choices", None) or []:
-            delta = getattr(choice, "delta", None)
-            if getattr(choice, "index", 0) not in (0, None) or delta is None:
-                continue
-            thought = _reasoning_of(delta)
-            if thought:
-                reading.reasoning.append(thought)
-                events.append(StreamEvent("thinking", thought))
-            text = getattr(delta, "content", None)
-            if isinstance(text, str) and text:
-                reading.content.append(text)
-                for piece in self.splitter.feed(text):
-                    events.extend(piece_events(piece, self.offered, self.live_calls))
-            deltas = getattr(delta, "tool_calls", None)
-            if deltas:
-                self.server_calls.feed(deltas)
-            if thought or text or deltas:
-                reading.pieces += 1
-                if reading.first_at is None:
-                    reading.first_at = time.perf_counter()
-            if getattr(choice, "finish_reason", None):
-                reading.finish = str(choice.finish_reason)
-        return events
-
-    def finish(self) -> list[StreamEvent]:
-        """The events of the text the splitter still holds."""
-        return [event for piece in self.splitter.finish() for event in piece_events(piece, self.offered,
-                                                                                        self.live_calls)]
-
-
-def _midway_error(exc: BaseException, openai: Any, agent: "ServedHost", timeout: float) -> str:
+def _midway_error(exc: BaseException, body: _Body, agent: "ServedHost", timeout: float) -> str:
     """What went wrong with a stream the server had started to send (never with the key)."""
     url = agent.config.server
-    if isinstance(exc, openai.APITimeoutError):
+    kind = http_failure(exc, body.http)
+    if kind == "timeout":
         text = f"no piece of the answer arrived within timeout={timeout} s: the server at {url} stopped sending"
-    elif isinstance(exc, openai.APIConnectionError):
+    elif kind == "decoding":
+        text = f"the server at {url} sent a body that cannot be decoded ({type(exc).__name__}: {exc})"
+    elif kind == "transport":
         cause = exc.__cause__ or exc
         text = f"the server at {url} dropped the stream midway ({type(cause).__name__}: {cause})"
     else:
-        text = f"the server at {url} sent an error midway: {exc}"
-    return scrub(text, agent.config.api_key.reveal())
+        text = f"reading the stream from the server at {url} failed midway ({type(exc).__name__}: {exc})"
+    return scrub(text, secret_of(agent.config.api_key))
 
 
 async def _open(state: ServedState, agent: "ServedHost", body: dict[str, Any], waker: asyncio.Future,
-                openai: Any) -> Any:
+                openai: Any, deadline_at: float, deadline: float) -> _Body | None:
     """The server's stream for ``body``, or None when the stream was stopped before the server answered."""
-    opening = asyncio.ensure_future(agent.client().chat.completions.create(**body))
+    client = agent.client()
+    guard_logs(agent.config.api_key)  # again: the HTTP stack may have made loggers since the client
+    manager = client.chat.completions.with_streaming_response.create(**body)
+    opening = asyncio.ensure_future(manager.__aenter__())
     try:
-        await asyncio.wait({opening, waker}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({opening, waker}, timeout=max(0.0, deadline_at - time.perf_counter()),
+                           return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
         opening.cancel()
         raise
-    if not opening.done():  # stopped first
+    if not opening.done():  # stopped first, or the deadline passed
         await _settle(opening)
         if not opening.cancelled() and opening.exception() is None:  # it answered meanwhile
-            await _close(opening.result())
+            await _Body(opening.result()).close()
+        if not waker.done():
+            c = agent.config
+            raise ServerTimeoutError(f"the server at {c.server} did not answer within deadline={deadline} s for "
+                                     f"model {c.model!r}: check that it runs and is not overloaded, or raise "
+                                     "deadline", base_url=c.server, model=c.model)
         return None
     try:
-        stream = opening.result()
+        response = opening.result()
     except openai.OpenAIError as exc:
         raise await agent.explain(exc) from None
-    state.http = stream.response
-    return stream
+    state.http = response.http_response
+    return _Body(response)
+
+
+class _Events:
+    """The events of a stream's bytes: SSE events read as chunks (see :mod:`.sse`, :mod:`.chunks`)."""
+
+    def __init__(self, collector: Collector, agent: "ServedHost") -> None:
+        self.decoder = SSEDecoder()
+        self.collector = collector
+        self.agent = agent
+        self.done = False  # the server sent [DONE]
+
+    def feed(self, data: bytes) -> tuple[list[StreamEvent], Exception | None]:
+        """The events of ``data`` up to the first problem, and that problem: a
+        :class:`MalformedStreamError` (also for an error event) or :class:`BudgetReached`."""
+        events: list[StreamEvent] = []
+        try:
+            for kind, text in self.decoder.feed(data):
+                if text.strip() == "[DONE]":
+                    self.done = True
+                    break
+                secret = secret_of(self.agent.config.api_key)
+                chunk = None if kind == "error" else read_chunk(text, secret)
+                if chunk is None or chunk.get("error"):
+                    error = (chunk or {}).get("error", text)
+                    message = error.get("message", error) if isinstance(error, dict) else error
+                    raise MalformedStreamError(f"the server sent an error midway: {server_words(message, secret)}")
+                events += self.collector.absorb(chunk)
+        except (BudgetReached, MalformedStreamError) as exc:
+            self.done = True
+            return events, exc
+        return events, None
 
 
 async def logged_served(state: ServedState, ticket: CallTicket | None, agent: "ServedHost", payload: AgentPayload,
@@ -353,66 +295,82 @@ async def run_served(state: ServedState, agent: "ServedHost", payload: AgentPayl
     if ticket is not None:
         ticket.details = partial(served_details, agent.config, call)
     body = agent.request_body(payload, call, schemas)
+    config = call.config
+    deadline_at = called_at + config.deadline
     state.loop, state.wake = asyncio.get_running_loop(), asyncio.Event()
     if state.stop.is_set():
         state.wake.set()
-    collector = _Collector(schemas)
+    collector = Collector(schemas, config.max_new_tokens, secret_of(config.api_key))
     reading = collector.reading
+    reader = _Events(collector, agent)
 
     def respond() -> AgentResponse:
-        state.response = build_served_response(agent, payload, call, schemas, reading, collector.server_calls,
-                                               called_at, sent_at)
+        if reader.decoder.replaced and not any("UTF-8" in n for n in reading.notes):
+            reading.notes.append("the server sent bytes that are not UTF-8: each was replaced by U+FFFD")
+        state.response = build_served_response(agent, payload, call, schemas, collector, called_at, sent_at)
         return state.response
 
     sent_at = time.perf_counter()
     waker = asyncio.ensure_future(state.wake.wait())
     stream = None
     try:
-        stream = await _open(state, agent, body, waker, openai)
+        stream = await _open(state, agent, body, waker, openai, deadline_at, config.deadline)
         reading.cancelled = stream is None
-        while stream is not None and not reading.cancelled:
+        while stream is not None and not reading.cancelled and not reader.done:
             if state.stop.is_set():
                 reading.cancelled = True
                 break
-            following = asyncio.ensure_future(stream.__anext__())
+            following = asyncio.ensure_future(stream.pieces.__anext__())
             try:
-                await asyncio.wait({following, waker}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({following, waker}, timeout=max(0.0, deadline_at - time.perf_counter()),
+                                   return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError:  # the consuming task was cancelled: keep the partial answer
                 following.cancel()
                 reading.cancelled = True
-                await _close(stream)
+                await stream.close()
                 respond()
                 raise
-            if not following.done():  # stopped while waiting for the next piece
+            if not following.done():  # stopped, or the deadline passed, while waiting for the next piece
                 await _settle(following)
-                reading.cancelled = True
+                if waker.done():
+                    reading.cancelled = True
+                else:
+                    reading.error = (f"the answer took longer than deadline={config.deadline} s (the server at "
+                                     f"{config.server} was still sending)")
                 break
             try:
-                chunk = following.result()
+                data = following.result()
             except StopAsyncIteration:
-                if reading.finish is None:
-                    reading.error = "the server ended the stream without saying why (no finish_reason)"
+                reader.decoder.finish()
                 break
-            except openai.OpenAIError as exc:
-                reading.error = _midway_error(exc, openai, agent, call.config.timeout)
+            except Exception as exc:  # noqa: BLE001 - the HTTP library's errors, classified in the message
+                reading.error = _midway_error(exc, stream, agent, config.timeout)
                 break
-            for event in collector.absorb(chunk):
+            events, problem = reader.feed(data)
+            if isinstance(problem, BudgetReached):
+                reading.notes.append(f"the server sent more than max_new_tokens={config.max_new_tokens} pieces "
+                                     "(it ignored max_tokens): the answer was cut there on the client")
+            elif problem is not None:
+                reading.error = f"the server at {config.server} sent a stream that cannot be read: {problem}"
+            for event in events:
                 yield event
+        if stream is not None and reading.finish is None and not (reading.cancelled or reading.cut or reading.error):
+            reading.error = "the server ended the stream without saying why (no finish_reason)"
         for event in collector.finish():
             yield event
         if stream is not None:
-            await _close(stream)
+            await stream.close()
         response = respond()
         if reading.error:
             logger.warning("%s (model %r): %s; the partial answer is kept", type(agent).__name__,
-                           agent.config.model, reading.error)
+                           config.model, reading.error)
         for found in adopt_live_ids(response.tool_calls or [], collector.live_calls):
             yield StreamEvent("tool_call", found["name"], found)
         yield StreamEvent("done", response.response, response)
     finally:
         waker.cancel()
         if stream is not None:
-            await _close(stream)
+            await stream.close()
 
 
 __all__ = ["ServedStream", "build_served_response", "run_served"]

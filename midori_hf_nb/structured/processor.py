@@ -80,7 +80,7 @@ class GrammarLogitsProcessor(LogitsProcessor):
 
     def __init__(self, constraint: GrammarConstraint, lltokenizer: Any, rows: int, width: int,
                  eos_ids: tuple[int, ...], new_detector: Callable[[], Any] | None = None,
-                 max_new_tokens: int | None = None) -> None:
+                 max_new_tokens: int | None = None, resumed: int = 0) -> None:
         self.constraint = constraint
         self.width = int(width)
         self.eos_ids = tuple(eos_ids)
@@ -94,16 +94,21 @@ class GrammarLogitsProcessor(LogitsProcessor):
         self.generated: list[list[int]] = [[] for _ in range(rows)]  # each row's tokens followed
         self.closings: list[Closing | None] = [None] * rows
         self.ended = [False] * rows  # rows whose end was forced without the grammar following it
+        #: tokens at the end of the first input that are answer already (a continued generation):
+        #: followed first, as if this processor had seen them generated
+        self.resumed = max(0, int(resumed))
 
     @classmethod
     def for_model(cls, constraint: GrammarConstraint, lm: Any, rows: int,
                   new_detector: Callable[[], Any] | None = None,
-                  max_new_tokens: int | None = None) -> "GrammarLogitsProcessor":
-        """A processor for a loaded model (:class:`~midori_hf_nb.engine.LoadedModel`)."""
+                  max_new_tokens: int | None = None, resumed: int = 0) -> "GrammarLogitsProcessor":
+        """A processor for a loaded model (:class:`~midori_hf_nb.engine.LoadedModel`); ``resumed``:
+        how many tokens at the end of the first input are answer already (``max_new_tokens``
+        then counts them too)."""
         width = logits_width(lm)
         eos_ids = tuple(sorted(lm.eos_token_ids))
         lltokenizer = backend.tokenizer_for(lm.tokenizer, width, eos_ids, getattr(lm, "tokenizer_lock", None))
-        return cls(constraint, lltokenizer, rows, width, eos_ids, new_detector, max_new_tokens)
+        return cls(constraint, lltokenizer, rows, width, eos_ids, new_detector, max_new_tokens, resumed)
 
     def closing(self, row: int) -> Closing | None:
         """What the closing rule did for ``row``: None when the guard never noticed a loop in it."""
@@ -113,14 +118,16 @@ class GrammarLogitsProcessor(LogitsProcessor):
         matcher, generated = self.matchers[row], self.generated[row]
         budget = (self.max_new_tokens - len(generated)) if self.max_new_tokens is not None else 1 << 30
         tokens = shortest_completion(matcher, matcher.decode(generated), budget)
+        at = max(0, len(generated) - self.resumed)  # counted in this generation's own tokens
         if tokens is None:
-            return Closing(at=len(generated), closed=False)
-        return Closing(at=len(generated), tokens=tokens)
+            return Closing(at=at, closed=False)
+        return Closing(at=at, tokens=tokens)
 
     def _follow(self, input_ids: torch.Tensor) -> None:
         if self.prompt_length is None:
-            self.prompt_length = int(input_ids.shape[1])
-            return
+            self.prompt_length = int(input_ids.shape[1]) - min(self.resumed, int(input_ids.shape[1]))
+            if not self.resumed:
+                return
         new = input_ids[:, self.prompt_length + self.seen:].tolist()
         for row, (matcher, tokens) in enumerate(zip(self.matchers, new)):
             for token in tokens:

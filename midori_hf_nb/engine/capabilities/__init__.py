@@ -58,6 +58,7 @@ _EXPORTS = {
     "sampling_warpers": ".generation_options",
     "stack_cache_rows": ".decoding",
     "supports_dynamic_cache": ".decoding",
+    "TextCarry": ".generation_options",
     "tokenizer_parses_responses": ".models",
     "warned_keys": ".fallbacks",
 }

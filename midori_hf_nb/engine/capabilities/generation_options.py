@@ -40,21 +40,59 @@ def sampling_warpers(cfg: Any) -> Any:
     return warpers
 
 
-def callback_streamer(tokenizer: Any, on_text: Callable[[str], None], lock: threading.RLock) -> Any:
+class TextCarry:
+    """The text a paused generation's streamer still held (tokens of an unfinished word and how
+    much of their text was already handed on), passed to the streamer of the generation that
+    continues it, so the pieces of both join as one generation's would."""
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self.printed = 0
+        #: set before stopping a generation that will be continued: its streamer keeps its text
+        self.hold = False
+
+    def rest(self, tokenizer: Any, lock: threading.RLock) -> str:
+        """The held text not yet handed on (for a continued generation that will not run after all)."""
+        if not self.tokens:
+            return ""
+        with lock:
+            text = tokenizer.decode(self.tokens, skip_special_tokens=True)
+        rest, self.tokens, self.printed = text[self.printed:], [], 0
+        return rest
+
+
+def callback_streamer(tokenizer: Any, on_text: Callable[[str], None], lock: threading.RLock,
+                      on_token: Callable[[int], None] | None = None, carry: TextCarry | None = None) -> Any:
     """A ``TextStreamer`` that hands each finalised piece of text to ``on_text`` (under ``lock``).
 
     Relies on ``TextStreamer.put``/``end`` calling ``on_finalized_text`` with the text they
     have decoded, the documented way to subclass it (transformers 4.28 through 5.24).
+    ``on_token`` is told how many tokens each ``put`` after the prompt brought. With a
+    :class:`TextCarry`, the streamer starts from the text a paused generation held, and ``end``
+    while ``carry.hold`` is set keeps its own held text there instead of flushing it; this relies
+    on ``TextStreamer``'s ``token_cache`` and ``print_len`` attributes (transformers 4.28 through
+    5.24); where they are missing the held text is flushed at the pause (a warning says so).
     """
     from transformers import TextStreamer
 
     class CallbackStreamer(TextStreamer):
         def put(self, value: Any) -> None:
             with lock:
+                prompt = self.skip_prompt and self.next_tokens_are_prompt
                 super().put(value)
+                if prompt and carry is not None and carry.tokens and _carries(self):
+                    self.token_cache, self.print_len = list(carry.tokens), carry.printed
+                    carry.tokens, carry.printed = [], 0
+            if not prompt and on_token is not None:
+                on_token(int(value.numel()))
 
         def end(self) -> None:
             with lock:
+                if carry is not None and carry.hold and _carries(self):
+                    carry.tokens, carry.printed = list(self.token_cache), self.print_len
+                    self.token_cache, self.print_len = [], 0
+                    self.next_tokens_are_prompt = True
+                    return
                 super().end()
 
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
@@ -62,3 +100,14 @@ def callback_streamer(tokenizer: Any, on_text: Callable[[str], None], lock: thre
                 on_text(text)
 
     return CallbackStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
+def _carries(streamer: Any) -> bool:
+    """Whether ``streamer`` has the attributes a :class:`TextCarry` moves (warns once if not)."""
+    if isinstance(getattr(streamer, "token_cache", None), list) and isinstance(getattr(streamer, "print_len", None), int):
+        return True
+    from .fallbacks import fallback
+
+    fallback("text-carry", "transformers' TextStreamer has no token_cache/print_len: a paused stream hands on "
+             "the word it held at the pause, and its continuation decodes its own tokens from there")
+    return False

@@ -40,9 +40,17 @@ def agent_model(agent: Any) -> str:
 
 
 def agent_defaults(agent: Any) -> dict[str, Any]:
-    """Temperature, max new tokens and greedy from the agent's ``config`` (the package defaults for
-    an agent without one)."""
+    """Temperature, max new tokens and greedy the agent generates with when a message sets none:
+    its ``resolve_settings()`` where it has one (a local agent: once its model is loaded, with the
+    values of the model's ``generation_config.json``), else its ``config`` (the package defaults
+    for an agent without one)."""
     config = getattr(agent, "config", None)
+    resolve = getattr(agent, "resolve_settings", None)
+    if callable(resolve):
+        try:
+            config = getattr(resolve(), "config", config)
+        except (TypeError, ValueError):  # another agent's resolve_settings: its config stands
+            pass
     do_sample = getattr(config, "do_sample", DEFAULTS["do_sample"])
     return {"temperature": getattr(config, "temperature", DEFAULTS["temperature"]),
             "max_new_tokens": getattr(config, "max_new_tokens", DEFAULTS["max_new_tokens"]),
@@ -93,6 +101,18 @@ class SettingsBaseline:
         given = {name for name, value in keywords.items() if value is not None}
         given |= {name for name in ("temperature", "max_new_tokens", "greedy") if name in overrides}
         return cls(dict(settings), frozenset(given | ({"greedy"} if "do_sample" in overrides else set())))
+
+    def synced(self, settings: Mapping[str, Any], defaults: Mapping[str, Any],
+               show: Callable[[dict[str, Any]], None]) -> "SettingsBaseline":
+        """The baseline with the settings the user neither gave nor changed (``settings``: the
+        panel's current ones) following ``defaults`` (:func:`agent_defaults` now: a loaded
+        model's ``generation_config.json`` may sample where the package defaults decode greedily);
+        ``show`` puts the changed ones into the panel's inputs."""
+        changes = {n: defaults[n] for n in ("temperature", "max_new_tokens", "greedy")
+                   if n not in self.given and settings[n] == self.initial[n] and defaults[n] != self.initial[n]}
+        if changes:
+            show(changes)
+        return SettingsBaseline({**self.initial, **changes}, self.given)
 
     def asked(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         """The generation settings of ``settings`` (the panel's current ones) to send with a message."""

@@ -130,6 +130,13 @@ class ChatLayout:
                 "max_new_tokens": self.max_new_tokens_input.value, "greedy": self.greedy_input.value,
                 "enter_sends": self.enter_sends_input.value}
 
+    def show_settings(self, values: dict[str, Any]) -> None:
+        """Put ``values`` (temperature, max_new_tokens, greedy) into the settings' inputs."""
+        inputs = {"temperature": self.temperature_input, "max_new_tokens": self.max_new_tokens_input,
+                  "greedy": self.greedy_input}
+        for name, value in values.items():
+            inputs[name].value = value
+
     @property
     def status(self) -> str:
         """The text of the status line."""

@@ -18,8 +18,8 @@ from ..streaming import DEFAULT_THROTTLE, LiveView, tick_while_waiting
 from .composer import MAX_INPUT_CHARS
 from .document import read_document, write_document
 from .export import ChatExport, write_export
-from .generation import AnswerRun, GenerationPlan, agent_model, answer_entry, initial_settings, plan_generation, \
-    SettingsBaseline, tool_method
+from .generation import AnswerRun, GenerationPlan, agent_defaults, agent_model, answer_entry, initial_settings, \
+    plan_generation, SettingsBaseline, tool_method
 from .layout import ChatLayout, WidgetSink
 from .options import check_panel_options
 from .pages import TranscriptPages
@@ -186,8 +186,7 @@ class ChatPanel(PersistentPanel, ChatLayout):
         return self._launch(self._turn(index, history, plan))
 
     def stop(self) -> bool:
-        """Stop the running generation within a token or two, keeping its partial answer marked as
-        stopped; returns True if a generation was running."""
+        """Stop the running answer within a token or two, keeping what arrived (marked stopped); True if one ran."""
         if not self.is_running:
             return False
         self._stop_requested = True
@@ -369,6 +368,7 @@ class ChatPanel(PersistentPanel, ChatLayout):
         self.live_html.value = ""
         if epoch == self._epoch:  # not cleared meanwhile
             self._record(user_entry, entry, plan)
+        self._baseline = self._baseline.synced(self.settings(), agent_defaults(self.agent), self.show_settings)
         self._stop_requested = False
         self._task_done_soon()
         task = asyncio.current_task()
