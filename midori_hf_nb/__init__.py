@@ -11,6 +11,8 @@ from typing import Any
 
 from .agent import AgentStream, HuggingFaceLocalAgent, StreamEvent, ToolLoopStream
 from . import compare  # the package, callable as compare(...) (see midori_hf_nb.compare)
+from . import evaluate  # the package, callable as evaluate(...) (see midori_hf_nb.evaluate)
+from .evaluate import Judge
 from .config import ConfigError, HuggingFaceConfig
 from .factory import get_agent, get_agent_from_config
 from .integrity import CacheRepairWarning, CorruptModelError
@@ -43,6 +45,7 @@ __all__ = [
     "CorruptModelError",
     "HuggingFaceConfig",
     "HuggingFaceLocalAgent",
+    "Judge",
     "MemoryEntryData",
     "MidoriAiAgentProtocol",
     "ModelSourceError",
@@ -56,6 +59,7 @@ __all__ = [
     "ToolLoopStream",
     "ToolSchemaError",
     "compare",
+    "evaluate",
     "extract_reasoning",
     "get_agent",
     "get_agent_from_config",

@@ -38,6 +38,7 @@ memory entry ``content``  a ``str``; ``None`` only for an entry with ``tool_call
 memory ``tool_calls``     ``None`` or a list of dicts, each with a non-empty ``str`` ``name`` and
                           ``arguments`` that is a dict, a JSON string or absent/``None``
 memory ``timestamp``      a number or ``None``; ``metadata`` a dict or ``None``
+tool entry ``metadata``   ``name`` and ``tool_call_id``, when present, a ``str`` of 1 to 200 characters
 ========================  ==========================================================================
 
 Text that reaches the tokenizer (message, system context, thinking blob, profile, memory) must be
@@ -212,6 +213,13 @@ def validate_memory_entry(entry: Any, field: str = "memory[0]") -> MemoryEntryDa
     metadata = values.get("metadata")
     if metadata is not None and not isinstance(metadata, Mapping):
         _refuse(f"{field}.metadata", metadata, "expected a dict or None")
+    if metadata and role in ("tool", "function"):
+        for key in ("name", "tool_call_id"):
+            value = metadata.get(key)
+            if value is not None and (not isinstance(value, str) or not value or len(value) > 200):
+                _refuse(f"{field}.metadata[{key!r}]", value,
+                        "expected the tool's name (a str of 1 to 200 characters) or None" if key == "name"
+                        else "expected the call's id (a str of 1 to 200 characters) or None")
     if isinstance(entry, MemoryEntryData) and content is entry.content:
         return entry
     return MemoryEntryData(role=role, content=content, timestamp=timestamp, tool_calls=values.get("tool_calls"),

@@ -108,6 +108,23 @@ def test_a_tool_message_with_a_name_that_is_not_text_is_refused_at_import(metada
         ChatPanel.from_json(ScriptedAgent("x"), json.dumps(document))
 
 
+@pytest.mark.parametrize("metadata, key", [({"name": 5}, "name"), ({"name": ""}, "name"),
+                                            ({"name": "add", "tool_call_id": ["x"]}, "tool_call_id"),
+                                            ({"name": "x" * 201}, "name")])
+def test_a_tool_entry_whose_name_is_not_text_is_refused_before_a_model_is_touched(metadata, key):
+    from midori_hf_nb.validation import PayloadError, validate_payload
+
+    payload = make_payload("What did the tool say?", memory=[
+        MemoryEntryData(role="assistant", content=None, tool_calls=[{"name": "add", "arguments": {}}]),
+        MemoryEntryData(role="tool", content="5", metadata=metadata)])
+    with pytest.raises(PayloadError, match=rf"memory\[1\]\.metadata\['{key}'\]=.* is not allowed") as caught:
+        validate_payload(payload)
+    assert caught.value.field == f"AgentPayload.memory[1].metadata['{key}']"
+    fine = make_payload("x", memory=[MemoryEntryData(role="tool", content="5",
+                                                     metadata={"name": "add", "tool_call_id": "c1", "other": 5})])
+    assert validate_payload(fine).memory[0].metadata["name"] == "add"
+
+
 def test_the_compare_package_is_callable_and_holds_its_helpers(tmp_path):
     import midori_hf_nb
     from midori_hf_nb import compare

@@ -10,7 +10,7 @@ import pytest
 from .conftest import ROOT
 
 NOTEBOOKS = ["01_quickstart", "02_tools_and_thinking", "03_chat_panel", "04_prompt_comparison", "05_magics",
-             "06_models_and_memory", "07_served_models", "08_structured_output"]
+             "06_models_and_memory", "07_served_models", "08_structured_output", "09_evaluation"]
 
 
 def readme_commands() -> list[str]:

@@ -47,7 +47,7 @@ class RowSink:
     """Where finished rows go: their results, checks, the progress bar and ``on_event``."""
 
     def __init__(self, total: int, checks: list[Check], progress: bool,
-                 on_event: Callable[[CompareEvent], None] | None) -> None:
+                 on_event: Callable[[CompareEvent], None] | None, desc: str = "compare") -> None:
         from tqdm.auto import tqdm
 
         self.total = total
@@ -55,7 +55,7 @@ class RowSink:
         self.checks = checks
         self.on_event = on_event
         self.batch_numbers = itertools.count()
-        self.bar = tqdm(total=total, desc="compare", unit="row", disable=not progress)
+        self.bar = tqdm(total=total, desc=desc, unit="row", disable=not progress)
         self.warmup_seconds: dict[str, float] = {}  #: model label -> seconds of its warm-up
 
     def next_batch(self) -> int:
@@ -168,11 +168,12 @@ def run_model(entry: ModelEntry, rows: list[Row], options: RunOptions, sink: Row
 
 
 def run_grid(grid: Grid, options: RunOptions, *, progress: bool,
-             on_event: Callable[[CompareEvent], None] | None, warmups: dict[str, float] | None = None) -> bool:
+             on_event: Callable[[CompareEvent], None] | None, warmups: dict[str, float] | None = None,
+             desc: str = "compare") -> bool:
     """Run every row of ``grid``, model by model; returns True when interrupted (Ctrl-C, a
     kernel interrupt), with the finished rows kept and the others ``"not run"``. ``warmups``,
-    when given, receives the seconds of each model's warm-up."""
-    sink = RowSink(len(grid.rows), grid.checks, progress, on_event)
+    when given, receives the seconds of each model's warm-up; ``desc`` labels the progress bar."""
+    sink = RowSink(len(grid.rows), grid.checks, progress, on_event, desc)
     if warmups is not None:
         sink.warmup_seconds = warmups
     try:

@@ -68,6 +68,12 @@ _EXPORTS: dict[str, str] = {
     "comparison_view": ".compare_view",
     "results_view": ".compare_view",
     "plot_comparison": ".compare_view",
+    # evaluation views
+    "scoreboard": ".evaluate_view",
+    "plot_scores": ".evaluate_view",
+    "answers_view": ".evaluate_view",
+    "drill_down": ".evaluate_view",
+    "DrillDown": ".evaluate_view",
     # the call log's views
     "log_view": ".log_view",
     "conversation_view": ".log_view",

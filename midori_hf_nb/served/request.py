@@ -16,6 +16,7 @@ from ..config import ConfigError
 from ..prompting import memory_to_messages, system_text
 from ..protocol import AgentPayload, ReasoningEffort
 from ..settings import split_overrides
+from ..structured.formats import ResponseFormat
 from .config import OpenAIConfig, check_server_options
 
 @dataclass(frozen=True)
@@ -50,8 +51,9 @@ def resolve_served_settings(config: OpenAIConfig, overrides: Mapping[str, Any] |
     """The settings one call runs with: ``config`` with ``overrides`` applied and checked.
 
     Overrides: ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``do_sample``,
-    ``greedy``, ``seed``, ``stop``, ``deadline`` (seconds for the whole call) and further server
-    options (JSON data, sent as request fields). Raises
+    ``greedy``, ``seed``, ``stop``, ``deadline`` (seconds for the whole call), ``response_format``
+    (validated as for a local agent, sent as :func:`wire_response_format`; the answer is plain text,
+    not parsed) and further server options (JSON data, sent as request fields). Raises
     :class:`~midori_hf_nb.config.ConfigError` naming the field.
     """
     overrides = dict(overrides or {})
@@ -61,10 +63,23 @@ def resolve_served_settings(config: OpenAIConfig, overrides: Mapping[str, Any] |
         fields["deadline"] = deadline
     if "stop_strings" in rest:  # the local agent's name for it
         rest["stop"] = rest.pop("stop_strings")
+    if isinstance(rest.get("response_format"), ResponseFormat):
+        rest["response_format"] = wire_response_format(rest["response_format"])
     stop = _check_stop(rest.pop("stop", None))
     options = check_server_options(rest, "overrides") if rest else {}
     call_config = config.replace(**fields) if fields else config
     return ServedCallSettings(call_config, seed, stop, {**config.server_options, **options})
+
+
+def wire_response_format(fmt: ResponseFormat) -> dict[str, Any]:
+    """A validated ``response_format`` as the OpenAI request field: ``{"type": "json_schema",
+    "json_schema": {"name", "schema", "strict": true}}`` (``{"type": "json_object"}`` for ``"json"``).
+    Servers that implement it (OpenAI, vLLM, llama.cpp) constrain the answer; others may ignore it,
+    so the answer is still parsed and checked by whoever asked for it."""
+    if fmt.kind == "json":
+        return {"type": "json_object"}
+    name = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in fmt.name)[:64] or "answer"
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": fmt.schema, "strict": True}}
 
 
 def _wire_call(call: dict[str, Any]) -> dict[str, Any]:
@@ -132,4 +147,5 @@ def request_body(config: OpenAIConfig, payload: AgentPayload, call: ServedCallSe
     return body
 
 
-__all__ = ["ServedCallSettings", "payload_messages", "request_body", "resolve_served_settings"]
+__all__ = ["ServedCallSettings", "payload_messages", "request_body", "resolve_served_settings",
+           "wire_response_format"]
