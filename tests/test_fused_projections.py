@@ -86,7 +86,19 @@ def test_each_known_architecture_runs_one_fused_product_per_group_and_keeps_its_
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_an_unknown_architecture_loads_unfused_with_a_named_fallback():
+@pytest.fixture
+def fresh_fallbacks(monkeypatch):
+    """Fallbacks warn once per process: give the test its own record of what was announced."""
+    from midori_hf_nb.engine.capabilities import fallbacks
+
+    monkeypatch.setattr(fallbacks, "_warned", set())
+
+
+def _fast_path_messages(seen) -> list[str]:
+    return [str(w.message) for w in seen if issubclass(w.category, capabilities.FastPathWarning)]
+
+
+def test_an_unknown_architecture_loads_unfused_with_a_named_fallback(fresh_fallbacks):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2, n_positions=32)).eval()
@@ -94,9 +106,81 @@ def test_an_unknown_architecture_loads_unfused_with_a_named_fallback():
         warnings.simplefilter("always")
         assert fuse_projections(model, "tiny-gpt2") == 0
     assert "fused_projections:gpt2" in capabilities.warned_keys()
-    messages = [str(w.message) for w in seen if issubclass(w.category, capabilities.FastPathWarning)]
-    assert not messages or ("tiny-gpt2" in messages[0] and "not fused" in messages[0])
+    messages = [m for m in _fast_path_messages(seen) if "not fused" in m]
+    assert len(messages) == 1 and "tiny-gpt2" in messages[0] and "each runs as its own product" in messages[0]
     assert not any(isinstance(m, ProjectionPart) for m in model.modules())
+
+
+def test_projections_of_an_unexpected_kind_stay_unfused_with_a_named_fallback(tiny_model, fresh_fallbacks):
+    """A known architecture whose projections are not plain linear layers (here a subclass, as
+    bitsandbytes' layers are) keeps them as they are and says so."""
+
+    class OtherLinear(torch.nn.Linear):
+        pass
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    for layer in model.model.layers:
+        layer.self_attn.q_proj.__class__ = OtherLinear
+        layer.mlp.gate_proj.__class__ = OtherLinear
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert fuse_projections(model, "odd-llama") == 0
+    messages = [m for m in _fast_path_messages(seen) if "odd-llama" in m]
+    assert len(messages) == 1 and "q_proj/k_proj/v_proj" in messages[0] and "own product" in messages[0]
+    assert not any(isinstance(m, ProjectionPart) for m in model.modules())
+
+
+def _save_tiny_gpt2(folder, tokenizer_source):
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=512,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_an_agent_on_an_unfusable_architecture_names_the_fallback_and_generates(tmp_path, default_model_dir,
+                                                                                fresh_fallbacks):
+    """Real generation through the agent: a GPT-2 model cannot be fused; loading it warns once,
+    naming the model and what runs instead, and its answer is the one of an unfused load."""
+    folder = _save_tiny_gpt2(tmp_path / "gpt2", default_model_dir)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        agent, lm, fused_default = _greedy(folder, True)
+    try:
+        messages = [m for m in _fast_path_messages(seen) if "not fused" in m]
+        assert len(messages) == 1, _fast_path_messages(seen)
+        assert "gpt2" in messages[0] and "each runs as its own product" in messages[0]
+        assert lm.fused_projections == 0 and not any(isinstance(m, ProjectionPart) for m in lm.model.modules())
+        assert "fused_projections:gpt2" in capabilities.warned_keys()
+    finally:
+        run(agent.unload_model())
+    plain_agent, plain, unfused = _greedy(folder, False)
+    try:
+        assert fused_default.token_ids == unfused.token_ids and len(unfused.token_ids) >= 1
+    finally:
+        run(plain_agent.unload_model())
+
+
+def test_fused_and_unfused_batches_give_the_same_tokens_in_float32(tiny_model):
+    """A left-padded batch (the comparison grid's path) decodes the same tokens fused and unfused."""
+    prompts = ["Tell me a story about a dragon.", "What is 2 + 2?", "Name three colours of the rainbow, please."]
+    outputs = []
+    for fuse in (True, False):
+        agent = HuggingFaceLocalAgent(model=str(tiny_model), device="cpu", do_sample=False, max_new_tokens=16,
+                                      progress=False, torch_dtype="float32", fuse_projections=fuse)
+        lm = run(agent.load()).loaded_model
+        try:
+            call = agent.resolve_settings({})
+            batch = [agent.build_prompt(lm, make_payload(p), call).input_ids for p in prompts]
+            outputs.append([r.token_ids for r in engine.generate_batch(lm, batch, call.generation)])
+            assert lm.fused_projections == (2 * lm.model.config.num_hidden_layers if fuse else 0)
+        finally:
+            run(agent.unload_model())
+    assert outputs[0] == outputs[1] and all(len(ids) >= 1 for ids in outputs[0])
 
 
 def test_fused_layers_are_quantized_and_widened_like_any_linear(tiny_model):

@@ -92,10 +92,11 @@ def _fusable(parts: list[Any]) -> bool:
 
 
 def fuse_projections(model: torch.nn.Module, name: str = "model",
-                     convert: Callable[[torch.nn.Linear], torch.nn.Module] | None = None) -> int:
+                     convert: Callable[[torch.nn.Linear, str], torch.nn.Module] | None = None) -> int:
     """Fuse the query/key/value and gate/up projections of ``model`` in place (see the module
-    docstring). ``convert`` turns each fused layer into its final form (a quantized layer) as soon
-    as it is made, so that only one group's unquantized copy exists at a time. Returns how many
+    docstring). ``convert`` turns each fused layer (and its name in the model) into its final form
+    (a quantized layer) as soon as it is made, so that only one group's unquantized copy exists at
+    a time. Returns how many
     groups were fused; 0 with a :func:`~.capabilities.fallback` warning when the architecture is
     not in :data:`FUSABLE_ARCHITECTURES` or its layers do not have the expected projections."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
@@ -108,7 +109,7 @@ def fuse_projections(model: torch.nn.Module, name: str = "model",
         return 0
     fused = 0
     with torch.no_grad():
-        for module in list(model.modules()):
+        for module_name, module in list(model.named_modules()):
             for parent_name, names in groups:
                 parent = getattr(module, parent_name, None)
                 if parent is None or not isinstance(parent, torch.nn.Module):
@@ -123,7 +124,9 @@ def fuse_projections(model: torch.nn.Module, name: str = "model",
                 linear.weight = torch.nn.Parameter(torch.cat([p.weight for p in parts]), requires_grad=False)
                 if first.bias is not None:
                     linear.bias = torch.nn.Parameter(torch.cat([p.bias for p in parts]), requires_grad=False)
-                group = FusedProjection(convert(linear) if convert is not None else linear, sizes)
+                where = f"{module_name}.{parent_name}" if module_name else parent_name
+                group = FusedProjection(convert(linear, f"{where}.fused_projection.linear")
+                                        if convert is not None else linear, sizes)
                 parent.fused_projection = group  # registered once, on the parent
                 for index, (n, p) in enumerate(zip(names, parts)):
                     setattr(parent, n, ProjectionPart(group, index, p.in_features, p.out_features))

@@ -81,6 +81,18 @@ def use_bf16_cpu_linears(model: torch.nn.Module) -> int:
 # --------------------------------------------------------------------------- int8 / int4 weights
 
 
+#: The buffers that hold a packed layer's weight, by class name (what :mod:`.quantized_cache` saves).
+PACKED_BUFFERS = {"Int8WeightLinear": ("qweight", "scale"), "Int4WeightLinear": ("packed", "scales_and_zeros")}
+
+
+def _stored(stored: dict[str, torch.Tensor] | None, name: str | None, buffers: tuple[str, ...]):
+    """The saved buffers of layer ``name`` (see :mod:`.quantized_cache`), or None where any is missing."""
+    if stored is None or name is None:
+        return None
+    found = tuple(stored.get(f"{name}.{b}") for b in buffers)
+    return None if any(t is None for t in found) else found
+
+
 class _PackedWeightLinear(torch.nn.Module):
     """A linear layer whose weight lives in a packed low-bit form: subclasses give the product."""
 
@@ -106,8 +118,15 @@ class Int8WeightLinear(_PackedWeightLinear):
     absolute weight divided by 127 (symmetric, round to nearest).
     """
 
-    def __init__(self, linear: torch.nn.Linear) -> None:
+    def __init__(self, linear: torch.nn.Linear, stored: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.activation_dtype = linear.weight.dtype
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        if stored is not None and stored[0].shape == linear.weight.shape:  # saved earlier: no quantizing
+            self.register_buffer("qweight", stored[0])
+            self.register_buffer("scale", stored[1].to(linear.weight.dtype))
+            return
         weight = linear.weight.detach()
         qweight = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
         scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
@@ -116,11 +135,8 @@ class Int8WeightLinear(_PackedWeightLinear):
             rows_scale = block.abs().amax(dim=1).clamp(min=1e-12) / 127.0
             qweight[start:start + INT8_BLOCK_ROWS] = torch.round(block / rows_scale[:, None]).clamp(-127, 127)
             scale[start:start + INT8_BLOCK_ROWS] = rows_scale
-        self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("qweight", qweight)
         self.register_buffer("scale", scale.to(linear.weight.dtype))
-        self.activation_dtype = linear.weight.dtype
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
 
     def _product(self, flat: torch.Tensor) -> torch.Tensor:
         return capabilities.int8_weight_matmul(flat, self.qweight, self.scale)
@@ -139,9 +155,17 @@ class Int4WeightLinear(_PackedWeightLinear):
     (``aten._weight_int4pack_mm_for_cpu``).
     """
 
-    def __init__(self, linear: torch.nn.Linear, group_size: int = 32) -> None:
+    def __init__(self, linear: torch.nn.Linear, group_size: int = 32,
+                 stored: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         super().__init__()
         rows, cols = linear.weight.shape
+        self.in_features, self.out_features, self.group_size = cols, rows, group_size
+        self.activation_dtype = linear.weight.dtype
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        if stored is not None and stored[1].shape == (cols // group_size, rows, 2):  # saved earlier
+            self.register_buffer("packed", stored[0])
+            self.register_buffer("scales_and_zeros", stored[1].to(linear.weight.dtype))
+            return
         groups = linear.weight.detach().view(rows, cols // group_size, group_size)
         low, high = groups.aminmax(dim=-1)  # exact in the weight's own dtype: widened afterwards
         low, high = low.to(torch.float32), high.to(torch.float32)
@@ -150,12 +174,9 @@ class Int4WeightLinear(_PackedWeightLinear):
         q = q.to(torch.int32).view(rows, cols)
         # the kernel computes (q - 8) * scale + zero
         zero = low + 8 * scale
-        self.in_features, self.out_features, self.group_size = cols, rows, group_size
         self.register_buffer("packed", capabilities.int4_pack(q))
         self.register_buffer("scales_and_zeros",
                              torch.stack([scale.t(), zero.t()], dim=-1).contiguous().to(linear.weight.dtype))
-        self.activation_dtype = linear.weight.dtype
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
 
     def _product(self, flat: torch.Tensor) -> torch.Tensor:
         return capabilities.int4_weight_matmul(flat, self.packed, self.group_size, self.scales_and_zeros)
@@ -176,12 +197,17 @@ def check_weight_kernels(kind: str, head: str | None = None) -> None:
         )
 
 
-def quantized_linear(linear: torch.nn.Linear, kind: str) -> torch.nn.Module:
+def quantized_linear(linear: torch.nn.Linear, kind: str, stored: dict[str, torch.Tensor] | None = None,
+                     name: str | None = None) -> torch.nn.Module:
     """``linear`` as an :class:`Int8WeightLinear` (``"int8"``) or :class:`Int4WeightLinear`
-    (``"int4"``, when its inputs are a multiple of 32; else ``linear`` itself)."""
+    (``"int4"``, when its inputs are a multiple of 32; else ``linear`` itself). With ``stored``
+    (packed tensors saved by :mod:`.quantized_cache`) holding layer ``name``, its saved form is
+    used instead of quantizing again."""
     if kind == "int8":
-        return Int8WeightLinear(linear)
-    return Int4WeightLinear(linear) if linear.in_features % 32 == 0 else linear
+        return Int8WeightLinear(linear, stored=_stored(stored, name, PACKED_BUFFERS["Int8WeightLinear"]))
+    if linear.in_features % 32 != 0:
+        return linear
+    return Int4WeightLinear(linear, stored=_stored(stored, name, PACKED_BUFFERS["Int4WeightLinear"]))
 
 
 def own_memory(model: torch.nn.Module) -> None:
@@ -203,26 +229,28 @@ def own_memory(model: torch.nn.Module) -> None:
                     setattr(module, name, buffer.clone())
 
 
-def quantize_weights(model: torch.nn.Module, kind: str, head: str | None = None) -> int:
+def quantize_weights(model: torch.nn.Module, kind: str, head: str | None = None,
+                     stored: dict[str, torch.Tensor] | None = None) -> int:
     """Replace the ``nn.Linear`` layers of ``model`` by :class:`Int8WeightLinear` (``"int8"``:
     every layer, the output head included) or :class:`Int4WeightLinear` (``"int4"``: every layer
     but the output head, whose inputs are a multiple of 32). ``head="int8"`` stores the output
     head as int8 whatever ``kind`` is. Returns how many layers changed.
 
     An int8 head tied to the input embeddings gets its own copy; the embeddings stay in the
-    model's dtype.
+    model's dtype. ``stored``: packed tensors saved earlier (see :func:`quantized_linear`).
     """
     check_weight_kernels(kind, head)
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     replaced = 0
-    for module in list(model.modules()):
+    for prefix, module in list(model.named_modules()):
         for name, child in list(module.named_children()):
             if not isinstance(child, torch.nn.Linear):
                 continue
+            full_name = f"{prefix}.{name}" if prefix else name
             if child is output and head == "int8":
-                setattr(module, name, Int8WeightLinear(child))
+                setattr(module, name, quantized_linear(child, "int8", stored, full_name))
             elif kind == "int8" or (child is not output and child.in_features % 32 == 0):
-                setattr(module, name, quantized_linear(child, kind))
+                setattr(module, name, quantized_linear(child, kind, stored, full_name))
             else:
                 continue
             replaced += 1

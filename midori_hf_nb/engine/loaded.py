@@ -76,6 +76,9 @@ class LoadedModel:
     decoder: Any = field(default=None, repr=False)
     #: how many projection groups were fused at load (see :mod:`.fusion`; 0: none)
     fused_projections: int = 0
+    #: whether the quantized layers were built from weights quantized by an earlier load
+    #: (see :mod:`.quantized_cache`) instead of being quantized now
+    quantized_from_cache: bool = False
 
     @property
     def input_device(self) -> torch.device:

@@ -27,6 +27,7 @@ from .devices import TORCH_DTYPES, cpu_has_vector_kernels, trim_heap, mps_availa
 from .fusion import fuse_projections
 from .layers import QuantizationError, check_weight_kernels, own_memory, quantize_weights, quantized_linear, use_bf16_cpu_linears
 from .loaded import LoadedModel, LoadSpec
+from .quantized_cache import quantized_cache_dir, read_quantized, save_quantized
 from .source_precision import source_precision
 
 
@@ -157,14 +158,24 @@ def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
             model.eval()
             fused = 0
             quantized = spec.quantization in ("int8", "int4")
+            stored = store = None
+            from_cache = False
             if quantized:
                 check_weight_kernels(spec.quantization, spec.head_quantization)
-            if spec.fuse_projections and spec.device == "cpu" and spec.quantization not in ("8bit", "4bit"):
-                convert = (lambda linear: quantized_linear(linear, spec.quantization)) if quantized else None
+                store = quantized_store(spec, path)
+                stored = read_quantized(store)
+            fusing = spec.fuse_projections and spec.device == "cpu" and spec.quantization not in ("8bit", "4bit")
+            if fusing:
+                convert = (lambda linear, name: quantized_linear(linear, spec.quantization, stored, name)) \
+                    if quantized else None
                 fused = fuse_projections(model, repr(spec.source.name), convert)
             if quantized:
-                quantize_weights(model, spec.quantization, head=spec.head_quantization)
+                quantize_weights(model, spec.quantization, head=spec.head_quantization, stored=stored)
                 own_memory(model)  # the weights file's memory map can go
+                if store is not None and stored is None:
+                    save_quantized(store, model, spec.source.name)
+                from_cache = stored is not None
+                del stored
                 trim_heap()
             if spec.device == "cpu" and spec.dtype == "bfloat16" and spec.quantization not in ("8bit", "4bit") \
                     and not capabilities.cpu_has_native_bf16_gemm():
@@ -174,7 +185,7 @@ def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
         bar.close()
         TRACKER.end(key)
     lm = LoadedModel(spec=spec, model=model, tokenizer=tokenizer, load_seconds=time.perf_counter() - started, path=path,
-                     fused_projections=fused)
+                     fused_projections=fused, quantized_from_cache=from_cache)
     lm.base_generation_config = model.generation_config
     lm.generation_defaults = model_generation_defaults(model.generation_config.to_diff_dict(),
                                                        source=f"{spec.source.name}: generation_config.json")
@@ -197,6 +208,15 @@ def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.generation_config.pad_token_id
     lm.pad_token_id = pad if pad is not None else (min(eos_ids) if eos_ids else 0)
     return lm
+
+
+def quantized_store(spec: LoadSpec, path: str) -> Path | None:
+    """Where the quantized weights of ``spec`` are kept between processes (see
+    :mod:`.quantized_cache`): beside a GGUF source's cached conversion; None for other sources."""
+    if spec.source.kind != "gguf":
+        return None
+    fused = spec.fuse_projections and spec.device == "cpu"
+    return quantized_cache_dir(path, spec.quantization, spec.head_quantization, fused)
 
 
 def _free(lm: LoadedModel) -> None:
