@@ -24,6 +24,7 @@ import torch
 
 from . import capabilities
 from .convert import _cached_problems, _write_cached
+from .layers import PACKED_BUFFERS
 
 #: The file of packed tensors in a quantized-weights folder.
 QUANTIZED_FILE = "quantized.safetensors"
@@ -51,8 +52,6 @@ def read_quantized(folder: Path | None) -> dict[str, torch.Tensor] | None:
 
 def packed_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every quantized layer's packed weight and scales, by ``<layer name>.<buffer>``."""
-    from .layers import PACKED_BUFFERS
-
     tensors = {}
     for name, module in model.named_modules():
         for buffer in PACKED_BUFFERS.get(type(module).__name__, ()):
