@@ -68,7 +68,8 @@ EXTRA_ROWS = ("stream", "grid", "turns", "concurrent")
 #: name -> (kind, options, description). The first row is the baseline of every ratio.
 ROWS: dict[str, tuple[str, dict[str, Any], str]] = {
     "pipeline": ("pipeline", {}, "baseline: transformers.pipeline, fp32, plain System/User/Assistant prompt, torch threads"),
-    "agent": ("agent", {}, "the agent's default path (torch_dtype/num_threads/decode_loop 'auto')"),
+    "agent": ("agent", {}, "the agent's default path (torch_dtype/quantize_weights/num_threads/decode_loop 'auto': "
+                           "the GGUF's own precision, int4 layers and an int8 head, fused projections)"),
     "pipeline-1t": ("pipeline", {"threads": 1}, "reference: the baseline pipeline with 1 torch thread"),
     "generate-fp32": ("generate", {"dtype": "float32"}, "reference: model.generate, chat template, fp32, torch threads"),
     "generate-bf16": ("generate", {"dtype": "bfloat16"}, "reference: model.generate, chat template, bf16 weights, torch threads"),
@@ -77,6 +78,10 @@ ROWS: dict[str, tuple[str, dict[str, Any], str]] = {
     "agent-int4": ("agent", {"quantize_weights": "int4"}, "agent with quantize_weights='int4' (4-bit groups of 32 as in the GGUF, bf16 head)"),
     "agent-generate": ("agent", {"decode_loop": "generate"}, "agent default, but decode_loop='generate' (model.generate)"),
     "agent-reproducible": ("agent", {"reproducible": True}, "agent default, but reproducible=True"),
+    "agent-unfused": ("agent", {"fuse_projections": False}, "agent default, but fuse_projections=False (the model's own layers)"),
+    "agent-bf16": ("agent", {"quantize_weights": None}, "agent with quantize_weights=None (bf16 weights, fused projections)"),
+    "agent-bf16-unfused": ("agent", {"quantize_weights": None, "fuse_projections": False},
+                           "the previous default: bf16 weights, the model's own layers"),
     "llama.cpp": ("llama_cpp", {}, "reference: llama-cpp-python on the same GGUF (only if importable)"),
 }
 

@@ -20,7 +20,7 @@ from .generation_options import SEED_MAX, SEED_MIN, validate_generation_options,
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float16", "float32", "bfloat16")
 DECODE_LOOPS = ("auto", "generate")
-WEIGHT_QUANTIZATIONS = ("int8", "int4")
+WEIGHT_QUANTIZATIONS = ("int8", "int4", "auto")
 _CUDA_INDEXED = re.compile(r"^cuda:\d+$")
 #: Control characters (NUL, line breaks, ...): no hub id or path holds one.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -150,8 +150,20 @@ class HuggingFaceConfig:
             head too); ``"int4"`` stores 4-bit values in groups of 32 with a scale and an offset
             per group (the head stays in ``torch_dtype``) -- for a Q4_0/Q4_1 GGUF file that
             reproduces the file's own 4-bit weights. Fewer bytes and faster decoding than float32
-            (on AVX2 about as fast as bfloat16); changes the numerics, so answers can differ. ``None`` (default) keeps full weights. Not
-            combinable with ``load_in_8bit`` / ``load_in_4bit``.
+            (on AVX2 about as fast as bfloat16); changes the numerics, so answers can differ.
+            ``"auto"`` keeps the precision of the source: on a CPU with AVX2 or better (where
+            torch's int4/int8 kernels are vectorised) with ``torch_dtype="auto"``, a GGUF
+            file whose layers are Q4_0/Q4_1 (Q8_0) loads them as ``"int4"`` (``"int8"``), and a head
+            stored in 8 bits or fewer as int8 (:mod:`midori_hf_nb.engine.source_precision`); any
+            other source, device or dtype keeps full weights. ``"auto"`` is the default: for the
+            offline default model (a Q4_1 file) it decodes about 1.5-3x faster than bfloat16 on CPU
+            with answers as good (``benchmarks/precision_answers.py``). ``None`` keeps full
+            weights. ``"int8"`` and ``"int4"`` are not combinable with ``load_in_8bit`` / ``load_in_4bit``.
+        fuse_projections: fuse each attention layer's query/key/value projections and each MLP's
+            gate/up projections into one linear layer at load on CPU (fewer, larger products per token;
+            :mod:`midori_hf_nb.engine.fusion`) for the architectures the engine knows (Llama, Mistral,
+            Qwen2, Qwen3); other architectures load unfused with a warning naming the fallback.
+            Same tokens as unfused in float32. ``False`` keeps the model's own layers.
     """
 
     model: str
@@ -170,7 +182,8 @@ class HuggingFaceConfig:
     progress: bool = True
     num_threads: int | str | None = "auto"
     decode_loop: str = "auto"
-    quantize_weights: str | None = None
+    quantize_weights: str | None = "auto"
+    fuse_projections: bool = True
     stop_on_repetition: bool = True
     reproducible: bool = False
     unset_fields: frozenset[str] | None = None
@@ -206,7 +219,7 @@ class HuggingFaceConfig:
         _check_positive_int("top_k", self.top_k)
         _check_positive_int("context_window", self.context_window)
         for name in ("do_sample", "trust_remote_code", "load_in_8bit", "load_in_4bit", "progress", "stop_on_repetition",
-                     "reproducible"):
+                     "reproducible", "fuse_projections"):
             _check_bool(name, getattr(self, name))
         if self.load_in_8bit and self.load_in_4bit:
             raise ConfigError(
@@ -215,7 +228,7 @@ class HuggingFaceConfig:
         if self.quantize_weights is not None and self.quantize_weights not in WEIGHT_QUANTIZATIONS:
             _fail("quantize_weights", self.quantize_weights,
                   "expected None or one of " + ", ".join(repr(q) for q in WEIGHT_QUANTIZATIONS))
-        if self.quantize_weights and (self.load_in_8bit or self.load_in_4bit):
+        if self.quantize_weights not in (None, "auto") and (self.load_in_8bit or self.load_in_4bit):
             raise ConfigError(
                 f"HuggingFaceConfig.quantize_weights={self.quantize_weights!r} cannot be combined with "
                 "load_in_8bit/load_in_4bit: choose at most one quantization"
@@ -236,9 +249,9 @@ class HuggingFaceConfig:
             return "8bit"
         if self.load_in_4bit:
             return "4bit"
-        if self.quantize_weights:
+        if self.quantize_weights and self.quantize_weights != "auto":
             return self.quantize_weights
-        return None
+        return None  # "auto" is resolved against the model's source when it loads
 
     @property
     def greedy(self) -> bool:

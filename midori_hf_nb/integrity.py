@@ -351,6 +351,9 @@ def check_gguf_header(path: str | os.PathLike) -> None:
             f"{path} is truncated: {size} bytes, shorter than a GGUF header ({_GGUF_HEADER_BYTES} bytes): {_GGUF_FIX}")
 
 
+_U64 = struct.Struct("<Q")
+
+
 class _Truncated(Exception):
     pass
 
@@ -389,16 +392,65 @@ def _skip_value(cur: _Cursor, kind: int, path: Path) -> Any:
         item_kind, count = cur.take("<IQ")
         if item_kind in _GGUF_VALUE_SIZES:
             cur.skip(_GGUF_VALUE_SIZES[item_kind] * count)
-        elif item_kind == _GGUF_STRING:
+        elif item_kind == _GGUF_STRING:  # a vocabulary: tens of thousands of strings, skipped in a tight loop
+            unpack, buffer, pos, size = _U64.unpack_from, cur.buffer, cur.pos, cur.size
             for _ in range(count):
-                (n,) = cur.take("<Q")
-                cur.skip(n)
+                if pos + 8 > size:
+                    raise _Truncated
+                pos += 8 + unpack(buffer, pos)[0]
+            if pos > size:
+                raise _Truncated
+            cur.pos = pos
         else:
             for _ in range(count):
                 _skip_value(cur, item_kind, path)
         return None
     raise CorruptModelError(
         f"{path} is damaged: unknown metadata value type {kind} at byte {cur.pos - 4}: {_GGUF_FIX}")
+
+
+def _tensor_table(path: Path) -> tuple[list[tuple[str, tuple[int, ...], int, int]], int] | None:
+    """The tensor table of a GGUF file (name, dimensions, ggml type, offset) and where the tensor
+    data starts; None for a layout version this parser does not read. Raises
+    :class:`CorruptModelError` for a table that does not parse."""
+    size = path.stat().st_size
+    tensors = []
+    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        cur = _Cursor(mm, 4)
+        try:
+            (version,) = cur.take("<I")
+            if version not in _GGUF_PARSED_VERSIONS:
+                return None  # another layout: transformers says whether it reads it
+            n_tensors, n_kv = cur.take("<QQ")
+            if n_tensors > _GGUF_MAX_COUNT or n_kv > _GGUF_MAX_COUNT:
+                raise CorruptModelError(
+                    f"{path} is damaged: its header claims {n_tensors} tensors and {n_kv} metadata entries: {_GGUF_FIX}")
+            alignment = 32
+            for _ in range(n_kv):
+                key = cur.string()
+                (kind,) = cur.take("<I")
+                value = _skip_value(cur, kind, path)
+                if key == b"general.alignment" and kind in (4, 10) and value > 0:  # u32 (or u64)
+                    alignment = value
+            for _ in range(n_tensors):
+                name = cur.string().decode("utf-8", "replace")
+                (n_dims,) = cur.take("<I")
+                if n_dims > 8:
+                    raise CorruptModelError(f"{path} is damaged: a tensor with {n_dims} dimensions: {_GGUF_FIX}")
+                dims = cur.take(f"<{n_dims}Q")
+                ggml_type, offset = cur.take("<IQ")
+                tensors.append((name, dims, ggml_type, offset))
+        except _Truncated:
+            raise CorruptModelError(
+                f"{path} is truncated: {size} bytes, it ends inside its metadata: {_GGUF_FIX}") from None
+        return tensors, -(-cur.pos // alignment) * alignment
+
+
+def gguf_tensor_types(path: str | os.PathLike) -> dict[str, int]:
+    """Each tensor's ggml type number in a GGUF file (``gguf.GGMLQuantizationType`` values), read
+    from its header only; empty for a layout version this parser does not read."""
+    table = _tensor_table(Path(path))
+    return {} if table is None else {name: ggml_type for name, _, ggml_type, _ in table[0]}
 
 
 def check_gguf_file(path: str | os.PathLike) -> None:
@@ -417,41 +469,18 @@ def check_gguf_file(path: str | os.PathLike) -> None:
     except Exception:  # pragma: no cover - gguf is a dependency; without it only the header is checked
         quant_sizes = {}
     size = path.stat().st_size
-    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        cur = _Cursor(mm, 4)
-        try:
-            (version,) = cur.take("<I")
-            if version not in _GGUF_PARSED_VERSIONS:
-                return  # another layout: transformers says whether it reads it
-            n_tensors, n_kv = cur.take("<QQ")
-            if n_tensors > _GGUF_MAX_COUNT or n_kv > _GGUF_MAX_COUNT:
-                raise CorruptModelError(
-                    f"{path} is damaged: its header claims {n_tensors} tensors and {n_kv} metadata entries: {_GGUF_FIX}")
-            alignment = 32
-            for _ in range(n_kv):
-                key = cur.string()
-                (kind,) = cur.take("<I")
-                value = _skip_value(cur, kind, path)
-                if key == b"general.alignment" and kind in (4, 10) and value > 0:  # u32 (or u64)
-                    alignment = value
-            end = 0
-            for _ in range(n_tensors):
-                cur.string()
-                (n_dims,) = cur.take("<I")
-                if n_dims > 8:
-                    raise CorruptModelError(f"{path} is damaged: a tensor with {n_dims} dimensions: {_GGUF_FIX}")
-                dims = cur.take(f"<{n_dims}Q")
-                ggml_type, offset = cur.take("<IQ")
-                if ggml_type in quant_sizes:
-                    block, type_size = quant_sizes[ggml_type]
-                    elements = 1
-                    for d in dims:
-                        elements *= d
-                    end = max(end, offset + elements // block * type_size)
-        except _Truncated:
-            raise CorruptModelError(
-                f"{path} is truncated: {size} bytes, it ends inside its metadata: {_GGUF_FIX}") from None
-        data_start = -(-cur.pos // alignment) * alignment
+    table = _tensor_table(path)
+    if table is None:
+        return
+    tensors, data_start = table
+    end = 0
+    for _, dims, ggml_type, offset in tensors:
+        if ggml_type in quant_sizes:
+            block, type_size = quant_sizes[ggml_type]
+            elements = 1
+            for d in dims:
+                elements *= d
+            end = max(end, offset + elements // block * type_size)
     if end and data_start + end > size:
         raise CorruptModelError(
             f"{path} is truncated: {size} bytes, but its tensors end at byte {data_start + end} "

@@ -371,8 +371,9 @@ def float32_facts(default_model_dir):
     return _fact_answers(torch_dtype="float32")
 
 
-@pytest.mark.parametrize("options", [{}, {"quantize_weights": "int8"}, {"quantize_weights": "int4"}],
-                         ids=["auto-dtype", "int8-weights", "int4-weights"])
+@pytest.mark.parametrize("options", [{}, {"quantize_weights": None}, {"quantize_weights": None, "fuse_projections": False},
+                                     {"quantize_weights": "int8"}, {"quantize_weights": "int4"}],
+                         ids=["default", "bf16-fused", "bf16-unfused", "int8-weights", "int4-weights"])
 @pytest.mark.slow
 def test_fast_paths_answer_factual_questions_as_float32_does(float32_facts, options):
     """Greedy answers of the fast paths are the float32 answers or, where they differ, equally correct."""

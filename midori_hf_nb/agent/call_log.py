@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: configuration fields recorded under ``options`` besides the generation settings
 CONFIG_OPTIONS = ("context_window", "stop_on_repetition", "num_threads", "decode_loop", "quantize_weights",
+                  "fuse_projections",
                   "load_in_8bit", "load_in_4bit", "trust_remote_code", "torch_dtype", "device")
 
 

@@ -50,6 +50,13 @@ BF16_FAST_CPU_CAPABILITIES = frozenset({"AVX2", "AVX512", "AVX512_BF16", "AMX", 
 
 def cpu_prefers_bfloat16() -> bool:
     """True when this CPU runs bfloat16 weights faster than float32 (x86 with AVX2 or better)."""
+    return cpu_has_vector_kernels()
+
+
+def cpu_has_vector_kernels() -> bool:
+    """True when torch runs its own CPU kernels (bfloat16 products, the int4/int8 weight kernels)
+    vectorised here: x86 with AVX2 or better. With ``ATEN_CPU_CAPABILITY=default`` (or on a CPU
+    torch has no vector kernels for) they run scalar, several times slower than MKL's float32."""
     from .capabilities import cpu_capability
 
     return cpu_capability() in BF16_FAST_CPU_CAPABILITIES

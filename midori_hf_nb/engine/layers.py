@@ -26,6 +26,10 @@ BF16_BLOCK_ELEMENTS = 1 << 19
 
 _scratch = threading.local()
 
+#: Rows of a weight widened to float32 at a time while it is quantized to int8 (a 49k-row output
+#: head would otherwise need several float32 copies of itself at once).
+INT8_BLOCK_ROWS = 4096
+
 
 def exact_rows(x: torch.Tensor, mode: ForwardMode, direct, tile_product) -> torch.Tensor:
     """``x @ W.T`` (``x``: ``[..., in]``) cut as the thread's forward ``mode`` says (see
@@ -150,6 +154,18 @@ def use_bf16_cpu_linears(model: torch.nn.Module) -> int:
 # --------------------------------------------------------------------------- int8 / int4 weights
 
 
+#: The buffers that hold a packed layer's weight, by class name (what :mod:`.quantized_cache` saves).
+PACKED_BUFFERS = {"Int8WeightLinear": ("qweight", "scale"), "Int4WeightLinear": ("packed", "scales_and_zeros")}
+
+
+def _stored(stored: dict[str, torch.Tensor] | None, name: str | None, buffers: tuple[str, ...]):
+    """The saved buffers of layer ``name`` (see :mod:`.quantized_cache`), or None where any is missing."""
+    if stored is None or name is None:
+        return None
+    found = tuple(stored.get(f"{name}.{b}") for b in buffers)
+    return None if any(t is None for t in found) else found
+
+
 class _PackedWeightLinear(torch.nn.Module):
     """A linear layer whose weight lives in a packed low-bit form: subclasses give the product."""
 
@@ -181,15 +197,25 @@ class Int8WeightLinear(_PackedWeightLinear):
     absolute weight divided by 127 (symmetric, round to nearest).
     """
 
-    def __init__(self, linear: torch.nn.Linear) -> None:
+    def __init__(self, linear: torch.nn.Linear, stored: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         super().__init__()
-        weight = linear.weight.detach().to(torch.float32)
-        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("qweight", torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8))
-        self.register_buffer("scale", scale.to(linear.weight.dtype))
         self.activation_dtype = linear.weight.dtype
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        if stored is not None and stored[0].shape == linear.weight.shape:  # saved earlier: no quantizing
+            self.register_buffer("qweight", stored[0])
+            self.register_buffer("scale", stored[1].to(linear.weight.dtype))
+            return
+        weight = linear.weight.detach()
+        qweight = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+        scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
+        for start in range(0, weight.shape[0], INT8_BLOCK_ROWS):  # blocks of rows: no full float32 copy
+            block = weight[start:start + INT8_BLOCK_ROWS].to(torch.float32)
+            rows_scale = block.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+            qweight[start:start + INT8_BLOCK_ROWS] = torch.round(block / rows_scale[:, None]).clamp(-127, 127)
+            scale[start:start + INT8_BLOCK_ROWS] = rows_scale
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scale", scale.to(linear.weight.dtype))
 
     def _product(self, flat: torch.Tensor) -> torch.Tensor:
         return capabilities.int8_weight_matmul(flat, self.qweight, self.scale)
@@ -208,22 +234,28 @@ class Int4WeightLinear(_PackedWeightLinear):
     (``aten._weight_int4pack_mm_for_cpu``).
     """
 
-    def __init__(self, linear: torch.nn.Linear, group_size: int = 32) -> None:
+    def __init__(self, linear: torch.nn.Linear, group_size: int = 32,
+                 stored: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         super().__init__()
-        weight = linear.weight.detach().to(torch.float32)
-        rows, cols = weight.shape
-        groups = weight.view(rows, cols // group_size, group_size)
-        low, high = groups.amin(dim=-1), groups.amax(dim=-1)
-        scale = ((high - low) / 15).clamp(min=1e-12)
-        q = torch.round((groups - low[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32).view(rows, cols)
+        rows, cols = linear.weight.shape
+        self.in_features, self.out_features, self.group_size = cols, rows, group_size
+        self.activation_dtype = linear.weight.dtype
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        if stored is not None and stored[1].shape == (cols // group_size, rows, 2):  # saved earlier
+            self.register_buffer("packed", stored[0])
+            self.register_buffer("scales_and_zeros", stored[1].to(linear.weight.dtype))
+            return
+        groups = linear.weight.detach().view(rows, cols // group_size, group_size)
+        low, high = groups.aminmax(dim=-1)  # exact in the weight's own dtype: widened afterwards
+        low, high = low.to(torch.float32), high.to(torch.float32)
+        scale = ((high - low) / 15).clamp_(min=1e-12)
+        q = groups.to(torch.float32, copy=True).sub_(low[..., None]).div_(scale[..., None]).round_().clamp_(0, 15)
+        q = q.to(torch.int32).view(rows, cols)
         # the kernel computes (q - 8) * scale + zero
         zero = low + 8 * scale
-        self.in_features, self.out_features, self.group_size = cols, rows, group_size
         self.register_buffer("packed", capabilities.int4_pack(q))
         self.register_buffer("scales_and_zeros",
                              torch.stack([scale.t(), zero.t()], dim=-1).contiguous().to(linear.weight.dtype))
-        self.activation_dtype = linear.weight.dtype
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
 
     def _product(self, flat: torch.Tensor) -> torch.Tensor:
         return capabilities.int4_weight_matmul(flat, self.packed, self.group_size, self.scales_and_zeros)
@@ -233,34 +265,75 @@ class Int4WeightLinear(_PackedWeightLinear):
                 f"int4 weights in groups of {self.group_size}")
 
 
-def quantize_weights(model: torch.nn.Module, kind: str) -> int:
-    """Replace the ``nn.Linear`` layers of ``model`` by :class:`Int8WeightLinear` (``"int8"``:
-    every layer, the output head included) or :class:`Int4WeightLinear` (``"int4"``: every layer
-    but the output head, whose inputs are a multiple of 32). Returns how many layers changed.
-
-    An int8 head tied to the input embeddings gets its own copy; the embeddings stay in the
-    model's dtype.
-    """
-    missing = capabilities.missing_weight_kernels(kind)
+def check_weight_kernels(kind: str, head: str | None = None) -> None:
+    """Raise :class:`QuantizationError` naming the aten kernels ``kind`` (and ``head``) need that this torch lacks."""
+    kinds = {kind} | ({head} if head else set())
+    missing = [name for k in sorted(kinds) for name in capabilities.missing_weight_kernels(k)]
     if missing:
         raise QuantizationError(
             f"quantize_weights={kind!r} needs torch's kernel(s) {', '.join('aten.' + m for m in missing)}, which "
             f"torch {torch.__version__} does not have; use torch 2.4-2.13 or turn quantize_weights off"
         )
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+
+
+def quantized_linear(linear: torch.nn.Linear, kind: str, stored: dict[str, torch.Tensor] | None = None,
+                     name: str | None = None) -> torch.nn.Module:
+    """``linear`` as an :class:`Int8WeightLinear` (``"int8"``) or :class:`Int4WeightLinear`
+    (``"int4"``, when its inputs are a multiple of 32; else ``linear`` itself). With ``stored``
+    (packed tensors saved by :mod:`.quantized_cache`) holding layer ``name``, its saved form is
+    used instead of quantizing again."""
+    if kind == "int8":
+        return Int8WeightLinear(linear, stored=_stored(stored, name, PACKED_BUFFERS["Int8WeightLinear"]))
+    if linear.in_features % 32 != 0:
+        return linear
+    return Int4WeightLinear(linear, stored=_stored(stored, name, PACKED_BUFFERS["Int4WeightLinear"]))
+
+
+def own_memory(model: torch.nn.Module) -> None:
+    """Give the parameters and buffers left in ``model`` memory of their own (after quantization).
+
+    Weights loaded from safetensors share one memory map of the file, and every page read stays
+    resident while any tensor of the file lives; once the linear layers are quantized, the rest
+    (embeddings, norms) would keep the whole map, and so every weight read while quantizing,
+    in the process's resident memory. Copying them lets the map go.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, _PackedWeightLinear):
+                continue
+            for param in module.parameters(recurse=False):
+                param.data = param.data.clone()
+            for name, buffer in list(module.named_buffers(recurse=False)):
+                if buffer is not None:
+                    setattr(module, name, buffer.clone())
+
+
+def quantize_weights(model: torch.nn.Module, kind: str, head: str | None = None,
+                     stored: dict[str, torch.Tensor] | None = None) -> int:
+    """Replace the ``nn.Linear`` layers of ``model`` by :class:`Int8WeightLinear` (``"int8"``:
+    every layer, the output head included) or :class:`Int4WeightLinear` (``"int4"``: every layer
+    but the output head, whose inputs are a multiple of 32). ``head="int8"`` stores the output
+    head as int8 whatever ``kind`` is. Returns how many layers changed.
+
+    An int8 head tied to the input embeddings gets its own copy; the embeddings stay in the
+    model's dtype. ``stored``: packed tensors saved earlier (see :func:`quantized_linear`).
+    """
+    check_weight_kernels(kind, head)
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     replaced = 0
-    for module in list(model.modules()):
+    for prefix, module in list(model.named_modules()):
         for name, child in list(module.named_children()):
             if not isinstance(child, torch.nn.Linear):
                 continue
-            if kind == "int8":
-                setattr(module, name, Int8WeightLinear(child))
-            elif child is not head and child.in_features % 32 == 0:
-                setattr(module, name, Int4WeightLinear(child))
+            full_name = f"{prefix}.{name}" if prefix else name
+            if child is output and head == "int8":
+                setattr(module, name, quantized_linear(child, "int8", stored, full_name))
+            elif kind == "int8" or (child is not output and child.in_features % 32 == 0):
+                setattr(module, name, quantized_linear(child, kind, stored, full_name))
             else:
                 continue
             replaced += 1
-    if kind == "int8" and getattr(model.config, "tie_word_embeddings", False):
+    if (kind == "int8" or head == "int8") and getattr(model.config, "tie_word_embeddings", False):
         model.config.tie_word_embeddings = False  # the head is its own (int8) tensor now
     trim_heap()
     return replaced

@@ -25,10 +25,15 @@ class LoadSpec:
     dtype: str
     quantization: str | None
     trust_remote_code: bool
+    #: fuse the query/key/value and gate/up projections at load (see :mod:`.fusion`)
+    fuse_projections: bool = True
+    #: the output head's own quantization (``"int8"`` or None: as the other layers' dtype)
+    head_quantization: str | None = None
 
     @property
     def key(self) -> tuple:
-        return (self.source.key, self.device, self.dtype, self.quantization, self.trust_remote_code)
+        return (self.source.key, self.device, self.dtype, self.quantization, self.trust_remote_code,
+                self.fuse_projections, self.head_quantization)
 
 
 @dataclass
@@ -74,6 +79,11 @@ class LoadedModel:
     #: the model's shared decode loop, created on first use by
     #: :func:`~midori_hf_nb.engine.shared_decode.decoder_for`
     decoder: Any = field(default=None, repr=False)
+    #: how many projection groups were fused at load (see :mod:`.fusion`; 0: none)
+    fused_projections: int = 0
+    #: whether the quantized layers were built from weights quantized by an earlier load
+    #: (see :mod:`.quantized_cache`) instead of being quantized now
+    quantized_from_cache: bool = False
 
     @property
     def input_device(self) -> torch.device:
@@ -97,6 +107,7 @@ class LoadedModel:
             "bytes": int(weight_bytes),
             "dtype": self.spec.dtype,
             "quantization": self.spec.quantization or "none",
+            "head_quantization": self.spec.head_quantization or "none",
             "device": str(self.input_device),
             "load_seconds": round(self.load_seconds, 3),
         }

@@ -24,9 +24,12 @@ from .. import third_party
 from . import capabilities
 from .convert import progress_bars, convert_gguf, dtype_variant
 from ..load_progress import TRACKER, TerminalLoadBar
-from .devices import TORCH_DTYPES, trim_heap, mps_available, resolve_device, resolve_dtype
-from .layers import QuantizationError, quantize_weights, use_bf16_cpu_linears
+from .devices import TORCH_DTYPES, cpu_has_vector_kernels, trim_heap, mps_available, resolve_device, resolve_dtype
+from .fusion import fuse_projections
+from .layers import QuantizationError, check_weight_kernels, own_memory, quantize_weights, quantized_linear, use_bf16_cpu_linears
 from .loaded import LoadedModel, LoadSpec
+from .quantized_cache import quantized_cache_dir, read_quantized, save_quantized
+from .source_precision import source_precision
 
 
 def _quantization_config(spec: LoadSpec):
@@ -162,8 +165,27 @@ def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
                 _explain_load_error(spec, path, exc)
                 raise
             model.eval()
-            if spec.quantization in ("int8", "int4"):
-                quantize_weights(model, spec.quantization)
+            fused = 0
+            quantized = spec.quantization in ("int8", "int4")
+            stored = store = None
+            from_cache = False
+            if quantized:
+                check_weight_kernels(spec.quantization, spec.head_quantization)
+                store = quantized_store(spec, path)
+                stored = read_quantized(store)
+            fusing = spec.fuse_projections and spec.device == "cpu" and spec.quantization not in ("8bit", "4bit")
+            if fusing:
+                convert = (lambda linear, name: quantized_linear(linear, spec.quantization, stored, name)) \
+                    if quantized else None
+                fused = fuse_projections(model, repr(spec.source.name), convert)
+            if quantized:
+                quantize_weights(model, spec.quantization, head=spec.head_quantization, stored=stored)
+                own_memory(model)  # the weights file's memory map can go
+                if store is not None and stored is None:
+                    save_quantized(store, model, spec.source.name)
+                from_cache = stored is not None
+                del stored
+                trim_heap()
             if spec.device == "cpu" and spec.dtype == "bfloat16" and spec.quantization not in ("8bit", "4bit") \
                     and not capabilities.cpu_has_native_bf16_gemm():
                 use_bf16_cpu_linears(model)  # the layers left in bfloat16 (an int4 model's output head)
@@ -171,7 +193,7 @@ def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
         bar.close()
         TRACKER.end(key)
     lm = LoadedModel(spec=spec, model=model, tokenizer=tokenizer, load_seconds=time.perf_counter() - started, path=path,
-                     stages=tuple(stages))
+                     stages=tuple(stages), fused_projections=fused, quantized_from_cache=from_cache)
     lm.base_generation_config = model.generation_config
     lm.generation_defaults = model_generation_defaults(model.generation_config.to_diff_dict(),
                                                        source=f"{spec.source.name}: generation_config.json")
@@ -196,6 +218,15 @@ def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
     return lm
 
 
+def quantized_store(spec: LoadSpec, path: str) -> Path | None:
+    """Where the quantized weights of ``spec`` are kept between processes (see
+    :mod:`.quantized_cache`): beside a GGUF source's cached conversion; None for other sources."""
+    if spec.source.kind != "gguf":
+        return None
+    fused = spec.fuse_projections and spec.device == "cpu"
+    return quantized_cache_dir(path, spec.quantization, spec.head_quantization, fused)
+
+
 def _free(lm: LoadedModel) -> None:
     with lm.generation_lock:  # a running generation finishes first
         lm.close()
@@ -213,15 +244,27 @@ REGISTRY = ModelRegistry(on_free=_free)
 
 
 def spec_for(config: HuggingFaceConfig) -> LoadSpec:
-    """Resolve a configuration to a :class:`LoadSpec` (source, device, dtype)."""
+    """Resolve a configuration to a :class:`LoadSpec` (source, device, dtype, quantization)."""
     source = resolve_source(config.model)
     device = resolve_device(config.device)
+    quantization, head = config.quantization, None
+    if config.quantize_weights == "auto" and device == "cpu" and config.torch_dtype == "auto" \
+            and quantization is None:
+        precision = source_precision(source.kind, source.location)
+        if precision.layers is not None and not cpu_has_vector_kernels():
+            capabilities.fallback("source_precision:cpu", (
+                f"{source.name!r} keeps full weights instead of its file's {precision.layers} layers: torch's "
+                f"int4/int8 weight kernels are not vectorised for this CPU (capability {capabilities.cpu_capability()})"))
+        else:
+            quantization, head = precision.layers, precision.head
     return LoadSpec(
         source=source,
         device=device,
-        dtype=resolve_dtype(config.torch_dtype, device, config.quantization),
-        quantization=config.quantization,
+        dtype=resolve_dtype(config.torch_dtype, device, quantization),
+        quantization=quantization,
         trust_remote_code=config.trust_remote_code,
+        fuse_projections=config.fuse_projections,
+        head_quantization=head,
     )
 
 
