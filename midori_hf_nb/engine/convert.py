@@ -101,7 +101,7 @@ def _full_verify(verify: str | None) -> bool:
     return mode == "full"
 
 
-def _cached_problems(target: Path, full: bool) -> list[FileProblem] | None:
+def cached_problems(target: Path, full: bool) -> list[FileProblem] | None:
     """None when there is no cached conversion in ``target``, else what does not match (empty: usable)."""
     if not (target / MANIFEST).is_file():
         return None  # nothing there, or an interrupted conversion of an older version: convert silently
@@ -132,8 +132,8 @@ def _clear(target: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _write_cached(target: Path, lock_path: Path, full: bool, repair: str,
-                  write: Callable[[Path], dict], on_write: Callable[[], None] | None = None) -> Path:
+def write_cached(target: Path, lock_path: Path, full: bool, repair: str,
+                 write: Callable[[Path], dict], on_write: Callable[[], None] | None = None) -> Path:
     """Write a cached folder once, under a file lock: check ``target`` again once the lock is held
     (another process may have written it meanwhile), warn that a damaged one is written again
     (``repair`` says how), clear it, let ``write`` fill a temporary folder beside it (returning the
@@ -143,7 +143,7 @@ def _write_cached(target: Path, lock_path: Path, full: bool, repair: str,
     with open(lock_path, "w") as lock_file:
         if fcntl is not None:
             fcntl.flock(lock_file, fcntl.LOCK_EX)
-        problems = _cached_problems(target, full)
+        problems = cached_problems(target, full)
         if problems == []:
             return target
         if problems:
@@ -183,7 +183,7 @@ def convert_gguf(gguf_path: str | os.PathLike, progress: bool = True, verify: st
     full = _full_verify(verify)
     gguf_path = Path(gguf_path).resolve()
     target = gguf_cache_dir(gguf_path)
-    problems = _cached_problems(target, full)
+    problems = cached_problems(target, full)
     if problems == []:
         return target
     check_gguf_file(gguf_path)
@@ -215,7 +215,7 @@ def convert_gguf(gguf_path: str | os.PathLike, progress: bool = True, verify: st
         return {"gguf_file": str(gguf_path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
                 "transformers": transformers.__version__, "convert_seconds": round(time.perf_counter() - started, 3)}
 
-    return _write_cached(target, target.parent / f"{target.name}.lock", full, f"converting {gguf_path} again", write,
+    return write_cached(target, target.parent / f"{target.name}.lock", full, f"converting {gguf_path} again", write,
                          on_write)
 
 
@@ -250,7 +250,7 @@ def dtype_variant(folder: str | os.PathLike, dtype: str, progress: bool = True, 
     full = _full_verify(verify)
     folder = Path(folder)
     target = folder / dtype
-    problems = _cached_problems(target, full)
+    problems = cached_problems(target, full)
     if problems == []:
         return target
     folder = _checked_source(folder, progress)
@@ -268,7 +268,7 @@ def dtype_variant(folder: str | os.PathLike, dtype: str, progress: bool = True, 
         return {"converted_from": str(folder), "dtype": dtype, "transformers": transformers.__version__,
                 "convert_seconds": round(time.perf_counter() - started, 3)}
 
-    target = _write_cached(target, folder / f"{dtype}.lock", full, f"saving the {dtype} copy again from {folder}", write,
+    target = write_cached(target, folder / f"{dtype}.lock", full, f"saving the {dtype} copy again from {folder}", write,
                            on_write)
     gc.collect()
     trim_heap()

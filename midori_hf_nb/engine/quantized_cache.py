@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from . import capabilities
-from .convert import _cached_problems, _write_cached
+from .convert import cached_problems, write_cached
 from .layers import PACKED_BUFFERS
 
 #: The file of packed tensors in a quantized-weights folder.
@@ -40,7 +40,7 @@ def quantized_cache_dir(path: str | Path, kind: str, head: str | None, fused: bo
 
 def read_quantized(folder: Path | None) -> dict[str, torch.Tensor] | None:
     """The packed tensors saved in ``folder`` (by layer name), or None when there is no whole copy."""
-    if folder is None or _cached_problems(folder, full=False) != []:
+    if folder is None or cached_problems(folder, full=False) != []:
         return None
     from safetensors.torch import load_file
 
@@ -71,7 +71,7 @@ def save_quantized(folder: Path, model: torch.nn.Module, source: str) -> bool:
         return {"quantized_from": source, "torch": torch.__version__, "layers": len(tensors)}
 
     try:
-        _write_cached(folder, folder.parent / f"{folder.name}.lock", False, f"quantizing {source} again", write)
+        write_cached(folder, folder.parent / f"{folder.name}.lock", False, f"quantizing {source} again", write)
     except OSError as exc:
         capabilities.fallback(f"quantized_cache:{folder.parent}", (
             f"the quantized weights of {source} cannot be kept in {folder.parent} ({exc}); every load "
