@@ -22,7 +22,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -101,6 +100,7 @@ def use_theme(page, name: str) -> None:
     page.locator(".lm-Menu-item", has_text=re.compile(rf"^{re.escape(name)}$")).first.click()
 
 
+@pytest.mark.slow  # the notebook's kernel loads the offline default model
 def test_hover_a_token_in_the_chat_panel(lab, artifacts_dir):
     from playwright.sync_api import expect, sync_playwright
 

@@ -49,9 +49,16 @@ def _same_with_and_without(agent, session):
 
 
 @pytest.mark.slow
-def test_greedy_turns_are_token_for_token_those_of_a_full_prefill_on_the_default_model(default_agent):
-    run(default_agent.load())
-    _same_with_and_without(default_agent, "reuse-default")
+def test_greedy_turns_are_token_for_token_those_of_a_full_prefill_on_the_default_model():
+    """In float32, as the README states (in bfloat16 and with the default's 4-bit weights the same
+    tokens are guaranteed in reproducible mode only: tests/test_reproducible.py)."""
+    from midori_hf_nb import DEFAULT_MODEL
+
+    agents = loaded_agent(DEFAULT_MODEL, torch_dtype="float32", progress=False)
+    try:
+        _same_with_and_without(next(agents), "reuse-default")
+    finally:
+        agents.close()
 
 
 def test_greedy_turns_are_token_for_token_those_of_a_full_prefill_on_a_tiny_model(tiny_agent):

@@ -103,7 +103,9 @@ def test_gguf_converts_once_atomically_and_cached_load_is_10x_faster(tmp_path, m
     assert not target.exists(), "an interrupted conversion must not leave a cache"
 
     # 2. The next use converts (cleaning the stale partial folder) ...
-    config = HuggingFaceConfig(model=DEFAULT_MODEL, device="cpu", progress=False)
+    # (full weights: every parameter of the converted checkpoint is counted; the default keeps the
+    # GGUF's 4-bit layers packed, which test_quantized_cache.py covers)
+    config = HuggingFaceConfig(model=DEFAULT_MODEL, device="cpu", progress=False, quantize_weights=None)
     first, lm = _load_seconds(config)
     assert (target / "config.json").is_file() and (target / "midori-source.json").is_file()
     assert not list(target.parent.glob(f"{target.name}.partial-*"))

@@ -101,6 +101,38 @@ def _explain_load_error(spec: LoadSpec, path: str, exc: Exception) -> None:
         raise damaged from exc
 
 
+def prepare_cpu_weights(model: Any, spec: LoadSpec, path: str) -> tuple[int, bool]:
+    """After ``from_pretrained``: fuse the projections, quantize the weights (from the quantized-weights
+    cache of ``path`` where it holds them, saving them there otherwise) and widen the bfloat16 layers
+    left where this CPU has no native bfloat16 product, as ``spec`` asks. Returns the number of fused
+    groups and whether the quantized weights came from the cache."""
+    fused = 0
+    quantized = spec.quantization in ("int8", "int4")
+    stored = store = None
+    from_cache = False
+    if quantized:
+        check_weight_kernels(spec.quantization, spec.head_quantization)
+        store = quantized_store(spec, path)
+        stored = read_quantized(store)
+    fusing = spec.fuse_projections and spec.device == "cpu" and spec.quantization not in ("8bit", "4bit")
+    if fusing:
+        convert = (lambda linear, name: quantized_linear(linear, spec.quantization, stored, name)) \
+            if quantized else None
+        fused = fuse_projections(model, repr(spec.source.name), convert)
+    if quantized:
+        quantize_weights(model, spec.quantization, head=spec.head_quantization, stored=stored)
+        own_memory(model)  # the weights file's memory map can go
+        if store is not None and stored is None:
+            save_quantized(store, model, spec.source.name)
+        from_cache = stored is not None
+        del stored
+        trim_heap()
+    if spec.device == "cpu" and spec.dtype == "bfloat16" and spec.quantization not in ("8bit", "4bit") \
+            and not capabilities.cpu_has_native_bf16_gemm():
+        use_bf16_cpu_linears(model)  # the layers left in bfloat16 (an int4 model's output head)
+    return fused, from_cache
+
+
 def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
     """Load the model and tokenizer of ``spec`` (converting a GGUF file on first use).
 
@@ -165,30 +197,7 @@ def load(spec: LoadSpec, progress: bool = True) -> LoadedModel:
                 _explain_load_error(spec, path, exc)
                 raise
             model.eval()
-            fused = 0
-            quantized = spec.quantization in ("int8", "int4")
-            stored = store = None
-            from_cache = False
-            if quantized:
-                check_weight_kernels(spec.quantization, spec.head_quantization)
-                store = quantized_store(spec, path)
-                stored = read_quantized(store)
-            fusing = spec.fuse_projections and spec.device == "cpu" and spec.quantization not in ("8bit", "4bit")
-            if fusing:
-                convert = (lambda linear, name: quantized_linear(linear, spec.quantization, stored, name)) \
-                    if quantized else None
-                fused = fuse_projections(model, repr(spec.source.name), convert)
-            if quantized:
-                quantize_weights(model, spec.quantization, head=spec.head_quantization, stored=stored)
-                own_memory(model)  # the weights file's memory map can go
-                if store is not None and stored is None:
-                    save_quantized(store, model, spec.source.name)
-                from_cache = stored is not None
-                del stored
-                trim_heap()
-            if spec.device == "cpu" and spec.dtype == "bfloat16" and spec.quantization not in ("8bit", "4bit") \
-                    and not capabilities.cpu_has_native_bf16_gemm():
-                use_bf16_cpu_linears(model)  # the layers left in bfloat16 (an int4 model's output head)
+            fused, from_cache = prepare_cpu_weights(model, spec, path)
     finally:
         bar.close()
         TRACKER.end(key)
