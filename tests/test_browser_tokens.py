@@ -25,7 +25,7 @@ import urllib.request
 
 import pytest
 
-from .test_browser import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, TOKEN, free_port, stop_process_tree
+from .test_browser import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, TOKEN, free_port, open_panel, stop_process_tree
 
 pytestmark = pytest.mark.browser
 
@@ -40,7 +40,6 @@ panel = ChatPanel(agent, greedy=True, max_new_tokens=24, top_logprobs=5)
 panel
 """
 VIEW_CELL = "token_view(panel.entries[-1].as_response())"
-IDLE = re.compile(r"Python 3 \(ipykernel\) \| Idle")
 
 
 def luminance(css_colour: str) -> float:
@@ -109,18 +108,10 @@ def test_hover_a_token_in_the_chat_panel(lab, artifacts_dir):
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.set_default_timeout(120_000)
-            page.goto(f"{base}/lab/tree/tokens.ipynb?token={TOKEN}&reset")
-            page.wait_for_selector(".jp-NotebookPanel .jp-Cell .cm-content")
-            expect(page.get_by_role("button", name=IDLE)).to_be_visible(timeout=120_000)
-            page.locator(".jp-NotebookPanel .jp-Cell .cm-content").first.click()
-            page.keyboard.press("Shift+Enter")
-            output = page.locator(".jp-NotebookPanel .jp-OutputArea").first
-            box = output.locator('textarea[placeholder^="Message"]')
-            expect(box).to_be_visible(timeout=120_000)
+            output, box, button = open_panel(page, base, "tokens.ipynb")
             expect(output.locator("button", has_text="Probabilities")).to_be_visible()
             box.fill(QUESTION)
-            output.locator("button.jupyter-button", has_text=re.compile(r"^\s*Send\s*$")).click()
+            button("Send").click()
             answer = output.locator(".midori-chat-assistant").first
             tokens = answer.locator(".mt-tok")
             expect(tokens.first).to_be_visible(timeout=300_000)
